@@ -1,0 +1,44 @@
+# pneumo-exp: `make help` lists the targets. The first target run creates .venv.
+ARCH       ?= aug_cnn
+PYTHON     ?= python3
+VENV       ?= .venv
+# TensorFlow build: cpu, or gpu (the CUDA wheels)
+TF         ?= cpu
+BIN        := $(VENV)/bin
+STAMP      := $(VENV)/.installed-$(TF)
+
+# Optional overrides of experiments/$(ARCH).yaml, passed to `pneumo-exp search`.
+SEARCH_ARGS = $(if $(DATA),--data $(DATA)) $(if $(MAX_TRIALS),--max-trials $(MAX_TRIALS)) \
+  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(TUNER),--tuner $(TUNER)) \
+  $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(if $(SEED),--seed $(SEED)) \
+  $(if $(TIME_BUDGET),--time-budget $(TIME_BUDGET)) $(if $(NAME),--name $(NAME)) \
+  $(if $(FRESH),--fresh)
+
+.DEFAULT_GOAL := help
+.PHONY: help install search ui test lint clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	$(BIN)/pip install --quiet -e ".[$(TF),dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP) ## Create .venv and install the package (TF=gpu for CUDA)
+
+search: $(STAMP) ## Search ARCH [DATA= MAX_TRIALS= EPOCHS= TUNER= IMAGE_SIZE= SEED= TIME_BUDGET= NAME= FRESH=1]
+	$(BIN)/pneumo-exp search $(ARCH) $(SEARCH_ARGS)
+
+ui: $(STAMP) ## Serve the MLflow UI of ./mlruns on http://127.0.0.1:5000
+	$(BIN)/pneumo-exp ui
+
+test: $(STAMP) ## Run the tests (slow ones: make test PYTEST_ARGS="-m slow")
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check pneumo_exp tests bench
+
+clean: ## Delete the MLflow store, tuner state and decode cache (keeps .venv)
+	rm -rf mlruns mlartifacts .pneumo .pytest_cache .ruff_cache
