@@ -1,0 +1,222 @@
+"""Constants, path defaults and the experiment configuration (experiments/*.yaml).
+
+Every default lives here or in experiments/defaults.yaml. A configuration is the
+defaults, deep-merged with experiments/<arch>.yaml, then with command-line overrides;
+every key is checked, and a bad one is reported with its dotted name and its value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pneumo_exp.errors import ConfigError
+
+CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # label 0, label 1
+SPLITS = ("train", "val", "test")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS_DIR = REPO_ROOT / "experiments"
+SAMPLE_DIR = REPO_ROOT / "data" / "sample"
+FULL_DATA_DIR = Path("data") / "chest_xray"  # used when present and no DATA is given
+
+# Generated state, relative to the working directory (the repository for make targets).
+STATE_DIR = Path(os.environ.get("PNEUMO_EXP_HOME", ".pneumo"))
+CACHE_DIR = STATE_DIR / "cache"
+TUNER_DIR = STATE_DIR / "tuner"
+MLRUNS_DIR = Path("mlruns")  # SQLite database + artifacts: the Model Registry works locally
+
+TUNER_NAMES = ("random", "bayesian", "hyperband")
+VALIDATION_MODES = ("split", "official")
+
+
+def tracking_uri() -> str:
+    """MLflow store: $MLFLOW_TRACKING_URI, else SQLite + artifacts under ./mlruns/."""
+    return (os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{MLRUNS_DIR.resolve() / 'mlflow.db'}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str | None = None  # folder or .npz; None: data/chest_xray if present, else the sample
+    image_size: int = 64
+    channels: int = 1
+    validation: str = "split"
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
+        _check(self.channels in (1, 3), "data.channels", self.channels, "1 (grayscale) or 3 (RGB)")
+        _check(self.validation in VALIDATION_MODES, "data.validation", self.validation,
+               " or ".join(VALIDATION_MODES))
+        _check(0 < self.val_fraction < 0.5, "data.val_fraction", self.val_fraction,
+               "a fraction between 0 and 0.5")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    tuner: str = "bayesian"
+    objective: str = "val_auc"
+    max_trials: int = 10
+    epochs: int = 20
+    patience: int = 5
+    batch_size: int = 32
+    seed: int = 42
+    time_budget_min: float | None = None
+    hyperband_factor: int = 3
+
+    def __post_init__(self) -> None:
+        _check(self.tuner in TUNER_NAMES, "search.tuner", self.tuner, " | ".join(TUNER_NAMES))
+        _check(self.objective.startswith("val_"), "search.objective", self.objective,
+               "a validation metric such as val_auc or val_loss")
+        _check(self.max_trials >= 1, "search.max_trials", self.max_trials, "an integer >= 1")
+        _check(self.epochs >= 1, "search.epochs", self.epochs, "an integer >= 1")
+        _check(self.patience >= 1, "search.patience", self.patience, "an integer >= 1")
+        _check(self.batch_size >= 1, "search.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.time_budget_min is None or self.time_budget_min > 0,
+               "search.time_budget_min", self.time_budget_min, "minutes > 0, or null")
+        _check(self.hyperband_factor >= 2, "search.hyperband_factor", self.hyperband_factor,
+               "an integer >= 2")
+
+    @property
+    def direction(self) -> str:
+        return "min" if "loss" in self.objective else "max"
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment: str | None = None  # None: pneumo-exp/<arch>
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    arch: str
+    data: DataConfig = field(default_factory=DataConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    model: dict[str, Any] = field(default_factory=dict)  # fixed arguments of the hypermodel
+    space: dict[str, Any] = field(default_factory=dict)  # overrides of its search space
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or f"pneumo-exp/{self.arch}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Identity of a search: everything but the budgets, so a larger budget extends it."""
+        d = self.to_dict()
+        d["search"] = {k: v for k, v in d["search"].items()
+                       if k not in ("max_trials", "time_budget_min")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+_SECTIONS = {"data": DataConfig, "search": SearchConfig, "tracking": TrackingConfig}
+
+
+def architectures() -> list[str]:
+    """Names of the architectures that have an experiment file."""
+    return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem != "defaults")
+
+
+def load_config(arch: str, overrides: dict[str, Any] | None = None,
+                experiments_dir: Path = EXPERIMENTS_DIR) -> ExperimentConfig:
+    """defaults.yaml <- <arch>.yaml <- overrides ({"search.epochs": 2, ...})."""
+    path = experiments_dir / f"{arch}.yaml"
+    if not path.is_file():
+        known = ", ".join(architectures()) or "none"
+        raise ConfigError(f"unknown architecture '{arch}': there is no {path}. Known: {known}.")
+    merged = _read_yaml(experiments_dir / "defaults.yaml")
+    _deep_merge(merged, _read_yaml(path), source=str(path))
+    for dotted, value in (overrides or {}).items():
+        _deep_merge(merged, _nest(dotted, value), source="the command line")
+    return _build(arch, merged)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'search.epochs=3' -> ('search.epochs', 3); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects KEY=VALUE, such as search.epochs=3; got '{text}'.")
+    return key.strip(), yaml.safe_load(raw)
+
+
+def _build(arch: str, merged: dict[str, Any]) -> ExperimentConfig:
+    unknown = set(merged) - {*_SECTIONS, "model", "space"}
+    if unknown:
+        raise ConfigError(f"unknown configuration section '{sorted(unknown)[0]}'; known: "
+                          "data, search, model, space, tracking.")
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        values = merged.get(name) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"'{name}' must be a mapping of keys; got {values!r}.")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(f"unknown key '{name}.{key}'; known: {', '.join(fields)}.")
+            values[key] = _coerce(f"{name}.{key}", value, fields[key].type)
+        sections[name] = cls(**values)
+    for name in ("model", "space"):
+        value = merged.get(name) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{name}' must be a mapping of keys; got {value!r}.")
+        sections[name] = value
+    return ExperimentConfig(arch=arch, **sections)
+
+
+def _coerce(key: str, value: Any, annotation: str) -> Any:
+    """Check a YAML value against the field's annotation, accepting 3 for a float."""
+    if value is None:
+        if "None" in annotation:
+            return None
+        raise ConfigError(f"'{key}' needs a value; got null.")
+    if annotation.startswith("int") and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"'{key}' must be an integer; got {value!r}.")
+    if annotation.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"'{key}' must be a number; got {value!r}.")
+        return float(value)
+    if annotation.startswith("str") and not isinstance(value, str):
+        raise ConfigError(f"'{key}' must be a string; got {value!r}.")
+    return value
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"'{key}' must be {expected}; got {value!r}.")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from e
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections; got {type(loaded).__name__}.")
+    return loaded
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any], source: str) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "space":
+            _deep_merge(base[key], value, source)
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}  # a space entry replaces the default whole
+        else:
+            base[key] = value

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny generated datasets and an isolated working directory per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _xray(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
+    """A synthetic 'X-ray': dark background, two bright lung fields; PNEUMONIA adds haze."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    lungs = (np.exp(-((xx - 0.3) ** 2 + (yy - 0.5) ** 2) / 0.03)
+             + np.exp(-((xx - 0.7) ** 2 + (yy - 0.5) ** 2) / 0.03))
+    img = 40 + 120 * lungs + rng.normal(0, 12, (size, size))
+    if label:
+        cx, cy = rng.uniform(0.25, 0.75, 2)
+        img += 70 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.02)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_folder_dataset(root: Path, counts: dict[str, tuple[int, int]] | None = None,
+                        size: int = 40, seed: int = 0, per_patient: int = 2) -> Path:
+    """ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/ with Kermany-style names, 2 images a patient."""
+    counts = counts or {"train": (24, 36), "val": (4, 4), "test": (6, 6)}
+    rng = np.random.default_rng(seed)
+    patient = 100
+    for split, per_class in counts.items():
+        for label, cls in enumerate(("NORMAL", "PNEUMONIA")):
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class[label]):
+                if i % per_patient == 0:
+                    patient += 1
+                name = (f"IM-{patient:04d}-{i:04d}.jpeg" if label == 0
+                        else f"person{patient}_bacteria_{i}.jpeg")
+                Image.fromarray(_xray(rng, label, size)).save(folder / name, quality=95)
+    return root
+
+
+def add_bad_files(class_dir: Path) -> list[str]:
+    """A corrupt JPEG, a .DS_Store and a zero-byte file; returns their names."""
+    good = next(class_dir.glob("*.jpeg")).read_bytes()
+    (class_dir / "corrupt.jpeg").write_bytes(good[:200] + b"\x00garbage" * 50)
+    (class_dir / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + b"\x00" * 100)
+    (class_dir / "empty.jpeg").write_bytes(b"")
+    return ["corrupt.jpeg", ".DS_Store", "empty.jpeg"]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in a fresh directory: mlruns/ and .pneumo/ land there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    return make_folder_dataset(tmp_path / "chest_xray")

@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from pneumo_exp.config import EXPERIMENTS_DIR, architectures, load_config, parse_override
+from pneumo_exp.errors import ConfigError
+
+
+@pytest.mark.parametrize("arch", architectures())
+def test_every_experiment_file_loads(arch: str) -> None:
+    cfg = load_config(arch)
+    assert cfg.arch == arch
+    assert cfg.search.objective.startswith("val_")
+    assert cfg.experiment_name == f"pneumo-exp/{arch}"
+
+
+def test_aug_cnn_is_listed() -> None:
+    assert "aug_cnn" in architectures()
+
+
+def test_overrides_win_over_files() -> None:
+    cfg = load_config("aug_cnn", {"search.max_trials": 2, "search.epochs": 2,
+                                  "search.tuner": "random", "data.root": "/x",
+                                  "space.dropout": 0.3})
+    assert (cfg.search.max_trials, cfg.search.epochs, cfg.search.tuner) == (2, 2, "random")
+    assert cfg.data.root == "/x"
+    assert cfg.space["dropout"] == 0.3
+
+
+def test_digest_ignores_budgets_only() -> None:
+    base = load_config("aug_cnn")
+    assert base.digest() == load_config("aug_cnn", {"search.max_trials": 99}).digest()
+    assert base.digest() != load_config("aug_cnn", {"search.epochs": 3}).digest()
+
+
+@pytest.mark.parametrize(("key", "value", "needle"), [
+    ("search.epochs", -1, "search.epochs"),
+    ("search.tuner", "grid", "search.tuner"),
+    ("data.image_size", 0, "data.image_size"),
+    ("data.channels", 2, "data.channels"),
+    ("search.max_trials", "ten", "search.max_trials"),
+    ("search.max_trial", 3, "search.max_trial"),
+    ("data.val_fraction", 0.9, "data.val_fraction"),
+])
+def test_bad_values_name_the_key_and_value(key: str, value: object, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config("aug_cnn", {key: value})
+    assert needle in str(err.value)
+    assert repr(value) in str(err.value) or "unknown key" in str(err.value)
+
+
+def test_unknown_architecture_lists_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"unknown architecture 'resnet9'.*aug_cnn"):
+        load_config("resnet9")
+
+
+def test_unknown_section(tmp_path: Path) -> None:
+    (tmp_path / "defaults.yaml").write_text((EXPERIMENTS_DIR / "defaults.yaml").read_text())
+    (tmp_path / "x.yaml").write_text("serach:\n  epochs: 2\n")
+    with pytest.raises(ConfigError, match="unknown configuration section 'serach'"):
+        load_config("x", experiments_dir=tmp_path)
+
+
+def test_parse_override_reads_yaml_values() -> None:
+    assert parse_override("search.epochs=3") == ("search.epochs", 3)
+    assert parse_override("space.optimizer=[adam, sgd]") == ("space.optimizer", ["adam", "sgd"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("epochs")
