@@ -1,0 +1,1 @@
+"""Reading chest X-ray datasets: decode, cache, split, and feed to Keras."""

@@ -1,0 +1,82 @@
+"""The data of a search: train and validation, never test. And where the data comes from."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pneumo_exp.config import FULL_DATA_DIR, SAMPLE_DIR, DataConfig
+from pneumo_exp.data.labeled import LabeledImages
+from pneumo_exp.data.sources import SplitData, load_split, open_source
+from pneumo_exp.data.split import validation_split
+from pneumo_exp.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_root(root: str | None) -> Path:
+    """The configured root; else data/chest_xray if present; else the bundled sample."""
+    if root:
+        return Path(root).expanduser()
+    if FULL_DATA_DIR.is_dir():
+        return FULL_DATA_DIR
+    log.info("Using the bundled sample (%s). For the full dataset: make search "
+             "DATA=path/to/chest_xray, or put it at %s.", SAMPLE_DIR, FULL_DATA_DIR)
+    return SAMPLE_DIR
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    root: Path
+    train: LabeledImages
+    val: LabeledImages
+    loads: dict[str, SplitData] = field(repr=False)
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return [s for split in self.loads.values() for s in split.skipped]
+
+    @property
+    def fingerprint(self) -> str:
+        """Digest of the decoded splits used (files, sizes, mtimes, preprocessing)."""
+        joined = ",".join(f"{k}:{v.fingerprint}" for k, v in sorted(self.loads.items()))
+        return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+    @property
+    def load_seconds(self) -> float:
+        return sum(s.seconds for s in self.loads.values())
+
+    @property
+    def from_cache(self) -> bool:
+        return all(s.from_cache for s in self.loads.values())
+
+
+def load_training_data(cfg: DataConfig, seed: int, cache_dir: Path | None = None) -> TrainingData:
+    """Train and validation images. Validation is cut from train by patient, plus official val/,
+    or (validation: official) the official val/ alone. The test split is not read."""
+    root = resolve_root(cfg.root)
+    source = open_source(root)
+    loads = {"train": load_split(source, "train", cfg.image_size, cfg.channels, cache_dir)}
+    if source.has_split("val"):
+        loads["val"] = load_split(source, "val", cfg.image_size, cfg.channels, cache_dir)
+    elif cfg.validation == "official":
+        raise DataError(f"{root} has no val split, and data.validation is 'official'. "
+                        "Use data.validation: split to cut validation from train.")
+    full_train = loads["train"].data
+    if cfg.validation == "official":
+        train, val = full_train, loads["val"].data
+    else:
+        train_idx, val_idx = validation_split(full_train.labels, full_train.groups,
+                                              cfg.val_fraction, seed)
+        train, val = full_train.subset(train_idx), full_train.subset(val_idx)
+        if "val" in loads:
+            val = LabeledImages.concat(val, loads["val"].data)
+    for split in loads.values():
+        for name, reason in split.skipped:
+            log.warning("skipped %s: %s", name, reason)
+    if loads and any(s.skipped for s in loads.values()):
+        log.warning("%d unreadable files skipped (listed above).",
+                    sum(len(s.skipped) for s in loads.values()))
+    return TrainingData(root=root, train=train, val=val, loads=loads)

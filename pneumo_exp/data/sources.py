@@ -1,0 +1,139 @@
+"""Dataset sources: the Kaggle folder layout and MedMNIST-style .npz files.
+
+A source lists a split's entries (for the cache fingerprint) and decodes it; `load_split`
+adds the cache around both. Layout problems raise DataError with the path and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from pneumo_exp.config import CLASS_NAMES
+from pneumo_exp.data import cache
+from pneumo_exp.data.images import UnreadableImageError, decode_image
+from pneumo_exp.data.labeled import LabeledImages
+from pneumo_exp.errors import DataError
+
+log = logging.getLogger(__name__)
+
+LAYOUT = "ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg|png"
+Skipped = tuple[str, str]  # (file relative to the root, reason)
+
+
+class Source(Protocol):
+    root: Path
+
+    def has_split(self, split: str) -> bool: ...
+    def entries(self, split: str) -> list[tuple[str, int, int]]: ...
+    def decode(self, split: str, image_size: int,
+               channels: int) -> tuple[LabeledImages, list[Skipped]]: ...
+
+
+@dataclass(frozen=True)
+class SplitData:
+    data: LabeledImages
+    skipped: list[Skipped]
+    fingerprint: str
+    from_cache: bool
+    seconds: float
+
+
+def open_source(root: str | Path) -> Source:
+    """A FolderSource for a directory, an NpzSource for a .npz file."""
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise DataError(f"dataset not found: {path}. Give DATA=path/to/chest_xray (layout "
+                        f"{LAYOUT}) or a pneumoniamnist .npz file, or leave DATA out to use "
+                        "the bundled sample.")
+    if path.is_file() and path.suffix == ".npz":
+        from pneumo_exp.data.npz import NpzSource
+        return NpzSource(path)
+    if not path.is_dir():
+        raise DataError(f"{path} is neither a dataset folder ({LAYOUT}) nor a .npz file.")
+    return FolderSource(path)
+
+
+def load_split(source: Source, split: str, image_size: int, channels: int,
+               cache_dir: Path | None = None) -> SplitData:
+    """Decoded split from the cache when its fingerprint matches, else decoded and cached."""
+    start = time.perf_counter()
+    key = cache.fingerprint(source.entries(split), {"size": image_size, "channels": channels})
+    path = cache.cache_path(split, key, cache_dir)
+    cached = cache.load(path)
+    if cached is not None:
+        data, skipped = cached
+        return SplitData(data, skipped, key, True, time.perf_counter() - start)
+    data, skipped = source.decode(split, image_size, channels)
+    for label, name in enumerate(CLASS_NAMES):
+        if not np.any(data.labels == label):
+            raise DataError(f"{source.root}: the {split} split has no readable {name} image "
+                            f"({len(skipped)} files skipped). Every split needs both classes.")
+    cache.save(path, data, skipped)
+    return SplitData(data, skipped, key, False, time.perf_counter() - start)
+
+
+class FolderSource:
+    """ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/ of image files of any size and mode."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        if not (root / "train").is_dir():
+            found = sorted(p.name for p in root.iterdir() if p.is_dir())[:6]
+            hint = f" (it holds: {', '.join(found)})" if found else " (it is empty)"
+            raise DataError(f"{root} has no train/ folder{hint}. Expected the layout {LAYOUT}; "
+                            "point DATA at the folder that contains train/.")
+
+    def has_split(self, split: str) -> bool:
+        return (self.root / split).is_dir()
+
+    def _files(self, split: str) -> list[tuple[str, int, os.stat_result]]:
+        split_dir = self.root / split
+        if not split_dir.is_dir():
+            raise DataError(f"{split_dir} is missing. Expected the layout {LAYOUT}.")
+        files = []
+        for label, name in enumerate(CLASS_NAMES):
+            class_dir = split_dir / name
+            if not class_dir.is_dir():
+                raise DataError(f"{class_dir} is missing: every split needs the class folders "
+                                f"{' and '.join(CLASS_NAMES)} ({LAYOUT}).")
+            found = [(f"{split}/{name}/{p.name}", label, p.stat())
+                     for p in sorted(class_dir.iterdir()) if p.is_file()]
+            if not found:
+                raise DataError(f"{class_dir} is empty: every split needs images of both "
+                                "classes.")
+            files.extend(found)
+        return files
+
+    def entries(self, split: str) -> list[tuple[str, int, int]]:
+        return [(rel, st.st_size, st.st_mtime_ns) for rel, _, st in self._files(split)]
+
+    def decode(self, split: str, image_size: int,
+               channels: int) -> tuple[LabeledImages, list[Skipped]]:
+        files = self._files(split)
+        log.info("Decoding %d files of %s/%s at %dx%dx%d (once; later runs read the cache)...",
+                 len(files), self.root, split, image_size, image_size, channels)
+
+        def one(rel: str) -> np.ndarray | str:
+            try:
+                return decode_image(self.root / rel, image_size, channels)
+            except UnreadableImageError as e:
+                return str(e)
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            results = list(pool.map(one, [rel for rel, _, _ in files]))
+        keep = [i for i, r in enumerate(results) if isinstance(r, np.ndarray)]
+        skipped = [(files[i][0], str(r)) for i, r in enumerate(results)
+                   if not isinstance(r, np.ndarray)]
+        images = (np.stack([results[i] for i in keep]) if keep
+                  else np.zeros((0, image_size, image_size, channels), np.uint8))
+        data = LabeledImages(images, np.array([files[i][1] for i in keep], dtype=np.int64),
+                             np.array([files[i][0] for i in keep], dtype=str))
+        return data, skipped
