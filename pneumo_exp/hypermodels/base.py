@@ -1,0 +1,112 @@
+"""What every architecture shares: input facts, compile, augmentation, class weights, fit.
+
+Hypermodels know nothing of MLflow; tracking attaches to the tuner (pneumo_exp.search).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import keras_tuner as kt
+
+from pneumo_exp.hypermodels.space import Space
+
+OPTIMIZERS = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
+              "sgd": keras.optimizers.SGD}
+
+
+class StudyHyperModel(kt.HyperModel):
+    """A binary classifier of (size, size, channels) uint8 images whose default point is the
+    study's configuration. Subclasses implement `build`; `fit` applies the class weighting."""
+
+    min_image_size = 8
+
+    def __init__(self, input_shape: tuple[int, int, int], space: Mapping[str, Any] | None = None,
+                 class_weight: Mapping[int, float] | None = None, seed: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(name=type(self).__name__, tunable=True)
+        if len(input_shape) != 3 or input_shape[2] not in (1, 3):
+            raise ValueError(f"input_shape must be (size, size, 1 or 3); got {input_shape}.")
+        if min(input_shape[:2]) < self.min_image_size:
+            raise ValueError(f"{type(self).__name__} needs images of at least "
+                             f"{self.min_image_size}px; got {input_shape[0]}px.")
+        if kwargs:
+            raise TypeError(f"unknown model option(s): {', '.join(sorted(kwargs))}")
+        self.input_shape = tuple(input_shape)
+        self.space = Space(space)
+        self.balanced_class_weight = dict(class_weight) if class_weight else None
+        self.seed = seed
+
+    def class_weighting(self, hp: kt.HyperParameters) -> str:
+        """none, as in the study, or balanced: weights inverse to class frequency."""
+        return self.space.choice(hp, "class_weight", ["none", "balanced"], "none")
+
+    def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any, **kwargs: Any) -> Any:
+        if hp.values.get("class_weight") == "balanced" and self.balanced_class_weight:
+            kwargs["class_weight"] = self.balanced_class_weight
+        history = model.fit(*args, **kwargs)
+        losses = history.history.get("loss", [])
+        if any(not math.isfinite(v) for v in losses):
+            raise kt.errors.FailedTrialError(
+                f"the training loss diverged (became {losses[-1]}) at epoch {len(losses)}; "
+                "this trial is marked failed and the search goes on.")
+        return history
+
+    def inputs(self) -> keras.KerasTensor:
+        return keras.Input(shape=self.input_shape, name="image")
+
+
+def compile_binary(model: keras.Model, optimizer: str, learning_rate: float) -> keras.Model:
+    """Binary cross-entropy with the metrics every search logs; names match Keras' history keys,
+    so `val_auc` is both the tuner's objective and the MLflow metric."""
+    model.compile(
+        optimizer=OPTIMIZERS[optimizer](learning_rate=learning_rate),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc"),
+                 keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")],
+    )
+    return model
+
+
+def optimizer_and_rate(space: Space, hp: kt.HyperParameters, optimizer: str,
+                       learning_rate: float) -> tuple[str, float]:
+    return (space.choice(hp, "optimizer", list(OPTIMIZERS), optimizer),
+            space.float(hp, "learning_rate", 1e-5, 1e-2, learning_rate, sampling="log"))
+
+
+def augmentation(space: Space, hp: kt.HyperParameters, seed: int | None = None,
+                 rotation: float = 15.0, shift: float = 0.2, zoom: float = 0.2,
+                 flip: bool = True, brightness: float = 0.5,
+                 contrast: float = 0.0) -> keras.Layer:
+    """The study's ImageDataGenerator settings as Keras layers, active in training only.
+
+    Inputs are scaled to [0, 1]; rotation is in degrees; brightness adds up to that fraction
+    of the range (the study multiplied by 1.0-1.5); contrast is off in the study."""
+    rotation = space.float(hp, "rotation", 0.0, 30.0, rotation, step=5.0)
+    shift = space.float(hp, "shift", 0.0, 0.3, shift, step=0.05)
+    zoom = space.float(hp, "zoom", 0.0, 0.3, zoom, step=0.05)
+    flip = space.boolean(hp, "flip", flip)
+    brightness = space.float(hp, "brightness", 0.0, 0.5, brightness, step=0.1)
+    contrast = space.float(hp, "contrast", 0.0, 0.5, contrast, step=0.1)
+    layers: list[keras.layers.Layer] = []
+    if rotation:
+        layers.append(keras.layers.RandomRotation(rotation / 360.0, fill_mode="nearest",
+                                                  seed=seed))
+    if shift:
+        layers.append(keras.layers.RandomTranslation(shift, shift, fill_mode="nearest",
+                                                     seed=seed))
+    if zoom:
+        layers.append(keras.layers.RandomZoom(zoom, fill_mode="nearest", seed=seed))
+    if flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if brightness:
+        layers.append(keras.layers.RandomBrightness((0.0, brightness), value_range=(0.0, 1.0),
+                                                    seed=seed))
+    if contrast:
+        layers.append(keras.layers.RandomContrast(contrast, value_range=(0.0, 1.0), seed=seed))
+    if not layers:
+        return keras.layers.Identity(name="augmentation")
+    return keras.Sequential(layers, name="augmentation")

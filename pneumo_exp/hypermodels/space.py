@@ -1,0 +1,78 @@
+"""Search spaces that a configuration can reshape without touching code.
+
+A hypermodel declares each hyperparameter with its default range through `Space`;
+`space:` in experiments/<arch>.yaml may replace any of them:
+
+    learning_rate: 0.001                  # fixed value           -> hp.Fixed
+    optimizer: [adam, rmsprop]            # list of choices       -> hp.Choice
+    dropout: {min: 0.0, max: 0.5, step: 0.1}          # range     -> hp.Float / hp.Int
+    learning_rate: {min: 1e-5, max: 1e-2, sampling: log}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras_tuner as kt
+
+from pneumo_exp.errors import ConfigError
+
+_RANGE_KEYS = {"min", "max", "step", "sampling", "default"}
+
+
+class Space:
+    """Reads hyperparameters from `hp`, with the configured overrides applied."""
+
+    def __init__(self, overrides: Mapping[str, Any] | None = None) -> None:
+        self.overrides = dict(overrides or {})
+
+    def choice(self, hp: kt.HyperParameters, name: str, values: Sequence[Any],
+               default: Any) -> Any:
+        return self._get(hp, name, {"values": list(values), "default": default})
+
+    def float(self, hp: kt.HyperParameters, name: str, min_value: float, max_value: float,
+              default: float, step: float | None = None, sampling: str = "linear") -> float:
+        return self._get(hp, name, {"min": float(min_value), "max": float(max_value),
+                                    "step": step, "sampling": sampling, "default": default})
+
+    def int(self, hp: kt.HyperParameters, name: str, min_value: int, max_value: int,
+            default: int, step: int = 1) -> int:
+        return self._get(hp, name, {"min": min_value, "max": max_value, "step": step,
+                                    "sampling": "linear", "default": default})
+
+    def boolean(self, hp: kt.HyperParameters, name: str, default: bool) -> bool:
+        return self._get(hp, name, {"values": [True, False], "default": default})
+
+    def _get(self, hp: kt.HyperParameters, name: str, spec: dict[str, Any]) -> Any:
+        override = self.overrides.get(name, spec)
+        key = f"space.{name}"
+        if isinstance(override, list):
+            override = {"values": override, "default": spec.get("default")}
+        if not isinstance(override, dict):
+            return hp.Fixed(name, override)
+        try:
+            if "values" in override:
+                values = list(override["values"])
+                if not values:
+                    raise ConfigError(f"'{key}' needs at least one value; got [].")
+                default = override.get("default")
+                if all(isinstance(v, bool) for v in values) and len(values) == 2:
+                    return hp.Boolean(name, default=bool(default))
+                return hp.Choice(name, values, default=default if default in values else values[0])
+            unknown = set(override) - _RANGE_KEYS
+            if unknown or not {"min", "max"} <= set(override):
+                raise ConfigError(f"'{key}' must be a value, a list of values, or a mapping "
+                                  f"with min and max (and step, sampling); got {override!r}.")
+            lo, hi = override["min"], override["max"]
+            default = override.get("default", spec.get("default"))
+            default = default if default is not None and lo <= default <= hi else lo
+            sampling = override.get("sampling", "linear")
+            integral = isinstance(lo, int) and isinstance(hi, int)
+            if integral and not isinstance(spec.get("min"), float):
+                return hp.Int(name, lo, hi, step=override.get("step") or 1,
+                              sampling=sampling, default=int(default))
+            return hp.Float(name, float(lo), float(hi), step=override.get("step"),
+                            sampling=sampling, default=float(default))
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"'{key}': {e}; got {override!r}.") from e
