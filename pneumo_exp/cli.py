@@ -1,0 +1,146 @@
+"""The `pneumo-exp` command: one entry point, one subcommand per job. Make targets call it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pneumo_exp.config import SAMPLE_DIR, load_config, parse_override, tracking_uri
+from pneumo_exp.errors import UserError, exit_code
+
+log = logging.getLogger("pneumo_exp")
+
+UI_HOST, UI_PORT = "127.0.0.1", 5000
+
+
+def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Named options and --set KEY=VALUE, as dotted configuration keys."""
+    named = {"data.root": args.data, "data.image_size": args.image_size,
+             "search.max_trials": args.max_trials, "search.epochs": args.epochs,
+             "search.tuner": args.tuner, "search.batch_size": args.batch_size,
+             "search.seed": args.seed, "search.time_budget_min": args.time_budget}
+    overrides = {k: v for k, v in named.items() if v is not None}
+    overrides.update(parse_override(item) for item in args.set)
+    return overrides
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from pneumo_exp.search import run_search  # imports TensorFlow: only when searching
+
+    cfg = load_config(args.arch, _config_overrides(args))
+    result = run_search(cfg, name=args.name, fresh=args.fresh,
+                        verbose=1 if sys.stdout.isatty() else 2)
+    m = result.best_metrics
+    print()
+    if result.best_trial_id is None:
+        print(f"Search '{result.name}' of {cfg.arch}: no trial completed "
+              f"({result.trials['failed_trials']} failed); see the trial runs in MLflow.")
+    else:
+        figures = ", ".join(f"{k.removeprefix('best_')} {v:.4f}" for k, v in m.items())
+        print(f"Best trial {result.best_trial_id} of search '{result.name}' ({cfg.arch}, "
+              f"{result.trials['completed_trials']} of {result.trials['trials']} trials "
+              f"completed): {figures}")
+    print(f"MLflow: experiment '{cfg.experiment_name}' (id {result.experiment_id}), parent run "
+          f"{result.parent_run_id}; best trial run {result.best_run_id}.")
+    print(f"Browse it: make ui, then http://{UI_HOST}:{UI_PORT}/#/experiments/"
+          f"{result.experiment_id}/runs/{result.parent_run_id}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+           "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C stops it.")
+    os.execv(sys.executable, cmd)
+    return 0  # not reached
+
+
+def cmd_data_sample(args: argparse.Namespace) -> int:
+    from pneumo_exp.data.sample import build_sample
+
+    written = build_sample(Path(args.source), Path(args.to), image_size=args.size, seed=args.seed)
+    total = sum(a + b for a, b in written.values())
+    size_mb = sum(p.stat().st_size for p in Path(args.to).rglob("*") if p.is_file()) / 1e6
+    print(f"Wrote {total} images ({size_mb:.1f} MB) to {args.to}: "
+          + ", ".join(f"{s} {a}+{b}" for s, (a, b) in written.items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pneumo-exp", description="Experiment-tracked hyperparameter search for pneumonia "
+        "detection on chest X-rays (Keras Tuner + MLflow).")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    search = sub.add_parser("search", help="search one architecture, tracked in MLflow",
+                            description="Run (or resume) a Keras Tuner search configured by "
+                            "experiments/ARCH.yaml; every trial is a nested MLflow run.")
+    search.add_argument("arch", nargs="?", default="aug_cnn",
+                        help="architecture: the name of a file in experiments/ (default aug_cnn)")
+    search.add_argument("--data", help="dataset folder (ROOT/{train,val,test}/{NORMAL,PNEUMONIA}) "
+                        "or MedMNIST .npz; default data/chest_xray, else the bundled sample")
+    search.add_argument("--max-trials", type=int, help="trial budget")
+    search.add_argument("--epochs", type=int, help="maximum epochs per trial")
+    search.add_argument("--tuner", help="random, bayesian or hyperband")
+    search.add_argument("--image-size", type=int, help="images are resized to SIZE x SIZE")
+    search.add_argument("--batch-size", type=int, help="training batch size")
+    search.add_argument("--seed", type=int, help="seed of the split, the tuner and training")
+    search.add_argument("--time-budget", type=float, metavar="MINUTES",
+                        help="start no trial and no epoch after this many minutes")
+    search.add_argument("--name", help="search name; the same name resumes (default: "
+                        "<tuner>-<digest of the configuration>)")
+    search.add_argument("--fresh", action="store_true",
+                        help="discard this search's tuner state and start over")
+    search.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any configuration key, e.g. --set space.dropout=0.2 (repeatable)")
+    search.set_defaults(func=cmd_search)
+
+    ui = sub.add_parser("ui", help="serve the MLflow UI of the local store on 127.0.0.1")
+    ui.add_argument("--host", default=UI_HOST, help="interface to bind (default 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=UI_PORT, help="port (default 5000)")
+    ui.set_defaults(func=cmd_ui)
+
+    data = sub.add_parser("data", help="dataset utilities")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    sample = data_sub.add_parser("sample", help="build the small bundled sample from a full "
+                                 "dataset folder, by whole patients")
+    sample.add_argument("--from", dest="source", required=True, help="full dataset folder")
+    sample.add_argument("--to", default=str(SAMPLE_DIR), help="output folder (default "
+                        "data/sample)")
+    sample.add_argument("--size", type=int, default=128, help="image side in pixels")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the patient draw")
+    sample.set_defaults(func=cmd_data_sample)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("mlflow", "alembic", "absl", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except UserError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"pneumo-exp: error: {e}", file=sys.stderr)
+        return exit_code(e)
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print("pneumo-exp: interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""MLflow tracking of a search: one experiment per architecture, a parent run per search,
+a nested run per trial (params, per-epoch metrics, curves, confusion matrix, ROC, model).
+
+The search module calls this at the tuner's hooks; hypermodels never import MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+import yaml
+from mlflow.entities import DatasetInput, InputTag, Metric
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from pneumo_exp import __version__, plots
+from pneumo_exp.config import REPO_ROOT, ExperimentConfig, tracking_uri
+from pneumo_exp.data.dataset import TrainingData
+from pneumo_exp.data.labeled import LabeledImages
+from pneumo_exp.fileio import write_text_atomic
+from pneumo_exp.metrics import binary_metrics
+
+log = logging.getLogger(__name__)
+
+TAG_ROLE = "pneumo.role"  # search | trial (later: cv, fold, evaluation)
+TAG_SEARCH = "pneumo.search"
+TAG_TRIAL = "pneumo.trial_id"
+TAG_ARCH = "pneumo.arch"
+TAG_DATA = "pneumo.data_fingerprint"
+MODEL_NAME = "model"  # artifact name of the logged model in a trial run
+
+
+def connect() -> MlflowClient:
+    """Point MLflow at the configured store and return a client for it."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent search
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def code_version() -> dict[str, str]:
+    """Git commit of the code (and whether it had uncommitted changes), for the run's tags."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+    try:
+        commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain"))
+    except (OSError, subprocess.SubprocessError):
+        return {"pneumo.version": __version__}
+    return {"mlflow.source.git.commit": commit, "pneumo.git_dirty": str(dirty).lower(),
+            "pneumo.version": __version__}
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def dataset_inputs(data: TrainingData) -> list[DatasetInput]:
+    """MLflow dataset records (with content digests) of the train and validation images."""
+    inputs = []
+    for context, part in (("training", data.train), ("validation", data.val)):
+        with warnings.catch_warnings():  # a local path is a local source; MLflow asks twice
+            warnings.simplefilter("ignore", UserWarning)
+            ds = mlflow.data.from_numpy(part.images, targets=part.labels, source=str(data.root),
+                                        name=f"{data.root.name}-{context}")
+        inputs.append(DatasetInput(ds._to_mlflow_entity(),
+                                   [InputTag("mlflow.data.context", context)]))
+    return inputs
+
+
+def log_data_description(client: MlflowClient, run_id: str, data: TrainingData) -> None:
+    """Sizes, class counts, skipped files and the data fingerprint, on a search or cv run."""
+    params = {"data.source": str(data.root), "data.train_size": len(data.train),
+              "data.val_size": len(data.val), "data.skipped_files": len(data.skipped)}
+    for split, part in (("train", data.train), ("val", data.val)):
+        for cls, count in part.class_counts().items():
+            params[f"data.{split}_{cls}"] = count
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v))
+                                     for k, v in params.items()])
+    client.set_tag(run_id, TAG_DATA, data.fingerprint)
+    client.log_text(run_id, "".join(f"{n}\t{r}\n" for n, r in data.skipped) or "none\n",
+                    "data/skipped_files.tsv")
+    client.log_inputs(run_id, datasets=dataset_inputs(data))
+
+
+def log_epoch_metrics(client: MlflowClient, run_id: str, epoch: int,
+                      logs: Mapping[str, Any]) -> None:
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, epoch) for k, v in logs.items()
+               if isinstance(v, int | float | np.floating | np.integer)]
+    if metrics:
+        client.log_batch(run_id, metrics=metrics)
+
+
+def log_classifier(model: keras.Model, data: LabeledImages, history: Mapping[str, Sequence[float]],
+                   objective: str, direction: str, initial_epoch: int = 0,
+                   log_model: bool = True) -> dict[str, float]:
+    """Into the active run: curves, validation confusion matrix and ROC, the figures of the
+    best checkpoint (`best_val_*`), and the model with its signature."""
+    prob = model.predict(data.images, batch_size=256, verbose=0).ravel()
+    figures = binary_metrics(data.labels, prob, prefix="best_val_")
+    values = history.get(objective, [])
+    if values:
+        pick = np.nanargmin if direction == "min" else np.nanargmax
+        figures["best_epoch"] = float(initial_epoch + int(pick(values)))
+    mlflow.log_metrics(figures)
+    counts = [[int(figures["best_val_tn"]), int(figures["best_val_fp"])],
+              [int(figures["best_val_fn"]), int(figures["best_val_tp"])]]
+    mlflow.log_dict({"labels": ["NORMAL", "PNEUMONIA"], "rows_true_cols_pred": counts},
+                    "plots/val_confusion_matrix.json")
+    for name, fig in (("curves", plots.curves_figure(history)),
+                      ("val_confusion_matrix", plots.confusion_figure(
+                          data.labels, (prob >= 0.5).astype(int), "validation, threshold 0.5")),
+                      ("val_roc", plots.roc_figure(data.labels, prob, "validation ROC"))):
+        mlflow.log_figure(fig, f"plots/{name}.png")
+        plots.close(fig)
+    if log_model:
+        # An uncompiled copy: inference needs the weights, not the optimizer state.
+        inference = keras.models.clone_model(model)
+        inference.set_weights(model.get_weights())
+        sample = data.images[:4].astype(np.float32)
+        mlflow.keras.log_model(
+            inference, name=MODEL_NAME,
+            signature=infer_signature(sample, inference.predict(sample, verbose=0)),
+            pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"])
+    return figures
+
+
+class SearchTracker:
+    """The MLflow side of one search, identified by its architecture and search name."""
+
+    def __init__(self, cfg: ExperimentConfig, search_name: str, project_dir: Path) -> None:
+        self.cfg = cfg
+        self.search_name = search_name
+        self.client = connect()
+        self.experiment_id = experiment_id(self.client, cfg.experiment_name)
+        self._run_file = project_dir / "mlflow_parent_run.json"
+        self.parent_run_id: str | None = None
+        self.resumed = False
+        self._started = time.time()
+        self.trials_this_session = 0
+
+    # ---- parent run -------------------------------------------------------------------
+    def begin(self, data: TrainingData, tuner_settings: Mapping[str, Any]) -> str:
+        """Reopen the search's parent run if it exists (resume), else create it."""
+        previous = self._previous_parent()
+        if previous:
+            self.parent_run_id, self.resumed = previous, True
+            self.client.update_run(previous, status="RUNNING")
+            self._close_stale_trial_runs()
+        else:
+            run = self.client.create_run(
+                self.experiment_id, run_name=f"search-{self.search_name}",
+                tags={TAG_ROLE: "search", TAG_SEARCH: self.search_name, TAG_ARCH: self.cfg.arch,
+                      **code_version()})
+            self.parent_run_id = run.info.run_id
+            write_text_atomic(self._run_file, json.dumps({"run_id": self.parent_run_id}))
+            params = flatten({k: v for k, v in self.cfg.to_dict().items() if k != "space"})
+            params = {k: v for k, v in params.items()
+                      if k not in ("search.max_trials", "search.time_budget_min")}
+            params.update({f"space.{k}": json.dumps(v) for k, v in self.cfg.space.items()})
+            params.update({f"tuner.{k}": v for k, v in tuner_settings.items()})
+            self.client.log_batch(self.parent_run_id, params=[
+                mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()])
+            self.client.log_text(self.parent_run_id, yaml.safe_dump(self.cfg.to_dict()),
+                                 "config.yaml")
+            log_data_description(self.client, self.parent_run_id, data)
+        # Budgets may grow when a search is extended, so they are tags, not params.
+        self.client.set_tag(self.parent_run_id, "search.max_trials", self.cfg.search.max_trials)
+        self.client.set_tag(self.parent_run_id, "search.time_budget_min",
+                            self.cfg.search.time_budget_min)
+        return self.parent_run_id
+
+    def _previous_parent(self) -> str | None:
+        if not self._run_file.is_file():
+            return None
+        run_id = json.loads(self._run_file.read_text())["run_id"]
+        try:
+            run = self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            log.warning("the MLflow run %s of search %s is gone; starting a new parent run.",
+                        run_id, self.search_name)
+            return None
+        return run_id if run.info.lifecycle_stage == "active" else None
+
+    def _close_stale_trial_runs(self) -> None:
+        """Trial runs left RUNNING by a killed process end as KILLED."""
+        for run in self.client.search_runs(
+                [self.experiment_id],
+                f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' "
+                "and attributes.status = 'RUNNING'"):
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+            log.info("trial run %s (trial %s) was left running by an interrupted search; "
+                     "marked KILLED.", run.info.run_id, run.data.tags.get(TAG_TRIAL))
+
+    def end(self, best: Mapping[str, Any] | None, counts: Mapping[str, int],
+            status: str = "FINISHED") -> None:
+        """Summary metrics for comparing searches side by side, then close the parent run."""
+        assert self.parent_run_id
+        if self.trials_this_session or not self.resumed:
+            metrics = {f"n_{k}": float(v) for k, v in counts.items()}
+            metrics["wall_time_s"] = self._previous_wall_time() + time.time() - self._started
+            if best:
+                metrics.update({k: float(v) for k, v in best["metrics"].items()})
+                self.client.set_tag(self.parent_run_id, "best_trial_id", best["trial_id"])
+                if best.get("run_id"):
+                    self.client.set_tag(self.parent_run_id, "best_run_id", best["run_id"])
+            self.client.log_batch(self.parent_run_id, metrics=[
+                Metric(k, v, int(time.time() * 1000), 0) for k, v in metrics.items()])
+        self.client.set_terminated(self.parent_run_id, status=status)
+
+    def _previous_wall_time(self) -> float:
+        if not self.resumed:
+            return 0.0
+        return float(self.client.get_run(self.parent_run_id).data.metrics.get("wall_time_s", 0))
+
+    # ---- trial runs -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def trial_run(self, trial_id: str, hyperparameters: Mapping[str, Any]) -> Iterator[str]:
+        """A nested run for one trial; FAILED if the trial raises, KILLED on Ctrl-C."""
+        self.trials_this_session += 1
+        run = mlflow.start_run(experiment_id=self.experiment_id, run_name=f"trial-{trial_id}",
+                               parent_run_id=self.parent_run_id,
+                               tags={TAG_ROLE: "trial", TAG_SEARCH: self.search_name,
+                                     TAG_TRIAL: trial_id, TAG_ARCH: self.cfg.arch})
+        try:
+            mlflow.log_params(dict(hyperparameters))
+            yield run.info.run_id
+        except KeyboardInterrupt:
+            mlflow.end_run(status="KILLED")
+            raise
+        except BaseException as e:
+            mlflow.set_tag("pneumo.failure", f"{type(e).__name__}: {e}"[:4000])
+            mlflow.end_run(status="FAILED")
+            raise
+        mlflow.end_run(status="FINISHED")
+
+    def trial_run_id(self, trial_id: str) -> str | None:
+        """The finished run of a trial of this search."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' and "
+            f"tags.`{TAG_TRIAL}` = '{trial_id}' and attributes.status = 'FINISHED'",
+            max_results=1)
+        return runs[0].info.run_id if runs else None

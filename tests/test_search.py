@@ -1,0 +1,135 @@
+"""End to end: a 2-trial search on a tiny generated dataset, and what it leaves in MLflow."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import add_bad_files, make_folder_dataset
+from mlflow.tracking import MlflowClient
+
+from pneumo_exp.config import load_config
+from pneumo_exp.errors import ConfigError
+from pneumo_exp.search import SearchResult, run_search
+
+OVERRIDES = {"search.max_trials": 2, "search.epochs": 2, "search.tuner": "random",
+             "data.image_size": 32, "search.batch_size": 16}
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("search")
+    data = make_folder_dataset(root / "chest_xray")
+    bad = add_bad_files(data / "train" / "NORMAL")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        cfg = load_config("aug_cnn", {**OVERRIDES, "data.root": str(data)})
+        result = run_search(cfg, verbose=0)
+        client = MlflowClient(mlflow.get_tracking_uri())
+        yield {"root": root, "cfg": cfg, "result": result, "client": client, "bad": bad,
+               "mp": mp}
+
+
+def _children(client: MlflowClient, result: SearchResult) -> list[Any]:
+    return client.search_runs([result.experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
+
+
+def test_store_is_local_sqlite_under_mlruns(searched: dict[str, Any]) -> None:
+    assert (searched["root"] / "mlruns" / "mlflow.db").is_file()
+    assert mlflow.get_tracking_uri().startswith("sqlite:///")
+
+
+def test_parent_run(searched: dict[str, Any]) -> None:
+    client, result = searched["client"], searched["result"]
+    exp = client.get_experiment(result.experiment_id)
+    assert exp.name == "pneumo-exp/aug_cnn"
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["pneumo.role"] == "search"
+    assert parent.data.tags["pneumo.data_fingerprint"] == result.data.fingerprint
+    assert "mlflow.source.git.commit" in parent.data.tags or "pneumo.version" in parent.data.tags
+    p = parent.data.params
+    assert p["search.tuner"] == "random" and p["data.image_size"] == "32"
+    assert int(p["data.train_size"]) + int(p["data.val_size"]) == 68
+    assert int(p["data.train_NORMAL"]) + int(p["data.val_NORMAL"]) == 28
+    assert p["data.skipped_files"] == "3"
+    skipped = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/data/skipped_files.tsv")
+    assert sorted(line.split("\t")[0].rsplit("/", 1)[-1]
+                  for line in skipped.splitlines()) == sorted(searched["bad"])
+    m = parent.data.metrics
+    assert m["n_trials"] == 2 and m["n_completed_trials"] == 2 and m["wall_time_s"] > 0
+    assert 0 <= m["best_val_auc"] <= 1 and m["best_val_loss"] > 0
+    assert parent.data.tags["best_run_id"] == result.best_run_id
+    contexts = {t.value for d in parent.inputs.dataset_inputs for t in d.tags}
+    assert contexts == {"training", "validation"}
+
+
+def test_two_nested_trial_runs(searched: dict[str, Any]) -> None:
+    client, result = searched["client"], searched["result"]
+    children = _children(client, result)
+    assert len(children) == 2
+    assert sorted(r.data.tags["pneumo.trial_id"] for r in children) == ["0", "1"]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert {"filters_1", "dense_units", "learning_rate", "optimizer", "rotation",
+                "class_weight"} <= set(run.data.params)
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        assert [h.step for h in history] == [0, 1]
+        for key in ("loss", "accuracy", "auc", "val_accuracy", "val_auc"):
+            assert len(client.get_metric_history(run.info.run_id, key)) == 2
+        m = run.data.metrics
+        assert m["best_val_tn"] + m["best_val_fp"] + m["best_val_fn"] + m["best_val_tp"] == len(
+            result.data.val)
+        plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert {"plots/curves.png", "plots/val_confusion_matrix.png", "plots/val_roc.png",
+                "plots/val_confusion_matrix.json"} <= plots
+
+
+def test_logged_model_loads_and_predicts_probabilities(searched: dict[str, Any]) -> None:
+    result = searched["result"]
+    models = mlflow.search_logged_models(experiment_ids=[result.experiment_id],
+                                         filter_string=f"source_run_id = '{result.best_run_id}'",
+                                         output_format="list")
+    assert len(models) == 1
+    model = mlflow.pyfunc.load_model(models[0].model_uri)
+    x = result.data.val.images[:5].astype(np.float32)
+    prob = np.asarray(model.predict(x)).ravel()
+    assert prob.shape == (5,) and ((prob >= 0) & (prob <= 1)).all()
+    assert model.metadata.signature is not None
+
+
+def test_same_command_again_adds_no_runs(searched: dict[str, Any],
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    client, result = searched["client"], searched["result"]
+    caplog.set_level("INFO")
+    again = run_search(searched["cfg"], verbose=0)
+    assert again.parent_run_id == result.parent_run_id
+    assert again.data.from_cache
+    assert len(_children(client, result)) == 2
+    assert client.get_run(result.parent_run_id).info.status == "FINISHED"
+    assert "already ran its 2 trials" in caplog.text
+
+
+def test_unknown_space_key_is_a_config_error(searched: dict[str, Any]) -> None:
+    cfg = load_config("aug_cnn", {**OVERRIDES, "data.root": searched["cfg"].data.root,
+                                  "space.dropuot": 0.2})
+    with pytest.raises(ConfigError, match=r"space.dropuot.*dropout"):
+        run_search(cfg, verbose=0)
+
+
+def test_cli_layout_error_is_one_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from pneumo_exp.cli import main
+    data = make_folder_dataset(tmp_path / "d", {"train": (4, 4)})
+    for f in (data / "train" / "PNEUMONIA").iterdir():
+        f.unlink()
+    (data / "train" / "PNEUMONIA").rmdir()
+    assert main(["search", "aug_cnn", "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "train/PNEUMONIA is missing" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
