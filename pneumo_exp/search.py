@@ -34,15 +34,44 @@ class SearchInterrupted(InterruptedByUser):
     """Ctrl-C: finished trials are kept; the same command resumes."""
 
 
-class TrackedTuner:
-    """Mixin for Keras Tuner tuners: a nested MLflow run per trial, a seed per trial, and a
-    time budget after which no new trial starts."""
+class DefaultFirst:
+    """Oracle mixin: the first trial is the space's default point, i.e. the study's
+    configuration, so every search has the study as its reference; the rest is the
+    oracle's own choice."""
 
-    def __init__(self, *args: Any, tracker: SearchTracker, val: LabeledImages,
-                 deadline: float | None = None, **kwargs: Any) -> None:
+    def _random_values(self) -> dict[str, Any] | None:
+        if self._tried_so_far:
+            return super()._random_values()
+        hps = kt.HyperParameters()
+        for hp in self.hyperparameters.space:
+            hps.merge([hp])
+            if hps.is_active(hp):
+                hps.values[hp.name] = hp.default
+        return hps.values
+
+
+class DefaultFirstRandomSearchOracle(DefaultFirst, kt.oracles.RandomSearchOracle):
+    pass
+
+
+class DefaultFirstBayesianOptimizationOracle(DefaultFirst, kt.oracles.BayesianOptimizationOracle):
+    pass
+
+
+class DefaultFirstHyperbandOracle(DefaultFirst, kt.oracles.HyperbandOracle):
+    pass
+
+
+class TrackedTuner(kt.Tuner):
+    """A Keras Tuner tuner with a nested MLflow run per trial, a seed per trial, and a time
+    budget after which no new trial starts."""
+
+    def __init__(self, oracle: kt.Oracle, hypermodel: kt.HyperModel, *, tracker: SearchTracker,
+                 val: LabeledImages, deadline: float | None = None, **kwargs: Any) -> None:
         self.tracker, self.val, self.deadline = tracker, val, deadline
         self._run_id: str | None = None
-        super().__init__(*args, **kwargs)
+        # kt.Tuner directly: RandomSearch/Hyperband's constructors only build their oracle.
+        kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
 
     def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
         # Trial i trains from seed + i whatever the order, so a resumed search reproduces it.
@@ -73,16 +102,8 @@ class TrackedTuner:
             self.oracle.max_trials = len(self.oracle.trials)
 
 
-class TrackedRandomSearch(TrackedTuner, kt.RandomSearch):
-    pass
-
-
-class TrackedBayesianOptimization(TrackedTuner, kt.BayesianOptimization):
-    pass
-
-
 class TrackedHyperband(TrackedTuner, kt.Hyperband):
-    pass
+    """Hyperband's epochs per round and warm starts, with the tracking above."""
 
 
 class Deadline(keras.callbacks.Callback):
@@ -127,19 +148,21 @@ def make_hypermodel(cfg: ExperimentConfig, data: TrainingData) -> StudyHyperMode
 def make_tuner(cfg: ExperimentConfig, hypermodel: StudyHyperModel, tracker: SearchTracker,
                val: LabeledImages, project_dir: Path, overwrite: bool) -> TrackedTuner:
     s = cfg.search
-    common: dict[str, Any] = dict(
-        hypermodel=hypermodel, objective=kt.Objective(s.objective, s.direction), seed=s.seed,
-        directory=str(project_dir.parent), project_name=project_dir.name, overwrite=overwrite,
-        tracker=tracker, val=val)
-    deadline = time.time() + s.time_budget_min * 60 if s.time_budget_min else None
+    objective = kt.Objective(s.objective, s.direction)
     if s.tuner == "random":
-        tuner = TrackedRandomSearch(max_trials=s.max_trials, deadline=deadline, **common)
+        oracle = DefaultFirstRandomSearchOracle(objective, max_trials=s.max_trials, seed=s.seed)
     elif s.tuner == "bayesian":
-        tuner = TrackedBayesianOptimization(max_trials=s.max_trials, deadline=deadline, **common)
+        oracle = DefaultFirstBayesianOptimizationOracle(objective, max_trials=s.max_trials,
+                                                        seed=s.seed)
     else:
-        tuner = TrackedHyperband(max_epochs=s.epochs, factor=s.hyperband_factor,
-                                 deadline=deadline, **common)
-        tuner.oracle.max_trials = s.max_trials  # Hyperband has no trial budget of its own
+        oracle = DefaultFirstHyperbandOracle(objective, max_epochs=s.epochs,
+                                             factor=s.hyperband_factor, seed=s.seed)
+        oracle.max_trials = s.max_trials  # Hyperband has no trial budget of its own
+    tuner_class = TrackedHyperband if s.tuner == "hyperband" else TrackedTuner
+    tuner = tuner_class(
+        oracle, hypermodel, tracker=tracker, val=val,
+        deadline=time.time() + s.time_budget_min * 60 if s.time_budget_min else None,
+        directory=str(project_dir.parent), project_name=project_dir.name, overwrite=overwrite)
     _check_space(cfg, tuner)
     return tuner
 
