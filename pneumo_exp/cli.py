@@ -13,6 +13,7 @@ from typing import Any
 
 from pneumo_exp.config import SAMPLE_DIR, load_config, parse_override, tracking_uri
 from pneumo_exp.errors import UserError, exit_code
+from pneumo_exp.tf_import import import_tensorflow
 
 log = logging.getLogger("pneumo_exp")
 
@@ -31,9 +32,10 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from pneumo_exp.search import run_search  # imports TensorFlow: only when searching
-
     cfg = load_config(args.arch, _config_overrides(args))
+    import_tensorflow()
+    from pneumo_exp.search import run_search
+
     result = run_search(cfg, name=args.name, fresh=args.fresh,
                         verbose=1 if sys.stdout.isatty() else 2)
     m = result.best_metrics

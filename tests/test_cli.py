@@ -1,0 +1,46 @@
+"""The command line as users run it: exit codes and one-line messages, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_folder_dataset
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pneumo_exp.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_missing_class_folder_is_one_line_exit_2(tmp_path: Path) -> None:
+    data = make_folder_dataset(tmp_path / "d", {"train": (4, 4)})
+    for f in (data / "train" / "PNEUMONIA").iterdir():
+        f.unlink()
+    (data / "train" / "PNEUMONIA").rmdir()
+    proc = run_cli("search", "aug_cnn", "--data", str(data), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"pneumo-exp: error: {data}/train/PNEUMONIA is missing: every split needs the class "
+        "folders NORMAL and PNEUMONIA (ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg|png)."]
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["search", "resnet9"], "unknown architecture 'resnet9'"),
+    (["search", "aug_cnn", "--epochs", "-1"], "'search.epochs' must be an integer >= 1; got -1"),
+    (["search", "aug_cnn", "--image-size", "0"], "'data.image_size' must be an integer >= 8"),
+    (["search", "aug_cnn", "--tuner", "grid"], "'search.tuner' must be random | bayesian"),
+])
+def test_bad_configuration_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    proc = run_cli("--debug", "search", "aug_cnn", "--data", str(tmp_path / "nowhere"),
+                   cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" in proc.stderr and "dataset not found" in proc.stderr
