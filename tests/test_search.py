@@ -120,3 +120,25 @@ def test_unknown_space_key_is_a_config_error(searched: dict[str, Any]) -> None:
                                   "space.dropuot": 0.2})
     with pytest.raises(ConfigError, match=r"space.dropuot.*dropout"):
         run_search(cfg, verbose=0)
+
+
+def test_first_trial_is_the_study_configuration(searched: dict[str, Any]) -> None:
+    client, result = searched["client"], searched["result"]
+    (first,) = [r for r in _children(client, result) if r.data.tags["pneumo.trial_id"] == "0"]
+    p = first.data.params
+    assert (p["filters_1"], p["filters_2"], p["filters_3"], p["dense_units"]) == (
+        "32", "32", "64", "64")
+    assert (p["optimizer"], float(p["learning_rate"])) == ("rmsprop", 1e-4)
+    assert (p["rotation"], p["shift"], p["zoom"], p["flip"]) == ("15.0", "0.2", "0.2", "True")
+
+
+@pytest.mark.parametrize("tuner", ["bayesian", "hyperband"])
+def test_other_tuners_run_and_track(searched: dict[str, Any], tuner: str) -> None:
+    cfg = load_config("aug_cnn", {**OVERRIDES, "data.root": searched["cfg"].data.root,
+                                  "search.tuner": tuner, "search.epochs": 2,
+                                  "search.hyperband_factor": 2})
+    result = run_search(cfg, verbose=0)
+    children = _children(searched["client"], result)
+    assert result.trials["completed_trials"] == len(children) == 2
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert result.best_run_id in {r.info.run_id for r in children}
