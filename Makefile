@@ -22,8 +22,8 @@ help: ## List the targets
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade --quiet pip
-	$(BIN)/pip install --quiet -e ".[$(TF),dev]"
+	$(BIN)/pip install -qq --upgrade pip
+	$(BIN)/pip install -qq -e ".[$(TF),dev]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP) ## Create .venv and install the package (TF=gpu for CUDA)
@@ -38,7 +38,7 @@ test: $(STAMP) ## Run the tests (slow ones: make test PYTEST_ARGS="-m slow")
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff
-	$(BIN)/ruff check pneumo_exp tests bench
+	$(BIN)/ruff check .
 
 clean: ## Delete the MLflow store, tuner state and decode cache (keeps .venv)
 	rm -rf mlruns mlartifacts .pneumo .pytest_cache .ruff_cache
