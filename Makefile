@@ -15,7 +15,11 @@ SEARCH_ARGS = $(if $(DATA),--data $(DATA)) $(if $(MAX_TRIALS),--max-trials $(MAX
   $(if $(FRESH),--fresh)
 
 .DEFAULT_GOAL := help
-.PHONY: help install search ui test lint clean
+CV_ARGS = $(if $(DATA),--data $(DATA)) $(if $(FOLDS),--folds $(FOLDS)) \
+  $(if $(FROM),--from $(FROM)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+  $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(if $(SEED),--seed $(SEED))
+
+.PHONY: help install search cv ui test lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +34,9 @@ install: $(STAMP) ## Create .venv and install the package (TF=gpu for CUDA)
 
 search: $(STAMP) ## Search ARCH [DATA= MAX_TRIALS= EPOCHS= TUNER= IMAGE_SIZE= SEED= TIME_BUDGET= NAME= FRESH=1]
 	$(BIN)/pneumo-exp search $(ARCH) $(SEARCH_ARGS)
+
+cv: $(STAMP) ## Cross-validate ARCH [FOLDS=5 FROM=default|best DATA= EPOCHS= IMAGE_SIZE= SEED=]
+	$(BIN)/pneumo-exp cv $(ARCH) $(CV_ARGS)
 
 ui: $(STAMP) ## Serve the MLflow UI of ./mlruns on http://127.0.0.1:5000
 	$(BIN)/pneumo-exp ui

@@ -23,9 +23,11 @@ UI_HOST, UI_PORT = "127.0.0.1", 5000
 def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Named options and --set KEY=VALUE, as dotted configuration keys."""
     named = {"data.root": args.data, "data.image_size": args.image_size,
-             "search.max_trials": args.max_trials, "search.epochs": args.epochs,
-             "search.tuner": args.tuner, "search.batch_size": args.batch_size,
-             "search.seed": args.seed, "search.time_budget_min": args.time_budget}
+             "search.epochs": args.epochs, "search.batch_size": args.batch_size,
+             "search.seed": args.seed,
+             "search.max_trials": getattr(args, "max_trials", None),
+             "search.tuner": getattr(args, "tuner", None),
+             "search.time_budget_min": getattr(args, "time_budget", None)}
     overrides = {k: v for k, v in named.items() if v is not None}
     overrides.update(parse_override(item) for item in args.set)
     return overrides
@@ -55,6 +57,25 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cv(args: argparse.Namespace) -> int:
+    cfg = load_config(args.arch, _config_overrides(args))
+    import_tensorflow()
+    from pneumo_exp.cv import run_cv
+
+    result = run_cv(cfg, folds=args.folds, source=args.source,
+                    verbose=1 if sys.stdout.isatty() else 2)
+    m = result.summary
+    print()
+    print(f"{cfg.arch}, {args.folds}-fold cross-validation of the {args.source} configuration:")
+    for name in ("accuracy", "auc", "loss", "sensitivity", "specificity"):
+        if f"cv_val_{name}_mean" in m:
+            print(f"  validation {name:<12} {m[f'cv_val_{name}_mean']:.4f} "
+                  f"± {m[f'cv_val_{name}_std']:.4f}")
+    print(f"MLflow: experiment '{cfg.experiment_name}', parent run {result.parent_run_id} "
+          f"({m['wall_time_s']:.0f} s).")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
@@ -77,6 +98,19 @@ def cmd_data_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("arch", nargs="?", default="aug_cnn",
+                        help="architecture: the name of a file in experiments/ (default aug_cnn)")
+    parser.add_argument("--data", help="dataset folder (ROOT/{train,val,test}/{NORMAL,PNEUMONIA})"
+                        " or MedMNIST .npz; default data/chest_xray, else the bundled sample")
+    parser.add_argument("--epochs", type=int, help="maximum epochs per trial or fold")
+    parser.add_argument("--image-size", type=int, help="images are resized to SIZE x SIZE")
+    parser.add_argument("--batch-size", type=int, help="training batch size")
+    parser.add_argument("--seed", type=int, help="seed of splits, tuner and training")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any configuration key, e.g. --set space.dropout=0.2 (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pneumo-exp", description="Experiment-tracked hyperparameter search for pneumonia "
@@ -87,25 +121,26 @@ def build_parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="search one architecture, tracked in MLflow",
                             description="Run (or resume) a Keras Tuner search configured by "
                             "experiments/ARCH.yaml; every trial is a nested MLflow run.")
-    search.add_argument("arch", nargs="?", default="aug_cnn",
-                        help="architecture: the name of a file in experiments/ (default aug_cnn)")
-    search.add_argument("--data", help="dataset folder (ROOT/{train,val,test}/{NORMAL,PNEUMONIA}) "
-                        "or MedMNIST .npz; default data/chest_xray, else the bundled sample")
+    _add_config_options(search)
     search.add_argument("--max-trials", type=int, help="trial budget")
-    search.add_argument("--epochs", type=int, help="maximum epochs per trial")
     search.add_argument("--tuner", help="random, bayesian or hyperband")
-    search.add_argument("--image-size", type=int, help="images are resized to SIZE x SIZE")
-    search.add_argument("--batch-size", type=int, help="training batch size")
-    search.add_argument("--seed", type=int, help="seed of the split, the tuner and training")
     search.add_argument("--time-budget", type=float, metavar="MINUTES",
                         help="start no trial and no epoch after this many minutes")
     search.add_argument("--name", help="search name; the same name resumes (default: "
                         "<tuner>-<digest of the configuration>)")
     search.add_argument("--fresh", action="store_true",
                         help="discard this search's tuner state and start over")
-    search.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="any configuration key, e.g. --set space.dropout=0.2 (repeatable)")
     search.set_defaults(func=cmd_search)
+
+    cv = sub.add_parser("cv", help="k-fold cross-validation of one configuration, tracked",
+                        description="Cross-validate the study's configuration (--from default) "
+                        "or the best trial of the latest search (--from best) on the train "
+                        "split, in folds grouped by patient.")
+    _add_config_options(cv)
+    cv.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    cv.add_argument("--from", dest="source", choices=["default", "best"], default="default",
+                    help="default: the study's configuration; best: the latest search's best")
+    cv.set_defaults(func=cmd_cv)
 
     ui = sub.add_parser("ui", help="serve the MLflow UI of the local store on 127.0.0.1")
     ui.add_argument("--host", default=UI_HOST, help="interface to bind (default 127.0.0.1)")

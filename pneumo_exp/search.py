@@ -118,6 +118,15 @@ class Deadline(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def training_callbacks(cfg: ExperimentConfig, restore_best: bool = False) -> list[Any]:
+    """EarlyStopping on the objective and TerminateOnNaN, for trials and folds alike."""
+    s = cfg.search
+    return [keras.callbacks.EarlyStopping(monitor=s.objective, mode=s.direction,
+                                          patience=s.patience,
+                                          restore_best_weights=restore_best),
+            keras.callbacks.TerminateOnNaN()]
+
+
 @dataclass(frozen=True)
 class SearchResult:
     name: str
@@ -130,8 +139,9 @@ class SearchResult:
     data: TrainingData
 
 
-def make_hypermodel(cfg: ExperimentConfig, data: TrainingData) -> StudyHyperModel:
-    weights = compute_class_weight("balanced", classes=np.array([0, 1]), y=data.train.labels)
+def make_hypermodel(cfg: ExperimentConfig, train_labels: np.ndarray) -> StudyHyperModel:
+    """The configured architecture, with balanced class weights from the training labels."""
+    weights = compute_class_weight("balanced", classes=np.array([0, 1]), y=train_labels)
     try:
         return HYPERMODELS[cfg.arch](
             input_shape=(cfg.data.image_size, cfg.data.image_size, cfg.data.channels),
@@ -188,7 +198,7 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
              data.load_seconds, " from the cache" if data.from_cache else "")
     name = name or f"{s.tuner}-{cfg.digest()}"
     project_dir = TUNER_DIR / cfg.arch / name
-    hypermodel = make_hypermodel(cfg, data)
+    hypermodel = make_hypermodel(cfg, data.train.labels)
     tracker = SearchTracker(cfg, name, project_dir)
     if fresh:
         project_dir.joinpath("mlflow_parent_run.json").unlink(missing_ok=True)
@@ -197,9 +207,7 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
     log.info("%s search '%s' of %s: MLflow experiment '%s', parent run %s.",
              "Resuming" if tracker.resumed else "Starting", name, cfg.arch,
              cfg.experiment_name, parent)
-    callbacks = [keras.callbacks.EarlyStopping(monitor=s.objective, mode=s.direction,
-                                               patience=s.patience),
-                 keras.callbacks.TerminateOnNaN()]
+    callbacks = training_callbacks(cfg)
     if tuner.deadline:
         callbacks.append(Deadline(tuner.deadline))
     try:
@@ -232,13 +240,13 @@ def _trial_counts(tuner: kt.Tuner) -> dict[str, int]:
 
 
 def _best(tuner: kt.Tuner, tracker: SearchTracker) -> dict[str, Any] | None:
+    """The best trial by the tuner's objective, with the `best_val_*` figures its run logged
+    for its best checkpoint (the same numbers on the parent as on the trial run)."""
     best = tuner.oracle.get_best_trials(1)
     if not best or best[0].status != "COMPLETED":
         return None
     trial = best[0]
-    # Keras Tuner records every metric at the trial's best epoch.
-    metrics = {f"best_{key}": trial.metrics.get_last_value(key)
-               for key in ("val_auc", "val_accuracy", "val_loss", tuner.oracle.objective.name)
-               if trial.metrics.exists(key)}
-    return {"trial_id": trial.trial_id, "run_id": tracker.trial_run_id(trial.trial_id),
-            "metrics": metrics}
+    run_id = tracker.trial_run_id(trial.trial_id)
+    logged = tracker.client.get_run(run_id).data.metrics if run_id else {}
+    metrics = {k: v for k, v in logged.items() if k.startswith("best_val_")}
+    return {"trial_id": trial.trial_id, "run_id": run_id, "metrics": metrics}

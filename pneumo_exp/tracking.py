@@ -87,32 +87,30 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def dataset_inputs(data: TrainingData) -> list[DatasetInput]:
-    """MLflow dataset records (with content digests) of the train and validation images."""
-    inputs = []
-    for context, part in (("training", data.train), ("validation", data.val)):
-        with warnings.catch_warnings():  # a local path is a local source; MLflow asks twice
-            warnings.simplefilter("ignore", UserWarning)
-            ds = mlflow.data.from_numpy(part.images, targets=part.labels, source=str(data.root),
-                                        name=f"{data.root.name}-{context}")
-        inputs.append(DatasetInput(ds._to_mlflow_entity(),
-                                   [InputTag("mlflow.data.context", context)]))
-    return inputs
-
-
-def log_data_description(client: MlflowClient, run_id: str, data: TrainingData) -> None:
-    """Sizes, class counts, skipped files and the data fingerprint, on a search or cv run."""
-    params = {"data.source": str(data.root), "data.train_size": len(data.train),
-              "data.val_size": len(data.val), "data.skipped_files": len(data.skipped)}
-    for split, part in (("train", data.train), ("val", data.val)):
+def log_data_description(client: MlflowClient, run_id: str, root: Path,
+                         parts: Mapping[str, LabeledImages], skipped: Sequence[tuple[str, str]],
+                         fingerprint: str) -> None:
+    """On a search or cv run: source, sizes, class counts, skipped files, the fingerprint,
+    and the parts as MLflow datasets (with content digests)."""
+    params: dict[str, Any] = {"data.source": str(root), "data.skipped_files": len(skipped)}
+    for split, part in parts.items():
+        params[f"data.{split}_size"] = len(part)
         for cls, count in part.class_counts().items():
             params[f"data.{split}_{cls}"] = count
     client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v))
                                      for k, v in params.items()])
-    client.set_tag(run_id, TAG_DATA, data.fingerprint)
-    client.log_text(run_id, "".join(f"{n}\t{r}\n" for n, r in data.skipped) or "none\n",
+    client.set_tag(run_id, TAG_DATA, fingerprint)
+    client.log_text(run_id, "".join(f"{n}\t{r}\n" for n, r in skipped) or "none\n",
                     "data/skipped_files.tsv")
-    client.log_inputs(run_id, datasets=dataset_inputs(data))
+    inputs = []
+    for split, part in parts.items():
+        with warnings.catch_warnings():  # a local path is a local source; MLflow asks twice
+            warnings.simplefilter("ignore", UserWarning)
+            ds = mlflow.data.from_numpy(part.images, targets=part.labels, source=str(root),
+                                        name=f"{root.name}-{split}")
+        inputs.append(DatasetInput(ds._to_mlflow_entity(),
+                                   [InputTag("mlflow.data.context", split)]))
+    client.log_inputs(run_id, datasets=inputs)
 
 
 def log_epoch_metrics(client: MlflowClient, run_id: str, epoch: int,
@@ -158,6 +156,50 @@ def log_classifier(model: keras.Model, data: LabeledImages, history: Mapping[str
     return figures
 
 
+def create_parent_run(client: MlflowClient, experiment: str, cfg: ExperimentConfig,
+                      run_name: str, tags: Mapping[str, str],
+                      extra_params: Mapping[str, Any]) -> str:
+    """A parent run (search or cv) carrying the configuration as params and config.yaml."""
+    run = client.create_run(experiment, run_name=run_name,
+                            tags={TAG_ARCH: cfg.arch, **tags, **code_version()})
+    params = flatten({k: v for k, v in cfg.to_dict().items() if k != "space"})
+    params = {k: v for k, v in params.items()
+              if k not in ("search.max_trials", "search.time_budget_min")}
+    params.update({f"space.{k}": json.dumps(v) for k, v in cfg.space.items()})
+    params.update(extra_params)
+    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)[:6000])
+                                              for k, v in params.items()])
+    client.log_text(run.info.run_id, yaml.safe_dump(cfg.to_dict()), "config.yaml")
+    return run.info.run_id
+
+
+def log_summary(client: MlflowClient, run_id: str, metrics: Mapping[str, float]) -> None:
+    """Summary metrics of a parent run. Searches and cvs share the names (best_val_auc,
+    best_val_accuracy, best_val_loss, n_trials, wall_time_s) so the UI compares them."""
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+
+@contextlib.contextmanager
+def child_run(experiment: str, parent_run_id: str, run_name: str, tags: Mapping[str, str],
+              params: Mapping[str, Any]) -> Iterator[str]:
+    """The active nested run of a trial or a fold: FAILED if its block raises, KILLED on
+    Ctrl-C, FINISHED otherwise."""
+    run = mlflow.start_run(experiment_id=experiment, run_name=run_name,
+                           parent_run_id=parent_run_id, tags=dict(tags))
+    try:
+        mlflow.log_params(dict(params))
+        yield run.info.run_id
+    except KeyboardInterrupt:
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException as e:
+        mlflow.set_tag("pneumo.failure", f"{type(e).__name__}: {e}"[:4000])
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
 class SearchTracker:
     """The MLflow side of one search, identified by its architecture and search name."""
 
@@ -181,22 +223,14 @@ class SearchTracker:
             self.client.update_run(previous, status="RUNNING")
             self._close_stale_trial_runs()
         else:
-            run = self.client.create_run(
-                self.experiment_id, run_name=f"search-{self.search_name}",
-                tags={TAG_ROLE: "search", TAG_SEARCH: self.search_name, TAG_ARCH: self.cfg.arch,
-                      **code_version()})
-            self.parent_run_id = run.info.run_id
+            self.parent_run_id = create_parent_run(
+                self.client, self.experiment_id, self.cfg, f"search-{self.search_name}",
+                {TAG_ROLE: "search", TAG_SEARCH: self.search_name},
+                {f"tuner.{k}": v for k, v in tuner_settings.items()})
             write_text_atomic(self._run_file, json.dumps({"run_id": self.parent_run_id}))
-            params = flatten({k: v for k, v in self.cfg.to_dict().items() if k != "space"})
-            params = {k: v for k, v in params.items()
-                      if k not in ("search.max_trials", "search.time_budget_min")}
-            params.update({f"space.{k}": json.dumps(v) for k, v in self.cfg.space.items()})
-            params.update({f"tuner.{k}": v for k, v in tuner_settings.items()})
-            self.client.log_batch(self.parent_run_id, params=[
-                mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()])
-            self.client.log_text(self.parent_run_id, yaml.safe_dump(self.cfg.to_dict()),
-                                 "config.yaml")
-            log_data_description(self.client, self.parent_run_id, data)
+            log_data_description(self.client, self.parent_run_id, data.root,
+                                 {"train": data.train, "val": data.val}, data.skipped,
+                                 data.fingerprint)
         # Budgets may grow when a search is extended, so they are tags, not params.
         self.client.set_tag(self.parent_run_id, "search.max_trials", self.cfg.search.max_trials)
         self.client.set_tag(self.parent_run_id, "search.time_budget_min",
@@ -237,8 +271,7 @@ class SearchTracker:
                 self.client.set_tag(self.parent_run_id, "best_trial_id", best["trial_id"])
                 if best.get("run_id"):
                     self.client.set_tag(self.parent_run_id, "best_run_id", best["run_id"])
-            self.client.log_batch(self.parent_run_id, metrics=[
-                Metric(k, v, int(time.time() * 1000), 0) for k, v in metrics.items()])
+            log_summary(self.client, self.parent_run_id, metrics)
         self.client.set_terminated(self.parent_run_id, status=status)
 
     def _previous_wall_time(self) -> float:
@@ -247,25 +280,14 @@ class SearchTracker:
         return float(self.client.get_run(self.parent_run_id).data.metrics.get("wall_time_s", 0))
 
     # ---- trial runs -------------------------------------------------------------------
-    @contextlib.contextmanager
-    def trial_run(self, trial_id: str, hyperparameters: Mapping[str, Any]) -> Iterator[str]:
-        """A nested run for one trial; FAILED if the trial raises, KILLED on Ctrl-C."""
+    def trial_run(self, trial_id: str,
+                  hyperparameters: Mapping[str, Any]) -> contextlib.AbstractContextManager[str]:
+        """The nested run of one trial, with every hyperparameter as a param."""
         self.trials_this_session += 1
-        run = mlflow.start_run(experiment_id=self.experiment_id, run_name=f"trial-{trial_id}",
-                               parent_run_id=self.parent_run_id,
-                               tags={TAG_ROLE: "trial", TAG_SEARCH: self.search_name,
-                                     TAG_TRIAL: trial_id, TAG_ARCH: self.cfg.arch})
-        try:
-            mlflow.log_params(dict(hyperparameters))
-            yield run.info.run_id
-        except KeyboardInterrupt:
-            mlflow.end_run(status="KILLED")
-            raise
-        except BaseException as e:
-            mlflow.set_tag("pneumo.failure", f"{type(e).__name__}: {e}"[:4000])
-            mlflow.end_run(status="FAILED")
-            raise
-        mlflow.end_run(status="FINISHED")
+        assert self.parent_run_id
+        return child_run(self.experiment_id, self.parent_run_id, f"trial-{trial_id}",
+                         {TAG_ROLE: "trial", TAG_SEARCH: self.search_name, TAG_TRIAL: trial_id,
+                          TAG_ARCH: self.cfg.arch}, hyperparameters)
 
     def trial_run_id(self, trial_id: str) -> str | None:
         """The finished run of a trial of this search."""

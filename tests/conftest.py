@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -63,3 +64,38 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     return make_folder_dataset(tmp_path / "chest_xray")
+
+
+OVERRIDES = {"search.max_trials": 2, "search.epochs": 2, "search.tuner": "random",
+             "data.image_size": 32, "search.batch_size": 16}
+
+
+@pytest.fixture(scope="session")
+def search_session(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One 2-trial x 2-epoch aug_cnn search on a tiny dataset with 3 unreadable files, run
+    once per session in its own directory (its mlruns/ and .pneumo/)."""
+    from pneumo_exp.config import load_config
+    from pneumo_exp.search import run_search
+    from pneumo_exp.tracking import connect
+
+    root = tmp_path_factory.mktemp("search")
+    data = make_folder_dataset(root / "chest_xray")
+    bad = add_bad_files(data / "train" / "NORMAL")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        cfg = load_config("aug_cnn", {**OVERRIDES, "data.root": str(data)})
+        result = run_search(cfg, verbose=0)
+        client = connect()
+    return {"root": root, "cfg": cfg, "result": result, "client": client, "bad": bad,
+            "uri": client.tracking_uri}
+
+
+@pytest.fixture
+def searched(search_session: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The session's search, with the test running in its directory and MLflow store."""
+    import mlflow
+    monkeypatch.chdir(search_session["root"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", search_session["uri"])
+    mlflow.set_tracking_uri(search_session["uri"])
+    return search_session

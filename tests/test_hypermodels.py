@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pneumo_exp.errors import ConfigError
-from pneumo_exp.hypermodels import HYPERMODELS
+from pneumo_exp.hypermodels import HYPERMODELS, StudyHyperModel
 from pneumo_exp.hypermodels.aug_cnn import AugCNN
 
 
@@ -52,24 +52,47 @@ def test_augmentation_is_inactive_at_inference() -> None:
     assert not np.allclose(augment(scaled, training=True), scaled)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_random_points_build_and_train_a_step(seed: int) -> None:
-    hm = AugCNN((32, 32, 1), class_weight={0: 2.0, 1: 0.7}, seed=seed)
-    hp = kt.HyperParameters()
-    hm.build(hp)  # declare the space
-    space = hp.copy()
-    values = {}
+def _random_point(hm: StudyHyperModel, seed: int) -> kt.HyperParameters:
+    space = kt.HyperParameters()
+    hm.build(space)  # declares the space
     rng = np.random.default_rng(seed)
-    for p in space.space:
-        values[p.name] = p.random_sample(int(rng.integers(1 << 30)))
     point = kt.HyperParameters()
-    for name, value in values.items():
-        point.Fixed(name, value)
-    model = hm.build(point)
+    for p in space.space:
+        point.Fixed(p.name, p.random_sample(int(rng.integers(1 << 30))))
+    return point
+
+
+def _kwargs(arch: str) -> dict:
+    return {"weights": None} if arch == "transfer" else {}
+
+
+@pytest.mark.parametrize("arch", sorted(HYPERMODELS))
+def test_builds_from_empty_hyperparameters(arch: str) -> None:
+    hp = kt.HyperParameters()
+    model = HYPERMODELS[arch]((32, 32, 1), **_kwargs(arch)).build(hp)
+    assert model.output_shape == (None, 1)
+    assert model.name == arch
+    assert hp.values["class_weight"] == "none" and "learning_rate" in hp.values
+
+
+@pytest.mark.parametrize("arch", sorted(HYPERMODELS))
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_points_build_and_train_a_step(arch: str, seed: int) -> None:
+    hm = HYPERMODELS[arch]((32, 32, 1), class_weight={0: 2.0, 1: 0.7}, seed=seed,
+                           **_kwargs(arch))
+    point = _random_point(hm, seed)
+    if arch == "transfer":
+        point.values["fine_tune_layers"] = 20  # exercise the second phase too
+    try:
+        model = hm.build(point)
+    except kt.errors.FailedTrialError:  # a conv stack too deep for 32px: that trial is skipped
+        assert arch in ("cnn", "aug_cnn")
+        return
+    rng = np.random.default_rng(seed)
     x = rng.integers(0, 255, (8, 32, 32, 1)).astype("uint8")
     y = rng.integers(0, 2, (8, 1)).astype("float32")
     history = hm.fit(point, model, x, y, epochs=1, batch_size=4, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
+    assert np.isfinite(history.history["loss"]).all()
     assert set(history.history) >= {"loss", "accuracy", "auc"}
     prob = model.predict(x, verbose=0)
     assert prob.shape == (8, 1) and ((prob >= 0) & (prob <= 1)).all()
@@ -112,5 +135,117 @@ def test_diverging_training_fails_the_trial() -> None:
                callbacks=[keras.callbacks.TerminateOnNaN()])
 
 
-def test_registry_names() -> None:
-    assert "aug_cnn" in HYPERMODELS
+def test_registry_names_match_experiment_files() -> None:
+    from pneumo_exp.config import architectures
+    assert sorted(HYPERMODELS) == architectures() == sorted(
+        ["aug_cnn", "baseline", "cnn", "regularized", "transfer"])
+
+
+def test_baseline_default_point_is_the_study_model() -> None:
+    from pneumo_exp.hypermodels.baseline import Baseline
+    model = Baseline((64, 64, 3)).build(kt.HyperParameters())
+    assert model.input_shape == (None, 64, 64, 3)
+    assert _layers(model, keras.layers.Flatten)
+    assert [d.units for d in _layers(model, keras.layers.Dense)] == [32, 8, 1]
+    assert all(d.kernel_regularizer is None for d in _layers(model, keras.layers.Dense))
+    assert isinstance(model.optimizer, keras.optimizers.RMSprop)
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(1e-3)
+
+
+def test_regularized_adds_l2_on_the_first_dense_layer() -> None:
+    from pneumo_exp.hypermodels.regularized import Regularized
+    hp = kt.HyperParameters()
+    model = Regularized((64, 64, 3)).build(hp)
+    first, second, _ = _layers(model, keras.layers.Dense)
+    assert first.kernel_regularizer.l2 == pytest.approx(0.01)
+    assert second.kernel_regularizer is None
+    (l2,) = [p for p in hp.space if p.name == "l2"]
+    assert (l2.min_value, l2.max_value, l2.sampling) == (1e-4, 1e-1, "log")
+
+
+def test_cnn_default_point_has_no_augmentation() -> None:
+    from pneumo_exp.hypermodels.cnn import CNN
+    model = CNN((64, 64, 1)).build(kt.HyperParameters())
+    assert [c.kernel_size for c in _layers(model, keras.layers.Conv2D)] == [(3, 3), (4, 4),
+                                                                           (3, 3)]
+    assert not _layers(model, keras.layers.BatchNormalization)
+    assert not _layers(model, keras.layers.RandomRotation)
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(1e-3)
+
+
+def test_cnn_stack_too_deep_for_the_image_fails_the_trial() -> None:
+    from pneumo_exp.hypermodels.cnn import CNN
+    hp = kt.HyperParameters()
+    hp.Fixed("conv_blocks", 4)
+    for i in range(1, 5):
+        hp.Fixed(f"kernel_{i}", 5)
+    with pytest.raises(kt.errors.FailedTrialError, match="do not fit 32px"):
+        CNN((32, 32, 1)).build(hp)
+
+
+def test_transfer_default_point_is_the_study_model() -> None:
+    from pneumo_exp.hypermodels.transfer import Transfer, base_network
+    hp = kt.HyperParameters()
+    model = Transfer((32, 32, 1), weights=None).build(hp)
+    base = base_network(model)
+    assert base.name.startswith("resnet50") and not base.trainable
+    assert _layers(model, keras.layers.Flatten)
+    assert [d.units for d in _layers(model, keras.layers.Dense)] == [256, 1]
+    assert hp.values["fine_tune_layers"] == 0
+    assert isinstance(model.optimizer, keras.optimizers.RMSprop)
+
+
+@pytest.mark.parametrize("base", ["resnet50", "mobilenet_v2", "densenet121",
+                                  "efficientnet_b0", "mobilenet_v3_small"])
+def test_transfer_preprocessing_equals_keras_preprocess_input(base: str) -> None:
+    from pneumo_exp.hypermodels.transfer import BASES, preprocess
+    modules = {"resnet50": keras.applications.resnet50,
+               "mobilenet_v2": keras.applications.mobilenet_v2,
+               "densenet121": keras.applications.densenet,
+               "efficientnet_b0": keras.applications.efficientnet,
+               "mobilenet_v3_small": keras.applications.mobilenet_v3}
+    inputs = keras.Input((8, 8, 3))
+    layer_model = keras.Model(inputs, preprocess(inputs, BASES[base][1]))
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    expected = modules[base].preprocess_input(x.copy())
+    np.testing.assert_allclose(layer_model(x), expected, rtol=1e-5, atol=1e-3)
+
+
+def test_transfer_loads_a_local_weights_file(tmp_path) -> None:
+    from pneumo_exp.hypermodels.transfer import Transfer, base_network
+    source = keras.applications.MobileNetV2(include_top=False, weights=None,
+                                            input_shape=(32, 32, 3))
+    rng = np.random.default_rng(0)
+    source.set_weights([rng.normal(0, 0.1, w.shape).astype("float32")
+                        for w in source.get_weights()])
+    path = tmp_path / "mobilenet_v2_notop.weights.h5"
+    source.save_weights(path)
+    hp = kt.HyperParameters()
+    hp.Fixed("base", "mobilenet_v2")
+    model = Transfer((32, 32, 1), weights=str(path)).build(hp)
+    base = base_network(model)
+    for loaded, saved in zip(base.get_weights(), source.get_weights(), strict=True):
+        np.testing.assert_array_equal(loaded, saved)
+
+
+def test_transfer_imagenet_offline_is_a_clear_fatal_error(monkeypatch) -> None:
+    from pneumo_exp.hypermodels import transfer
+
+    def offline(*args, **kwargs):
+        if kwargs.get("weights") == "imagenet":
+            raise Exception("URL fetch failure on https://storage.googleapis.com/...: None")
+        return keras.applications.ResNet50(*args, **kwargs)
+
+    monkeypatch.setitem(transfer.BASES, "resnet50", (offline, "caffe"))
+    with pytest.raises(transfer.WeightsUnavailableError, match=r"model\.weights") as err:
+        transfer.Transfer((32, 32, 1), weights="imagenet").build(kt.HyperParameters())
+    assert isinstance(err.value, kt.errors.FatalError)
+    # auto falls back to training from scratch, with the same advice as a warning
+    model = transfer.Transfer((32, 32, 1), weights="auto").build(kt.HyperParameters())
+    assert model.output_shape == (None, 1)
+
+
+def test_transfer_weights_option_is_checked(tmp_path) -> None:
+    from pneumo_exp.hypermodels.transfer import Transfer
+    with pytest.raises(ValueError, match="is not a file"):
+        Transfer((32, 32, 1), weights=str(tmp_path / "missing.h5"))

@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import mlflow
 import numpy as np
 import pytest
-from conftest import add_bad_files, make_folder_dataset
+from conftest import OVERRIDES
 from mlflow.tracking import MlflowClient
 
 from pneumo_exp.config import load_config
 from pneumo_exp.errors import ConfigError
 from pneumo_exp.search import SearchResult, run_search
-
-OVERRIDES = {"search.max_trials": 2, "search.epochs": 2, "search.tuner": "random",
-             "data.image_size": 32, "search.batch_size": 16}
-
-
-@pytest.fixture(scope="module")
-def searched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    root = tmp_path_factory.mktemp("search")
-    data = make_folder_dataset(root / "chest_xray")
-    bad = add_bad_files(data / "train" / "NORMAL")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        cfg = load_config("aug_cnn", {**OVERRIDES, "data.root": str(data)})
-        result = run_search(cfg, verbose=0)
-        client = MlflowClient(mlflow.get_tracking_uri())
-        yield {"root": root, "cfg": cfg, "result": result, "client": client, "bad": bad,
-               "mp": mp}
 
 
 def _children(client: MlflowClient, result: SearchResult) -> list[Any]:
@@ -66,7 +47,7 @@ def test_parent_run(searched: dict[str, Any]) -> None:
     assert 0 <= m["best_val_auc"] <= 1 and m["best_val_loss"] > 0
     assert parent.data.tags["best_run_id"] == result.best_run_id
     contexts = {t.value for d in parent.inputs.dataset_inputs for t in d.tags}
-    assert contexts == {"training", "validation"}
+    assert contexts == {"train", "val"}
 
 
 def test_two_nested_trial_runs(searched: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ class StudyHyperModel(kt.HyperModel):
     """A binary classifier of (size, size, channels) uint8 images whose default point is the
     study's configuration. Subclasses implement `build`; `fit` applies the class weighting."""
 
+    arch = ""  # the name in HYPERMODELS, experiments/<arch>.yaml and the MLflow experiment
     min_image_size = 8
 
     def __init__(self, input_shape: tuple[int, int, int], space: Mapping[str, Any] | None = None,
@@ -78,13 +79,13 @@ def optimizer_and_rate(space: Space, hp: kt.HyperParameters, optimizer: str,
 
 
 def augmentation(space: Space, hp: kt.HyperParameters, seed: int | None = None,
-                 rotation: float = 15.0, shift: float = 0.2, zoom: float = 0.2,
-                 flip: bool = True, brightness: float = 0.5,
-                 contrast: float = 0.0) -> keras.Layer:
+                 value_range: tuple[float, float] = (0.0, 1.0), rotation: float = 15.0,
+                 shift: float = 0.2, zoom: float = 0.2, flip: bool = True,
+                 brightness: float = 0.5, contrast: float = 0.0) -> keras.Layer:
     """The study's ImageDataGenerator settings as Keras layers, active in training only.
 
-    Inputs are scaled to [0, 1]; rotation is in degrees; brightness adds up to that fraction
-    of the range (the study multiplied by 1.0-1.5); contrast is off in the study."""
+    Rotation is in degrees; brightness adds up to that fraction of `value_range` (the study
+    multiplied by 1.0-1.5); contrast is off in the study."""
     rotation = space.float(hp, "rotation", 0.0, 30.0, rotation, step=5.0)
     shift = space.float(hp, "shift", 0.0, 0.3, shift, step=0.05)
     zoom = space.float(hp, "zoom", 0.0, 0.3, zoom, step=0.05)
@@ -103,10 +104,10 @@ def augmentation(space: Space, hp: kt.HyperParameters, seed: int | None = None,
     if flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
     if brightness:
-        layers.append(keras.layers.RandomBrightness((0.0, brightness), value_range=(0.0, 1.0),
+        layers.append(keras.layers.RandomBrightness((0.0, brightness), value_range=value_range,
                                                     seed=seed))
     if contrast:
-        layers.append(keras.layers.RandomContrast(contrast, value_range=(0.0, 1.0), seed=seed))
+        layers.append(keras.layers.RandomContrast(contrast, value_range=value_range, seed=seed))
     if not layers:
         return keras.layers.Identity(name="augmentation")
     return keras.Sequential(layers, name="augmentation")

@@ -1,0 +1,39 @@
+"""baseline: the study's first model, the flattened image through two small Dense layers.
+
+Default point (the study): 64x64x3 images, Dense 32 relu, Dense 8 relu, Dense 1 sigmoid,
+RMSprop (learning rate 1e-3), binary cross-entropy, batch 64, 50 epochs. It overfits.
+"""
+
+from __future__ import annotations
+
+import keras
+import keras_tuner as kt
+
+from pneumo_exp.hypermodels.base import StudyHyperModel, compile_binary, optimizer_and_rate
+
+
+class Baseline(StudyHyperModel):
+    arch = "baseline"
+    def first_layer_penalty(self, hp: kt.HyperParameters) -> keras.regularizers.Regularizer | None:
+        """No weight penalty; `regularized` adds one."""
+        return None
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        s = self.space
+        units_1 = s.choice(hp, "units_1", [16, 32, 64, 128], 32)
+        units_2 = s.choice(hp, "units_2", [4, 8, 16, 32], 8)
+        dropout = s.float(hp, "dropout", 0.0, 0.5, 0.0, step=0.1)
+        optimizer, learning_rate = optimizer_and_rate(s, hp, "rmsprop", 1e-3)
+        penalty = self.first_layer_penalty(hp)
+        self.class_weighting(hp)
+
+        inputs = self.inputs()
+        x = keras.layers.Rescaling(1.0 / 255)(inputs)
+        x = keras.layers.Flatten()(x)
+        for units, regularizer in ((units_1, penalty), (units_2, None)):
+            x = keras.layers.Dense(units, activation="relu", kernel_regularizer=regularizer)(x)
+            if dropout:
+                x = keras.layers.Dropout(dropout, seed=self.seed)(x)
+        outputs = keras.layers.Dense(1, activation="sigmoid", name="pneumonia")(x)
+        return compile_binary(keras.Model(inputs, outputs, name=self.arch), optimizer,
+                              learning_rate)

@@ -1,0 +1,75 @@
+"""cnn: the study's convolutional network, trained on the images as they are.
+
+Default point (the study): Conv 32 3x3, Conv 32 4x4, Conv 64 3x3, each with 2x2 max
+pooling; Flatten; Dense 64 relu; Dense 1 sigmoid; RMSprop (1e-3). It overfits.
+Searched: number of conv blocks, filters and kernel size (3/4/5) per block, batch
+normalization, the head (flatten or global average pooling), dense units, dropout,
+optimizer and learning rate, class weighting.
+"""
+
+from __future__ import annotations
+
+import keras
+import keras_tuner as kt
+
+from pneumo_exp.hypermodels.base import (
+    StudyHyperModel,
+    augmentation,
+    compile_binary,
+    optimizer_and_rate,
+)
+
+STUDY_FILTERS = (32, 32, 64, 128)  # the study's three blocks, and a fourth when searched
+STUDY_KERNELS = (3, 4, 3, 3)
+
+
+class CNN(StudyHyperModel):
+    arch = "cnn"
+    min_image_size = 32  # the study's three valid convolutions and poolings need room
+    augment = False
+    learning_rate = 1e-3
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        s = self.space
+        blocks = s.int(hp, "conv_blocks", 2, 4, 3)
+        filters = [s.choice(hp, f"filters_{i + 1}", [16, 32, 64, 128], STUDY_FILTERS[i])
+                   for i in range(blocks)]
+        kernels = [s.choice(hp, f"kernel_{i + 1}", [3, 4, 5], STUDY_KERNELS[i])
+                   for i in range(blocks)]
+        batch_norm = s.boolean(hp, "batch_norm", False)
+        head = s.choice(hp, "head", ["flatten", "global_avg"], "flatten")
+        dense_units = s.choice(hp, "dense_units", [32, 64, 128, 256], 64)
+        dropout = s.float(hp, "dropout", 0.0, 0.5, 0.0, step=0.1)
+        optimizer, learning_rate = optimizer_and_rate(s, hp, "rmsprop", self.learning_rate)
+        augment = augmentation(s, hp, seed=self.seed) if self.augment else None
+        self.class_weighting(hp)
+        self._check_fits(kernels)
+
+        inputs = self.inputs()
+        x = keras.layers.Rescaling(1.0 / 255)(inputs)
+        if augment is not None:
+            x = augment(x)
+        for f, k in zip(filters, kernels, strict=True):
+            x = keras.layers.Conv2D(f, k, use_bias=not batch_norm)(x)
+            if batch_norm:
+                x = keras.layers.BatchNormalization()(x)
+            x = keras.layers.Activation("relu")(x)
+            x = keras.layers.MaxPooling2D()(x)
+        x = (keras.layers.Flatten() if head == "flatten"
+             else keras.layers.GlobalAveragePooling2D())(x)
+        x = keras.layers.Dense(dense_units, activation="relu")(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, seed=self.seed)(x)
+        outputs = keras.layers.Dense(1, activation="sigmoid", name="pneumonia")(x)
+        return compile_binary(keras.Model(inputs, outputs, name=self.arch), optimizer,
+                              learning_rate)
+
+    def _check_fits(self, kernels: list[int]) -> None:
+        """Valid convolutions shrink the image; a stack that leaves nothing fails its trial."""
+        size = self.input_shape[0]
+        for k in kernels:
+            size = (size - k + 1) // 2
+        if size < 1:
+            raise kt.errors.FailedTrialError(
+                f"{len(kernels)} conv blocks with kernels {kernels} do not fit "
+                f"{self.input_shape[0]}px images; this trial is skipped.")
