@@ -18,6 +18,7 @@ from pneumo_exp.tf_import import import_tensorflow
 log = logging.getLogger("pneumo_exp")
 
 UI_HOST, UI_PORT = "127.0.0.1", 5000
+SUMMARY = ("val_auc", "val_accuracy", "val_loss", "val_sensitivity", "val_specificity")
 
 
 def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"Search '{result.name}' of {cfg.arch}: no trial completed "
               f"({result.trials['failed_trials']} failed); see the trial runs in MLflow.")
     else:
-        figures = ", ".join(f"{k.removeprefix('best_')} {v:.4f}" for k, v in m.items())
+        figures = ", ".join(f"{k} {m['best_' + k]:.4f}" for k in SUMMARY if "best_" + k in m)
         print(f"Best trial {result.best_trial_id} of search '{result.name}' ({cfg.arch}, "
               f"{result.trials['completed_trials']} of {result.trials['trials']} trials "
               f"completed): {figures}")

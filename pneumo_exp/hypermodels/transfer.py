@@ -7,7 +7,8 @@ augmentation, class weighting, and an optional second phase that fine-tunes the 
 layers of the base at a tenth of the learning rate.
 
 `model.weights` (experiments/transfer.yaml) is "auto" (ImageNet weights when they can be
-downloaded or are cached in ~/.keras/models, else a warning and none), "imagenet" (stop
+downloaded or are cached in ~/.keras/models, else a warning and none: the base is then
+trained with the head, not frozen), "imagenet" (stop
 with a message when they cannot be had), the path of a weights file of the base without
 its top, or null to train from scratch. Grayscale images are repeated to 3 channels, and
 each base gets its own `preprocess_input`, written as layers so the model loads safely.
@@ -85,6 +86,7 @@ class Transfer(StudyHyperModel):
                                  f"file; {weights!r} is not a file")
             weights = str(Path(weights).expanduser())
         self.weights = weights
+        self._no_imagenet: set[str] = set()  # bases whose ImageNet weights failed to load
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         s = self.space
@@ -99,8 +101,8 @@ class Transfer(StudyHyperModel):
 
         constructor, mode = BASES[base_name]
         size = self.input_shape[0]
-        base = self._base(constructor, base_name, (size, size, 3))
-        base.trainable = False
+        base, pretrained = self._base(constructor, base_name, (size, size, 3))
+        base.trainable = not pretrained  # without pretrained weights, train it all
         inputs = self.inputs()
         x = augment(inputs)
         if self.input_shape[2] == 1:
@@ -117,11 +119,14 @@ class Transfer(StudyHyperModel):
                               learning_rate)
 
     def _base(self, constructor: Callable[..., keras.Model], name: str,
-              shape: tuple[int, int, int]) -> keras.Model:
-        if self.weights not in ("auto", "imagenet"):
-            return constructor(include_top=False, weights=self.weights, input_shape=shape)
+              shape: tuple[int, int, int]) -> tuple[keras.Model, bool]:
+        """The base network, and whether it has pretrained weights."""
+        if self.weights not in ("auto", "imagenet") or name in self._no_imagenet:
+            weights = None if name in self._no_imagenet else self.weights
+            return (constructor(include_top=False, weights=weights, input_shape=shape),
+                    weights is not None)
         try:
-            return constructor(include_top=False, weights="imagenet", input_shape=shape)
+            return constructor(include_top=False, weights="imagenet", input_shape=shape), True
         except Exception as e:
             how = ("Run once with a network (Keras caches them in ~/.keras/models), or set "
                    "model.weights to a local weights file of the base without its top, or to "
@@ -130,9 +135,10 @@ class Transfer(StudyHyperModel):
             if self.weights == "imagenet":
                 raise WeightsUnavailableError(
                     f"cannot get the ImageNet weights of {name} ({reason}). {how}") from e
-            log.warning("ImageNet weights of %s unavailable (%s): this trial trains the base "
-                        "from scratch. %s", name, reason, how)
-            return constructor(include_top=False, weights=None, input_shape=shape)
+            log.warning("ImageNet weights of %s unavailable (%s): it is trained from scratch "
+                        "in this search. %s", name, reason, how)
+            self._no_imagenet.add(name)
+            return constructor(include_top=False, weights=None, input_shape=shape), False
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any, **kwargs: Any) -> Any:
         """Phase 1 trains the head on the frozen base; phase 2, if `fine_tune_layers` > 0,
@@ -140,9 +146,9 @@ class Transfer(StudyHyperModel):
         rate for half as many epochs again."""
         history = super().fit(hp, model, *args, **kwargs)
         n_layers = hp.get("fine_tune_layers")
-        if not n_layers or not history.epoch:
-            return history
         base = base_network(model)
+        if not n_layers or not history.epoch or base.trainable:  # trainable: no pretraining
+            return history
         base.trainable = True
         for layer in base.layers[:-n_layers]:
             layer.trainable = False
