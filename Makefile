@@ -19,7 +19,9 @@ CV_ARGS = $(if $(DATA),--data $(DATA)) $(if $(FOLDS),--folds $(FOLDS)) \
   $(if $(FROM),--from $(FROM)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
   $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(if $(SEED),--seed $(SEED))
 
-.PHONY: help install search cv ui test lint clean
+MODEL ?= models:/pneumonia-classifier@champion
+
+.PHONY: help install search cv promote evaluate predict ui test lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +39,15 @@ search: $(STAMP) ## Search ARCH [DATA= MAX_TRIALS= EPOCHS= TUNER= IMAGE_SIZE= SE
 
 cv: $(STAMP) ## Cross-validate ARCH [FOLDS=5 FROM=default|best DATA= EPOCHS= IMAGE_SIZE= SEED=]
 	$(BIN)/pneumo-exp cv $(ARCH) $(CV_ARGS)
+
+promote: $(STAMP) ## Register the best validation trial [ARCH=], evaluate it once on test
+	$(BIN)/pneumo-exp promote $(if $(filter command line,$(origin ARCH)),$(ARCH))
+
+evaluate: $(STAMP) ## Evaluate MODEL= (default the champion) on a labelled folder DATA=
+	$(BIN)/pneumo-exp evaluate --model $(MODEL) --data $(DATA)
+
+predict: $(STAMP) ## Probability of pneumonia for FILES= (files or folders) with MODEL=
+	$(BIN)/pneumo-exp predict --model $(MODEL) $(FILES)
 
 ui: $(STAMP) ## Serve the MLflow UI of ./mlruns on http://127.0.0.1:5000
 	$(BIN)/pneumo-exp ui

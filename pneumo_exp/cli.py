@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -77,6 +78,69 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    cfg = load_config(args.arch or "aug_cnn", {"registry.model_name": args.model_name}
+                      if args.model_name else {})
+    import_tensorflow()
+    from pneumo_exp.registry import promote
+
+    p = promote(cfg.registry, arch=args.arch, run_id=args.run,
+                objective=cfg.search.objective, direction=cfg.search.direction)
+    v, name = p.version, cfg.registry.model_name
+    aliases = ", ".join(v.aliases) or "none"
+    if not p.created:
+        print(f"Run {v.tags.get('pneumo.source_run_id')} is already {name} version {v.version} "
+              f"(aliases: {aliases}); nothing registered. Champion: version {p.champion}.")
+        return 0
+    f, t = p.figures, v.tags
+    print(f"Registered {name} version {v.version} ({t['pneumo.arch']}, trial run "
+          f"{t['pneumo.source_run_id']}); aliases: {aliases}. Champion: version {p.champion}.")
+    print(f"  validation: {t['pneumo.objective']} {float(t['pneumo.objective_value']):.4f}; "
+          f"threshold {f['test_threshold']:.3f} (highest specificity with validation "
+          f"sensitivity >= {cfg.registry.min_sensitivity})")
+    print(f"  test, threshold 0.5: accuracy {f['test_accuracy']:.4f} "
+          f"[{f['test_accuracy_ci_low']:.3f}, {f['test_accuracy_ci_high']:.3f}], AUC "
+          f"{f['test_auc']:.4f} [{f['test_auc_ci_low']:.3f}, {f['test_auc_ci_high']:.3f}], "
+          f"sensitivity {f['test_sensitivity']:.4f}, specificity {f['test_specificity']:.4f}")
+    print(f"  test, threshold {f['test_threshold']:.3f}: accuracy "
+          f"{f['test_accuracy_at_thr']:.4f}, sensitivity {f['test_sensitivity_at_thr']:.4f}, "
+          f"specificity {f['test_specificity_at_thr']:.4f}")
+    print(f"  evaluation run {t['pneumo.evaluation_run_id']}. Use it: pneumo-exp predict "
+          f"--model models:/{name}@champion scan.jpeg")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import_tensorflow()
+    from pneumo_exp.inference import image_files, load, predict_files
+
+    files = image_files(args.paths)
+    table = predict_files(load(args.model), files)
+    if args.format == "csv":
+        print(table.to_csv(index=False), end="")
+    elif args.format == "json":
+        print(json.dumps(table.to_dict(orient="records"), indent=1))
+    else:
+        for row in table.itertuples():
+            print(f"{row.file}\t{row.probability:.6f}\t{row.label}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import_tensorflow()
+    from pneumo_exp.inference import evaluate_folder
+
+    f = evaluate_folder(args.model, Path(args.data))
+    print(f"{args.model} on {args.data}: accuracy {f['eval_accuracy']:.4f} "
+          f"[{f['eval_accuracy_ci_low']:.3f}, {f['eval_accuracy_ci_high']:.3f}], AUC "
+          f"{f['eval_auc']:.4f} [{f['eval_auc_ci_low']:.3f}, {f['eval_auc_ci_high']:.3f}], "
+          f"sensitivity {f['eval_sensitivity']:.4f}, specificity {f['eval_specificity']:.4f} "
+          f"at 0.5; at the model's threshold {f['eval_threshold']:.3f}: accuracy "
+          f"{f['eval_accuracy_at_thr']:.4f}, sensitivity {f['eval_sensitivity_at_thr']:.4f}, "
+          f"specificity {f['eval_specificity_at_thr']:.4f}")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
@@ -142,6 +206,31 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--from", dest="source", choices=["default", "best"], default="default",
                     help="default: the study's configuration; best: the latest search's best")
     cv.set_defaults(func=cmd_cv)
+
+    promote = sub.add_parser("promote", help="register the best validation model, evaluated "
+                             "once on test", description="Register the trial with the best "
+                             "validation objective (of ARCH, or of all architectures) in the "
+                             "MLflow Model Registry, with its preprocessing and a decision "
+                             "threshold chosen on validation; evaluate it on the test split.")
+    promote.add_argument("arch", nargs="?", help="only this architecture (default: all)")
+    promote.add_argument("--run", help="promote this trial run instead of the best one")
+    promote.add_argument("--model-name", help="registered model name (default "
+                         "pneumonia-classifier)")
+    promote.set_defaults(func=cmd_promote)
+
+    predict = sub.add_parser("predict", help="probability of pneumonia for image files/folders")
+    predict.add_argument("--model", required=True,
+                         help="model URI, e.g. models:/pneumonia-classifier@champion")
+    predict.add_argument("paths", nargs="+", help="image files or folders")
+    predict.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                         help="output: tab-separated table (default), csv or json")
+    predict.set_defaults(func=cmd_predict)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a model on a labelled folder")
+    evaluate.add_argument("--model", required=True, help="model URI")
+    evaluate.add_argument("--data", required=True, help="folder with NORMAL/ and PNEUMONIA/, "
+                          "or a dataset root (its test/ split is used)")
+    evaluate.set_defaults(func=cmd_evaluate)
 
     ui = sub.add_parser("ui", help="serve the MLflow UI of the local store on 127.0.0.1")
     ui.add_argument("--host", default=UI_HOST, help="interface to bind (default 127.0.0.1)")

@@ -96,6 +96,19 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    model_name: str = "pneumonia-classifier"
+    min_sensitivity: float = 0.95  # the decision threshold keeps this sensitivity on validation
+    bootstrap: int = 1000  # resamples for the test confidence intervals
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model_name), "registry.model_name", self.model_name, "a name")
+        _check(0 < self.min_sensitivity <= 1, "registry.min_sensitivity", self.min_sensitivity,
+               "a fraction in (0, 1]")
+        _check(self.bootstrap >= 100, "registry.bootstrap", self.bootstrap, "an integer >= 100")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     arch: str
     data: DataConfig = field(default_factory=DataConfig)
@@ -103,6 +116,7 @@ class ExperimentConfig:
     model: dict[str, Any] = field(default_factory=dict)  # fixed arguments of the hypermodel
     space: dict[str, Any] = field(default_factory=dict)  # overrides of its search space
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     @property
     def experiment_name(self) -> str:
@@ -116,10 +130,12 @@ class ExperimentConfig:
         d = self.to_dict()
         d["search"] = {k: v for k, v in d["search"].items()
                        if k not in ("max_trials", "time_budget_min")}
+        d.pop("registry")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-_SECTIONS = {"data": DataConfig, "search": SearchConfig, "tracking": TrackingConfig}
+_SECTIONS = {"data": DataConfig, "search": SearchConfig, "tracking": TrackingConfig,
+             "registry": RegistryConfig}
 
 
 def architectures() -> list[str]:
@@ -141,6 +157,12 @@ def load_config(arch: str, overrides: dict[str, Any] | None = None,
     return _build(arch, merged)
 
 
+def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
+    """The configuration a run logged (its config.yaml), back as an ExperimentConfig."""
+    d = dict(d)
+    return _build(d.pop("arch"), d)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """'search.epochs=3' -> ('search.epochs', 3); the value is read as YAML."""
     key, sep, raw = text.partition("=")
@@ -153,7 +175,7 @@ def _build(arch: str, merged: dict[str, Any]) -> ExperimentConfig:
     unknown = set(merged) - {*_SECTIONS, "model", "space"}
     if unknown:
         raise ConfigError(f"unknown configuration section '{sorted(unknown)[0]}'; known: "
-                          "data, search, model, space, tracking.")
+                          "data, search, model, space, tracking, registry.")
     sections: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
         values = merged.get(name) or {}

@@ -18,10 +18,10 @@ def _xray(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size] / size
     lungs = (np.exp(-((xx - 0.3) ** 2 + (yy - 0.5) ** 2) / 0.03)
              + np.exp(-((xx - 0.7) ** 2 + (yy - 0.5) ** 2) / 0.03))
-    img = 40 + 120 * lungs + rng.normal(0, 12, (size, size))
+    img = 40 + 120 * lungs + rng.normal(0, 25, (size, size))
     if label:
         cx, cy = rng.uniform(0.25, 0.75, 2)
-        img += 70 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.02)
+        img += 30 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.02)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -17,7 +18,7 @@ class UnreadableImageError(Exception):
     """The file is not an image PIL can decode (not an image, corrupt, truncated, empty)."""
 
 
-def decode_image(path: str | Path, image_size: int, channels: int) -> np.ndarray:
+def decode_image(path: str | Path | BinaryIO, image_size: int, channels: int) -> np.ndarray:
     """Return an (image_size, image_size, channels) uint8 array; the aspect ratio is not kept."""
     try:
         with warnings.catch_warnings():

@@ -1,0 +1,72 @@
+"""Evaluating a model on labelled images: figures at 0.5 and at a threshold chosen on
+validation, bootstrap confidence intervals, confusion matrices and ROC, logged to MLflow."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+from sklearn.metrics import accuracy_score, roc_auc_score, roc_curve
+
+from pneumo_exp import plots
+from pneumo_exp.metrics import binary_metrics
+
+CI_LEVEL = 0.95
+
+
+def choose_threshold(y_true: np.ndarray, prob: np.ndarray, min_sensitivity: float) -> float:
+    """The threshold with the highest specificity among those whose sensitivity reaches
+    `min_sensitivity` (missed pneumonia is the costly error). Chosen on validation only."""
+    fpr, tpr, thresholds = roc_curve(y_true, prob)
+    reaching = np.flatnonzero(tpr >= min_sensitivity)  # roc_curve: thresholds decreasing
+    best = reaching[np.argmin(fpr[reaching])]
+    return float(min(thresholds[best], 1.0))
+
+
+def bootstrap_ci(y_true: np.ndarray, prob: np.ndarray, threshold: float, n: int = 1000,
+                 seed: int = 0) -> dict[str, tuple[float, float]]:
+    """95% percentile intervals of accuracy (at `threshold`) and AUC over `n` resamples."""
+    rng = np.random.default_rng(seed)
+    y_true, prob = np.asarray(y_true), np.asarray(prob)
+    acc, auc = [], []
+    for _ in range(n):
+        idx = rng.integers(0, len(y_true), len(y_true))
+        acc.append(accuracy_score(y_true[idx], prob[idx] >= threshold))
+        if len(np.unique(y_true[idx])) == 2:
+            auc.append(roc_auc_score(y_true[idx], prob[idx]))
+    tail = (1 - CI_LEVEL) / 2 * 100
+    return {name: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail)))
+            for name, v in (("accuracy", acc), ("auc", auc))}
+
+
+def evaluation_figures(y_true: np.ndarray, prob: np.ndarray, threshold: float, split: str,
+                       n_bootstrap: int = 1000) -> dict[str, float]:
+    """`<split>_<figure>` at 0.5, `<split>_<figure>_at_thr` at `threshold`, and the CIs."""
+    figures = binary_metrics(y_true, prob, 0.5, prefix=f"{split}_")
+    at_thr = binary_metrics(y_true, prob, threshold, prefix=f"{split}_")
+    figures.update({f"{k}_at_thr": v for k, v in at_thr.items()
+                    if not k.endswith(("_auc", "_loss"))})
+    figures[f"{split}_threshold"] = threshold
+    for name, (low, high) in bootstrap_ci(y_true, prob, 0.5, n_bootstrap).items():
+        figures[f"{split}_{name}_ci_low"], figures[f"{split}_{name}_ci_high"] = low, high
+    return figures
+
+
+def log_evaluation(y_true: np.ndarray, prob: np.ndarray, threshold: float, split: str,
+                   n_bootstrap: int = 1000) -> dict[str, float]:
+    """Into the active run: the figures, two confusion matrices (PNG + counts), the ROC."""
+    figures = evaluation_figures(y_true, prob, threshold, split, n_bootstrap)
+    mlflow.log_metrics(figures)
+    for name, t in (("0.5", 0.5), ("threshold", threshold)):
+        pred = (prob >= t).astype(int)
+        fig = plots.confusion_figure(y_true, pred, f"{split}, threshold {t:.3f}")
+        mlflow.log_figure(fig, f"plots/{split}_confusion_matrix_{name}.png")
+        plots.close(fig)
+        m = binary_metrics(y_true, prob, t)
+        mlflow.log_dict({"threshold": t, "labels": ["NORMAL", "PNEUMONIA"],
+                         "rows_true_cols_pred": [[int(m["tn"]), int(m["fp"])],
+                                                 [int(m["fn"]), int(m["tp"])]]},
+                        f"plots/{split}_confusion_matrix_{name}.json")
+    fig = plots.roc_figure(y_true, prob, f"{split} ROC")
+    mlflow.log_figure(fig, f"plots/{split}_roc.png")
+    plots.close(fig)
+    return figures
