@@ -21,7 +21,11 @@ CV_ARGS = $(if $(DATA),--data $(DATA)) $(if $(FOLDS),--folds $(FOLDS)) \
 
 MODEL ?= models:/pneumonia-classifier@champion
 
-.PHONY: help install search cv promote evaluate predict ui test lint clean
+PORT  ?= 5001
+# mlflow's own commands need the store's URI; pneumo-exp defaults to the same one.
+STORE := $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}
+
+.PHONY: help install data search cv promote evaluate predict serve ui test lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +41,9 @@ install: $(STAMP) ## Create .venv and install the package (TF=gpu for CUDA)
 search: $(STAMP) ## Search ARCH [DATA= MAX_TRIALS= EPOCHS= TUNER= IMAGE_SIZE= SEED= TIME_BUDGET= NAME= FRESH=1]
 	$(BIN)/pneumo-exp search $(ARCH) $(SEARCH_ARGS)
 
+data: $(STAMP) ## Download or unpack a dataset archive: make data SOURCE=url-or-zip [TO=data/chest_xray]
+	$(BIN)/pneumo-exp data fetch $(SOURCE) $(if $(TO),--to $(TO))
+
 cv: $(STAMP) ## Cross-validate ARCH [FOLDS=5 FROM=default|best DATA= EPOCHS= IMAGE_SIZE= SEED=]
 	$(BIN)/pneumo-exp cv $(ARCH) $(CV_ARGS)
 
@@ -48,6 +55,10 @@ evaluate: $(STAMP) ## Evaluate MODEL= (default the champion) on a labelled folde
 
 predict: $(STAMP) ## Probability of pneumonia for FILES= (files or folders) with MODEL=
 	$(BIN)/pneumo-exp predict --model $(MODEL) $(FILES)
+
+serve: $(STAMP) ## Serve MODEL= over HTTP on 127.0.0.1 (PORT=5001), with mlflow models serve
+	MLFLOW_TRACKING_URI=$(STORE) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/mlflow models serve \
+	  -m $(MODEL) --env-manager local -h 127.0.0.1 -p $(PORT)
 
 ui: $(STAMP) ## Serve the MLflow UI of ./mlruns on http://127.0.0.1:5000
 	$(BIN)/pneumo-exp ui

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pneumo_exp.config import SAMPLE_DIR, load_config, parse_override, tracking_uri
+from pneumo_exp import interrupts
+from pneumo_exp.config import FULL_DATA_DIR, SAMPLE_DIR, load_config, parse_override, tracking_uri
 from pneumo_exp.errors import UserError, exit_code
 from pneumo_exp.tf_import import import_tensorflow
 
@@ -176,6 +177,14 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                         help="any configuration key, e.g. --set space.dropout=0.2 (repeatable)")
 
 
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from pneumo_exp.data.fetch import fetch_dataset
+
+    dest = fetch_dataset(args.source, Path(args.to))
+    print(f"Dataset at {dest}. Search it: make search DATA={dest}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pneumo-exp", description="Experiment-tracked hyperparameter search for pneumonia "
@@ -247,11 +256,20 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--size", type=int, default=128, help="image side in pixels")
     sample.add_argument("--seed", type=int, default=0, help="seed of the patient draw")
     sample.set_defaults(func=cmd_data_sample)
+    fetch = data_sub.add_parser("fetch", help="download or unpack a dataset archive (zip/tar) "
+                                "into the folder layout")
+    fetch.add_argument("source", help="http(s) URL or local path of a .zip/.tar[.gz] archive")
+    fetch.add_argument("--to", default=str(FULL_DATA_DIR),
+                       help="destination folder (default data/chest_xray)")
+    fetch.set_defaults(func=cmd_data_fetch)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    interrupts.install()
+    if args.debug:
+        os.environ["PNEUMO_EXP_DEBUG"] = "1"  # read by pneumo_exp.search
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("mlflow", "alembic", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -7,7 +7,9 @@ Tracking, per-trial seeding and the time budget attach at the tuner's hooks (`ru
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -17,27 +19,45 @@ from typing import Any
 import keras
 import keras_tuner as kt
 import numpy as np
+from keras_tuner.src import config as kt_config  # DEBUG prints tracebacks of failed trials
 from sklearn.utils.class_weight import compute_class_weight
 
+from pneumo_exp import interrupts
 from pneumo_exp.config import TUNER_DIR, ExperimentConfig
 from pneumo_exp.data.dataset import TrainingData, load_training_data
 from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.data.pipeline import make_dataset
 from pneumo_exp.errors import ConfigError, InterruptedByUser
+from pneumo_exp.fileio import write_text_atomic
 from pneumo_exp.hypermodels import HYPERMODELS, StudyHyperModel
 from pneumo_exp.tracking import SearchTracker, log_classifier, log_epoch_metrics
 
 log = logging.getLogger(__name__)
+# A failed trial is one line (and its MLflow run's failure tag), unless --debug.
+kt_config.DEBUG = bool(os.environ.get("PNEUMO_EXP_DEBUG"))
 
 
 class SearchInterrupted(InterruptedByUser):
     """Ctrl-C: finished trials are kept; the same command resumes."""
 
 
+def _save_state_atomic(path: str, state: dict[str, Any]) -> None:
+    """Keras Tuner's state files, written whole or not at all (a kill -9 mid-write must not
+    leave a truncated JSON that breaks resuming)."""
+    write_text_atomic(path, json.dumps(state))
+
+
 class DefaultFirst:
     """Oracle mixin: the first trial is the space's default point, i.e. the study's
     configuration, so every search has the study as its reference; the rest is the
-    oracle's own choice."""
+    oracle's own choice. State files are written atomically."""
+
+    def save(self) -> None:
+        _save_state_atomic(self._get_oracle_fname(), self.get_state())
+
+    def _save_trial(self, trial: kt.engine.trial.Trial) -> None:
+        _save_state_atomic(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"),
+                           trial.get_state())
 
     def _random_values(self) -> dict[str, Any] | None:
         if self._tried_so_far:
@@ -73,7 +93,13 @@ class TrackedTuner(kt.Tuner):
         # kt.Tuner directly: RandomSearch/Hyperband's constructors only build their oracle.
         kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
 
+    def save(self) -> None:
+        if not self._is_worker():
+            self.oracle.save()
+        _save_state_atomic(self._get_tuner_fname(), self.get_state())
+
     def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
+        interrupts.check()
         # Trial i trains from seed + i whatever the order, so a resumed search reproduces it.
         search = self.tracker.cfg.search
         keras.utils.set_random_seed(search.seed + int(trial.trial_id))
@@ -96,6 +122,9 @@ class TrackedTuner(kt.Tuner):
             log_epoch_metrics(self.tracker.client, self._run_id, epoch, logs)
 
     def on_trial_end(self, trial: Any) -> None:
+        if trial.message:  # Keras Tuner keeps the traceback; one line says it
+            trial.message = trial.message.strip().splitlines()[-1]
+            log.warning("trial %s failed: %s", trial.trial_id, trial.message)
         super().on_trial_end(trial)
         if self.deadline and time.time() > self.deadline and self.oracle.remaining_trials:
             log.warning("time budget spent: no new trial starts.")
@@ -104,6 +133,16 @@ class TrackedTuner(kt.Tuner):
 
 class TrackedHyperband(TrackedTuner, kt.Hyperband):
     """Hyperband's epochs per round and warm starts, with the tracking above."""
+
+
+class StopOnInterrupt(keras.callbacks.Callback):
+    """Raises a pending Ctrl-C/SIGTERM after each batch (see pneumo_exp.interrupts)."""
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        interrupts.check()
+
+    def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        interrupts.check()
 
 
 class Deadline(keras.callbacks.Callback):
@@ -119,12 +158,13 @@ class Deadline(keras.callbacks.Callback):
 
 
 def training_callbacks(cfg: ExperimentConfig, restore_best: bool = False) -> list[Any]:
-    """EarlyStopping on the objective and TerminateOnNaN, for trials and folds alike."""
+    """EarlyStopping on the objective, TerminateOnNaN and StopOnInterrupt, for trials and
+    folds alike."""
     s = cfg.search
     return [keras.callbacks.EarlyStopping(monitor=s.objective, mode=s.direction,
                                           patience=s.patience,
                                           restore_best_weights=restore_best),
-            keras.callbacks.TerminateOnNaN()]
+            keras.callbacks.TerminateOnNaN(), StopOnInterrupt()]
 
 
 @dataclass(frozen=True)

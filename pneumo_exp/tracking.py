@@ -7,8 +7,10 @@ The search module calls this at the tuner's hooks; hypermodels never import MLfl
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
+import sqlite3
 import subprocess
 import time
 import warnings
@@ -47,9 +49,30 @@ def connect() -> MlflowClient:
     """Point MLflow at the configured store and return a client for it."""
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        init_sqlite_store(Path(uri.removeprefix("sqlite:///")))
     mlflow.set_tracking_uri(uri)
     return MlflowClient(uri)
+
+
+_ready_stores: set[Path] = set()
+
+
+def init_sqlite_store(db: Path) -> None:
+    """Create (or migrate) a SQLite store once, under a file lock: MLflow's schema migrations
+    fail when two processes create the same store at once. WAL journaling then lets
+    concurrent searches write side by side."""
+    if db in _ready_stores:
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / ".mlflow-init.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with contextlib.closing(sqlite3.connect(db, timeout=60)) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+            MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _ready_stores.add(db)
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:

@@ -44,3 +44,39 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
                    cwd=tmp_path)
     assert proc.returncode == 2
     assert "Traceback" in proc.stderr and "dataset not found" in proc.stderr
+
+
+def _npz(path: Path, **arrays: object) -> Path:
+    import numpy as np
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(("case", "needle"), [
+    ("missing_root", "dataset not found: {root}"),
+    ("empty_split", "{root}/train/NORMAL is empty"),
+    ("npz_missing_keys", "lacks train_images/train_labels"),
+    ("npz_mismatched", "train_images has 5 images but train_labels has 4 labels"),
+    ("not_a_dataset", "is neither a dataset folder"),
+])
+def test_structural_data_problems_exit_2_with_one_message(tmp_path: Path, case: str,
+                                                           needle: str) -> None:
+    import numpy as np
+    root = tmp_path / "data"
+    if case == "empty_split":
+        make_folder_dataset(root, {"train": (2, 2)})
+        for f in (root / "train" / "NORMAL").iterdir():
+            f.unlink()
+    elif case == "npz_missing_keys":
+        root = _npz(tmp_path / "pneumoniamnist.npz", images=np.zeros((2, 28, 28), np.uint8))
+    elif case == "npz_mismatched":
+        root = _npz(tmp_path / "pneumoniamnist.npz", train_images=np.zeros((5, 28, 28), np.uint8),
+                    train_labels=np.zeros((4, 1), np.uint8))
+    elif case == "not_a_dataset":
+        root = tmp_path / "notes.txt"
+        root.write_text("hello")
+    proc = run_cli("search", "aug_cnn", "--data", str(root), cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pneumo-exp: error: ")
+    assert needle.format(root=root) in lines[0]

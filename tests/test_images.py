@@ -63,3 +63,12 @@ def test_truncated_jpeg_raises(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:2000])
     with pytest.raises(UnreadableImageError, match="truncated"):
         decode_image(path, 32, 1)
+
+
+def test_very_large_image(tmp_path: Path) -> None:
+    img = Image.new("L", (8000, 8000), 60)
+    img.paste(200, (4000, 0, 8000, 8000))  # right half bright
+    for ext in ("jpeg", "png"):
+        arr = decode_image(_save(tmp_path / f"huge.{ext}", img), 64, 1)
+        assert arr.shape == (64, 64, 1)
+        assert abs(int(arr[:, :30].mean()) - 60) <= 3 and abs(int(arr[:, 34:].mean()) - 200) <= 3

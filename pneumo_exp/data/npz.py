@@ -37,8 +37,12 @@ class NpzSource:
     def decode(self, split: str, image_size: int,
                channels: int) -> tuple[LabeledImages, list[tuple[str, str]]]:
         self._require(split)
-        with np.load(self.root, allow_pickle=False) as z:
-            images, labels = z[f"{split}_images"], z[f"{split}_labels"]
+        try:
+            with np.load(self.root, allow_pickle=False) as z:
+                images, labels = z[f"{split}_images"], z[f"{split}_labels"]
+        except ValueError as e:  # object arrays: never unpickled
+            raise DataError(f"{self.root}: {split} arrays hold Python objects, which are not "
+                            "loaded (no unpickling); save plain uint8 arrays.") from e
         labels = labels.reshape(len(labels), -1)[:, 0] if labels.ndim > 1 else labels
         if len(images) != len(labels):
             raise DataError(f"{self.root}: {split}_images has {len(images)} images but "
