@@ -53,6 +53,13 @@ def add_bad_files(class_dir: Path) -> list[str]:
     return ["corrupt.jpeg", ".DS_Store", "empty.jpeg"]
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; start every test without it,
+    so commands (and subprocesses) use the store of their working directory."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run in a fresh directory: mlruns/ and .pneumo/ land there."""
