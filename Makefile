@@ -25,7 +25,7 @@ PORT  ?= 5001
 # mlflow's own commands need the store's URI; pneumo-exp defaults to the same one.
 STORE := $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}
 
-.PHONY: help install data search cv promote evaluate predict serve ui test lint clean
+.PHONY: help install bench data search cv promote evaluate predict serve ui test lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -65,6 +65,10 @@ ui: $(STAMP) ## Serve the MLflow UI of ./mlruns on http://127.0.0.1:5000
 
 test: $(STAMP) ## Run the tests (slow ones: make test PYTEST_ARGS="-m slow")
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) ## Input-pipeline benchmark vs the study's, on DATA= (installs tf-keras for it)
+	$(BIN)/pip install -qq --no-deps -r bench/requirements.txt  # its dependency is TensorFlow, already here
+	$(BIN)/python bench/pipeline.py $(if $(DATA),--data $(DATA))
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .
