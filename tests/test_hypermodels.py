@@ -278,3 +278,18 @@ def test_transfer_weights_option_is_checked(tmp_path) -> None:
     from pneumo_exp.hypermodels.transfer import Transfer
     with pytest.raises(ValueError, match="is not a file"):
         Transfer((32, 32, 1), weights=str(tmp_path / "missing.h5"))
+
+
+def test_standardize_normalizes_each_image_and_survives_saving(tmp_path) -> None:
+    hp = kt.HyperParameters()
+    hp.Fixed("intensity", "standardize")
+    model = AugCNN((32, 32, 1)).build(hp)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (3, 32, 32, 1)).astype("float32")
+    x[1] = x[1] * 0.3 + 100  # same image content at another exposure and contrast
+    out = model.get_layer("standardize")(x / 255).numpy()
+    assert np.allclose(out.mean(axis=(1, 2, 3)), 0, atol=1e-4)
+    assert np.allclose(out.std(axis=(1, 2, 3)), 1, atol=1e-2)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))

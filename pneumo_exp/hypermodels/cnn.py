@@ -4,7 +4,9 @@ Default point (the study): Conv 32 3x3, Conv 32 4x4, Conv 64 3x3, each with 2x2 
 pooling; Flatten; Dense 64 relu; Dense 1 sigmoid; RMSprop (1e-3). It overfits.
 Searched: number of conv blocks, filters and kernel size (3/4/5) per block, batch
 normalization, the head (flatten or global average pooling), dense units, dropout,
-optimizer and learning rate, class weighting.
+optimizer and learning rate, class weighting, and the intensity normalization of each
+image (none as in the study, or standardization to zero mean and unit variance), which
+makes the model less sensitive to the exposure and contrast of a scanner.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ from pneumo_exp.hypermodels.base import (
     optimizer_and_rate,
 )
 
+INTENSITY = {
+    "none": None,
+    # zero mean and unit variance per image: exposure and contrast no longer matter
+    "standardize": lambda: keras.layers.LayerNormalization(
+        axis=(1, 2, 3), epsilon=1e-6, center=False, scale=False, name="standardize"),
+}
 STUDY_FILTERS = (32, 32, 64, 128)  # the study's three blocks, and a fourth when searched
 STUDY_KERNELS = (3, 4, 3, 3)
 
@@ -41,6 +49,7 @@ class CNN(StudyHyperModel):
         dense_units = s.choice(hp, "dense_units", [32, 64, 128, 256], 64)
         dropout = s.float(hp, "dropout", 0.0, 0.5, 0.0, step=0.1)
         optimizer, learning_rate = optimizer_and_rate(s, hp, "rmsprop", self.learning_rate)
+        intensity = s.choice(hp, "intensity", list(INTENSITY), "none")
         augment = augmentation(s, hp, seed=self.seed) if self.augment else None
         self.class_weighting(hp)
         self._check_fits(kernels)
@@ -49,6 +58,8 @@ class CNN(StudyHyperModel):
         x = keras.layers.Rescaling(1.0 / 255)(inputs)
         if augment is not None:
             x = augment(x)
+        if intensity != "none":  # after augmentation: also at inference
+            x = INTENSITY[intensity]()(x)
         for f, k in zip(filters, kernels, strict=True):
             x = keras.layers.Conv2D(f, k, use_bias=not batch_norm)(x)
             if batch_norm:
