@@ -12,7 +12,7 @@ SEARCH_ARGS = $(if $(DATA),--data $(DATA)) $(if $(MAX_TRIALS),--max-trials $(MAX
   $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(TUNER),--tuner $(TUNER)) \
   $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(if $(SEED),--seed $(SEED)) \
   $(if $(TIME_BUDGET),--time-budget $(TIME_BUDGET)) $(if $(NAME),--name $(NAME)) \
-  $(if $(FRESH),--fresh)
+  $(if $(FRESH),--fresh) $(if $(WORKERS),--workers $(WORKERS))
 
 .DEFAULT_GOAL := help
 CV_ARGS = $(if $(DATA),--data $(DATA)) $(if $(FOLDS),--folds $(FOLDS)) \
@@ -25,7 +25,7 @@ PORT  ?= 5001
 # mlflow's own commands need the store's URI; pneumo-exp defaults to the same one.
 STORE := $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}
 
-.PHONY: help install bench data search cv promote evaluate predict serve ui test lint clean
+.PHONY: help install bench data search cv promote evaluate predict serve server ui test lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the package (TF=gpu for CUDA)
 
-search: $(STAMP) ## Search ARCH [DATA= MAX_TRIALS= EPOCHS= TUNER= IMAGE_SIZE= SEED= TIME_BUDGET= NAME= FRESH=1]
+search: $(STAMP) ## Search ARCH [DATA= MAX_TRIALS= EPOCHS= TUNER= IMAGE_SIZE= SEED= TIME_BUDGET= NAME= FRESH=1 WORKERS=]
 	$(BIN)/pneumo-exp search $(ARCH) $(SEARCH_ARGS)
 
 data: $(STAMP) ## Download or unpack a dataset archive: make data SOURCE=url-or-zip [TO=data/chest_xray]
@@ -59,6 +59,10 @@ predict: $(STAMP) ## Probability of pneumonia for FILES= (files or folders) with
 serve: $(STAMP) ## Serve MODEL= over HTTP on 127.0.0.1 (PORT=5001), with mlflow models serve
 	MLFLOW_TRACKING_URI=$(STORE) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/mlflow models serve \
 	  -m $(MODEL) --env-manager local -h 127.0.0.1 -p $(PORT)
+
+server: $(STAMP) ## MLflow tracking server [HOST=127.0.0.1 SERVER_PORT=5000 BACKEND= ARTIFACTS=]
+	$(BIN)/pneumo-exp server $(if $(HOST),--host $(HOST)) $(if $(SERVER_PORT),--port $(SERVER_PORT)) \
+	  $(if $(BACKEND),--backend-store-uri $(BACKEND)) $(if $(ARTIFACTS),--artifacts-destination $(ARTIFACTS))
 
 ui: $(STAMP) ## Serve the MLflow UI of ./mlruns on http://127.0.0.1:5000
 	$(BIN)/pneumo-exp ui

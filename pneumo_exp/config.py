@@ -67,6 +67,7 @@ class SearchConfig:
     max_trials: int = 10
     epochs: int = 20
     patience: int = 5
+    reduce_lr_patience: int | None = None  # ReduceLROnPlateau on the objective; None: off
     batch_size: int = 32
     seed: int = 42
     time_budget_min: float | None = None
@@ -79,6 +80,8 @@ class SearchConfig:
         _check(self.max_trials >= 1, "search.max_trials", self.max_trials, "an integer >= 1")
         _check(self.epochs >= 1, "search.epochs", self.epochs, "an integer >= 1")
         _check(self.patience >= 1, "search.patience", self.patience, "an integer >= 1")
+        _check(self.reduce_lr_patience is None or self.reduce_lr_patience >= 1,
+               "search.reduce_lr_patience", self.reduce_lr_patience, "an integer >= 1, or null")
         _check(self.batch_size >= 1, "search.batch_size", self.batch_size, "an integer >= 1")
         _check(self.time_budget_min is None or self.time_budget_min > 0,
                "search.time_budget_min", self.time_budget_min, "minutes > 0, or null")

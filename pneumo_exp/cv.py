@@ -24,7 +24,8 @@ from pneumo_exp.data.dataset import resolve_root
 from pneumo_exp.data.pipeline import make_dataset
 from pneumo_exp.data.sources import load_split, open_source
 from pneumo_exp.errors import ConfigError, InterruptedByUser, UserError
-from pneumo_exp.search import make_hypermodel, training_callbacks
+from pneumo_exp.records import log_classifier, log_data_description, log_epoch_metrics
+from pneumo_exp.search import make_hypermodel
 from pneumo_exp.tracking import (
     TAG_ARCH,
     TAG_ROLE,
@@ -32,11 +33,9 @@ from pneumo_exp.tracking import (
     connect,
     create_parent_run,
     experiment_id,
-    log_classifier,
-    log_data_description,
-    log_epoch_metrics,
     log_summary,
 )
+from pneumo_exp.tuners import training_callbacks
 
 log = logging.getLogger(__name__)
 

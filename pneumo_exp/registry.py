@@ -33,15 +33,9 @@ from pneumo_exp.data.sources import load_split, open_source
 from pneumo_exp.errors import UserError
 from pneumo_exp.evaluation import choose_threshold, log_evaluation
 from pneumo_exp.metrics import binary_metrics
+from pneumo_exp.records import TAG_DATA
 from pneumo_exp.serving import MODEL_CODE, signature
-from pneumo_exp.tracking import (
-    TAG_ARCH,
-    TAG_DATA,
-    TAG_ROLE,
-    TAG_TRIAL,
-    code_version,
-    connect,
-)
+from pneumo_exp.tracking import TAG_ARCH, TAG_ROLE, TAG_TRIAL, code_version, connect
 
 log = logging.getLogger(__name__)
 

@@ -1,170 +1,37 @@
-"""A Keras Tuner search of one architecture, tracked in MLflow.
+"""A Keras Tuner search of one architecture, tracked in MLflow: `run_search`.
 
-Tracking, per-trial seeding and the time budget attach at the tuner's hooks (`run_trial`,
-`on_epoch_end`, `on_trial_end`) of Keras Tuner's own tuners; the oracle's state under
+The data, the hypermodel, the tuner (pneumo_exp.tuners) and the MLflow parent run
+(pneumo_exp.tracking) are put together here; the oracle's state under
 .pneumo/tuner/<arch>/<search>/ makes an interrupted search resume where it stopped.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
+import threading
 import time
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import keras
 import keras_tuner as kt
 import numpy as np
-from keras_tuner.src import config as kt_config  # DEBUG prints tracebacks of failed trials
 from sklearn.utils.class_weight import compute_class_weight
 
-from pneumo_exp import interrupts
 from pneumo_exp.config import TUNER_DIR, ExperimentConfig
 from pneumo_exp.data.dataset import TrainingData, load_training_data
-from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.data.pipeline import make_dataset
+from pneumo_exp.distributed import Role, activate
 from pneumo_exp.errors import ConfigError, InterruptedByUser
-from pneumo_exp.fileio import write_text_atomic
 from pneumo_exp.hypermodels import HYPERMODELS, StudyHyperModel
-from pneumo_exp.tracking import SearchTracker, log_classifier, log_epoch_metrics
+from pneumo_exp.tracking import SearchTracker
+from pneumo_exp.tuners import Deadline, make_tuner, stop_new_trials, training_callbacks
 
 log = logging.getLogger(__name__)
-# A failed trial is one line (and its MLflow run's failure tag), unless --debug.
-kt_config.DEBUG = bool(os.environ.get("PNEUMO_EXP_DEBUG"))
 
 
 class SearchInterrupted(InterruptedByUser):
     """Ctrl-C: finished trials are kept; the same command resumes."""
-
-
-def _save_state_atomic(path: str, state: dict[str, Any]) -> None:
-    """Keras Tuner's state files, written whole or not at all (a kill -9 mid-write must not
-    leave a truncated JSON that breaks resuming)."""
-    write_text_atomic(path, json.dumps(state))
-
-
-class DefaultFirst:
-    """Oracle mixin: the first trial is the space's default point, i.e. the study's
-    configuration, so every search has the study as its reference; the rest is the
-    oracle's own choice. State files are written atomically."""
-
-    def save(self) -> None:
-        _save_state_atomic(self._get_oracle_fname(), self.get_state())
-
-    def _save_trial(self, trial: kt.engine.trial.Trial) -> None:
-        _save_state_atomic(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"),
-                           trial.get_state())
-
-    def _random_values(self) -> dict[str, Any] | None:
-        if self._tried_so_far:
-            return super()._random_values()
-        hps = kt.HyperParameters()
-        for hp in self.hyperparameters.space:
-            hps.merge([hp])
-            if hps.is_active(hp):
-                hps.values[hp.name] = hp.default
-        return hps.values
-
-
-class DefaultFirstRandomSearchOracle(DefaultFirst, kt.oracles.RandomSearchOracle):
-    pass
-
-
-class DefaultFirstBayesianOptimizationOracle(DefaultFirst, kt.oracles.BayesianOptimizationOracle):
-    pass
-
-
-class DefaultFirstHyperbandOracle(DefaultFirst, kt.oracles.HyperbandOracle):
-    pass
-
-
-class TrackedTuner(kt.Tuner):
-    """A Keras Tuner tuner with a nested MLflow run per trial, a seed per trial, and a time
-    budget after which no new trial starts."""
-
-    def __init__(self, oracle: kt.Oracle, hypermodel: kt.HyperModel, *, tracker: SearchTracker,
-                 val: LabeledImages, deadline: float | None = None, **kwargs: Any) -> None:
-        self.tracker, self.val, self.deadline = tracker, val, deadline
-        self._run_id: str | None = None
-        # kt.Tuner directly: RandomSearch/Hyperband's constructors only build their oracle.
-        kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
-
-    def save(self) -> None:
-        if not self._is_worker():
-            self.oracle.save()
-        _save_state_atomic(self._get_tuner_fname(), self.get_state())
-
-    def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
-        interrupts.check()
-        # Trial i trains from seed + i whatever the order, so a resumed search reproduces it.
-        search = self.tracker.cfg.search
-        keras.utils.set_random_seed(search.seed + int(trial.trial_id))
-        with self.tracker.trial_run(trial.trial_id, trial.hyperparameters.values) as run_id:
-            self._run_id = run_id
-            histories = super().run_trial(trial, *args, **kwargs)
-            with warnings.catch_warnings():  # the fresh model has no optimizer state to load
-                warnings.filterwarnings("ignore", message="Skipping variable loading")
-                model = self.load_model(trial)
-            log_classifier(model, self.val, histories[-1].history,
-                           search.objective, search.direction,
-                           initial_epoch=trial.hyperparameters.values.get("tuner/initial_epoch",
-                                                                          0))
-        return histories
-
-    def on_epoch_end(self, trial: Any, model: keras.Model, epoch: int,
-                     logs: dict[str, Any] | None = None) -> None:
-        super().on_epoch_end(trial, model, epoch, logs)
-        if self._run_id and logs:
-            log_epoch_metrics(self.tracker.client, self._run_id, epoch, logs)
-
-    def on_trial_end(self, trial: Any) -> None:
-        if trial.message:  # Keras Tuner keeps the traceback; one line says it
-            trial.message = trial.message.strip().splitlines()[-1]
-            log.warning("trial %s failed: %s", trial.trial_id, trial.message)
-        super().on_trial_end(trial)
-        if self.deadline and time.time() > self.deadline and self.oracle.remaining_trials:
-            log.warning("time budget spent: no new trial starts.")
-            self.oracle.max_trials = len(self.oracle.trials)
-
-
-class TrackedHyperband(TrackedTuner, kt.Hyperband):
-    """Hyperband's epochs per round and warm starts, with the tracking above."""
-
-
-class StopOnInterrupt(keras.callbacks.Callback):
-    """Raises a pending Ctrl-C/SIGTERM after each batch (see pneumo_exp.interrupts)."""
-
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        interrupts.check()
-
-    def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        interrupts.check()
-
-
-class Deadline(keras.callbacks.Callback):
-    """Stops training at the end of the epoch in which the search's time budget runs out."""
-
-    def __init__(self, deadline: float) -> None:
-        super().__init__()
-        self.deadline = deadline
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if time.time() > self.deadline:
-            self.model.stop_training = True
-
-
-def training_callbacks(cfg: ExperimentConfig, restore_best: bool = False) -> list[Any]:
-    """EarlyStopping on the objective, TerminateOnNaN and StopOnInterrupt, for trials and
-    folds alike."""
-    s = cfg.search
-    return [keras.callbacks.EarlyStopping(monitor=s.objective, mode=s.direction,
-                                          patience=s.patience,
-                                          restore_best_weights=restore_best),
-            keras.callbacks.TerminateOnNaN(), StopOnInterrupt()]
 
 
 @dataclass(frozen=True)
@@ -195,40 +62,16 @@ def make_hypermodel(cfg: ExperimentConfig, train_labels: np.ndarray) -> StudyHyp
                           f"experiments/{cfg.arch}.yaml).") from e
 
 
-def make_tuner(cfg: ExperimentConfig, hypermodel: StudyHyperModel, tracker: SearchTracker,
-               val: LabeledImages, project_dir: Path, overwrite: bool) -> TrackedTuner:
-    s = cfg.search
-    objective = kt.Objective(s.objective, s.direction)
-    if s.tuner == "random":
-        oracle = DefaultFirstRandomSearchOracle(objective, max_trials=s.max_trials, seed=s.seed)
-    elif s.tuner == "bayesian":
-        oracle = DefaultFirstBayesianOptimizationOracle(objective, max_trials=s.max_trials,
-                                                        seed=s.seed)
-    else:
-        oracle = DefaultFirstHyperbandOracle(objective, max_epochs=s.epochs,
-                                             factor=s.hyperband_factor, seed=s.seed)
-        oracle.max_trials = s.max_trials  # Hyperband has no trial budget of its own
-    tuner_class = TrackedHyperband if s.tuner == "hyperband" else TrackedTuner
-    tuner = tuner_class(
-        oracle, hypermodel, tracker=tracker, val=val,
-        deadline=time.time() + s.time_budget_min * 60 if s.time_budget_min else None,
-        directory=str(project_dir.parent), project_name=project_dir.name, overwrite=overwrite)
-    _check_space(cfg, tuner)
-    return tuner
-
-
-def _check_space(cfg: ExperimentConfig, tuner: kt.Tuner) -> None:
-    names = {hp.name for hp in tuner.oracle.get_space().space}
-    unknown = sorted(set(cfg.space) - names)
-    if unknown:
-        raise ConfigError(f"'space.{unknown[0]}' is not a hyperparameter of {cfg.arch}; it has: "
-                          f"{', '.join(sorted(names))}.")
-
-
 def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = False,
-               verbose: int = 1) -> SearchResult:
-    """Search `cfg.arch`; resume the search of the same name if it was interrupted."""
+               verbose: int = 1, role: Role | None = None) -> SearchResult:
+    """Search `cfg.arch`; resume the search of the same name if it was interrupted.
+
+    With a `role`, this process is the chief (the oracle and the parent run) or a worker
+    (trains trials) of a distributed search (pneumo_exp.distributed)."""
     s = cfg.search
+    worker = role is not None and not role.is_chief
+    if role is not None:
+        activate(role)
     keras.utils.set_random_seed(s.seed)
     data = load_training_data(cfg.data, s.seed)
     log.info("Data %s: train %d %s, validation %d %s%s (fingerprint %s, loaded in %.1f s%s).",
@@ -240,13 +83,26 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
     project_dir = TUNER_DIR / cfg.arch / name
     hypermodel = make_hypermodel(cfg, data.train.labels)
     tracker = SearchTracker(cfg, name, project_dir)
+    fresh = fresh and not worker  # only the chief (or a single process) starts over
     if fresh:
         project_dir.joinpath("mlflow_parent_run.json").unlink(missing_ok=True)
     tuner = make_tuner(cfg, hypermodel, tracker, data.val, project_dir, overwrite=fresh)
-    parent = tracker.begin(data, {"class": type(tuner).__name__, "directory": project_dir})
-    log.info("%s search '%s' of %s: MLflow experiment '%s', parent run %s.",
-             "Resuming" if tracker.resumed else "Starting", name, cfg.arch,
-             cfg.experiment_name, parent)
+    if worker:
+        parent = tracker.attach(tuner.tuner_id)
+        log.info("Worker %s of search '%s': trials go under MLflow parent run %s.",
+                 tuner.tuner_id, name, parent)
+    else:
+        parent = tracker.begin(data, {"class": type(tuner).__name__,
+                                      "directory": project_dir,
+                                      "distributed": role is not None})
+        log.info("%s search '%s' of %s: MLflow experiment '%s', parent run %s.",
+                 "Resuming" if tracker.resumed else "Starting", name, cfg.arch,
+                 cfg.experiment_name, parent)
+        if role is not None and tuner.deadline:  # the chief serves; a timer ends the budget
+            timer = threading.Timer(tuner.deadline - time.time(), stop_new_trials,
+                                    [tuner.oracle])
+            timer.daemon = True
+            timer.start()
     callbacks = training_callbacks(cfg)
     if tuner.deadline:
         callbacks.append(Deadline(tuner.deadline))
@@ -255,13 +111,18 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
                      validation_data=make_dataset(data.val, s.batch_size), epochs=s.epochs,
                      callbacks=callbacks, shuffle=False, verbose=verbose)  # shuffled by tf.data
     except KeyboardInterrupt:
-        tracker.end(None, _trial_counts(tuner), status="KILLED")
+        if not worker:
+            tracker.end(None, _trial_counts(tuner), status="KILLED")
         raise SearchInterrupted(
             f"search '{name}' interrupted; finished trials are kept. Run the same command "
             "again to resume, or add --fresh (FRESH=1) to start over.") from None
     except BaseException:
-        tracker.end(None, _trial_counts(tuner), status="FAILED")
+        if not worker:
+            tracker.end(None, _trial_counts(tuner), status="FAILED")
         raise
+    if worker:
+        return SearchResult(name, tracker.experiment_id, parent, None, None, {},
+                            {"trials": tracker.trials_this_session}, data)
     best = _best(tuner, tracker)
     counts = _trial_counts(tuner)
     if tracker.resumed and not tracker.trials_this_session:

@@ -1,7 +1,7 @@
-"""MLflow tracking of a search: one experiment per architecture, a parent run per search,
-a nested run per trial (params, per-epoch metrics, curves, confusion matrix, ROC, model).
+"""MLflow tracking: the store, one experiment per architecture, parent runs (a search, a
+cross-validation) and their nested runs (trials, folds), and the MLflow side of a search.
 
-The search module calls this at the tuner's hooks; hypermodels never import MLflow.
+The tuners call this at their hooks; hypermodels never import MLflow.
 """
 
 from __future__ import annotations
@@ -13,36 +13,30 @@ import logging
 import sqlite3
 import subprocess
 import time
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import keras
 import mlflow
-import numpy as np
-import tensorflow as tf
 import yaml
-from mlflow.entities import DatasetInput, InputTag, Metric
-from mlflow.models import infer_signature
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from pneumo_exp import __version__, plots
+from pneumo_exp import __version__
 from pneumo_exp.config import REPO_ROOT, ExperimentConfig, tracking_uri
 from pneumo_exp.data.dataset import TrainingData
-from pneumo_exp.data.labeled import LabeledImages
+from pneumo_exp.errors import UserError
 from pneumo_exp.fileio import write_text_atomic
-from pneumo_exp.metrics import binary_metrics
+from pneumo_exp.records import log_data_description
 
 log = logging.getLogger(__name__)
 
-TAG_ROLE = "pneumo.role"  # search | trial (later: cv, fold, evaluation)
+TAG_ROLE = "pneumo.role"  # search, trial, cv, fold or evaluation
 TAG_SEARCH = "pneumo.search"
 TAG_TRIAL = "pneumo.trial_id"
+TAG_TUNER = "pneumo.tuner_id"  # which Keras Tuner process ran a trial (distributed search)
 TAG_ARCH = "pneumo.arch"
-TAG_DATA = "pneumo.data_fingerprint"
-MODEL_NAME = "model"  # artifact name of the logged model in a trial run
 
 
 def connect() -> MlflowClient:
@@ -108,75 +102,6 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
-
-
-def log_data_description(client: MlflowClient, run_id: str, root: Path,
-                         parts: Mapping[str, LabeledImages], skipped: Sequence[tuple[str, str]],
-                         fingerprint: str) -> None:
-    """On a search or cv run: source, sizes, class counts, skipped files, the fingerprint,
-    and the parts as MLflow datasets (with content digests)."""
-    params: dict[str, Any] = {"data.source": str(root), "data.skipped_files": len(skipped)}
-    for split, part in parts.items():
-        params[f"data.{split}_size"] = len(part)
-        for cls, count in part.class_counts().items():
-            params[f"data.{split}_{cls}"] = count
-    client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v))
-                                     for k, v in params.items()])
-    client.set_tag(run_id, TAG_DATA, fingerprint)
-    client.log_text(run_id, "".join(f"{n}\t{r}\n" for n, r in skipped) or "none\n",
-                    "data/skipped_files.tsv")
-    inputs = []
-    for split, part in parts.items():
-        with warnings.catch_warnings():  # a local path is a local source; MLflow asks twice
-            warnings.simplefilter("ignore", UserWarning)
-            ds = mlflow.data.from_numpy(part.images, targets=part.labels, source=str(root),
-                                        name=f"{root.name}-{split}")
-        inputs.append(DatasetInput(ds._to_mlflow_entity(),
-                                   [InputTag("mlflow.data.context", split)]))
-    client.log_inputs(run_id, datasets=inputs)
-
-
-def log_epoch_metrics(client: MlflowClient, run_id: str, epoch: int,
-                      logs: Mapping[str, Any]) -> None:
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, epoch) for k, v in logs.items()
-               if isinstance(v, int | float | np.floating | np.integer)]
-    if metrics:
-        client.log_batch(run_id, metrics=metrics)
-
-
-def log_classifier(model: keras.Model, data: LabeledImages, history: Mapping[str, Sequence[float]],
-                   objective: str, direction: str, initial_epoch: int = 0,
-                   log_model: bool = True) -> dict[str, float]:
-    """Into the active run: curves, validation confusion matrix and ROC, the figures of the
-    best checkpoint (`best_val_*`), and the model with its signature."""
-    prob = model.predict(data.images, batch_size=256, verbose=0).ravel()
-    figures = binary_metrics(data.labels, prob, prefix="best_val_")
-    values = history.get(objective, [])
-    if values:
-        pick = np.nanargmin if direction == "min" else np.nanargmax
-        figures["best_epoch"] = float(initial_epoch + int(pick(values)))
-    mlflow.log_metrics(figures)
-    counts = [[int(figures["best_val_tn"]), int(figures["best_val_fp"])],
-              [int(figures["best_val_fn"]), int(figures["best_val_tp"])]]
-    mlflow.log_dict({"labels": ["NORMAL", "PNEUMONIA"], "rows_true_cols_pred": counts},
-                    "plots/val_confusion_matrix.json")
-    for name, fig in (("curves", plots.curves_figure(history)),
-                      ("val_confusion_matrix", plots.confusion_figure(
-                          data.labels, (prob >= 0.5).astype(int), "validation, threshold 0.5")),
-                      ("val_roc", plots.roc_figure(data.labels, prob, "validation ROC"))):
-        mlflow.log_figure(fig, f"plots/{name}.png")
-        plots.close(fig)
-    if log_model:
-        # An uncompiled copy: inference needs the weights, not the optimizer state.
-        inference = keras.models.clone_model(model)
-        inference.set_weights(model.get_weights())
-        sample = data.images[:4].astype(np.float32)
-        mlflow.keras.log_model(
-            inference, name=MODEL_NAME,
-            signature=infer_signature(sample, inference.predict(sample, verbose=0)),
-            pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"])
-    return figures
 
 
 def create_parent_run(client: MlflowClient, experiment: str, cfg: ExperimentConfig,
@@ -272,12 +197,34 @@ class SearchTracker:
             return None
         return run_id if run.info.lifecycle_stage == "active" else None
 
-    def _close_stale_trial_runs(self) -> None:
+    def attach(self, tuner_id: str, timeout: float = 600) -> str:
+        """A worker of a distributed search: find the parent run its chief opened (by the
+        search's name), and close the runs a previous life of this worker left RUNNING."""
+        deadline = time.time() + timeout
+        while True:
+            runs = self.client.search_runs(
+                [self.experiment_id],
+                f"tags.`{TAG_ROLE}` = 'search' and tags.`{TAG_SEARCH}` = '{self.search_name}' "
+                "and attributes.status = 'RUNNING'",
+                order_by=["attributes.start_time DESC"], max_results=1)
+            if runs:
+                self.parent_run_id = runs[0].info.run_id
+                break
+            if time.time() > deadline:
+                raise UserError(
+                    f"no running search '{self.search_name}' in MLflow experiment "
+                    f"'{self.cfg.experiment_name}' at {mlflow.get_tracking_uri()}: start the "
+                    "chief first, with the same configuration (or --name) and tracking URI.")
+            time.sleep(2)
+        self._close_stale_trial_runs(f" and tags.`{TAG_TUNER}` = '{tuner_id}'")
+        return self.parent_run_id
+
+    def _close_stale_trial_runs(self, extra_filter: str = "") -> None:
         """Trial runs left RUNNING by a killed process end as KILLED."""
         for run in self.client.search_runs(
                 [self.experiment_id],
                 f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' "
-                "and attributes.status = 'RUNNING'"):
+                f"and attributes.status = 'RUNNING'{extra_filter}"):
             self.client.set_terminated(run.info.run_id, status="KILLED")
             log.info("trial run %s (trial %s) was left running by an interrupted search; "
                      "marked KILLED.", run.info.run_id, run.data.tags.get(TAG_TRIAL))
@@ -303,14 +250,14 @@ class SearchTracker:
         return float(self.client.get_run(self.parent_run_id).data.metrics.get("wall_time_s", 0))
 
     # ---- trial runs -------------------------------------------------------------------
-    def trial_run(self, trial_id: str,
-                  hyperparameters: Mapping[str, Any]) -> contextlib.AbstractContextManager[str]:
+    def trial_run(self, trial_id: str, hyperparameters: Mapping[str, Any],
+                  tuner_id: str) -> contextlib.AbstractContextManager[str]:
         """The nested run of one trial, with every hyperparameter as a param."""
         self.trials_this_session += 1
         assert self.parent_run_id
         return child_run(self.experiment_id, self.parent_run_id, f"trial-{trial_id}",
                          {TAG_ROLE: "trial", TAG_SEARCH: self.search_name, TAG_TRIAL: trial_id,
-                          TAG_ARCH: self.cfg.arch}, hyperparameters)
+                          TAG_ARCH: self.cfg.arch, TAG_TUNER: tuner_id}, hyperparameters)
 
     def trial_run_id(self, trial_id: str) -> str | None:
         """The finished run of a trial of this search."""

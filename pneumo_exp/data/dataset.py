@@ -76,7 +76,7 @@ def load_training_data(cfg: DataConfig, seed: int, cache_dir: Path | None = None
     for split in loads.values():
         for name, reason in split.skipped:
             log.warning("skipped %s: %s", name, reason)
-    if loads and any(s.skipped for s in loads.values()):
+    if any(s.skipped for s in loads.values()):
         log.warning("%d unreadable files skipped (listed above).",
                     sum(len(s.skipped) for s in loads.values()))
     return TrainingData(root=root, train=train, val=val, loads=loads)
