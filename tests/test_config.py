@@ -66,3 +66,20 @@ def test_parse_override_reads_yaml_values() -> None:
     assert parse_override("space.optimizer=[adam, sgd]") == ("space.optimizer", ["adam", "sgd"])
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_override("epochs")
+
+
+def test_training_callbacks_follow_the_configuration() -> None:
+    import keras
+
+    from pneumo_exp.tuners import StopOnInterrupt, training_callbacks
+    plain = training_callbacks(load_config("aug_cnn", {"search.patience": 4}))
+    kinds = [type(c) for c in plain]
+    assert kinds == [keras.callbacks.EarlyStopping, keras.callbacks.TerminateOnNaN,
+                     StopOnInterrupt]
+    assert plain[0].patience == 4 and plain[0].monitor == "val_auc" and plain[0].mode == "max"
+    scheduled = training_callbacks(load_config("aug_cnn", {"search.reduce_lr_patience": 2,
+                                                           "search.objective": "val_loss"}))
+    (plateau,) = [c for c in scheduled if isinstance(c, keras.callbacks.ReduceLROnPlateau)]
+    assert (plateau.patience, plateau.monitor, plateau.mode) == (2, "val_loss", "min")
+    with pytest.raises(ConfigError, match="reduce_lr_patience"):
+        load_config("aug_cnn", {"search.reduce_lr_patience": 0})

@@ -22,7 +22,7 @@ from pneumo_exp.errors import ConfigError
 
 CLI = [sys.executable, "-m", "pneumo_exp.cli"]
 SEARCH = ["search", "aug_cnn", "--workers", "2", "--max-trials", "4", "--epochs", "1",
-          "--image-size", "32", "--tuner", "random", "--set", "space.conv_blocks=3"]
+          "--image-size", "32", "--tuner", "random", "--set", "space.conv_blocks=2"]
 
 
 @pytest.fixture(scope="module")
