@@ -72,6 +72,8 @@ class SearchConfig:
     seed: int = 42
     time_budget_min: float | None = None
     hyperband_factor: int = 3
+    # Tried right after the study's configuration: {hyperparameter: value}, the rest default.
+    initial_points: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(self.tuner in TUNER_NAMES, "search.tuner", self.tuner, " | ".join(TUNER_NAMES))
@@ -87,6 +89,10 @@ class SearchConfig:
                "search.time_budget_min", self.time_budget_min, "minutes > 0, or null")
         _check(self.hyperband_factor >= 2, "search.hyperband_factor", self.hyperband_factor,
                "an integer >= 2")
+        _check(isinstance(self.initial_points, list)
+               and all(isinstance(p, dict) for p in self.initial_points),
+               "search.initial_points", self.initial_points,
+               "a list of {hyperparameter: value} mappings")
 
     @property
     def direction(self) -> str:

@@ -7,11 +7,13 @@ study's configuration and write their state atomically, so an interrupted search
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +43,11 @@ def _save_state_atomic(path: str, state: dict[str, Any]) -> None:
 
 class DefaultFirst:
     """Oracle mixin: the first trial is the space's default point, i.e. the study's
-    configuration, so every search has the study as its reference; the rest is the
+    configuration, so every search has the study as its reference; then the configured
+    `initial_points` (known good configurations, over the defaults); the rest is the
     oracle's own choice. State files are written atomically."""
+
+    initial_points: Sequence[Mapping[str, Any]] = ()
 
     def save(self) -> None:
         _save_state_atomic(self._get_oracle_fname(), self.get_state())
@@ -52,14 +57,31 @@ class DefaultFirst:
                            trial.get_state())
 
     def _random_values(self) -> dict[str, Any] | None:
-        if self._tried_so_far:
+        tried = len(self._tried_so_far)
+        if tried > len(self.initial_points):
             return super()._random_values()
+        point = self.initial_points[tried - 1] if tried else {}
         hps = kt.HyperParameters()
         for hp in self.hyperparameters.space:
             hps.merge([hp])
             if hps.is_active(hp):
-                hps.values[hp.name] = hp.default
+                value = point.get(hp.name, hp.default)
+                hps.values[hp.name] = value if allows(hp, value) else hp.default
+        if self._duplicate(hps.values):  # the space no longer tells it from a tried point
+            return super()._random_values()
         return hps.values
+
+
+def allows(hp: kt.engine.hyperparameters.HyperParameter, value: Any) -> bool:
+    """Whether `value` lies in the range of `hp` (a narrowed space may exclude it)."""
+    if isinstance(hp, kt.engine.hyperparameters.Fixed):
+        return value == hp.value
+    if isinstance(hp, kt.engine.hyperparameters.Boolean):
+        return isinstance(value, bool)
+    if isinstance(hp, kt.engine.hyperparameters.Choice):
+        return value in hp.values
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and hp.min_value <= value <= hp.max_value)
 
 
 class DefaultFirstRandomSearchOracle(DefaultFirst, kt.oracles.RandomSearchOracle):
@@ -184,6 +206,7 @@ def make_tuner(cfg: ExperimentConfig, hypermodel: StudyHyperModel, tracker: Sear
         oracle = DefaultFirstHyperbandOracle(objective, max_epochs=s.epochs,
                                              factor=s.hyperband_factor, seed=s.seed)
         oracle.max_trials = s.max_trials  # Hyperband has no trial budget of its own
+    oracle.initial_points = list(s.initial_points)
     tuner_class = TrackedHyperband if s.tuner == "hyperband" else TrackedTuner
     tuner = tuner_class(
         oracle, hypermodel, tracker=tracker, val=val,
@@ -194,8 +217,27 @@ def make_tuner(cfg: ExperimentConfig, hypermodel: StudyHyperModel, tracker: Sear
 
 
 def _check_space(cfg: ExperimentConfig, tuner: kt.Tuner) -> None:
-    names = {hp.name for hp in tuner.oracle.get_space().space}
-    unknown = sorted(set(cfg.space) - names)
-    if unknown:
-        raise ConfigError(f"'space.{unknown[0]}' is not a hyperparameter of {cfg.arch}; it has: "
-                          f"{', '.join(sorted(names))}.")
+    """Names in `space` and `search.initial_points` must be hyperparameters. The space
+    Keras Tuner starts from holds what the default point uses; each initial point is built
+    once to add what it uses (a fourth conv block's filters). A point's value that the
+    (overridden) space excludes gives way to the default."""
+    space = {hp.name: hp for hp in tuner.oracle.get_space().space}
+    for i, point in enumerate(cfg.search.initial_points):
+        hp = tuner.oracle.get_space()
+        hp.values.update({k: v for k, v in point.items()
+                          if k not in space or allows(space[k], v)})
+        with contextlib.suppress(kt.errors.FailedTrialError):  # does not fit: its trial fails
+            tuner.hypermodel.build(hp)
+        tuner.oracle.update_space(hp)
+        space = {h.name: h for h in tuner.oracle.get_space().space}
+        for name, value in point.items():
+            if name in space and not allows(space[name], value):
+                log.info("initial point %d: %s=%r is outside the space; it takes %r.", i,
+                         name, value, space[name].default)
+    keys = [(f"space.{k}", k) for k in cfg.space]
+    for i, point in enumerate(cfg.search.initial_points):
+        keys += [(f"search.initial_points[{i}].{k}", k) for k in point]
+    for key, name in keys:
+        if name not in space:
+            raise ConfigError(f"'{key}' is not a hyperparameter of {cfg.arch}; it has: "
+                              f"{', '.join(sorted(space))}.")

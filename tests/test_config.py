@@ -14,6 +14,24 @@ def test_every_experiment_file_loads(arch: str) -> None:
     assert cfg.experiment_name == f"pneumo-exp/{arch}"
 
 
+@pytest.mark.parametrize("arch", architectures())
+def test_initial_points_build_inside_the_configured_space(arch: str) -> None:
+    """A shipped initial point must be tried as written: every value within the space, and
+    the model must fit the configured image size."""
+    import keras_tuner as kt
+    import numpy as np
+
+    from pneumo_exp.search import make_hypermodel
+    from pneumo_exp.tuners import allows
+    cfg = load_config(arch)
+    for point in cfg.search.initial_points:
+        hp = kt.HyperParameters()
+        hp.values.update(point)
+        make_hypermodel(cfg, np.array([0, 1, 1])).build(hp)
+        space = {h.name: h for h in hp.space}
+        assert {k: v for k, v in point.items() if not allows(space[k], v)} == {}
+
+
 def test_aug_cnn_is_listed() -> None:
     assert "aug_cnn" in architectures()
 
@@ -38,6 +56,7 @@ def test_digest_ignores_budgets_only() -> None:
     ("search.tuner", "grid", "search.tuner"),
     ("data.image_size", 0, "data.image_size"),
     ("data.channels", 2, "data.channels"),
+    ("search.initial_points", {"dropout": 0.1}, "search.initial_points"),
     ("search.max_trials", "ten", "search.max_trials"),
     ("search.max_trial", 3, "search.max_trial"),
     ("data.val_fraction", 0.9, "data.val_fraction"),
@@ -72,7 +91,8 @@ def test_training_callbacks_follow_the_configuration() -> None:
     import keras
 
     from pneumo_exp.tuners import StopOnInterrupt, training_callbacks
-    plain = training_callbacks(load_config("aug_cnn", {"search.patience": 4}))
+    plain = training_callbacks(load_config("aug_cnn", {"search.patience": 4,
+                                                       "search.reduce_lr_patience": None}))
     kinds = [type(c) for c in plain]
     assert kinds == [keras.callbacks.EarlyStopping, keras.callbacks.TerminateOnNaN,
                      StopOnInterrupt]

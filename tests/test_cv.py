@@ -63,7 +63,7 @@ def test_from_best_uses_the_latest_search(searched: dict[str, Any]) -> None:
     client = searched["client"]
     best = client.get_run(searched["result"].best_run_id).data.params
     cfg = load_config("aug_cnn", {**{"data.root": searched["cfg"].data.root},
-                                  "data.image_size": 32, "search.epochs": 1})
+                                  "data.image_size": 48, "search.epochs": 1})
     result = run_cv(cfg, folds=2, source="best", verbose=0)
     assert {k: str(v) for k, v in result.hyperparameters.items()} == best
     parent = client.get_run(result.parent_run_id)

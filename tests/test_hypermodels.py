@@ -33,7 +33,10 @@ def test_default_point_is_the_study_model() -> None:
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(1e-4)
     assert _layers(model, keras.layers.RandomRotation)[0].factor == pytest.approx(
         (-15 / 360, 15 / 360))
-    assert _layers(model, keras.layers.RandomZoom)[0].height_factor == 0.2
+    zoom = _layers(model, keras.layers.RandomZoom)[0]
+    assert zoom.height_factor == 0.2 and zoom.width_factor is None  # the aspect ratio is kept
+    assert not _layers(model, keras.layers.RandomGaussianBlur)
+    assert not _layers(model, keras.layers.RandomContrast)
     assert _layers(model, keras.layers.RandomTranslation)[0].width_factor == 0.2
     assert _layers(model, keras.layers.RandomFlip)[0].mode == "horizontal"
     assert _layers(model, keras.layers.RandomBrightness)
@@ -293,3 +296,33 @@ def test_standardize_normalizes_each_image_and_survives_saving(tmp_path) -> None
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_equalize_maps_any_tone_curve_to_one_image_and_survives_saving(tmp_path) -> None:
+    hp = kt.HyperParameters()
+    hp.Fixed("intensity", "equalize")
+    model = AugCNN((32, 32, 1)).build(hp)
+    assert model.inputs[0].name == "image"  # the graph starts at the input, not after it
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (1, 32, 32, 1)).astype("float32")
+    curved = np.round(255 * (x / 255) ** 1.8)  # another tone curve, same order of values
+    eq = model.get_layer("equalize")
+    assert np.abs(eq(x).numpy() - eq(curved).numpy()).mean() < 5  # of 255; rounding merges bins
+    assert np.abs(x - curved).mean() > 30
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_aspect_and_blur_augmentation() -> None:
+    hp = kt.HyperParameters()
+    hp.Fixed("aspect", True)
+    hp.Fixed("zoom", 0.25)
+    hp.Fixed("blur", 1.0)
+    model = AugCNN((32, 32, 1), seed=0).build(hp)
+    zoom = _layers(model, keras.layers.RandomZoom)[0]
+    assert zoom.height_factor == zoom.width_factor == 0.25  # drawn independently
+    (blur,) = _layers(model, keras.layers.RandomGaussianBlur)
+    x = np.random.default_rng(0).random((4, 32, 32, 1)).astype("float32")
+    assert np.abs(blur(x, training=True).numpy() - x).mean() > 0.05  # every image blurred
+    np.testing.assert_array_equal(blur(x, training=False).numpy(), x)  # not at inference

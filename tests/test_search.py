@@ -35,7 +35,7 @@ def test_parent_run(searched: dict[str, Any]) -> None:
     assert parent.data.tags["pneumo.data_fingerprint"] == result.data.fingerprint
     assert "mlflow.source.git.commit" in parent.data.tags or "pneumo.version" in parent.data.tags
     p = parent.data.params
-    assert p["search.tuner"] == "random" and p["data.image_size"] == "32"
+    assert p["search.tuner"] == "random" and p["data.image_size"] == "48"
     assert int(p["data.train_size"]) + int(p["data.val_size"]) == 68
     assert int(p["data.train_NORMAL"]) + int(p["data.val_NORMAL"]) == 28
     assert p["data.skipped_files"] == "3"
@@ -111,6 +111,13 @@ def test_first_trial_is_the_study_configuration(searched: dict[str, Any]) -> Non
         "32", "32", "64", "64")
     assert (p["optimizer"], float(p["learning_rate"])) == ("rmsprop", 1e-4)
     assert (p["rotation"], p["shift"], p["zoom"], p["flip"]) == ("15.0", "0.2", "0.2", "True")
+
+
+def test_second_trial_is_the_configured_initial_point(searched: dict[str, Any]) -> None:
+    client, result = searched["client"], searched["result"]
+    (second,) = [r for r in _children(client, result) if r.data.tags["pneumo.trial_id"] == "1"]
+    (point,) = searched["cfg"].search.initial_points  # experiments/aug_cnn.yaml
+    assert {k: second.data.params[k] for k in point} == {k: str(v) for k, v in point.items()}
 
 
 @pytest.mark.parametrize("tuner", ["bayesian", "hyperband"])

@@ -81,17 +81,23 @@ def optimizer_and_rate(space: Space, hp: kt.HyperParameters, optimizer: str,
 def augmentation(space: Space, hp: kt.HyperParameters, seed: int | None = None,
                  value_range: tuple[float, float] = (0.0, 1.0), rotation: float = 15.0,
                  shift: float = 0.2, zoom: float = 0.2, flip: bool = True,
-                 brightness: float = 0.5, contrast: float = 0.0) -> keras.Layer:
+                 brightness: float = 0.5, contrast: float = 0.0, aspect: bool = False,
+                 blur: float = 0.0) -> keras.Layer:
     """The study's ImageDataGenerator settings as Keras layers, active in training only.
 
     Rotation is in degrees; brightness adds up to that fraction of `value_range` (the study
-    multiplied by 1.0-1.5); contrast is off in the study."""
+    multiplied by 1.0-1.5). Off in the study, for images from other scanners and other
+    original shapes: contrast; `aspect`, zooming height and width independently (files of
+    every shape are resized to squares, which stretches the anatomy); `blur`, the fraction
+    of images blurred (sigma up to 1.5 px)."""
     rotation = space.float(hp, "rotation", 0.0, 30.0, rotation, step=5.0)
     shift = space.float(hp, "shift", 0.0, 0.3, shift, step=0.05)
     zoom = space.float(hp, "zoom", 0.0, 0.3, zoom, step=0.05)
     flip = space.boolean(hp, "flip", flip)
     brightness = space.float(hp, "brightness", 0.0, 0.5, brightness, step=0.1)
     contrast = space.float(hp, "contrast", 0.0, 0.5, contrast, step=0.1)
+    aspect = space.boolean(hp, "aspect", aspect)
+    blur = space.float(hp, "blur", 0.0, 1.0, blur, step=0.25)
     layers: list[keras.layers.Layer] = []
     if rotation:
         layers.append(keras.layers.RandomRotation(rotation / 360.0, fill_mode="nearest",
@@ -100,7 +106,8 @@ def augmentation(space: Space, hp: kt.HyperParameters, seed: int | None = None,
         layers.append(keras.layers.RandomTranslation(shift, shift, fill_mode="nearest",
                                                      seed=seed))
     if zoom:
-        layers.append(keras.layers.RandomZoom(zoom, fill_mode="nearest", seed=seed))
+        layers.append(keras.layers.RandomZoom(zoom, zoom if aspect else None,
+                                              fill_mode="nearest", seed=seed))
     if flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
     if brightness:
@@ -108,6 +115,10 @@ def augmentation(space: Space, hp: kt.HyperParameters, seed: int | None = None,
                                                     seed=seed))
     if contrast:
         layers.append(keras.layers.RandomContrast(contrast, value_range=value_range, seed=seed))
+    if blur:
+        layers.append(keras.layers.RandomGaussianBlur((blur, blur), kernel_size=5,
+                                                      sigma=(0.1, 1.5), value_range=value_range,
+                                                      seed=seed))
     if not layers:
         return keras.layers.Identity(name="augmentation")
     return keras.Sequential(layers, name="augmentation")

@@ -5,8 +5,9 @@ pooling; Flatten; Dense 64 relu; Dense 1 sigmoid; RMSprop (1e-3). It overfits.
 Searched: number of conv blocks, filters and kernel size (3/4/5) per block, batch
 normalization, the head (flatten or global average pooling), dense units, dropout,
 optimizer and learning rate, class weighting, and the intensity normalization of each
-image (none as in the study, or standardization to zero mean and unit variance), which
-makes the model less sensitive to the exposure and contrast of a scanner.
+image, which makes the model less sensitive to the exposure, contrast and tone curve of a
+scanner: none as in the study; `standardize`, zero mean and unit variance per image after
+augmentation; `equalize`, histogram equalization of the input, then `standardize`.
 """
 
 from __future__ import annotations
@@ -21,12 +22,7 @@ from pneumo_exp.hypermodels.base import (
     optimizer_and_rate,
 )
 
-INTENSITY = {
-    "none": None,
-    # zero mean and unit variance per image: exposure and contrast no longer matter
-    "standardize": lambda: keras.layers.LayerNormalization(
-        axis=(1, 2, 3), epsilon=1e-6, center=False, scale=False, name="standardize"),
-}
+INTENSITY = ("none", "standardize", "equalize")
 STUDY_FILTERS = (32, 32, 64, 128)  # the study's three blocks, and a fourth when searched
 STUDY_KERNELS = (3, 4, 3, 3)
 
@@ -54,12 +50,18 @@ class CNN(StudyHyperModel):
         self.class_weighting(hp)
         self._check_fits(kernels)
 
-        inputs = self.inputs()
-        x = keras.layers.Rescaling(1.0 / 255)(inputs)
+        inputs = x = self.inputs()
+        if intensity == "equalize":
+            # In a Pipeline: called directly on a symbolic tensor, Keras 3.15's Equalization
+            # returns its input and cuts the functional graph.
+            x = keras.layers.Pipeline([keras.layers.Equalization(value_range=(0, 255))],
+                                      name="equalize")(x)
+        x = keras.layers.Rescaling(1.0 / 255)(x)
         if augment is not None:
             x = augment(x)
-        if intensity != "none":  # after augmentation: also at inference
-            x = INTENSITY[intensity]()(x)
+        if intensity != "none":  # after augmentation, so exposure and contrast do not matter
+            x = keras.layers.LayerNormalization(axis=(1, 2, 3), epsilon=1e-6, center=False,
+                                                scale=False, name="standardize")(x)
         for f, k in zip(filters, kernels, strict=True):
             x = keras.layers.Conv2D(f, k, use_bias=not batch_norm)(x)
             if batch_norm:
