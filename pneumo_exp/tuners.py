@@ -7,7 +7,6 @@ study's configuration and write their state atomically, so an interrupted search
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -106,6 +105,24 @@ class TrackedTuner(kt.Tuner):
         self._run_id: str | None = None
         # kt.Tuner directly: RandomSearch/Hyperband's constructors only build their oracle.
         kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
+
+    def _populate_initial_space(self) -> None:
+        """Keras Tuner builds the model once per conditional branch to find every
+        hyperparameter. A branch that does not fit the image size (four blocks at 32 px)
+        has declared its hyperparameters before it fails, and only fails its own trials."""
+        build = self.hypermodel.build
+
+        def declaring_build(hp: kt.HyperParameters) -> keras.Model | None:
+            try:
+                return build(hp)
+            except kt.errors.FailedTrialError:
+                return None
+
+        self.hypermodel.build = declaring_build
+        try:
+            super()._populate_initial_space()
+        finally:
+            self.hypermodel.build = build
 
     def save(self) -> None:
         if not self._is_worker():
@@ -217,23 +234,9 @@ def make_tuner(cfg: ExperimentConfig, hypermodel: StudyHyperModel, tracker: Sear
 
 
 def _check_space(cfg: ExperimentConfig, tuner: kt.Tuner) -> None:
-    """Names in `space` and `search.initial_points` must be hyperparameters. The space
-    Keras Tuner starts from holds what the default point uses; each initial point is built
-    once to add what it uses (a fourth conv block's filters). A point's value that the
-    (overridden) space excludes gives way to the default."""
+    """Names in `space` and `search.initial_points` must be hyperparameters; a point's value
+    that the (overridden) space excludes gives way to the default."""
     space = {hp.name: hp for hp in tuner.oracle.get_space().space}
-    for i, point in enumerate(cfg.search.initial_points):
-        hp = tuner.oracle.get_space()
-        hp.values.update({k: v for k, v in point.items()
-                          if k not in space or allows(space[k], v)})
-        with contextlib.suppress(kt.errors.FailedTrialError):  # does not fit: its trial fails
-            tuner.hypermodel.build(hp)
-        tuner.oracle.update_space(hp)
-        space = {h.name: h for h in tuner.oracle.get_space().space}
-        for name, value in point.items():
-            if name in space and not allows(space[name], value):
-                log.info("initial point %d: %s=%r is outside the space; it takes %r.", i,
-                         name, value, space[name].default)
     keys = [(f"space.{k}", k) for k in cfg.space]
     for i, point in enumerate(cfg.search.initial_points):
         keys += [(f"search.initial_points[{i}].{k}", k) for k in point]
@@ -241,3 +244,8 @@ def _check_space(cfg: ExperimentConfig, tuner: kt.Tuner) -> None:
         if name not in space:
             raise ConfigError(f"'{key}' is not a hyperparameter of {cfg.arch}; it has: "
                               f"{', '.join(sorted(space))}.")
+    for i, point in enumerate(cfg.search.initial_points):
+        for name, value in point.items():
+            if not allows(space[name], value):
+                log.info("initial point %d: %s=%r is outside the space; it takes %r.", i,
+                         name, value, space[name].default)

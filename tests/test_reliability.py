@@ -92,7 +92,8 @@ def test_ctrl_c_says_how_to_resume_and_fresh_starts_over(tmp_path: Path) -> None
 def test_concurrent_searches_share_one_store(tmp_path: Path) -> None:
     """Two architectures, and one architecture under two search names, at once, on a store
     that does not exist yet."""
-    common = ["--max-trials", "2", "--epochs", "1", "--image-size", "32", "--tuner", "random"]
+    # 48 px: aug_cnn's second trial, its four-block initial point, fits
+    common = ["--max-trials", "2", "--epochs", "1", "--image-size", "48", "--tuner", "random"]
     commands = [["search", "aug_cnn", "--name", "first", *common],
                 ["search", "aug_cnn", "--name", "second", *common],
                 ["search", "baseline", *common]]

@@ -36,10 +36,15 @@ class CNN(StudyHyperModel):
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         s = self.space
         blocks = s.int(hp, "conv_blocks", 2, 4, 3)
-        filters = [s.choice(hp, f"filters_{i + 1}", [16, 32, 64, 128], STUDY_FILTERS[i])
-                   for i in range(blocks)]
-        kernels = [s.choice(hp, f"kernel_{i + 1}", [3, 4, 5], STUDY_KERNELS[i])
-                   for i in range(blocks)]
+        filters, kernels = [], []
+        for i in range(len(STUDY_FILTERS)):
+            # Block i's hyperparameters exist in every space, active when there are > i blocks.
+            with hp.conditional_scope("conv_blocks", list(range(i + 1, len(STUDY_FILTERS) + 1))):
+                f = s.choice(hp, f"filters_{i + 1}", [16, 32, 64, 128], STUDY_FILTERS[i])
+                k = s.choice(hp, f"kernel_{i + 1}", [3, 4, 5], STUDY_KERNELS[i])
+            if i < blocks:
+                filters.append(f)
+                kernels.append(k)
         batch_norm = s.boolean(hp, "batch_norm", False)
         head = s.choice(hp, "head", ["flatten", "global_avg"], "flatten")
         dense_units = s.choice(hp, "dense_units", [32, 64, 128, 256], 64)
