@@ -54,6 +54,8 @@ def _search_argv(args: argparse.Namespace) -> list[str]:
 
 def cmd_search(args: argparse.Namespace) -> int:
     cfg = load_config(args.arch, _config_overrides(args))
+    from pneumo_exp.data.dataset import check_layout
+    check_layout(cfg.data)
     role = role_from_args(args.role, args.oracle, args.worker_id)
     if args.workers:
         if role is not None:
@@ -87,6 +89,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_cv(args: argparse.Namespace) -> int:
     cfg = load_config(args.arch, _config_overrides(args))
+    from pneumo_exp.data.dataset import check_layout
+    check_layout(cfg.data)
     import_tensorflow()
     from pneumo_exp.cv import run_cv
 
