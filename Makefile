@@ -60,14 +60,15 @@ serve: $(STAMP) ## Serve MODEL= over HTTP on 127.0.0.1 (PORT=5001), with mlflow 
 	MLFLOW_TRACKING_URI=$(STORE) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/mlflow models serve \
 	  -m $(MODEL) --env-manager local -h 127.0.0.1 -p $(PORT)
 
-server: $(STAMP) ## MLflow tracking server [HOST=127.0.0.1 SERVER_PORT=5000 BACKEND= ARTIFACTS=]
+server: $(STAMP) ## MLflow tracking server [HOST=127.0.0.1 SERVER_PORT=5000 BACKEND= ARTIFACTS= SERVER_WORKERS=4]
 	$(BIN)/pneumo-exp server $(if $(HOST),--host $(HOST)) $(if $(SERVER_PORT),--port $(SERVER_PORT)) \
-	  $(if $(BACKEND),--backend-store-uri $(BACKEND)) $(if $(ARTIFACTS),--artifacts-destination $(ARTIFACTS))
+	  $(if $(BACKEND),--backend-store-uri $(BACKEND)) $(if $(ARTIFACTS),--artifacts-destination $(ARTIFACTS)) \
+	  $(if $(SERVER_WORKERS),--workers $(SERVER_WORKERS))
 
 ui: $(STAMP) ## Serve the MLflow UI of ./mlruns on http://127.0.0.1:5000
 	$(BIN)/pneumo-exp ui
 
-test: $(STAMP) ## Run the tests (slow ones: make test PYTEST_ARGS="-m slow")
+test: $(STAMP) ## Run the tests [PYTEST_ARGS=, e.g. "-n 0 -k registry"]
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) ## Input-pipeline benchmark vs the study's, on DATA= (installs tf-keras for it)

@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "sqlite under mlruns/, or e.g. postgresql://user:pw@host/mlflow")
     server.add_argument("--artifacts-destination", help="where the server stores artifacts: "
                         "default mlruns/artifacts, or e.g. s3://bucket/mlflow")
+    server.add_argument("--workers", type=int, default=4, help="server processes (default 4, "
+                        "as mlflow server; 1 is enough for one user or a small machine)")
     server.set_defaults(func=commands.cmd_server)
 
     data = sub.add_parser("data", help="dataset utilities")

@@ -191,7 +191,8 @@ def cmd_server(args: argparse.Namespace) -> int:
         init_sqlite_store(Path(backend.removeprefix("sqlite:///")))
     artifacts = args.artifacts_destination or str((MLRUNS_DIR / "artifacts").resolve())
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-           "--artifacts-destination", artifacts, "--host", args.host, "--port", str(args.port)]
+           "--artifacts-destination", artifacts, "--host", args.host, "--port", str(args.port),
+           "--workers", str(args.workers)]
     print(f"MLflow tracking server on http://{args.host}:{args.port} (backend {backend}, "
           f"artifacts {artifacts}). Clients: MLFLOW_TRACKING_URI=http://{args.host}:{args.port}")
     os.execv(sys.executable, cmd)

@@ -27,12 +27,13 @@ SEARCH = ["search", "aug_cnn", "--workers", "2", "--max-trials", "4", "--epochs"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """`pneumo-exp server` (mlflow server) on a free 127.0.0.1 port, its own store."""
+    """`pneumo-exp server` (mlflow server) on a free 127.0.0.1 port, its own store; one server
+    process, as 2 cores start 4 slowly."""
     root = tmp_path_factory.mktemp("server")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen([*CLI, "server", "--port", str(port)], cwd=root, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*CLI, "server", "--port", str(port), "--workers", "1"], cwd=root,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     uri = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):

@@ -49,11 +49,15 @@ class StudyHyperModel(kt.HyperModel):
         if hp.values.get("class_weight") == "balanced" and self.balanced_class_weight:
             kwargs["class_weight"] = self.balanced_class_weight
         history = model.fit(*args, **kwargs)
-        losses = history.history.get("loss", [])
-        if any(not math.isfinite(v) for v in losses):
-            raise kt.errors.FailedTrialError(
-                f"the training loss diverged (became {losses[-1]}) at epoch {len(losses)}; "
-                "this trial is marked failed and the search goes on.")
+        # An update can break the weights after the last finite training loss of a run (one
+        # batch an epoch, one epoch): the validation loss then shows it.
+        for key in ("loss", "val_loss"):
+            losses = history.history.get(key, [])
+            if any(not math.isfinite(v) for v in losses):
+                raise kt.errors.FailedTrialError(
+                    f"the {'validation' if key == 'val_loss' else 'training'} loss diverged "
+                    f"(became {losses[-1]}) at epoch {len(losses)}; this trial is marked "
+                    "failed and the search goes on.")
         return history
 
     def inputs(self) -> keras.KerasTensor:
