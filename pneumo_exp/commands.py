@@ -10,7 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pneumo_exp.config import MLRUNS_DIR, load_config, parse_override, tracking_uri
+from pneumo_exp.config import (
+    MLRUNS_DIR,
+    ExperimentConfig,
+    load_config,
+    parse_override,
+    tracking_uri,
+)
 from pneumo_exp.distributed import role_from_args, run_local
 from pneumo_exp.errors import ConfigError
 from pneumo_exp.tf_import import import_tensorflow
@@ -52,10 +58,18 @@ def _search_argv(args: argparse.Namespace) -> list[str]:
     return argv + (["--fresh"] if args.fresh else [])
 
 
-def cmd_search(args: argparse.Namespace) -> int:
-    cfg = load_config(args.arch, _config_overrides(args))
+def _checked_config(args: argparse.Namespace) -> ExperimentConfig:
+    """The configuration with the command line's overrides; the dataset's layout is checked
+    before TensorFlow loads, so a wrong folder is reported in a second."""
     from pneumo_exp.data.dataset import check_layout
+
+    cfg = load_config(args.arch, _config_overrides(args))
     check_layout(cfg.data)
+    return cfg
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    cfg = _checked_config(args)
     role = role_from_args(args.role, args.oracle, args.worker_id)
     if args.workers:
         if role is not None:
@@ -88,9 +102,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    cfg = load_config(args.arch, _config_overrides(args))
-    from pneumo_exp.data.dataset import check_layout
-    check_layout(cfg.data)
+    cfg = _checked_config(args)
     import_tensorflow()
     from pneumo_exp.cv import run_cv
 

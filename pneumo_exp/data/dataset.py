@@ -16,24 +16,27 @@ from pneumo_exp.errors import DataError
 log = logging.getLogger(__name__)
 
 
-def resolve_root(root: str | None) -> Path:
-    """The configured root; else data/chest_xray if present; else the bundled sample (said
-    in one line, with how to use the full dataset)."""
+def dataset_root(root: str | None) -> Path:
+    """The configured root; else data/chest_xray if present; else the bundled sample."""
     if root:
         return Path(root).expanduser()
-    if FULL_DATA_DIR.is_dir():
-        return FULL_DATA_DIR
-    log.info("Using the bundled sample (%s). For the full dataset: make search "
-             "DATA=path/to/chest_xray, or put it at %s.", SAMPLE_DIR, FULL_DATA_DIR)
-    return SAMPLE_DIR
+    return FULL_DATA_DIR if FULL_DATA_DIR.is_dir() else SAMPLE_DIR
+
+
+def resolve_root(root: str | None) -> Path:
+    """`dataset_root`, saying in one line when it is the sample and how to use the full
+    dataset."""
+    path = dataset_root(root)
+    if path == SAMPLE_DIR and not root:
+        log.info("Using the bundled sample (%s). For the full dataset: make search "
+                 "DATA=path/to/chest_xray, or put it at %s.", SAMPLE_DIR, FULL_DATA_DIR)
+    return path
 
 
 def check_layout(cfg: DataConfig) -> None:
     """The dataset's layout (train, and val if present), checked from file names only, so a
     wrong folder is reported in a second, before TensorFlow is imported."""
-    root = Path(cfg.root).expanduser() if cfg.root else (
-        FULL_DATA_DIR if FULL_DATA_DIR.is_dir() else SAMPLE_DIR)
-    source = open_source(root)
+    source = open_source(dataset_root(cfg.root))
     for split in ("train", "val"):
         if split == "train" or source.has_split(split):
             source.entries(split)
