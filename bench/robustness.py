@@ -96,8 +96,8 @@ def main() -> None:
     data = load_training_data(cfg.data, cfg.search.seed)
     if not (data.root / str(data.val.names[0])).is_file():
         raise SystemExit(f"{data.root} is not a folder dataset: the perturbations need files.")
-    threshold = float(version.tags["pneumo.threshold"])
     model = load(args.model)
+    threshold = float(model.model_config["threshold"])  # as predict and evaluate read it
     originals = [Image.open(data.root / str(n)).convert("L") for n in data.val.names]
     print(f"{args.model} (version {version.version}, {version.tags.get('pneumo.arch')}), "
           f"validation of its search: {len(data.val)} images {data.val.class_counts()}, "
