@@ -93,7 +93,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         figures = ", ".join(f"{k} {m['best_' + k]:.4f}" for k in SUMMARY if "best_" + k in m)
         print(f"Best trial {result.best_trial_id} of search '{result.name}' ({cfg.arch}, "
               f"{result.trials['completed_trials']} of {result.trials['trials']} trials "
-              f"completed): {figures}")
+              f"completed; MLflow run 'trial-{result.best_trial_id}', ids from 0).")
+        print(f"  Its best checkpoint on validation: {figures}.")
+        print("  (exact figures from scikit-learn; the tuner's val_auc above is Keras' estimate "
+              "over 200 thresholds)")
     print(f"MLflow: experiment '{cfg.experiment_name}' (id {result.experiment_id}), parent run "
           f"{result.parent_run_id}; best trial run {result.best_run_id}.")
     print(f"Browse it: make ui, then http://{UI_HOST}:{UI_PORT}/#/experiments/"
