@@ -68,11 +68,13 @@ def _png(im: Image.Image) -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models:/pneumonia-classifier@champion",
-                        help="a registered version: models:/NAME@ALIAS or models:/NAME/VERSION")
+                        help="a registered version: models:/NAME@ALIAS, models:/NAME/VERSION, "
+                        "models:/NAME/latest")
     parser.add_argument("--data", type=Path, help="the dataset folder (default: the search's)")
     args = parser.parse_args()
 
     import pandas as pd
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
     from mlflow.tracking import MlflowClient
 
     from pneumo_exp.data.dataset import load_training_data
@@ -83,13 +85,8 @@ def main() -> None:
     import_tensorflow()
     from pneumo_exp.inference import load
 
-    name, _, ref = args.model.removeprefix("models:/").partition("@")
     client: MlflowClient = connect()
-    if ref:
-        version = client.get_model_version_by_alias(name, ref)
-    else:
-        name, _, number = name.partition("/")
-        version = client.get_model_version(name, number)
+    version = client.get_model_version(*get_model_name_and_version(client, args.model))
     cfg, _ = search_config(client, client.get_run(version.tags["pneumo.source_run_id"]))
     if args.data:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(args.data)))
