@@ -1,34 +1,25 @@
-# pneumo-exp: `make help` lists the targets. The first target run creates .venv.
-ARCH       ?= aug_cnn
+# pneumo-exp: `make help` lists the targets, `make vars` their variables. The first target
+# run creates .venv. Targets pass their variables (ARCH=, DATA=, MAX_TRIALS=, ...) to
+# `pneumo-exp --make <command>`, which reads them from the environment: the option table in
+# pneumo_exp/options.py is the one list of them.
 PYTHON     ?= python3
 VENV       ?= .venv
 # TensorFlow build: cpu, or gpu (the CUDA wheels)
 TF         ?= cpu
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.installed-$(TF)
-
-# Optional overrides of experiments/$(ARCH).yaml, passed to `pneumo-exp search`.
-SEARCH_ARGS = $(if $(DATA),--data $(DATA)) $(if $(MAX_TRIALS),--max-trials $(MAX_TRIALS)) \
-  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(TUNER),--tuner $(TUNER)) \
-  $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(if $(SEED),--seed $(SEED)) \
-  $(if $(TIME_BUDGET),--time-budget $(TIME_BUDGET)) $(if $(NAME),--name $(NAME)) \
-  $(if $(FRESH),--fresh) $(if $(WORKERS),--workers $(WORKERS))
+RUN        := $(BIN)/pneumo-exp --make
 
 .DEFAULT_GOAL := help
-CV_ARGS = $(if $(DATA),--data $(DATA)) $(if $(FOLDS),--folds $(FOLDS)) \
-  $(if $(FROM),--from $(FROM)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
-  $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(if $(SEED),--seed $(SEED))
-
-MODEL ?= models:/pneumonia-classifier@champion
-
-PORT  ?= 5001
-# mlflow's own commands need the store's URI; pneumo-exp defaults to the same one.
-STORE := $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}
-
-.PHONY: help install bench data search cv promote evaluate predict serve server ui test lint clean
+.PHONY: help vars install bench data search cv promote adapt evaluate predict explain serve \
+        server ui runs models delete-search test lint clean
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@echo "  Variables of each target: make vars"
+
+vars: $(STAMP) ## List the make variables of every target (pneumo_exp/options.py)
+	@$(BIN)/pneumo-exp vars
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -38,35 +29,44 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the package (TF=gpu for CUDA)
 
-search: $(STAMP) ## Search ARCH [DATA= MAX_TRIALS= EPOCHS= TUNER= IMAGE_SIZE= SEED= TIME_BUDGET= NAME= FRESH=1 WORKERS=]
-	$(BIN)/pneumo-exp search $(ARCH) $(SEARCH_ARGS)
+search: $(STAMP) ## Search ARCH (default aug_cnn) [DATA= MAX_TRIALS= EPOCHS= TUNER= SEED= ...]
+	$(RUN) search
 
-data: $(STAMP) ## Download or unpack a dataset archive: make data SOURCE=url-or-zip [TO=data/chest_xray]
-	$(BIN)/pneumo-exp data fetch $(SOURCE) $(if $(TO),--to $(TO))
+cv: $(STAMP) ## Cross-validate ARCH [FOLDS=5 FROM=default|best DATA= EPOCHS= ...]
+	$(RUN) cv
 
-cv: $(STAMP) ## Cross-validate ARCH [FOLDS=5 FROM=default|best DATA= EPOCHS= IMAGE_SIZE= SEED=]
-	$(BIN)/pneumo-exp cv $(ARCH) $(CV_ARGS)
+promote: $(STAMP) ## Register the best validation trial [ARCH=] (TOP=k: an ensemble), test it once
+	$(RUN) promote
 
-promote: $(STAMP) ## Register the best validation trial [ARCH=], evaluate it once on test
-	$(BIN)/pneumo-exp promote $(if $(filter command line,$(origin ARCH)),$(ARCH))
+adapt: $(STAMP) ## Adapt MODEL= to a site's unlabeled images DATA=, registered as site-SITE
+	$(RUN) adapt
 
 evaluate: $(STAMP) ## Evaluate MODEL= (default the champion) on a labelled folder DATA=
-	$(BIN)/pneumo-exp evaluate --model $(MODEL) --data $(DATA)
+	$(RUN) evaluate
 
 predict: $(STAMP) ## Probability of pneumonia for FILES= (files or folders) with MODEL=
-	$(BIN)/pneumo-exp predict --model $(MODEL) $(FILES)
+	$(RUN) predict
 
-serve: $(STAMP) ## Serve MODEL= over HTTP on 127.0.0.1 (PORT=5001), with mlflow models serve
-	MLFLOW_TRACKING_URI=$(STORE) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/mlflow models serve \
-	  -m $(MODEL) --env-manager local -h 127.0.0.1 -p $(PORT)
+explain: $(STAMP) ## Grad-CAM overlays of MODEL= on FILES= into OUT= (default explanations/)
+	$(RUN) explain
 
-server: $(STAMP) ## MLflow tracking server [HOST=127.0.0.1 SERVER_PORT=5000 BACKEND= ARTIFACTS= SERVER_WORKERS=4]
-	$(BIN)/pneumo-exp server $(if $(HOST),--host $(HOST)) $(if $(SERVER_PORT),--port $(SERVER_PORT)) \
-	  $(if $(BACKEND),--backend-store-uri $(BACKEND)) $(if $(ARTIFACTS),--artifacts-destination $(ARTIFACTS)) \
-	  $(if $(SERVER_WORKERS),--workers $(SERVER_WORKERS))
+serve: $(STAMP) ## Serve MODEL= over HTTP on 127.0.0.1 (PORT=5001)
+	$(RUN) serve
+
+server: $(STAMP) ## MLflow tracking server [HOST=127.0.0.1 PORT=5000 BACKEND= ARTIFACTS= WORKERS=4]
+	$(RUN) server
 
 ui: $(STAMP) ## Serve the MLflow UI of ./mlruns on http://127.0.0.1:5000
-	$(BIN)/pneumo-exp ui
+	$(RUN) ui
+
+runs: $(STAMP) ## List the searches and cross-validations, newest first
+	$(RUN) runs
+
+models: $(STAMP) ## List the registered versions with aliases and figures
+	$(RUN) models
+
+delete-search: $(STAMP) ## Delete the search NAME= (its runs and tuner state) [YES=1]
+	$(RUN) delete-search
 
 test: $(STAMP) ## Run the tests [PYTEST_ARGS=, e.g. "-n 0 -k registry"]
 	$(BIN)/pytest $(PYTEST_ARGS)

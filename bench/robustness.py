@@ -87,7 +87,8 @@ def main() -> None:
 
     client: MlflowClient = connect()
     version = client.get_model_version(*get_model_name_and_version(client, args.model))
-    cfg, _ = search_config(client, client.get_run(version.tags["pneumo.source_run_id"]))
+    first_trial = version.tags["pneumo.source_run_ids"].split(",")[0]
+    cfg, _ = search_config(client, client.get_run(first_trial))
     if args.data:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(args.data)))
     data = load_training_data(cfg.data, cfg.search.seed)

@@ -1,4 +1,5 @@
-"""The `pneumo-exp` command: one entry point, one subcommand per job. Make targets call it."""
+"""The `pneumo-exp` command: one entry point, one subcommand per job. Make targets call it
+with `--make`, which reads their variables from the environment (pneumo_exp.options)."""
 
 from __future__ import annotations
 
@@ -8,108 +9,85 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
-from pneumo_exp import commands, interrupts
-from pneumo_exp.commands import UI_HOST, UI_PORT
+from pneumo_exp import commands, interrupts, options
 from pneumo_exp.config import FULL_DATA_DIR, SAMPLE_DIR
 from pneumo_exp.errors import UserError, exit_code
 
 log = logging.getLogger("pneumo_exp")
 
+# name -> (help, description, function)
+COMMANDS = {
+    "search": ("search one architecture, tracked in MLflow",
+               "Run (or resume) a Keras Tuner search configured by experiments/ARCH.yaml; "
+               "every trial is a nested MLflow run.", commands.cmd_search),
+    "cv": ("k-fold cross-validation of one configuration, tracked",
+           "Cross-validate the study's configuration (--from default) or the best trial of "
+           "the latest search (--from best) on the train split, in folds grouped by patient.",
+           commands.cmd_cv),
+    "promote": ("register the best validation model (or the k best as an ensemble), "
+                "evaluated once on test",
+                "Register the trial with the best validation objective (of ARCH, or of all "
+                "architectures), or an ensemble of the --top k best, in the MLflow Model "
+                "Registry with its preprocessing, a temperature and a decision threshold "
+                "chosen on validation; evaluate it on the test split.", commands.cmd_promote),
+    "adapt": ("adapt a registered model to a new site's unlabeled images",
+              "Re-estimate the model's batch-normalization statistics on the images under "
+              "--data (no label is read) and register the result as a new version with the "
+              "alias site-<name>.", commands.cmd_adapt),
+    "predict": ("probability of pneumonia for image files and folders", None,
+                commands.cmd_predict),
+    "evaluate": ("evaluate a registered model on a labelled folder", None,
+                 commands.cmd_evaluate),
+    "explain": ("Grad-CAM overlays of a registered model on image files",
+                "Write an overlay per image: where the model looked for pneumonia (Grad-CAM "
+                "on its last convolutional feature map; the mean over an ensemble's members),"
+                " with the probability and label.", commands.cmd_explain),
+    "runs": ("list the searches and cross-validations, newest first", None, commands.cmd_runs),
+    "models": ("list the registered versions with their aliases and figures", None,
+               commands.cmd_models),
+    "delete-search": ("delete one search: its MLflow runs and its tuner state", None,
+                      commands.cmd_delete_search),
+    "serve": ("serve a registered model over HTTP on 127.0.0.1 (mlflow models serve)", None,
+              commands.cmd_serve),
+}
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("arch", nargs="?", default="aug_cnn",
-                        help="architecture: the name of a file in experiments/ (default aug_cnn)")
-    parser.add_argument("--data", help="dataset folder (ROOT/{train,val,test}/{NORMAL,PNEUMONIA})"
-                        " or MedMNIST .npz; default data/chest_xray, else the bundled sample")
-    parser.add_argument("--epochs", type=int, help="maximum epochs per trial or fold")
-    parser.add_argument("--image-size", type=int, help="images are resized to SIZE x SIZE")
-    parser.add_argument("--batch-size", type=int, help="training batch size")
-    parser.add_argument("--seed", type=int, help="seed of splits, tuner and training")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="any configuration key, e.g. --set space.dropout=0.2 (repeatable)")
+
+class Parser(argparse.ArgumentParser):
+    """argparse, whose errors name make variables when a make target called it."""
+
+    make_command: str | None = None
+
+    def error(self, message: str) -> NoReturn:
+        if self.make_command:
+            message = options.make_words(message, self.make_command)
+        super().error(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pneumo-exp", description="Experiment-tracked hyperparameter search for pneumonia "
-        "detection on chest X-rays (Keras Tuner + MLflow).")
+def build_parser(make_command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `make_command`, its errors name that command's make variables."""
+    parser = Parser(prog="pneumo-exp", description="Experiment-tracked hyperparameter search "
+                    "for pneumonia detection on chest X-rays (Keras Tuner + MLflow).")
+    parser.make_command = make_command
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    search = sub.add_parser("search", help="search one architecture, tracked in MLflow",
-                            description="Run (or resume) a Keras Tuner search configured by "
-                            "experiments/ARCH.yaml; every trial is a nested MLflow run.")
-    _add_config_options(search)
-    search.add_argument("--max-trials", type=int, help="trial budget")
-    search.add_argument("--tuner", help="random, bayesian or hyperband")
-    search.add_argument("--time-budget", type=float, metavar="MINUTES",
-                        help="start no trial and no epoch after this many minutes")
-    search.add_argument("--name", help="search name; the same name resumes (default: "
-                        "<tuner>-<digest of the configuration>)")
-    search.add_argument("--fresh", action="store_true",
-                        help="discard this search's tuner state and start over")
-    search.add_argument("--workers", type=int, default=0,
-                        help="run a chief and this many workers on this machine")
-    search.add_argument("--role", choices=["chief", "worker"],
-                        help="distributed search: this process's role (with --oracle)")
-    search.add_argument("--oracle", metavar="HOST:PORT",
-                        help="address of the chief's oracle (distributed search)")
-    search.add_argument("--worker-id", help="stable id of this worker (default "
-                        "worker-<hostname>); a restarted worker resumes its trial")
-    search.set_defaults(func=commands.cmd_search)
-
-    cv = sub.add_parser("cv", help="k-fold cross-validation of one configuration, tracked",
-                        description="Cross-validate the study's configuration (--from default) "
-                        "or the best trial of the latest search (--from best) on the train "
-                        "split, in folds grouped by patient.")
-    _add_config_options(cv)
-    cv.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
-    cv.add_argument("--from", dest="source", choices=["default", "best"], default="default",
-                    help="default: the study's configuration; best: the latest search's best")
-    cv.set_defaults(func=commands.cmd_cv)
-
-    promote = sub.add_parser("promote", help="register the best validation model, evaluated "
-                             "once on test", description="Register the trial with the best "
-                             "validation objective (of ARCH, or of all architectures) in the "
-                             "MLflow Model Registry, with its preprocessing and a decision "
-                             "threshold chosen on validation; evaluate it on the test split.")
-    promote.add_argument("arch", nargs="?", help="only this architecture (default: all)")
-    promote.add_argument("--run", help="promote this trial run instead of the best one")
-    promote.add_argument("--model-name", help="registered model name (default "
-                         "pneumonia-classifier)")
-    promote.set_defaults(func=commands.cmd_promote)
-
-    predict = sub.add_parser("predict", help="probability of pneumonia for image files/folders")
-    predict.add_argument("--model", required=True,
-                         help="model URI, e.g. models:/pneumonia-classifier@champion")
-    predict.add_argument("paths", nargs="+", help="image files or folders")
-    predict.add_argument("--format", choices=["table", "csv", "json"], default="table",
-                         help="output: tab-separated table (default), csv or json")
-    predict.set_defaults(func=commands.cmd_predict)
-
-    evaluate = sub.add_parser("evaluate", help="evaluate a model on a labelled folder")
-    evaluate.add_argument("--model", required=True, help="model URI")
-    evaluate.add_argument("--data", required=True, help="folder with NORMAL/ and PNEUMONIA/, "
-                          "or a dataset root (its test/ split is used)")
-    evaluate.set_defaults(func=commands.cmd_evaluate)
-
-    ui = sub.add_parser("ui", help="serve the MLflow UI of the local store on 127.0.0.1")
-    ui.add_argument("--host", default=UI_HOST, help="interface to bind (default 127.0.0.1)")
-    ui.add_argument("--port", type=int, default=UI_PORT, help="port (default 5000)")
-    ui.set_defaults(func=commands.cmd_ui)
-
-    server = sub.add_parser("server", help="MLflow tracking server for a team or a cluster")
-    server.add_argument("--host", default=UI_HOST, help="interface to bind (default 127.0.0.1;"
-                        " 0.0.0.0 to serve other machines)")
-    server.add_argument("--port", type=int, default=UI_PORT, help="port (default 5000)")
-    server.add_argument("--backend-store-uri", help="runs and registry database: default "
-                        "sqlite under mlruns/, or e.g. postgresql://user:pw@host/mlflow")
-    server.add_argument("--artifacts-destination", help="where the server stores artifacts: "
-                        "default mlruns/artifacts, or e.g. s3://bucket/mlflow")
-    server.add_argument("--workers", type=int, default=4, help="server processes (default 4, "
-                        "as mlflow server; 1 is enough for one user or a small machine)")
-    server.set_defaults(func=commands.cmd_server)
+    parser.add_argument("--make", action="store_true",
+                        help="read the options from make variables (what make targets do)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=Parser)
+    for name, (help_text, description, func) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=description or help_text)
+        p.make_command = make_command if name == make_command else None
+        options.add_arguments(p, name)
+        p.set_defaults(func=func)
+    for name, what in (("ui", "the MLflow UI of the local store"),
+                       ("server", "an MLflow tracking server for a team or a cluster")):
+        p = sub.add_parser(name, help=f"serve {what} (127.0.0.1 by default)")
+        p.make_command = make_command if name == make_command else None
+        options.add_arguments(p, name)
+        p.set_defaults(func=getattr(commands, f"cmd_{name}"))
+    sub.add_parser("vars", help="the make variables of every command").set_defaults(
+        func=lambda args: print(options.table()) or 0)
 
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
@@ -118,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--from", dest="source", required=True, help="full dataset folder")
     sample.add_argument("--to", default=str(SAMPLE_DIR), help="output folder (default "
                         "data/sample)")
-    sample.add_argument("--size", type=int, default=128, help="image side in pixels")
+    sample.add_argument("--size", type=int, default=None, help="image side in pixels")
     sample.add_argument("--seed", type=int, default=0, help="seed of the patient draw")
     sample.set_defaults(func=commands.cmd_data_sample)
     fetch = data_sub.add_parser("fetch", help="download or unpack a dataset archive (zip/tar) "
@@ -130,20 +108,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_make_variables(argv: list[str]) -> tuple[list[str], str | None]:
+    """`pneumo-exp --make COMMAND ...`: the command's make variables become its options."""
+    if "--make" not in argv:
+        return argv, None
+    i = argv.index("--make")
+    rest = argv[i + 1:]
+    command = next((a for a in rest if not a.startswith("-")), None)
+    if command is None:
+        return argv, None
+    j = rest.index(command)
+    return [*argv[:i + 1], *rest[:j + 1], *options.from_make(command), *rest[j + 1:]], command
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args_in, make_command = _with_make_variables(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser(make_command).parse_args(args_in)
     interrupts.install()
     if args.debug:
         os.environ["PNEUMO_EXP_DEBUG"] = "1"  # read by pneumo_exp.tuners
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("mlflow", "alembic", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Each trial's models trace their own predict functions; TensorFlow calls it retracing.
+    logging.getLogger("tensorflow").addFilter(lambda r: "retracing" not in r.getMessage())
     try:
         return args.func(args)
     except UserError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"pneumo-exp: error: {e}", file=sys.stderr)
+        message = options.make_words(str(e), make_command) if make_command else str(e)
+        print(f"pneumo-exp: error: {message}", file=sys.stderr)
         return exit_code(e)
     except KeyboardInterrupt:
         if args.debug:

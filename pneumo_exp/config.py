@@ -34,6 +34,9 @@ TUNER_DIR = STATE_DIR / "tuner"
 MLRUNS_DIR = Path("mlruns")  # SQLite database + artifacts: the Model Registry works locally
 
 TUNER_NAMES = ("random", "bayesian", "hyperband")
+# What every epoch reports on the validation set (pneumo_exp.callbacks), as val_<name>; the
+# search's objective is one of them.
+VALIDATION_FIGURES = ("loss", "accuracy", "auc", "sensitivity", "specificity", "precision")
 VALIDATION_MODES = ("split", "official")
 
 
@@ -61,34 +64,53 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """How one model trains: a trial of a search, a fold of a cross-validation."""
+
+    epochs: int = 20  # at most (Hyperband's max_epochs)
+    patience: int = 5  # EarlyStopping on the search's objective
+    reduce_lr_patience: int | None = None  # ReduceLROnPlateau (x0.3) on it; None: off
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
+        _check(self.patience >= 1, "train.patience", self.patience, "an integer >= 1")
+        _check(self.reduce_lr_patience is None or self.reduce_lr_patience >= 1,
+               "train.reduce_lr_patience", self.reduce_lr_patience, "an integer >= 1, or null")
+        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     tuner: str = "bayesian"
     objective: str = "val_auc"
     max_trials: int = 10
-    epochs: int = 20
-    patience: int = 5
-    reduce_lr_patience: int | None = None  # ReduceLROnPlateau on the objective; None: off
-    batch_size: int = 32
     seed: int = 42
     time_budget_min: float | None = None
     hyperband_factor: int = 3
+    # Bayesian: trials before the Gaussian process proposes (trial 0, the initial points,
+    # then random draws); None: Keras Tuner's 3 x the number of hyperparameters.
+    num_initial_points: int | None = 3
+    constant_epochs: int = 2  # a trial whose output is constant this many epochs stops
+    median_stopping: int | None = None  # from this epoch on, stop trials below the median
     # Tried right after the study's configuration: {hyperparameter: value}, the rest default.
     initial_points: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(self.tuner in TUNER_NAMES, "search.tuner", self.tuner, " | ".join(TUNER_NAMES))
-        _check(self.objective.startswith("val_"), "search.objective", self.objective,
-               "a validation metric such as val_auc or val_loss")
+        _check(self.objective in {f"val_{f}" for f in VALIDATION_FIGURES}, "search.objective",
+               self.objective, "one of " + ", ".join(f"val_{f}" for f in VALIDATION_FIGURES))
         _check(self.max_trials >= 1, "search.max_trials", self.max_trials, "an integer >= 1")
-        _check(self.epochs >= 1, "search.epochs", self.epochs, "an integer >= 1")
-        _check(self.patience >= 1, "search.patience", self.patience, "an integer >= 1")
-        _check(self.reduce_lr_patience is None or self.reduce_lr_patience >= 1,
-               "search.reduce_lr_patience", self.reduce_lr_patience, "an integer >= 1, or null")
-        _check(self.batch_size >= 1, "search.batch_size", self.batch_size, "an integer >= 1")
         _check(self.time_budget_min is None or self.time_budget_min > 0,
                "search.time_budget_min", self.time_budget_min, "minutes > 0, or null")
         _check(self.hyperband_factor >= 2, "search.hyperband_factor", self.hyperband_factor,
                "an integer >= 2")
+        _check(self.num_initial_points is None or self.num_initial_points >= 1,
+               "search.num_initial_points", self.num_initial_points, "an integer >= 1, or null")
+        _check(self.constant_epochs >= 1, "search.constant_epochs", self.constant_epochs,
+               "an integer >= 1")
+        _check(self.median_stopping is None or self.median_stopping >= 1,
+               "search.median_stopping", self.median_stopping, "an integer >= 1, or null")
         _check(isinstance(self.initial_points, list)
                and all(isinstance(p, dict) for p in self.initial_points),
                "search.initial_points", self.initial_points,
@@ -102,6 +124,11 @@ class SearchConfig:
 @dataclass(frozen=True)
 class TrackingConfig:
     experiment: str | None = None  # None: pneumo-exp/<arch>
+    gradcam_images: int = 8  # Grad-CAM grids per trial: the k most confident errors of each kind
+
+    def __post_init__(self) -> None:
+        _check(self.gradcam_images >= 0, "tracking.gradcam_images", self.gradcam_images,
+               "an integer >= 0 (0: no Grad-CAM grids)")
 
 
 @dataclass(frozen=True)
@@ -122,6 +149,7 @@ class ExperimentConfig:
     arch: str
     data: DataConfig = field(default_factory=DataConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     model: dict[str, Any] = field(default_factory=dict)  # fixed arguments of the hypermodel
     space: dict[str, Any] = field(default_factory=dict)  # overrides of its search space
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -143,8 +171,8 @@ class ExperimentConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-_SECTIONS = {"data": DataConfig, "search": SearchConfig, "tracking": TrackingConfig,
-             "registry": RegistryConfig}
+_SECTIONS = {"data": DataConfig, "search": SearchConfig, "train": TrainConfig,
+             "tracking": TrackingConfig, "registry": RegistryConfig}
 
 
 def architectures() -> list[str]:
@@ -154,7 +182,7 @@ def architectures() -> list[str]:
 
 def load_config(arch: str, overrides: dict[str, Any] | None = None,
                 experiments_dir: Path = EXPERIMENTS_DIR) -> ExperimentConfig:
-    """defaults.yaml <- <arch>.yaml <- overrides ({"search.epochs": 2, ...})."""
+    """defaults.yaml <- <arch>.yaml <- overrides ({"train.epochs": 2, ...})."""
     path = experiments_dir / f"{arch}.yaml"
     if not path.is_file():
         known = ", ".join(architectures()) or "none"
@@ -173,10 +201,10 @@ def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """'search.epochs=3' -> ('search.epochs', 3); the value is read as YAML."""
+    """'train.epochs=3' -> ('train.epochs', 3); the value is read as YAML."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set expects KEY=VALUE, such as search.epochs=3; got '{text}'.")
+        raise ConfigError(f"--set expects KEY=VALUE, such as train.epochs=3; got '{text}'.")
     return key.strip(), yaml.safe_load(raw)
 
 
@@ -184,7 +212,7 @@ def _build(arch: str, merged: dict[str, Any]) -> ExperimentConfig:
     unknown = set(merged) - {*_SECTIONS, "model", "space"}
     if unknown:
         raise ConfigError(f"unknown configuration section '{sorted(unknown)[0]}'; known: "
-                          "data, search, model, space, tracking, registry.")
+                          "data, search, train, model, space, tracking, registry.")
     sections: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
         values = merged.get(name) or {}

@@ -19,12 +19,14 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 from sklearn.model_selection import StratifiedGroupKFold
 
+from pneumo_exp.callbacks import training_callbacks
 from pneumo_exp.config import ExperimentConfig
 from pneumo_exp.data.dataset import resolve_root
 from pneumo_exp.data.pipeline import make_dataset
 from pneumo_exp.data.sources import load_split, open_source
 from pneumo_exp.errors import ConfigError, InterruptedByUser, UserError
-from pneumo_exp.records import log_classifier, log_data_description, log_epoch_metrics
+from pneumo_exp.progress import literal
+from pneumo_exp.records import log_classifier, log_epoch_metrics
 from pneumo_exp.search import make_hypermodel
 from pneumo_exp.tracking import (
     TAG_ARCH,
@@ -33,9 +35,9 @@ from pneumo_exp.tracking import (
     connect,
     create_parent_run,
     experiment_id,
+    log_data_description,
     log_summary,
 )
-from pneumo_exp.tuners import training_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +66,6 @@ class EpochLogger(keras.callbacks.Callback):
             log_epoch_metrics(self.client, self.run_id, epoch, logs)
 
 
-def literal(text: str) -> Any:
-    """An MLflow param string back to the int, float, bool or str it was."""
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"True": True, "False": False}.get(text, text)
-
-
 def best_hyperparameters(client: MlflowClient, experiment: str, arch: str) -> tuple[
         dict[str, Any], str]:
     """Hyperparameters of the best trial of the latest finished search, and its run id."""
@@ -97,7 +89,7 @@ def run_cv(cfg: ExperimentConfig, folds: int = 5, source: str = "default",
         raise ConfigError(f"'folds' must be an integer >= 2; got {folds}.")
     if source not in ("default", "best"):
         raise ConfigError(f"'from' must be default or best; got {source!r}.")
-    s = cfg.search
+    s, t = cfg.search, cfg.train
     started = time.time()
     root = resolve_root(cfg.data.root)
     split = load_split(open_source(root), "train", cfg.data.image_size, cfg.data.channels)
@@ -138,13 +130,15 @@ def run_cv(cfg: ExperimentConfig, folds: int = 5, source: str = "default",
                            values) as run_id:
                 model = hypermodel.build(hp.copy())
                 history = hypermodel.fit(
-                    hp, model, make_dataset(train, s.batch_size, shuffle=True, seed=s.seed + k),
-                    validation_data=make_dataset(val, s.batch_size), epochs=s.epochs,
-                    callbacks=[*training_callbacks(cfg, restore_best=True),
+                    hp, model, make_dataset(train, t.batch_size, shuffle=True, seed=s.seed + k),
+                    epochs=t.epochs,
+                    callbacks=[*training_callbacks(cfg, val.images, val.labels,
+                                                   restore_best=True),
                                EpochLogger(client, run_id)],
                     shuffle=False, verbose=verbose)
                 figures.append(log_classifier(model, val, history.history, s.objective,
-                                              s.direction, log_model=False))
+                                              s.direction, log_model=False,
+                                              title=f"fold {k} of {cfg.arch}"))
             log.info("fold %d/%d: validation AUC %.4f, accuracy %.4f", k + 1, folds,
                      figures[-1]["best_val_auc"], figures[-1]["best_val_accuracy"])
         status = "FINISHED"

@@ -8,6 +8,8 @@ import numpy as np
 from sklearn.metrics import accuracy_score, roc_auc_score, roc_curve
 
 from pneumo_exp import plots
+from pneumo_exp.calibration import ECE_BINS, calibration_figures
+from pneumo_exp.config import CLASS_NAMES
 from pneumo_exp.metrics import binary_metrics
 
 CI_LEVEL = 0.95
@@ -24,49 +26,65 @@ def choose_threshold(y_true: np.ndarray, prob: np.ndarray, min_sensitivity: floa
 
 def bootstrap_ci(y_true: np.ndarray, prob: np.ndarray, threshold: float, n: int = 1000,
                  seed: int = 0) -> dict[str, tuple[float, float]]:
-    """95% percentile intervals of accuracy (at `threshold`) and AUC over `n` resamples."""
+    """95% percentile intervals over `n` resamples of the images: accuracy at 0.5,
+    accuracy at `threshold` (`accuracy_at_thr`) and AUC."""
     rng = np.random.default_rng(seed)
     y_true, prob = np.asarray(y_true), np.asarray(prob)
-    acc, auc = [], []
+    values: dict[str, list[float]] = {"accuracy": [], "accuracy_at_thr": [], "auc": []}
     for _ in range(n):
         idx = rng.integers(0, len(y_true), len(y_true))
-        acc.append(accuracy_score(y_true[idx], prob[idx] >= threshold))
+        values["accuracy"].append(accuracy_score(y_true[idx], prob[idx] >= 0.5))
+        values["accuracy_at_thr"].append(accuracy_score(y_true[idx], prob[idx] >= threshold))
         if len(np.unique(y_true[idx])) == 2:
-            auc.append(roc_auc_score(y_true[idx], prob[idx]))
+            values["auc"].append(roc_auc_score(y_true[idx], prob[idx]))
     tail = (1 - CI_LEVEL) / 2 * 100
     return {name: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail)))
-            for name, v in (("accuracy", acc), ("auc", auc))}
+            for name, v in values.items()}
 
 
 def evaluation_figures(y_true: np.ndarray, prob: np.ndarray, threshold: float, split: str,
-                       n_bootstrap: int = 1000) -> dict[str, float]:
-    """`<split>_<figure>` at 0.5, `<split>_<figure>_at_thr` at `threshold`, and the CIs."""
+                       n_bootstrap: int = 1000,
+                       uncalibrated: np.ndarray | None = None) -> dict[str, float]:
+    """`<split>_<figure>` at 0.5, `<split>_<figure>_at_thr` at `threshold`, the CIs, the
+    calibration error and Brier score (and both before calibration, if given)."""
     figures = binary_metrics(y_true, prob, 0.5, prefix=f"{split}_")
     at_thr = binary_metrics(y_true, prob, threshold, prefix=f"{split}_")
     figures.update({f"{k}_at_thr": v for k, v in at_thr.items()
                     if not k.endswith(("_auc", "_loss"))})
     figures[f"{split}_threshold"] = threshold
-    for name, (low, high) in bootstrap_ci(y_true, prob, 0.5, n_bootstrap).items():
+    figures.update(calibration_figures(y_true, prob, f"{split}_"))
+    if uncalibrated is not None:
+        figures.update(calibration_figures(y_true, uncalibrated, f"{split}_uncalibrated_"))
+    for name, (low, high) in bootstrap_ci(y_true, prob, threshold, n_bootstrap).items():
         figures[f"{split}_{name}_ci_low"], figures[f"{split}_{name}_ci_high"] = low, high
     return figures
 
 
 def log_evaluation(y_true: np.ndarray, prob: np.ndarray, threshold: float, split: str,
-                   n_bootstrap: int = 1000) -> dict[str, float]:
-    """Into the active run: the figures, two confusion matrices (PNG + counts), the ROC."""
-    figures = evaluation_figures(y_true, prob, threshold, split, n_bootstrap)
+                   n_bootstrap: int = 1000, title: str = "",
+                   uncalibrated: np.ndarray | None = None) -> dict[str, float]:
+    """Into the active run: the figures, two confusion matrices (PNG + counts), the ROC with
+    the threshold marked, and the reliability diagram."""
+    title = title or f"{split} split"
+    figures = evaluation_figures(y_true, prob, threshold, split, n_bootstrap, uncalibrated)
     mlflow.log_metrics(figures)
     for name, t in (("0.5", 0.5), ("threshold", threshold)):
         pred = (prob >= t).astype(int)
-        fig = plots.confusion_figure(y_true, pred, f"{split}, threshold {t:.3f}")
+        fig = plots.confusion_figure(y_true, pred, f"{title}, threshold {t:.3f}")
         mlflow.log_figure(fig, f"plots/{split}_confusion_matrix_{name}.png")
         plots.close(fig)
         m = binary_metrics(y_true, prob, t)
-        mlflow.log_dict({"threshold": t, "labels": ["NORMAL", "PNEUMONIA"],
+        mlflow.log_dict({"threshold": t, "labels": list(CLASS_NAMES),
                          "rows_true_cols_pred": [[int(m["tn"]), int(m["fp"])],
                                                  [int(m["fn"]), int(m["tp"])]]},
                         f"plots/{split}_confusion_matrix_{name}.json")
-    fig = plots.roc_figure(y_true, prob, f"{split} ROC")
+    fig = plots.roc_figure(y_true, prob, f"ROC, {title}", threshold)
     mlflow.log_figure(fig, f"plots/{split}_roc.png")
+    plots.close(fig)
+    extra = {"before calibration": uncalibrated} if uncalibrated is not None else None
+    fig = plots.reliability_figure(y_true, prob, ECE_BINS,
+                                   f"Reliability, {title}: ECE {figures[f'{split}_ece']:.3f}",
+                                   extra)
+    mlflow.log_figure(fig, f"plots/{split}_reliability.png")
     plots.close(fig)
     return figures

@@ -29,6 +29,25 @@ def load(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
                         "registered models in the MLflow UI (make ui), or run make promote.") from e
 
 
+def describe_version(model_uri: str) -> str:
+    """Which registered version answers for a models:/ URI, with its aliases."""
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    if not model_uri.startswith("models:/"):
+        return model_uri
+    client = connect()
+    try:
+        name, number = get_model_name_and_version(client, model_uri)
+        v = client.get_model_version(name, number)
+    except (mlflow.exceptions.MlflowException, ValueError):
+        return model_uri
+    aliases = f", aliases {', '.join(v.aliases)}" if v.aliases else ""
+    members = int(v.tags.get("pneumo.members", "1") or 1)
+    what = v.tags.get("pneumo.arch", "?") + (f" x{members}" if members > 1 else "")
+    site = f", adapted to site {v.tags['pneumo.site']}" if "pneumo.site" in v.tags else ""
+    return f"{model_uri}: {name} version {v.version} ({what}{site}{aliases})"
+
+
 def image_files(paths: Iterable[str | Path]) -> list[Path]:
     """Files as given, and the files under folders (recursively, hidden ones left out)."""
     files: list[Path] = []
@@ -83,6 +102,6 @@ def evaluate_folder(model_uri: str, folder: Path, n_bootstrap: int = 1000) -> di
                            "files": len(files), "unreadable_files": int((~readable).sum())})
         mlflow.log_table(predictions, "predictions.json")
         figures = log_evaluation(labels[readable],
-                                 predictions["probability"].to_numpy()[readable], threshold,
+                                 predictions["probability"].to_numpy(float)[readable], threshold,
                                  "eval", n_bootstrap)
     return figures

@@ -1,4 +1,5 @@
-"""Figures logged to MLflow: learning curves, confusion matrix, ROC curve."""
+"""Figures logged to MLflow, each titled with what it shows, on which split, of which run:
+learning curves, confusion matrix, ROC, reliability diagram, a search's progress."""
 
 from __future__ import annotations
 
@@ -10,45 +11,129 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, roc_curve
 
 from pneumo_exp.config import CLASS_NAMES
 
 
-def curves_figure(history: Mapping[str, Sequence[float]], title: str = "") -> Figure:
-    """Train vs validation, one panel per metric (accuracy, loss, AUC), per epoch."""
-    names = [m for m in ("accuracy", "loss", "auc") if m in history]
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
+def _robust_ylim(ax: Axes, values: Sequence[float]) -> None:
+    """Keep outliers (a loss of 20 in the first epoch, a collapsed trial) from flattening
+    the rest: the axis spans the values within 6 median absolute deviations."""
+    finite = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    if len(finite) < 3:
+        return
+    median = np.median(finite)
+    mad = max(float(np.median(np.abs(finite - median))), 1e-3)
+    inside = finite[np.abs(finite - median) <= 6 * mad]
+    if len(inside) < len(finite):
+        pad = 0.15 * (inside.max() - inside.min() + 1e-3)
+        ax.set_ylim(inside.min() - pad, inside.max() + pad)
+
+
+def curves_figure(history: Mapping[str, Sequence[float]], title: str = "",
+                  initial_epoch: int = 0, objective: str = "val_auc",
+                  direction: str = "max") -> Figure:
+    """Train vs validation per epoch (numbered as the MLflow metrics' steps), one panel per
+    metric, the best epoch by the objective marked."""
+    names = [m for m in ("loss", "accuracy", "auc") if m in history or f"val_{m}" in history]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+    target = [v if np.isfinite(v) else np.nan for v in history.get(objective, [])]
+    best = None
+    if target and not np.all(np.isnan(target)):
+        best = initial_epoch + int(np.nanargmax(target) if direction == "max"
+                                   else np.nanargmin(target))
     for ax, name in zip(axes[0], names, strict=True):
+        shown: list[float] = []
         for key, label in ((name, "train"), (f"val_{name}", "validation")):
-            if key in history:
-                values = history[key]
-                ax.plot(np.arange(1, len(values) + 1), values, marker="o", label=label)
+            values = list(history.get(key, []))
+            if values:
+                epochs = np.arange(initial_epoch, initial_epoch + len(values))
+                ax.plot(epochs, values, marker="o", label=label)
+                shown += values
+        if best is not None:
+            ax.axvline(best, color="grey", linestyle="--", linewidth=1,
+                       label=f"best epoch {best}")
+        if name == "loss":
+            _robust_ylim(ax, shown)
         ax.set_xlabel("epoch")
         ax.set_title(name)
         ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Learning curves, {title}" if title else "Learning curves")
     fig.tight_layout()
     return fig
 
 
 def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, title: str = "") -> Figure:
-    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    fig, ax = plt.subplots(figsize=(4.4, 4.0))
     ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=[0, 1],
                                             display_labels=list(CLASS_NAMES), ax=ax,
                                             colorbar=False, cmap="Blues")
-    ax.set_title(title or "confusion matrix")
+    ax.set_title(title or "confusion matrix", fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def roc_figure(y_true: np.ndarray, prob: np.ndarray, title: str = "") -> Figure:
-    fig, ax = plt.subplots(figsize=(4.2, 4.0))
-    RocCurveDisplay.from_predictions(y_true, prob, ax=ax, name="model", plot_chance_level=True)
-    ax.set_title(title or "ROC")
+def roc_figure(y_true: np.ndarray, prob: np.ndarray, title: str = "",
+               threshold: float | None = None) -> Figure:
+    """ROC of PNEUMONIA (positive) against NORMAL, with the operating threshold marked."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    RocCurveDisplay.from_predictions(y_true, prob, ax=ax, name="PNEUMONIA vs NORMAL",
+                                     pos_label=1, plot_chance_level=True)
+    if threshold is not None:
+        fpr, tpr, thresholds = roc_curve(y_true, prob)
+        i = int(np.argmin(np.abs(thresholds - threshold)))
+        ax.plot(fpr[i], tpr[i], "o", color="red", label=f"threshold {threshold:.3f}")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("1 - specificity (NORMAL called PNEUMONIA)")
+    ax.set_ylabel("sensitivity (PNEUMONIA found)")
+    ax.set_title(title or "ROC", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(y_true: np.ndarray, prob: np.ndarray, bins: int, title: str = "",
+                       extra: Mapping[str, np.ndarray] | None = None) -> Figure:
+    """Observed frequency of PNEUMONIA against the predicted probability, per bin."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+    for label, p in {"model": prob, **(extra or {})}.items():
+        edges = np.linspace(0, 1, bins + 1)
+        which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+        filled = [b for b in range(bins) if np.any(which == b)]
+        ax.plot([p[which == b].mean() for b in filled],
+                [y_true[which == b].mean() for b in filled], marker="o", label=label)
+    ax.set_xlabel("predicted probability of PNEUMONIA")
+    ax.set_ylabel("fraction PNEUMONIA")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "reliability", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def search_progress_figure(points: Sequence[tuple[str, float, float]], objective: str,
+                           direction: str, title: str) -> Figure:
+    """Each trial's objective when it ended, and the best so far, against time."""
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    points = sorted(points, key=lambda p: p[1])
+    minutes = [p[1] / 60 for p in points]
+    values = [p[2] for p in points]
+    pick = max if direction == "max" else min
+    best = [pick(values[:i + 1]) for i in range(len(values))]
+    ax.plot(minutes, values, "o", label="trial")
+    for (trial, _, _), x, y in zip(points, minutes, values, strict=True):
+        ax.annotate(trial, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=8)
+    ax.step(minutes, best, where="post", label="best so far")
+    ax.set_xlabel("minutes into the search")
+    ax.set_ylabel(f"{objective} (best checkpoint)")
+    _robust_ylim(ax, values)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"Search progress, {title}", fontsize=10)
     fig.tight_layout()
     return fig
 

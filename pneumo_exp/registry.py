@@ -1,46 +1,59 @@
 """Promote the best validation model to the MLflow Model Registry, evaluated once on test.
 
-`promote` picks the trial run with the best validation objective (of one architecture or
-of all), re-creates its search's data to choose the decision threshold on validation,
-packages the model with its preprocessing and threshold as a pyfunc model, evaluates it on
-the test split in an evaluation run (the only use of the test split), and registers it. A
-new version gets the alias `challenger`, and `champion` when its validation objective beats
-the current champion's. Promoting a run that already has a version does nothing.
+`promote` picks the trial run with the best validation objective, or the k best as an
+ensemble (of one architecture, or of all), re-creates their searches' validation set, fits
+a temperature and chooses the decision threshold on it, packages the members with their
+preprocessing as one pyfunc model, evaluates it on the test split in an evaluation run
+(the only use of the test split), and registers it. A new version gets the alias
+`challenger`, and `champion` when its validation objective beats the current champion's.
+Promoting runs that already have a version does nothing.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import tempfile
-import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import keras
 import mlflow
-import tensorflow as tf
+import numpy as np
 import yaml
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-import pneumo_exp
-from pneumo_exp.config import ExperimentConfig, RegistryConfig, config_from_dict
+from pneumo_exp import model_card
+from pneumo_exp.calibration import apply_temperature, calibration_figures, fit_temperature
+from pneumo_exp.config import (
+    ExperimentConfig,
+    RegistryConfig,
+    architectures,
+    config_from_dict,
+    load_config,
+)
 from pneumo_exp.data.dataset import load_training_data
+from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.data.sources import load_split, open_source
-from pneumo_exp.errors import UserError
-from pneumo_exp.evaluation import choose_threshold, log_evaluation
+from pneumo_exp.errors import ConfigError, UserError
+from pneumo_exp.evaluation import bootstrap_ci, choose_threshold, log_evaluation
 from pneumo_exp.metrics import binary_metrics
-from pneumo_exp.records import TAG_DATA
-from pneumo_exp.serving import MODEL_CODE, signature
-from pneumo_exp.tracking import TAG_ARCH, TAG_ROLE, TAG_TRIAL, code_version, connect
+from pneumo_exp.packaging import log_packaged_model
+from pneumo_exp.serving import Member
+from pneumo_exp.tracking import (
+    TAG_ARCH,
+    TAG_DATA,
+    TAG_ROLE,
+    TAG_TRIAL,
+    code_version,
+    connect,
+)
 
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-PACKAGED_MODEL = "classifier"
+TAG_SOURCES = "pneumo.source_run_ids"  # the trial runs of a version, comma-separated
 
 
 @dataclass(frozen=True)
@@ -51,29 +64,59 @@ class Promotion:
     figures: dict[str, float]
 
 
-def best_trial_run(client: MlflowClient, arch: str | None, objective: str = "val_auc",
-                   direction: str = "max") -> Run:
-    """The finished trial run with the best `best_<objective>` (the checkpoint's figure)."""
-    if arch:
-        names = [f"pneumo-exp/{arch}"]
-    else:
-        names = [e.name for e in client.search_experiments(
-            filter_string="name LIKE 'pneumo-exp/%'")]
+@dataclass(frozen=True)
+class Candidate:
+    """A trial run to package, with its search's configuration and validation set."""
+
+    trial: Run
+    cfg: ExperimentConfig
+    search: Run
+
+    @property
+    def label(self) -> str:
+        return (f"{self.trial.data.tags.get(TAG_ARCH, self.cfg.arch)} trial "
+                f"{self.trial.data.tags.get(TAG_TRIAL, '?')}")
+
+
+def objective_of(arch: str | None) -> tuple[str, str, list[str]]:
+    """(objective, direction, experiment names) of one architecture, or of all of them; a
+    promotion across architectures needs them to share the objective."""
+    configs = [load_config(a) for a in ([arch] if arch else architectures())]
+    objectives = {c.search.objective for c in configs}
+    if len(objectives) > 1:
+        listed = ", ".join(f"{c.arch}: {c.search.objective}" for c in configs)
+        raise ConfigError(f"the architectures optimize different objectives ({listed}), so "
+                          "their trials cannot be ranked together: promote one ARCH at a time.")
+    return (configs[0].search.objective, configs[0].search.direction,
+            sorted({c.experiment_name for c in configs}))
+
+
+def best_trial_runs(client: MlflowClient, arch: str | None, top: int = 1) -> list[Run]:
+    """The `top` finished trial runs with the best `best_<objective>` (each trial's best
+    checkpoint, the figure its search's oracle ranked)."""
+    objective, direction, names = objective_of(arch)
     ids = [e.experiment_id for n in names if (e := client.get_experiment_by_name(n))]
     order = "DESC" if direction == "max" else "ASC"
     runs = client.search_runs(
-        ids, f"tags.`{TAG_ROLE}` = 'trial' and attributes.status = 'FINISHED'",
-        order_by=[f"metrics.best_{objective} {order}"], max_results=1) if ids else []
-    if not runs or f"best_{objective}" not in runs[0].data.metrics:
+        ids, f"tags.`{TAG_ROLE}` = 'trial' and attributes.status = 'FINISHED' and "
+        f"metrics.best_{objective} > -1e300", order_by=[f"metrics.best_{objective} {order}"],
+        max_results=top) if ids else []
+    if not runs:
         what = f"of {arch} " if arch else ""
         raise UserError(f"no finished trial {what}to promote: run `make search"
                         f"{' ARCH=' + arch if arch else ''}` first.")
-    return runs[0]
+    if len(runs) < top:
+        raise UserError(f"TOP={top} asks for {top} finished trials; there are {len(runs)}. "
+                        "Search more trials (MAX_TRIALS=) or promote fewer.")
+    return runs
 
 
-def versions_of_run(client: MlflowClient, name: str, run_id: str) -> list[ModelVersion]:
+def versions_of_runs(client: MlflowClient, name: str, run_ids: Sequence[str]) -> list[
+        ModelVersion]:
+    """The versions (not site adaptations) packaging exactly these trial runs."""
+    key = ",".join(sorted(run_ids))
     return [v for v in client.search_model_versions(f"name = '{name}'")
-            if v.tags.get("pneumo.source_run_id") == run_id]
+            if v.tags.get(TAG_SOURCES) == key and "pneumo.site" not in v.tags]
 
 
 def search_config(client: MlflowClient, trial: Run) -> tuple[ExperimentConfig, Run]:
@@ -83,92 +126,135 @@ def search_config(client: MlflowClient, trial: Run) -> tuple[ExperimentConfig, R
     return config_from_dict(yaml.safe_load(text)), parent
 
 
+def _validation_sets(candidates: Sequence[Candidate]) -> list[LabeledImages]:
+    """Each member's validation images at its own preprocessing; one set of patients."""
+    sets = []
+    for c in candidates:
+        data = load_training_data(c.cfg.data, c.cfg.search.seed)
+        if data.fingerprint != c.search.data.tags.get(TAG_DATA):
+            raise UserError(f"the data of search {c.search.info.run_name} ({data.root}) "
+                            "changed since it ran (its fingerprint differs), so its validation "
+                            "set cannot be rebuilt to choose the threshold. Search again, then "
+                            "promote.")
+        sets.append(data.val)
+    for c, s in zip(candidates[1:], sets[1:], strict=True):
+        if not np.array_equal(s.names, sets[0].names):
+            raise UserError(f"{c.label} was validated on other images than "
+                            f"{candidates[0].label} (another dataset, seed or validation "
+                            "split), so an ensemble of them has no common validation set: "
+                            "promote them separately.")
+    return sets
+
+
+def _test_sets(candidates: Sequence[Candidate]) -> list[LabeledImages]:
+    """Each member's test images (of the dataset its search used) at its preprocessing."""
+    return [load_split(open_source(c.search.data.params["data.source"]), "test",
+                       c.cfg.data.image_size, c.cfg.data.channels).data for c in candidates]
+
+
+def _mean_prob(members: Sequence[Member], images: Sequence[LabeledImages]) -> np.ndarray:
+    return np.mean([m.model.predict(x.images, batch_size=256, verbose=0).ravel()
+                    for m, x in zip(members, images, strict=True)], axis=0)
+
+
 def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | None = None,
-            objective: str = "val_auc", direction: str = "max") -> Promotion:
+            top: int = 1) -> Promotion:
+    """Register the best trial (or `run_id`), or an ensemble of the `top` best."""
     client = connect()
-    trial = client.get_run(run_id) if run_id else best_trial_run(client, arch, objective,
-                                                                  direction)
+    if top < 1:
+        raise ConfigError(f"TOP must be an integer >= 1; got {top}.")
+    trials = [_trial_run(client, run_id)] if run_id else best_trial_runs(client, arch, top)
     name = registry.model_name
-    existing = versions_of_run(client, name, trial.info.run_id)
+    sources = [t.info.run_id for t in trials]
+    existing = versions_of_runs(client, name, sources)
     if existing:
-        champion = _alias_version(client, name, CHAMPION)
-        return Promotion(existing[0], False, champion or "-", {})
+        return Promotion(existing[0], False, _alias_version(client, name, CHAMPION) or "-", {})
 
-    cfg, search = search_config(client, trial)
-    data = load_training_data(cfg.data, cfg.search.seed)
-    if data.fingerprint != search.data.tags.get(TAG_DATA):
-        raise UserError(f"the data of search {search.info.run_name} ({data.root}) changed since "
-                        "it ran (its fingerprint differs), so its validation set cannot be "
-                        "rebuilt to choose the threshold. Search again, then promote.")
-    model = _trial_model(trial)
-    val_prob = model.predict(data.val.images, batch_size=256, verbose=0).ravel()
-    threshold = choose_threshold(data.val.labels, val_prob, registry.min_sensitivity)
-    test = load_split(open_source(data.root), "test", cfg.data.image_size, cfg.data.channels)
-    test_prob = model.predict(test.data.images, batch_size=256, verbose=0).ravel()
+    candidates = [Candidate(t, *search_config(client, t)) for t in trials]
+    objective, direction = candidates[0].cfg.search.objective, candidates[0].cfg.search.direction
+    members = [Member(_trial_model(c.trial), c.cfg.data.image_size, c.cfg.data.channels)
+               for c in candidates]
+    val_sets = _validation_sets(candidates)
+    y_val = val_sets[0].labels
+    raw_val = _mean_prob(members, val_sets)
+    temperature = fit_temperature(y_val, raw_val)
+    val_prob = apply_temperature(raw_val, temperature)
+    threshold = choose_threshold(y_val, val_prob, registry.min_sensitivity)
+    test_sets = _test_sets(candidates)
+    y_test = test_sets[0].labels
+    raw_test = _mean_prob(members, test_sets)
+    test_prob = apply_temperature(raw_test, temperature)
 
-    arch_name = trial.data.tags.get(TAG_ARCH, cfg.arch)
-    trial_id = trial.data.tags.get(TAG_TRIAL, "?")
-    val = {f"val_{k}": v for k, v in binary_metrics(data.val.labels, val_prob).items()}
+    val = {f"val_{k}": v for k, v in binary_metrics(y_val, val_prob).items()}
     val.update({f"val_{k}_at_thr": v for k, v in binary_metrics(
-        data.val.labels, val_prob, threshold).items() if k in ("sensitivity", "specificity")})
-    with mlflow.start_run(experiment_id=trial.info.experiment_id,
-                          run_name=f"evaluation-{arch_name}-trial-{trial_id}",
+        y_val, val_prob, threshold).items() if k in ("sensitivity", "specificity", "accuracy")})
+    val.update(calibration_figures(y_val, val_prob, "val_"))
+    val.update(calibration_figures(y_val, raw_val, "val_uncalibrated_"))
+    for key, (low, high) in bootstrap_ci(y_val, val_prob, threshold,
+                                         registry.bootstrap).items():
+        val[f"val_{key}_ci_low"], val[f"val_{key}_ci_high"] = low, high
+    first = candidates[0]
+    arch_name = ",".join(dict.fromkeys(c.trial.data.tags.get(TAG_ARCH, c.cfg.arch)
+                                       for c in candidates))
+    title = (f"{first.label}" if len(candidates) == 1
+             else f"ensemble of {len(candidates)}: " + ", ".join(c.label for c in candidates))
+    with mlflow.start_run(experiment_id=first.trial.info.experiment_id,
+                          run_name="evaluation-" + title.replace(" ", "-").replace(",", ""),
                           tags={TAG_ROLE: "evaluation", TAG_ARCH: arch_name,
-                                "pneumo.source_run_id": trial.info.run_id,
-                                TAG_DATA: data.fingerprint, **code_version()}) as run:
-        mlflow.log_params({"source_run_id": trial.info.run_id, "threshold_rule":
-                           f"max specificity with val sensitivity >= {registry.min_sensitivity}",
-                           "test_split": str(data.root / "test"), "test_size": len(test.data)})
+                                TAG_SOURCES: ",".join(sorted(sources)),
+                                TAG_DATA: first.search.data.tags.get(TAG_DATA, ""),
+                                **code_version()}) as run:
+        # (the packaged model logs its config, members, threshold and temperature, as params)
+        mlflow.log_params({"source_run_ids": ",".join(sources),
+                           "threshold_rule": f"max specificity with calibrated val "
+                                             f"sensitivity >= {registry.min_sensitivity}",
+                           "test_size": len(y_test)})
         mlflow.log_metrics(val)
-        figures = log_evaluation(test.data.labels, test_prob, threshold, "test",
-                                 registry.bootstrap)
-        logged = _log_packaged_model(model, cfg, threshold)
+        figures = log_evaluation(y_test, test_prob, threshold, "test", registry.bootstrap,
+                                 title=f"{title}, test split", uncalibrated=raw_test)
+        logged = log_packaged_model(members, threshold, temperature)
     tags = {
-        "pneumo.source_run_id": trial.info.run_id, "pneumo.evaluation_run_id": run.info.run_id,
-        "pneumo.search_run_id": search.info.run_id, "pneumo.arch": arch_name,
-        "pneumo.data_fingerprint": data.fingerprint, "pneumo.threshold": f"{threshold:.6f}",
-        "pneumo.objective": objective, "pneumo.objective_value":
-            str(trial.data.metrics[f"best_{objective}"]),
-        "pneumo.hyperparameters": json.dumps(trial.data.params, sort_keys=True)[:5000],
+        TAG_SOURCES: ",".join(sorted(sources)), "pneumo.members": str(len(members)),
+        "pneumo.evaluation_run_id": run.info.run_id,
+        "pneumo.search_run_ids": ",".join(dict.fromkeys(c.search.info.run_id
+                                                        for c in candidates)),
+        "pneumo.arch": arch_name, "pneumo.data_fingerprint": first.search.data.tags.get(
+            TAG_DATA, ""), "pneumo.threshold": f"{threshold:.6f}",
+        "pneumo.temperature": f"{temperature:.6f}",
+        "pneumo.objective": objective, "pneumo.objective_value": str(val[objective]),
+        "pneumo.hyperparameters": json.dumps([c.trial.data.params for c in candidates]
+                                             if len(candidates) > 1 else
+                                             first.trial.data.params, sort_keys=True)[:5000],
         **{f"pneumo.{k}": f"{v:.4f}" for k, v in val.items()
            if k in ("val_auc", "val_accuracy", "val_loss", "val_sensitivity_at_thr",
-                    "val_specificity_at_thr")},
+                    "val_specificity_at_thr", "val_ece", "val_uncalibrated_ece")},
     }
     version = mlflow.register_model(logged.model_uri, name, tags=tags)
-    client.update_model_version(name, version.version, description=(
-        f"{arch_name}, trial {trial_id} of search {search.info.run_name}. Validation "
-        f"{objective} {trial.data.metrics[f'best_{objective}']:.4f}; test accuracy "
-        f"{figures['test_accuracy']:.4f}, AUC {figures['test_auc']:.4f} (evaluation run "
-        f"{run.info.run_id}); decision threshold {threshold:.3f}."))
+    card = model_card.for_promotion(client, name, str(version.version), candidates, val,
+                                    figures, threshold, temperature, registry)
+    model_card.publish(client, name, str(version.version), card, run.info.run_id)
     champion = _move_aliases(client, name, str(version.version), direction)
     return Promotion(client.get_model_version(name, version.version), True, champion, figures)
 
 
-def _trial_model(trial: Run) -> keras.Model:
+def _trial_run(client: MlflowClient, run_id: str) -> Run:
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException as e:
+        raise UserError(f"no run {run_id} in the store {mlflow.get_tracking_uri()}.") from e
+    if run.data.tags.get(TAG_ROLE) != "trial" or run.info.status != "FINISHED":
+        raise UserError(f"run {run_id} is not a finished trial of a search; promote takes "
+                        "the id of a 'trial-N' run.")
+    return run
+
+
+def _trial_model(trial: Run) -> object:
     models = mlflow.search_logged_models(
         experiment_ids=[trial.info.experiment_id],
         filter_string=f"source_run_id = '{trial.info.run_id}'", output_format="list")
     if not models:
         raise UserError(f"trial run {trial.info.run_id} has no logged model to promote.")
     return mlflow.keras.load_model(models[0].model_uri)
-
-
-def _log_packaged_model(model: keras.Model, cfg: ExperimentConfig,
-                        threshold: float) -> mlflow.models.model.ModelInfo:
-    """The Keras model + preprocessing + threshold as a pyfunc model in the active run."""
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*input example was not provided")
-        path = Path(tmp) / "model.keras"
-        model.save(path)
-        return mlflow.pyfunc.log_model(
-            name=PACKAGED_MODEL, python_model=str(MODEL_CODE),
-            artifacts={"keras_model": str(path)},
-            code_paths=[str(Path(pneumo_exp.__file__).parent)],
-            model_config={"image_size": cfg.data.image_size, "channels": cfg.data.channels,
-                          "threshold": threshold},
-            signature=signature(),
-            pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}",
-                              f"mlflow=={mlflow.__version__}", "pillow", "pandas"])
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
@@ -183,9 +269,15 @@ def _move_aliases(client: MlflowClient, name: str, version: str, direction: str)
     client.set_registered_model_alias(name, CHALLENGER, version)
     champion = _alias_version(client, name, CHAMPION)
     if champion is not None:
-        new = float(client.get_model_version(name, version).tags["pneumo.objective_value"])
-        old = float(client.get_model_version(name, champion).tags["pneumo.objective_value"])
-        if not (new > old if direction == "max" else new < old):
+        new = client.get_model_version(name, version).tags
+        old = client.get_model_version(name, champion).tags
+        if new["pneumo.objective"] != old["pneumo.objective"]:
+            log.warning("version %s was chosen by %s and the champion (version %s) by %s: "
+                        "they do not compare, so the champion stays.", version,
+                        new["pneumo.objective"], champion, old["pneumo.objective"])
+            return champion
+        a, b = float(new["pneumo.objective_value"]), float(old["pneumo.objective_value"])
+        if not (a > b if direction == "max" else a < b):
             return champion
     client.set_registered_model_alias(name, CHAMPION, version)
     return version

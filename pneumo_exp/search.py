@@ -18,14 +18,16 @@ import keras_tuner as kt
 import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 
+from pneumo_exp import progress
+from pneumo_exp.callbacks import Deadline, training_callbacks
 from pneumo_exp.config import TUNER_DIR, ExperimentConfig
 from pneumo_exp.data.dataset import TrainingData, load_training_data
 from pneumo_exp.data.pipeline import make_dataset
 from pneumo_exp.distributed import Role, activate
 from pneumo_exp.errors import ConfigError, InterruptedByUser
 from pneumo_exp.hypermodels import HYPERMODELS, StudyHyperModel
-from pneumo_exp.tracking import SearchTracker
-from pneumo_exp.tuners import Deadline, make_tuner, stop_new_trials, training_callbacks
+from pneumo_exp.search_tracker import SearchTracker
+from pneumo_exp.tuners import make_tuner, stop_new_trials
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class SearchResult:
     best_metrics: dict[str, float]
     trials: dict[str, int]
     data: TrainingData
+    table: list[dict[str, Any]]  # a row per trial (pneumo_exp.progress.trials_table)
 
 
 def make_hypermodel(cfg: ExperimentConfig, train_labels: np.ndarray) -> StudyHyperModel:
@@ -63,7 +66,7 @@ def make_hypermodel(cfg: ExperimentConfig, train_labels: np.ndarray) -> StudyHyp
 
 
 def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = False,
-               verbose: int = 1, role: Role | None = None) -> SearchResult:
+               verbose: int = 2, role: Role | None = None) -> SearchResult:
     """Search `cfg.arch`; resume the search of the same name if it was interrupted.
 
     With a `role`, this process is the chief (the oracle and the parent run) or a worker
@@ -85,8 +88,9 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
     tracker = SearchTracker(cfg, name, project_dir)
     fresh = fresh and not worker  # only the chief (or a single process) starts over
     if fresh:
-        project_dir.joinpath("mlflow_parent_run.json").unlink(missing_ok=True)
-    tuner = make_tuner(cfg, hypermodel, tracker, data.val, project_dir, overwrite=fresh)
+        tracker.forget()
+    tuner = make_tuner(cfg, hypermodel, tracker, data.val, project_dir, overwrite=fresh,
+                       fit_verbose=verbose)
     if worker:
         parent = tracker.attach(tuner.tuner_id)
         log.info("Worker %s of search '%s': trials go under MLflow parent run %s.",
@@ -103,13 +107,14 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
                                     [tuner.oracle])
             timer.daemon = True
             timer.start()
-    callbacks = training_callbacks(cfg)
+    callbacks = training_callbacks(cfg, data.val.images, data.val.labels)
     if tuner.deadline:
         callbacks.append(Deadline(tuner.deadline))
-    try:
-        tuner.search(make_dataset(data.train, s.batch_size, shuffle=True, seed=s.seed),
-                     validation_data=make_dataset(data.val, s.batch_size), epochs=s.epochs,
-                     callbacks=callbacks, shuffle=False, verbose=verbose)  # shuffled by tf.data
+    t = cfg.train
+    try:  # the tuner prints its own progress; Keras' epoch lines come with fit_verbose
+        tuner.search(make_dataset(data.train, t.batch_size, shuffle=True, seed=s.seed),
+                     epochs=t.epochs, callbacks=callbacks, shuffle=False,  # tf.data shuffles
+                     verbose=0)
     except KeyboardInterrupt:
         if not worker:
             tracker.end(None, _trial_counts(tuner), status="KILLED")
@@ -122,16 +127,18 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
         raise
     if worker:
         return SearchResult(name, tracker.experiment_id, parent, None, None, {},
-                            {"trials": tracker.trials_this_session}, data)
+                            {"trials": tracker.trials_this_session}, data, [])
     best = _best(tuner, tracker)
     counts = _trial_counts(tuner)
     if tracker.resumed and not tracker.trials_this_session:
         log.info("Search '%s' already ran its %d trials: raise MAX_TRIALS to extend it, or add "
                  "FRESH=1 (--fresh) to start it over.", name, counts["trials"])
     tracker.end(best, counts)
-    return SearchResult(name, tracker.experiment_id, parent, best and best["trial_id"],
-                        best and best.get("run_id"), best["metrics"] if best else {}, counts,
-                        data)
+    metrics = ({k: v for k, v in tracker.client.get_run(best[1]).data.metrics.items()
+                if k.startswith("best_val_")} if best else {})
+    return SearchResult(name, tracker.experiment_id, parent, best and best[0],
+                        best and best[1], metrics, counts, data,
+                        progress.trials_table(tracker.rows()))
 
 
 def _trial_counts(tuner: kt.Tuner) -> dict[str, int]:
@@ -140,14 +147,11 @@ def _trial_counts(tuner: kt.Tuner) -> dict[str, int]:
             "failed_trials": sum(st in ("FAILED", "INVALID") for st in statuses)}
 
 
-def _best(tuner: kt.Tuner, tracker: SearchTracker) -> dict[str, Any] | None:
-    """The best trial by the tuner's objective, with the `best_val_*` figures its run logged
-    for its best checkpoint (the same numbers on the parent as on the trial run)."""
+def _best(tuner: kt.Tuner, tracker: SearchTracker) -> tuple[str, str] | None:
+    """(trial id, run id) of the oracle's best trial: the best exact validation objective,
+    the figure its run records as best_<objective>."""
     best = tuner.oracle.get_best_trials(1)
     if not best or best[0].status != "COMPLETED":
         return None
-    trial = best[0]
-    run_id = tracker.trial_run_id(trial.trial_id)
-    logged = tracker.client.get_run(run_id).data.metrics if run_id else {}
-    metrics = {k: v for k, v in logged.items() if k.startswith("best_val_")}
-    return {"trial_id": trial.trial_id, "run_id": run_id, "metrics": metrics}
+    run_id = tracker.trial_run_id(best[0].trial_id)
+    return (best[0].trial_id, run_id) if run_id else None

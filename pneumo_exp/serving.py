@@ -1,15 +1,19 @@
 """The deployable model: raw image bytes in, probability of pneumonia and a label out.
 
 A registered version is an MLflow pyfunc model logged from code (`mlflow_model.py`, no
-pickle) whose artifact is the Keras model (loaded in Keras' safe mode) and whose config is
-the preprocessing (image size, channels) and the decision threshold chosen on validation.
-Images are decoded with `decode_image`, exactly as in training.
+pickle). Its artifacts are one or more Keras models (loaded in Keras' safe mode): one for
+a promoted trial, k for an ensemble of the k best. Its config holds each member's
+preprocessing (image size, channels), the temperature that calibrates the members' mean
+probability, and the decision threshold chosen on validation. Images are decoded with
+`decode_image`, exactly as in training, once per distinct preprocessing.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Mapping
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from pneumo_exp.calibration import apply_temperature
 from pneumo_exp.config import CLASS_NAMES
 from pneumo_exp.data.images import UnreadableImageError, decode_image
 
@@ -25,43 +30,79 @@ MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 UNREADABLE = "unreadable"
 
 
+def member_artifact(i: int) -> str:
+    return f"keras_model_{i}"
+
+
+@dataclass
+class Member:
+    """One Keras model of a packaged version, with the preprocessing it was trained on."""
+
+    model: Any  # keras.Model
+    image_size: int
+    channels: int
+
+    @property
+    def preprocessing(self) -> tuple[int, int]:
+        return self.image_size, self.channels
+
+
 class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
     """pyfunc model over a DataFrame with an `image` column of encoded image files (bytes,
-    or base64 text as in a served JSON request)."""
+    or base64 text as in a served JSON request). Returns `probability` (null for a file
+    that is not an image) and `label`."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         import keras
 
-        self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False,
-                                             safe_mode=True)
         config = context.model_config
-        self.image_size = int(config["image_size"])
-        self.channels = int(config["channels"])
+        self.members = [
+            Member(keras.saving.load_model(context.artifacts[member_artifact(i)],
+                                           compile=False, safe_mode=True),
+                   int(spec["image_size"]), int(spec["channels"]))
+            for i, spec in enumerate(config["members"])]
         self.threshold = float(config["threshold"])
+        self.temperature = float(config.get("temperature", 1.0))
+
+    def decode(self, images: Sequence[Any]) -> tuple[dict[tuple[int, int], np.ndarray],
+                                                    list[int]]:
+        """The readable images decoded for each member's preprocessing, and their rows."""
+        arrays: dict[tuple[int, int], list[np.ndarray]] = {
+            m.preprocessing: [] for m in self.members}
+        readable = []
+        for i, data in enumerate(images):
+            try:
+                decoded = {key: decode_image(_as_file(data), *key) for key in arrays}
+            except UnreadableImageError:
+                continue
+            for key, array in decoded.items():
+                arrays[key].append(array)
+            readable.append(i)
+        return {k: np.stack(v) for k, v in arrays.items() if v}, readable
+
+    def probabilities(self, batches: Mapping[tuple[int, int], np.ndarray]) -> np.ndarray:
+        """The calibrated mean of the members' probabilities of PNEUMONIA."""
+        prob = np.mean([m.model.predict(batches[m.preprocessing].astype(np.float32),
+                                        batch_size=64, verbose=0).ravel()
+                        for m in self.members], axis=0)
+        return apply_temperature(prob, self.temperature)
 
     def predict(self, context: Any, model_input: pd.DataFrame,
                 params: Mapping[str, Any] | None = None) -> pd.DataFrame:
-        images = [_as_bytes(v) for v in model_input[IMAGE_COLUMN]]
-        batch, readable = [], []
-        for i, data in enumerate(images):
-            try:
-                batch.append(decode_image(data, self.image_size, self.channels))
-                readable.append(i)
-            except UnreadableImageError:
-                pass
-        prob = np.full(len(images), np.nan)
-        if batch:
-            prob[readable] = self.model.predict(np.stack(batch).astype(np.float32),
-                                                batch_size=64, verbose=0).ravel()
-        labels = [UNREADABLE if np.isnan(p) else CLASS_NAMES[int(p >= self.threshold)]
+        images = list(model_input[IMAGE_COLUMN])
+        batches, readable = self.decode(images)
+        prob: list[float | None] = [None] * len(images)
+        if readable:
+            for i, p in zip(readable, self.probabilities(batches), strict=True):
+                prob[i] = float(p)
+        labels = [UNREADABLE if p is None else CLASS_NAMES[int(p >= self.threshold)]
                   for p in prob]
-        return pd.DataFrame({"probability": prob, "label": labels})
+        # object dtype: an unreadable file is None, i.e. null in JSON, not NaN
+        return pd.DataFrame({"probability": pd.Series(prob, dtype=object), "label": labels})
 
 
-def _as_bytes(value: Any) -> Any:
+def _as_file(value: Any) -> io.BytesIO:
     """Bytes pass through; base64 text (served JSON) is decoded; decode_image reads both."""
-    import io
-
     if isinstance(value, str):
         value = base64.b64decode(value)
     return io.BytesIO(bytes(value))
@@ -77,4 +118,14 @@ def signature() -> mlflow.models.ModelSignature:
 
     return mlflow.models.ModelSignature(
         inputs=Schema([ColSpec("binary", IMAGE_COLUMN)]),
-        outputs=Schema([ColSpec("double", "probability"), ColSpec("string", "label")]))
+        outputs=Schema([ColSpec("double", "probability", required=False),
+                        ColSpec("string", "label")]))
+
+
+def classifier(model: mlflow.pyfunc.PyFuncModel) -> PneumoniaClassifier:
+    """The PneumoniaClassifier inside a loaded pyfunc model (its Keras members, threshold
+    and temperature), for adaptation and explanations."""
+    inner = model.unwrap_python_model()
+    if not hasattr(inner, "members"):  # the model's own copy of this class, or another model
+        raise TypeError(f"{type(inner).__name__} is not a pneumo-exp classifier")
+    return inner

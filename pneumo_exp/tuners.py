@@ -1,150 +1,105 @@
 """Keras Tuner's tuners and oracles as pneumo-exp runs them.
 
-Tracking (a nested MLflow run per trial), per-trial seeding and the time budget attach at
-the tuner's hooks (`run_trial`, `on_epoch_end`, `on_trial_end`); the oracles start from the
-study's configuration and write their state atomically, so an interrupted search resumes.
+Tracking (a nested MLflow run per trial), per-trial seeding, stopping rules, progress on
+the console and the time budget attach at the tuner's hooks (`on_trial_begin`,
+`run_trial`, `on_epoch_end`, `on_trial_end`); the oracles start from the study's
+configuration and the configured initial points (pneumo_exp.kt_internals).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import keras
 import keras_tuner as kt
-from keras_tuner.src import config as kt_config  # DEBUG prints tracebacks of failed trials
 
-from pneumo_exp import interrupts
+from pneumo_exp import interrupts, progress
+from pneumo_exp.callbacks import MedianStopping
 from pneumo_exp.config import ExperimentConfig
 from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.errors import ConfigError
-from pneumo_exp.fileio import write_text_atomic
 from pneumo_exp.hypermodels import StudyHyperModel
+from pneumo_exp.kt_internals import GivenPointsFirst, TunerMixin, allows, set_debug
 from pneumo_exp.records import log_classifier, log_epoch_metrics
-from pneumo_exp.tracking import SearchTracker
+from pneumo_exp.search_tracker import SearchTracker
 
 log = logging.getLogger(__name__)
 # A failed trial is one line (and its MLflow run's failure tag), unless --debug.
-kt_config.DEBUG = bool(os.environ.get("PNEUMO_EXP_DEBUG"))
+set_debug(bool(os.environ.get("PNEUMO_EXP_DEBUG")))
 
 
-def _save_state_atomic(path: str, state: dict[str, Any]) -> None:
-    """Keras Tuner's state files, written whole or not at all (a kill -9 mid-write must not
-    leave a truncated JSON that breaks resuming)."""
-    write_text_atomic(path, json.dumps(state))
-
-
-class DefaultFirst:
-    """Oracle mixin: the first trial is the space's default point, i.e. the study's
-    configuration, so every search has the study as its reference; then the configured
-    `initial_points` (known good configurations, over the defaults); the rest is the
-    oracle's own choice. State files are written atomically."""
-
-    initial_points: Sequence[Mapping[str, Any]] = ()
-
-    def save(self) -> None:
-        _save_state_atomic(self._get_oracle_fname(), self.get_state())
-
-    def _save_trial(self, trial: kt.engine.trial.Trial) -> None:
-        _save_state_atomic(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"),
-                           trial.get_state())
-
-    def _random_values(self) -> dict[str, Any] | None:
-        tried = len(self._tried_so_far)
-        if tried > len(self.initial_points):
-            return super()._random_values()
-        point = self.initial_points[tried - 1] if tried else {}
-        hps = kt.HyperParameters()
-        for hp in self.hyperparameters.space:
-            hps.merge([hp])
-            if hps.is_active(hp):
-                value = point.get(hp.name, hp.default)
-                hps.values[hp.name] = value if allows(hp, value) else hp.default
-        if self._duplicate(hps.values):  # the space no longer tells it from a tried point
-            return super()._random_values()
-        return hps.values
-
-
-def allows(hp: kt.engine.hyperparameters.HyperParameter, value: Any) -> bool:
-    """Whether `value` lies in the range of `hp` (a narrowed space may exclude it)."""
-    if isinstance(hp, kt.engine.hyperparameters.Fixed):
-        return value == hp.value
-    if isinstance(hp, kt.engine.hyperparameters.Boolean):
-        return isinstance(value, bool)
-    if isinstance(hp, kt.engine.hyperparameters.Choice):
-        return value in hp.values
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and hp.min_value <= value <= hp.max_value)
-
-
-class DefaultFirstRandomSearchOracle(DefaultFirst, kt.oracles.RandomSearchOracle):
+class RandomSearchOracle(GivenPointsFirst, kt.oracles.RandomSearchOracle):
     pass
 
 
-class DefaultFirstBayesianOptimizationOracle(DefaultFirst, kt.oracles.BayesianOptimizationOracle):
+class BayesianOptimizationOracle(GivenPointsFirst, kt.oracles.BayesianOptimizationOracle):
     pass
 
 
-class DefaultFirstHyperbandOracle(DefaultFirst, kt.oracles.HyperbandOracle):
+class HyperbandOracle(GivenPointsFirst, kt.oracles.HyperbandOracle):
     pass
 
 
-class TrackedTuner(kt.Tuner):
-    """A Keras Tuner tuner with a nested MLflow run per trial, a seed per trial, and a time
-    budget after which no new trial starts."""
+class TrackedTuner(TunerMixin, kt.Tuner):
+    """A Keras Tuner tuner with a nested MLflow run per trial, a seed per trial, the
+    median stopping rule, a line of progress per trial, and a time budget after which no
+    new trial starts."""
 
     def __init__(self, oracle: kt.Oracle, hypermodel: kt.HyperModel, *, tracker: SearchTracker,
-                 val: LabeledImages, deadline: float | None = None, **kwargs: Any) -> None:
+                 val: LabeledImages, deadline: float | None = None, fit_verbose: int = 0,
+                 **kwargs: Any) -> None:
         self.tracker, self.val, self.deadline = tracker, val, deadline
+        self.fit_verbose = fit_verbose
         self._run_id: str | None = None
+        self._started: dict[str, float] = {}
         # kt.Tuner directly: RandomSearch/Hyperband's constructors only build their oracle.
         kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
 
-    def _populate_initial_space(self) -> None:
-        """Keras Tuner builds the model once per conditional branch to find every
-        hyperparameter. A branch that does not fit the image size (four blocks at 32 px)
-        has declared its hyperparameters before it fails, and only fails its own trials."""
-        build = self.hypermodel.build
-
-        def declaring_build(hp: kt.HyperParameters) -> keras.Model | None:
-            try:
-                return build(hp)
-            except kt.errors.FailedTrialError:
-                return None
-
-        self.hypermodel.build = declaring_build
-        try:
-            super()._populate_initial_space()
-        finally:
-            self.hypermodel.build = build
-
-    def save(self) -> None:
-        if not self._is_worker():
-            self.oracle.save()
-        _save_state_atomic(self._get_tuner_fname(), self.get_state())
+    def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
+        super().on_trial_begin(trial)
+        self._started[trial.trial_id] = time.time()
+        defaults = self.hypermodel.defaults()
+        changed = {k: v for k, v in trial.hyperparameters.values.items()
+                   if not k.startswith("tuner/") and defaults.get(k) != v}
+        log.info("\n%s", progress.trial_begins(
+            trial.trial_id, int(trial.trial_id) + 1, self.tracker.cfg.search.max_trials,
+            changed, self.tracker.elapsed()))
 
     def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
         interrupts.check()
+        cfg = self.tracker.cfg
         # Trial i trains from seed + i whatever the order, so a resumed search reproduces it.
-        search = self.tracker.cfg.search
-        keras.utils.set_random_seed(search.seed + int(trial.trial_id))
-        with self.tracker.trial_run(trial.trial_id, trial.hyperparameters.values,
-                                    self.tuner_id) as run_id:
+        keras.utils.set_random_seed(cfg.search.seed + int(trial.trial_id))
+        values = trial.hyperparameters.values
+        median = None
+        if cfg.search.median_stopping:
+            median = MedianStopping(cfg.search.objective, cfg.search.direction,
+                                    self.tracker.objective_curves(), cfg.search.median_stopping)
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), *([median] if median else [])]
+        kwargs["verbose"] = self.fit_verbose
+        with self.tracker.trial_run(trial.trial_id, values, self.tuner_id) as run_id:
             self._run_id = run_id
             histories = super().run_trial(trial, *args, **kwargs)
             with warnings.catch_warnings():  # the fresh model has no optimizer state to load
                 warnings.filterwarnings("ignore", message="Skipping variable loading")
                 model = self.load_model(trial)
-            log_classifier(model, self.val, histories[-1].history,
-                           search.objective, search.direction,
-                           initial_epoch=trial.hyperparameters.values.get("tuner/initial_epoch",
-                                                                          0))
+            history = histories[-1].history
+            initial_epoch = values.get("tuner/initial_epoch", 0)
+            log_classifier(model, self.val, history, cfg.search.objective,
+                           cfg.search.direction, initial_epoch=initial_epoch,
+                           title=f"trial {trial.trial_id} of search {self.tracker.search_name}",
+                           gradcam_images=cfg.tracking.gradcam_images)
+            planned = values.get("tuner/epochs", cfg.train.epochs) - initial_epoch
+            status = progress.trial_status(
+                history, planned_epochs=planned,
+                constant_epochs=cfg.search.constant_epochs,
+                below_median_at=median.stopped_at if median else None,
+                out_of_time=bool(self.deadline and time.time() > self.deadline))
+            self.tracker.set_trial_status(run_id, status)
         return histories
 
     def on_epoch_end(self, trial: Any, model: keras.Model, epoch: int,
@@ -155,10 +110,19 @@ class TrackedTuner(kt.Tuner):
 
     def on_trial_end(self, trial: Any) -> None:
         if trial.message:  # Keras Tuner keeps the traceback; one line says it
-            trial.message = trial.message.strip().splitlines()[-1]
-            log.warning("trial %s failed: %s", trial.trial_id, trial.message)
+            last = trial.message.strip().splitlines()[-1]
+            trial.message = last.split(": ", 1)[-1] if "Error: " in last else last
+            if self._run_id:
+                self.tracker.set_trial_status(self._run_id, f"failed: {trial.message}")
         super().on_trial_end(trial)
-        if self.deadline and time.time() > self.deadline and not self._is_worker():
+        self._run_id = None
+        seconds = time.time() - self._started.pop(trial.trial_id, time.time())
+        row = self.tracker.trial_row(trial.trial_id)
+        best = self.tracker.best_so_far()
+        log.info("%s", progress.trial_ends(
+            trial.trial_id, row, best, seconds, self.tracker.elapsed(),
+            self.tracker.remaining_estimate(self.deadline)))
+        if self.deadline and time.time() > self.deadline and not self.is_worker():
             stop_new_trials(self.oracle)
 
 
@@ -173,60 +137,28 @@ class TrackedHyperband(TrackedTuner, kt.Hyperband):
     """Hyperband's epochs per round and warm starts, with the tracking above."""
 
 
-class StopOnInterrupt(keras.callbacks.Callback):
-    """Raises a pending Ctrl-C/SIGTERM after each batch (see pneumo_exp.interrupts)."""
-
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        interrupts.check()
-
-    def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        interrupts.check()
-
-
-class Deadline(keras.callbacks.Callback):
-    """Stops training at the end of the epoch in which the search's time budget runs out."""
-
-    def __init__(self, deadline: float) -> None:
-        super().__init__()
-        self.deadline = deadline
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if time.time() > self.deadline:
-            self.model.stop_training = True
-
-
-def training_callbacks(cfg: ExperimentConfig, restore_best: bool = False) -> list[Any]:
-    """EarlyStopping on the objective, TerminateOnNaN, StopOnInterrupt, and (if configured)
-    ReduceLROnPlateau, for trials and folds alike."""
-    s = cfg.search
-    callbacks = [keras.callbacks.EarlyStopping(monitor=s.objective, mode=s.direction,
-                                               patience=s.patience,
-                                               restore_best_weights=restore_best),
-                 keras.callbacks.TerminateOnNaN(), StopOnInterrupt()]
-    if s.reduce_lr_patience:
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor=s.objective, mode=s.direction, factor=0.3,
-            patience=s.reduce_lr_patience, min_lr=1e-6))
-    return callbacks
-
-
 def make_tuner(cfg: ExperimentConfig, hypermodel: StudyHyperModel, tracker: SearchTracker,
-               val: LabeledImages, project_dir: Path, overwrite: bool) -> TrackedTuner:
+               val: LabeledImages, project_dir: Any, overwrite: bool,
+               fit_verbose: int = 0) -> TrackedTuner:
     s = cfg.search
     objective = kt.Objective(s.objective, s.direction)
     if s.tuner == "random":
-        oracle = DefaultFirstRandomSearchOracle(objective, max_trials=s.max_trials, seed=s.seed)
+        oracle = RandomSearchOracle(objective, max_trials=s.max_trials, seed=s.seed)
     elif s.tuner == "bayesian":
-        oracle = DefaultFirstBayesianOptimizationOracle(objective, max_trials=s.max_trials,
-                                                        seed=s.seed)
+        # The given points count among the initial points: the Gaussian process proposes
+        # once they and any random draws have completed.
+        initial = max(s.num_initial_points, 1 + len(s.initial_points)) \
+            if s.num_initial_points else None
+        oracle = BayesianOptimizationOracle(objective, max_trials=s.max_trials, seed=s.seed,
+                                            num_initial_points=initial)
     else:
-        oracle = DefaultFirstHyperbandOracle(objective, max_epochs=s.epochs,
-                                             factor=s.hyperband_factor, seed=s.seed)
+        oracle = HyperbandOracle(objective, max_epochs=cfg.train.epochs,
+                                 factor=s.hyperband_factor, seed=s.seed)
         oracle.max_trials = s.max_trials  # Hyperband has no trial budget of its own
-    oracle.initial_points = list(s.initial_points)
+    oracle.given_points = list(s.initial_points)
     tuner_class = TrackedHyperband if s.tuner == "hyperband" else TrackedTuner
     tuner = tuner_class(
-        oracle, hypermodel, tracker=tracker, val=val,
+        oracle, hypermodel, tracker=tracker, val=val, fit_verbose=fit_verbose,
         deadline=time.time() + s.time_budget_min * 60 if s.time_budget_min else None,
         directory=str(project_dir.parent), project_name=project_dir.name, overwrite=overwrite)
     _check_space(cfg, tuner)

@@ -73,8 +73,8 @@ def tiny_dataset(tmp_path: Path) -> Path:
     return make_folder_dataset(tmp_path / "chest_xray")
 
 
-OVERRIDES = {"search.max_trials": 2, "search.epochs": 2, "search.tuner": "random",
-             "data.image_size": 48, "search.batch_size": 16}  # 48: the 4-block initial point fits
+OVERRIDES = {"search.max_trials": 2, "train.epochs": 2, "search.tuner": "random",
+             "data.image_size": 48, "train.batch_size": 16}  # 48: the 4-block initial point fits
 
 
 @pytest.fixture(scope="session")

@@ -37,10 +37,10 @@ def test_aug_cnn_is_listed() -> None:
 
 
 def test_overrides_win_over_files() -> None:
-    cfg = load_config("aug_cnn", {"search.max_trials": 2, "search.epochs": 2,
+    cfg = load_config("aug_cnn", {"search.max_trials": 2, "train.epochs": 2,
                                   "search.tuner": "random", "data.root": "/x",
                                   "space.dropout": 0.3})
-    assert (cfg.search.max_trials, cfg.search.epochs, cfg.search.tuner) == (2, 2, "random")
+    assert (cfg.search.max_trials, cfg.train.epochs, cfg.search.tuner) == (2, 2, "random")
     assert cfg.data.root == "/x"
     assert cfg.space["dropout"] == 0.3
 
@@ -48,11 +48,11 @@ def test_overrides_win_over_files() -> None:
 def test_digest_ignores_budgets_only() -> None:
     base = load_config("aug_cnn")
     assert base.digest() == load_config("aug_cnn", {"search.max_trials": 99}).digest()
-    assert base.digest() != load_config("aug_cnn", {"search.epochs": 3}).digest()
+    assert base.digest() != load_config("aug_cnn", {"train.epochs": 3}).digest()
 
 
 @pytest.mark.parametrize(("key", "value", "needle"), [
-    ("search.epochs", -1, "search.epochs"),
+    ("train.epochs", -1, "train.epochs"),
     ("search.tuner", "grid", "search.tuner"),
     ("data.image_size", 0, "data.image_size"),
     ("data.channels", 2, "data.channels"),
@@ -81,7 +81,7 @@ def test_unknown_section(tmp_path: Path) -> None:
 
 
 def test_parse_override_reads_yaml_values() -> None:
-    assert parse_override("search.epochs=3") == ("search.epochs", 3)
+    assert parse_override("train.epochs=3") == ("train.epochs", 3)
     assert parse_override("space.optimizer=[adam, sgd]") == ("space.optimizer", ["adam", "sgd"])
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_override("epochs")
@@ -89,17 +89,19 @@ def test_parse_override_reads_yaml_values() -> None:
 
 def test_training_callbacks_follow_the_configuration() -> None:
     import keras
+    import numpy as np
 
-    from pneumo_exp.tuners import StopOnInterrupt, training_callbacks
-    plain = training_callbacks(load_config("aug_cnn", {"search.patience": 4,
-                                                       "search.reduce_lr_patience": None}))
+    from pneumo_exp.callbacks import StopOnInterrupt, ValidationFigures, training_callbacks
+    val = (np.zeros((4, 8, 8, 1), np.uint8), np.array([0, 1, 0, 1]))
+    plain = training_callbacks(load_config("aug_cnn", {"train.patience": 4,
+                                                       "train.reduce_lr_patience": None}), *val)
     kinds = [type(c) for c in plain]
-    assert kinds == [keras.callbacks.EarlyStopping, keras.callbacks.TerminateOnNaN,
-                     StopOnInterrupt]
-    assert plain[0].patience == 4 and plain[0].monitor == "val_auc" and plain[0].mode == "max"
-    scheduled = training_callbacks(load_config("aug_cnn", {"search.reduce_lr_patience": 2,
-                                                           "search.objective": "val_loss"}))
+    assert kinds == [ValidationFigures, keras.callbacks.EarlyStopping,
+                     keras.callbacks.TerminateOnNaN, StopOnInterrupt]
+    assert plain[1].patience == 4 and plain[1].monitor == "val_auc" and plain[1].mode == "max"
+    scheduled = training_callbacks(load_config("aug_cnn", {"train.reduce_lr_patience": 2,
+                                                           "search.objective": "val_loss"}), *val)
     (plateau,) = [c for c in scheduled if isinstance(c, keras.callbacks.ReduceLROnPlateau)]
     assert (plateau.patience, plateau.monitor, plateau.mode) == (2, "val_loss", "min")
     with pytest.raises(ConfigError, match="reduce_lr_patience"):
-        load_config("aug_cnn", {"search.reduce_lr_patience": 0})
+        load_config("aug_cnn", {"train.reduce_lr_patience": 0})

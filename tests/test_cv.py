@@ -25,7 +25,7 @@ def regularized_cv(tmp_path_factory: pytest.TempPathFactory) -> Any:
         mp.chdir(root)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         cfg = load_config("regularized", {"data.root": str(data), "data.image_size": 16,
-                                          "search.epochs": 2})
+                                          "train.epochs": 2})
         result = run_cv(cfg, folds=3, verbose=0)
         return result, MlflowClient(mlflow.get_tracking_uri())
 
@@ -63,7 +63,7 @@ def test_from_best_uses_the_latest_search(searched: dict[str, Any]) -> None:
     client = searched["client"]
     best = client.get_run(searched["result"].best_run_id).data.params
     cfg = load_config("aug_cnn", {**{"data.root": searched["cfg"].data.root},
-                                  "data.image_size": 48, "search.epochs": 1})
+                                  "data.image_size": 48, "train.epochs": 1})
     result = run_cv(cfg, folds=2, source="best", verbose=0)
     assert {k: str(v) for k, v in result.hyperparameters.items()} == best
     parent = client.get_run(result.parent_run_id)

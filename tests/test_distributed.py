@@ -125,7 +125,7 @@ def test_promote_against_the_server(server: dict[str, Any], tmp_path: Path) -> N
         [client.get_experiment_by_name("pneumo-exp/aug_cnn").experiment_id],
         "tags.`pneumo.role` = 'trial' and attributes.status = 'FINISHED'",
         order_by=["metrics.best_val_auc DESC"], max_results=1)[0]
-    assert version.tags["pneumo.source_run_id"] == best.info.run_id
+    assert version.tags["pneumo.source_run_ids"] == best.info.run_id
 
 
 @pytest.mark.parametrize(("args", "needle"), [

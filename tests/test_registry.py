@@ -1,4 +1,5 @@
-"""Promotion to the Model Registry, the test evaluation, aliases, and reuse of the model."""
+"""Promotion to the Model Registry, ensembles, the test evaluation, calibration, the model
+card, aliases, and reuse of the model (predict, pyfunc, server)."""
 
 from __future__ import annotations
 
@@ -20,47 +21,63 @@ from PIL import Image
 
 from pneumo_exp.config import RegistryConfig
 from pneumo_exp.evaluation import bootstrap_ci, choose_threshold
-from pneumo_exp.registry import promote
+from pneumo_exp.registry import _move_aliases, promote
 
 
 def _trials(searched: dict[str, Any]) -> list[Any]:
-    """The session search's two trial runs, best validation AUC first."""
+    """The session search's two trial runs, by trial id."""
     result = searched["result"]
     runs = searched["client"].search_runs(
-        [result.experiment_id], f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'",
-        order_by=["metrics.best_val_auc DESC"])
-    assert runs[0].data.metrics["best_val_auc"] > runs[1].data.metrics["best_val_auc"]
-    return runs
+        [result.experiment_id], f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
+    return sorted(runs, key=lambda r: r.data.tags["pneumo.trial_id"])
 
 
 @pytest.fixture
 def promoted(searched: dict[str, Any]) -> dict[str, Any]:
-    """best -> v1 (champion); the worse trial -> v2 (challenger); both promoted once."""
+    """The best trial -> v1; the other trial -> v2; both promoted once."""
     if "promotions" not in searched:
-        best, worse = _trials(searched)
         first = promote(RegistryConfig(model_name="acceptance"), arch="aug_cnn")
-        second = promote(RegistryConfig(model_name="acceptance"), run_id=worse.info.run_id)
-        searched["promotions"] = {"best": best, "worse": worse, "first": first,
+        best_id = first.version.tags["pneumo.source_run_ids"]
+        other = next(r for r in _trials(searched) if r.info.run_id != best_id)
+        second = promote(RegistryConfig(model_name="acceptance"), run_id=other.info.run_id)
+        best = searched["client"].get_run(best_id)
+        searched["promotions"] = {"best": best, "other": other, "first": first,
                                   "second": second}
     return searched["promotions"]
 
 
 def test_best_trial_becomes_version_1_champion(promoted: dict[str, Any],
                                                searched: dict[str, Any]) -> None:
-    v1 = promoted["first"].version
+    v1, best = promoted["first"].version, promoted["best"]
     assert promoted["first"].created and str(v1.version) == "1"
     assert set(v1.aliases) == {"champion", "challenger"}  # as registered, before version 2
-    assert v1.tags["pneumo.source_run_id"] == promoted["best"].info.run_id
-    assert v1.tags["pneumo.arch"] == "aug_cnn"
+    # the best by the search's exact objective: the parent's best run, the oracle's choice
+    assert best.info.run_id == searched["result"].best_run_id
+    assert v1.tags["pneumo.arch"] == "aug_cnn" and v1.tags["pneumo.members"] == "1"
     assert v1.tags["pneumo.data_fingerprint"] == searched["result"].data.fingerprint
-    assert json.loads(v1.tags["pneumo.hyperparameters"]) == promoted["best"].data.params
-    assert float(v1.tags["pneumo.objective_value"]) == promoted["best"].data.metrics[
-        "best_val_auc"]
+    assert json.loads(v1.tags["pneumo.hyperparameters"]) == best.data.params
+    # the objective recomputed on the rebuilt validation set is the trial's own figure
+    assert float(v1.tags["pneumo.objective_value"]) == pytest.approx(
+        best.data.metrics["best_val_auc"], abs=1e-9)
     assert 0 < float(v1.tags["pneumo.threshold"]) <= 1
-    assert "pneumo.val_auc" in v1.tags and "test accuracy" in v1.description
+    assert 0.05 <= float(v1.tags["pneumo.temperature"]) <= 20
 
 
-def test_worse_version_is_challenger_and_champion_stays(promoted: dict[str, Any],
+def test_model_card_is_the_version_description(promoted: dict[str, Any],
+                                               searched: dict[str, Any]) -> None:
+    client, v1 = searched["client"], promoted["first"].version
+    card = v1.description
+    for section in ("Intended use", "Not for", "Training data", "Architecture and "
+                    "hyperparameters", "Threshold rule", "Calibration", "Known limitations",
+                    "Lineage", v1.tags["pneumo.source_run_ids"],
+                    searched["result"].data.fingerprint):
+        assert section in card
+    logged = mlflow.artifacts.load_text(f"runs:/{v1.run_id}/model_card.md")
+    assert logged == card
+    assert "Intended use" in client.get_registered_model("acceptance").description
+
+
+def test_other_version_is_challenger_and_champion_stays(promoted: dict[str, Any],
                                                         searched: dict[str, Any]) -> None:
     client = searched["client"]
     assert promoted["second"].created and str(promoted["second"].version.version) == "2"
@@ -73,17 +90,27 @@ def test_promoting_again_adds_nothing(promoted: dict[str, Any],
     again = promote(RegistryConfig(model_name="acceptance"), arch="aug_cnn")
     assert not again.created and str(again.version.version) == "1"
     assert not promote(RegistryConfig(model_name="acceptance"),
-                       run_id=promoted["worse"].info.run_id).created
+                       run_id=promoted["other"].info.run_id).created
     assert len(searched["client"].search_model_versions("name = 'acceptance'")) == 2
 
 
-def test_champion_moves_to_a_better_version(searched: dict[str, Any]) -> None:
-    best, worse = _trials(searched)
-    first = promote(RegistryConfig(model_name="moves"), run_id=worse.info.run_id)
-    second = promote(RegistryConfig(model_name="moves"), run_id=best.info.run_id)
-    assert (first.champion, second.champion) == ("1", "2")
+def test_champion_moves_only_to_a_better_objective(searched: dict[str, Any]) -> None:
+    """The alias rule on versions made for it: equal or worse keeps the champion."""
     client = searched["client"]
-    assert str(client.get_model_version_by_alias("moves", "champion").version) == "2"
+    client.create_registered_model("rule")
+    source = _trials(searched)[0].info.artifact_uri
+
+    def version(value: float, objective: str = "val_auc") -> str:
+        v = client.create_model_version("rule", source, tags={
+            "pneumo.objective": objective, "pneumo.objective_value": str(value)})
+        return str(v.version)
+
+    assert _move_aliases(client, "rule", version(0.90), "max") == "1"
+    assert _move_aliases(client, "rule", version(0.85), "max") == "1"  # worse
+    assert _move_aliases(client, "rule", version(0.90), "max") == "1"  # equal
+    assert _move_aliases(client, "rule", version(0.91), "max") == "4"  # better
+    assert _move_aliases(client, "rule", version(0.2, "val_loss"), "min") == "4"  # not comparable
+    assert str(client.get_model_version_by_alias("rule", "challenger").version) == "5"
 
 
 def test_evaluation_run_holds_every_figure(promoted: dict[str, Any],
@@ -93,17 +120,47 @@ def test_evaluation_run_holds_every_figure(promoted: dict[str, Any],
     run = client.get_run(v1.tags["pneumo.evaluation_run_id"])
     assert v1.run_id == run.info.run_id  # the version links to its evaluation run
     m = run.data.metrics
-    for name in ("accuracy", "auc", "sensitivity", "specificity", "precision", "f1", "loss"):
+    for name in ("accuracy", "auc", "sensitivity", "specificity", "precision", "f1", "loss",
+                 "ece", "brier", "uncalibrated_ece"):
         assert 0 <= m[f"test_{name}"] <= (1 if name != "loss" else 50)
     for name in ("accuracy", "sensitivity", "specificity"):
         assert f"test_{name}_at_thr" in m
-    for name in ("accuracy", "auc"):
+    for name in ("accuracy", "auc", "accuracy_at_thr"):
         assert m[f"test_{name}_ci_low"] <= m[f"test_{name}"] <= m[f"test_{name}_ci_high"]
     assert m["test_tn"] + m["test_fp"] + m["test_fn"] + m["test_tp"] == 12  # the test split
     assert m["test_threshold"] == pytest.approx(float(v1.tags["pneumo.threshold"]), abs=1e-6)
+    assert m["val_ece"] <= m["val_uncalibrated_ece"] + 1e-9  # fitted on validation
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/test_confusion_matrix_0.5.png", "plots/test_confusion_matrix_threshold.png",
-            "plots/test_roc.png", "plots/test_confusion_matrix_0.5.json"} <= plots
+            "plots/test_roc.png", "plots/test_confusion_matrix_0.5.json",
+            "plots/test_reliability.png"} <= plots
+
+
+def test_ensemble_of_the_two_best(promoted: dict[str, Any], searched: dict[str, Any]) -> None:
+    client = searched["client"]
+    p = promote(RegistryConfig(model_name="acceptance"), arch="aug_cnn", top=2)
+    v = p.version
+    assert p.created and v.tags["pneumo.members"] == "2"
+    assert set(v.tags["pneumo.source_run_ids"].split(",")) == {
+        r.info.run_id for r in _trials(searched)}
+    assert "ensemble of 2 trials" in v.description
+    model = mlflow.pyfunc.load_model(f"models:/acceptance/{v.version}")
+    assert len(model.model_config["members"]) == 2
+    # the champion rule is unchanged: the ensemble is champion only if its own validation
+    # objective beats version 1's
+    beats = float(v.tags["pneumo.objective_value"]) > float(
+        promoted["first"].version.tags["pneumo.objective_value"])
+    champion = client.get_model_version_by_alias("acceptance", "champion").version
+    assert str(champion) == (str(v.version) if beats else "1")
+    assert not promote(RegistryConfig(model_name="acceptance"), arch="aug_cnn", top=2).created
+    # restore the champion the other tests expect
+    client.set_registered_model_alias("acceptance", "champion", "1")
+
+
+def test_top_k_needs_k_trials(searched: dict[str, Any]) -> None:
+    from pneumo_exp.errors import UserError
+    with pytest.raises(UserError, match="TOP=3 asks for 3 finished trials; there are 2"):
+        promote(RegistryConfig(model_name="acceptance"), arch="aug_cnn", top=3)
 
 
 def test_threshold_keeps_sensitivity_with_best_specificity() -> None:
@@ -113,12 +170,19 @@ def test_threshold_keeps_sensitivity_with_best_specificity() -> None:
     assert choose_threshold(y, p, 1.0) == pytest.approx(0.4)  # all caught, specificity 3/4
 
 
-def test_bootstrap_interval_brackets_the_estimate() -> None:
+def test_bootstrap_interval_matches_the_binomial_interval() -> None:
+    """The percentile interval of accuracy holds the estimate and is as wide as the normal
+    approximation of a binomial proportion, 2 x 1.96 x sqrt(p(1-p)/n), within 20%."""
     rng = np.random.default_rng(1)
-    y = rng.integers(0, 2, 300)
-    p = np.clip(y * 0.3 + rng.random(300) * 0.7, 0, 1)
-    ci = bootstrap_ci(y, p, 0.5, n=300)
-    assert ci["auc"][0] < ci["auc"][1] and ci["accuracy"][0] < ci["accuracy"][1]
+    y = rng.integers(0, 2, 400)
+    p = np.clip(y * 0.3 + rng.random(400) * 0.7, 0, 1)
+    ci = bootstrap_ci(y, p, 0.5, n=1000)
+    accuracy = float(np.mean((p >= 0.5) == y))
+    low, high = ci["accuracy"]
+    assert low < accuracy < high
+    expected = 2 * 1.96 * np.sqrt(accuracy * (1 - accuracy) / 400)
+    assert (high - low) == pytest.approx(expected, rel=0.2)
+    assert ci["auc"][0] < ci["auc"][1] < 1
 
 
 @pytest.fixture
@@ -137,20 +201,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _strict_json(raw: bytes) -> Any:
+    """JSON as strict clients read it: NaN and Infinity are errors."""
+    def refuse(token: str) -> Any:
+        raise ValueError(f"not JSON: {token}")
+    return json.loads(raw, parse_constant=refuse)
+
+
 def test_predict_pyfunc_and_served_model_agree(promoted: dict[str, Any], two_images: list[Path],
+                                               tmp_path: Path,
                                                capsys: pytest.CaptureFixture) -> None:
     from pneumo_exp.cli import main
     from pneumo_exp.serving import images_frame
 
     uri = "models:/acceptance@champion"
     pyfunc = mlflow.pyfunc.load_model(uri).predict(images_frame(two_images))
-    assert ((pyfunc["probability"] >= 0) & (pyfunc["probability"] <= 1)).all()
+    prob = pyfunc["probability"].to_numpy(float)
+    assert ((prob >= 0) & (prob <= 1)).all()
 
     assert main(["predict", "--model", uri, *map(str, two_images), "--format", "json"]) == 0
     cli = json.loads(capsys.readouterr().out)
     assert [r["file"] for r in cli] == [str(p) for p in two_images]
-    np.testing.assert_allclose([r["probability"] for r in cli], pyfunc["probability"], atol=1e-5)
+    np.testing.assert_allclose([r["probability"] for r in cli], prob, atol=1e-5)
 
+    bad = tmp_path / "notes.jpeg"
+    bad.write_text("not an image")
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -159,35 +234,54 @@ def test_predict_pyfunc_and_served_model_agree(promoted: dict[str, Any], two_ima
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [
-            [base64.b64encode(p.read_bytes()).decode()] for p in two_images]}}).encode()
+            [base64.b64encode(p.read_bytes()).decode()] for p in [*two_images, bad]]}}).encode()
         answer = None
         for _ in range(120):
             try:
                 request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
                                                  {"Content-Type": "application/json"})
                 with urllib.request.urlopen(request, timeout=30) as r:
-                    answer = json.load(r)["predictions"]
+                    answer = _strict_json(r.read())["predictions"]
                 break
             except OSError:
                 assert server.poll() is None, server.stderr.read().decode()[-2000:]
                 time.sleep(1)
         assert answer is not None, "the model server did not answer"
-        np.testing.assert_allclose([a["probability"] for a in answer], pyfunc["probability"],
-                                   atol=1e-5)
-        assert [a["label"] for a in answer] == list(pyfunc["label"])
+        np.testing.assert_allclose([a["probability"] for a in answer[:2]], prob, atol=1e-5)
+        assert [a["label"] for a in answer[:2]] == list(pyfunc["label"])
+        assert answer[2] == {"probability": None, "label": "unreadable"}
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
 def test_unreadable_file_is_labelled_not_fatal(promoted: dict[str, Any], tmp_path: Path,
-                                               two_images: list[Path]) -> None:
+                                               two_images: list[Path],
+                                               capsys: pytest.CaptureFixture) -> None:
+    from pneumo_exp.cli import main
     from pneumo_exp.inference import load, predict_files
     bad = tmp_path / "notes.jpeg"
     bad.write_text("not an image")
     table = predict_files(load("models:/acceptance@champion"), [bad, two_images[1]])
-    assert table["label"].tolist()[0] == "unreadable" and np.isnan(table["probability"][0])
+    assert table["label"].tolist()[0] == "unreadable" and table["probability"][0] is None
     assert table["label"].tolist()[1] in ("NORMAL", "PNEUMONIA")
+    assert main(["predict", "--model", "models:/acceptance@champion", str(bad),
+                 str(two_images[1]), "--format", "json"]) == 0
+    rows = _strict_json(capsys.readouterr().out.encode())
+    assert rows[0]["probability"] is None and rows[0]["label"] == "unreadable"
+
+
+def test_predict_table_names_the_version_and_counts(promoted: dict[str, Any],
+                                                    two_images: list[Path],
+                                                    capsys: pytest.CaptureFixture) -> None:
+    from pneumo_exp.cli import main
+    assert main(["predict", "--model", "models:/acceptance@champion",
+                 *map(str, two_images)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("# models:/acceptance@champion: acceptance version 1 ")
+    assert "champion" in lines[0]
+    assert lines[1] == "file\tprobability of PNEUMONIA\tlabel"
+    assert lines[-1].startswith("# 2 files: ") and lines[-1].endswith("0 unreadable")
 
 
 def test_evaluate_a_labelled_folder(promoted: dict[str, Any], searched: dict[str, Any]) -> None:
@@ -199,3 +293,15 @@ def test_evaluate_a_labelled_folder(promoted: dict[str, Any], searched: dict[str
     # the same model on the same test images, decoded from the files by the pyfunc model
     assert figures["eval_auc"] == pytest.approx(v1_eval["test_auc"], abs=1e-6)
     assert figures["eval_accuracy"] == pytest.approx(v1_eval["test_accuracy"], abs=1e-6)
+
+
+def test_models_lists_the_versions(promoted: dict[str, Any], searched: dict[str, Any],
+                                   capsys: pytest.CaptureFixture) -> None:
+    from pneumo_exp.cli import main
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["model", "version", "aliases"]
+    rows = [line.split() for line in out[1:] if line.startswith("acceptance ")]
+    assert {r[1] for r in rows} >= {"1", "2"}
+    v1 = next(r for r in rows if r[1] == "1")
+    assert "champion" in v1[2].split(",")

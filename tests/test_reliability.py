@@ -128,7 +128,7 @@ def test_a_diverging_trial_fails_and_the_search_goes_on(workdir: Path) -> None:
     space.update({"space.optimizer": "sgd", "space.learning_rate": [0.0001, 1.0e30]})  # but one
     data = make_folder_dataset(workdir / "d", {"train": (12, 12), "val": (4, 4)})
     cfg = load_config("aug_cnn", {"data.root": str(data), "data.image_size": 32,
-                                  "search.max_trials": 2, "search.epochs": 1,
+                                  "search.max_trials": 2, "train.epochs": 1,
                                   "search.tuner": "random", **space})
     result = run_search(cfg, verbose=0)
     assert result.trials == {"trials": 2, "completed_trials": 1, "failed_trials": 1}

@@ -123,7 +123,7 @@ def test_second_trial_is_the_configured_initial_point(searched: dict[str, Any]) 
 @pytest.mark.parametrize("tuner", ["bayesian", "hyperband"])
 def test_other_tuners_run_and_track(searched: dict[str, Any], tuner: str) -> None:
     cfg = load_config("aug_cnn", {**OVERRIDES, "data.root": searched["cfg"].data.root,
-                                  "search.tuner": tuner, "search.epochs": 2,
+                                  "search.tuner": tuner, "train.epochs": 2,
                                   "search.hyperband_factor": 2})
     result = run_search(cfg, verbose=0)
     children = _children(searched["client"], result)

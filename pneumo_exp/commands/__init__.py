@@ -1,0 +1,25 @@
+"""What each `pneumo-exp` subcommand does with its parsed arguments (cli.py parses them).
+Heavy imports (TensorFlow, MLflow) happen inside the commands that need them."""
+
+from pneumo_exp.commands.models import (
+    cmd_adapt,
+    cmd_evaluate,
+    cmd_explain,
+    cmd_models,
+    cmd_predict,
+    cmd_promote,
+    cmd_serve,
+)
+from pneumo_exp.commands.store import (
+    UI_HOST,
+    UI_PORT,
+    cmd_delete_search,
+    cmd_runs,
+    cmd_server,
+    cmd_ui,
+)
+from pneumo_exp.commands.training import cmd_cv, cmd_data_fetch, cmd_data_sample, cmd_search
+
+__all__ = ["UI_HOST", "UI_PORT", "cmd_adapt", "cmd_cv", "cmd_data_fetch", "cmd_data_sample",
+           "cmd_delete_search", "cmd_evaluate", "cmd_explain", "cmd_models", "cmd_predict",
+           "cmd_promote", "cmd_runs", "cmd_search", "cmd_serve", "cmd_server", "cmd_ui"]

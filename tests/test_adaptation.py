@@ -1,0 +1,193 @@
+"""Site adaptation: batch-normalization statistics re-estimated on a site's unlabeled images,
+registered as a new version (pneumo-exp adapt)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from conftest import make_folder_dataset
+
+from pneumo_exp.adaptation import (
+    MIN_ADAPTATION_IMAGES,
+    NothingToAdaptError,
+    adapt_batch_norm,
+    batch_norm_layers,
+)
+from pneumo_exp.config import RegistryConfig
+from pneumo_exp.registry import promote
+
+
+def _square_images(rng: np.random.Generator, n: int, size: int = 32) -> tuple[np.ndarray,
+                                                                               np.ndarray]:
+    """Noise; class 1 has a bright 8x8 square somewhere."""
+    labels = rng.integers(0, 2, n)
+    images = rng.normal(70, 20, (n, size, size, 1))
+    for img, label in zip(images, labels, strict=True):
+        if label:
+            y, x = rng.integers(0, size - 8, 2)
+            img[y:y + 8, x:x + 8] += 120
+    return np.clip(images, 0, 255).astype(np.uint8), labels
+
+
+def _tiny_bn_model() -> keras.Model:
+    inputs = keras.Input((32, 32, 1))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    for filters in (8, 16):
+        x = keras.layers.Conv2D(filters, 3, use_bias=False)(x)
+        x = keras.layers.BatchNormalization(momentum=0.9)(x)
+        x = keras.layers.Activation("relu")(x)
+        x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.GlobalMaxPooling2D()(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(keras.optimizers.Adam(3e-3), "binary_crossentropy")
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[keras.Model, np.random.Generator]:
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x, y = _square_images(rng, 600)
+    model = _tiny_bn_model()
+    model.fit(x, y, epochs=6, batch_size=32, verbose=0)
+    return model, rng
+
+
+def _accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean((model.predict(x.astype(np.float32), verbose=0).ravel() >= 0.5) == y))
+
+
+def test_adaptation_recovers_what_a_site_shift_takes(trained: Any) -> None:
+    """A site whose scanner quarters the contrast and brightens: the model trained elsewhere
+    loses accuracy there; adapted on the site's unlabeled images, it gets it back."""
+    model, rng = trained
+    x, y = _square_images(rng, 300)
+    assert _accuracy(model, x, y) > 0.9
+    shifted = np.clip(x.astype(float) * 0.25 + 150, 0, 255).astype(np.uint8)
+    before = _accuracy(model, shifted, y)
+    site = keras.models.clone_model(model)
+    site.set_weights(model.get_weights())
+    assert adapt_batch_norm(site, shifted[:200]) == 2
+    after = _accuracy(site, shifted[200:], y[200:])
+    assert before < 0.75 and after > 0.9, (before, after)
+
+
+def test_adaptation_changes_the_statistics_and_nothing_else(trained: Any) -> None:
+    model, rng = trained
+    site = keras.models.clone_model(model)
+    site.set_weights(model.get_weights())
+    x, _ = _square_images(rng, 64)
+    adapt_batch_norm(site, x // 2)
+    statistics = {v.path for layer in batch_norm_layers(site)
+                  for v in (layer.moving_mean, layer.moving_variance)}
+    changed = {b.path for a, b in zip(model.weights, site.weights, strict=True)
+               if not np.array_equal(a.numpy(), b.numpy())}
+    assert changed == statistics
+    # the first layer's statistics are those of its input, in network order
+    first = batch_norm_layers(site)[0]
+    features = keras.Model(site.inputs, first.input).predict(x // 2, verbose=0)
+    np.testing.assert_allclose(first.moving_mean.numpy(), features.mean(axis=(0, 1, 2)),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(first.moving_variance.numpy(), features.var(axis=(0, 1, 2)),
+                               rtol=1e-3, atol=1e-6)
+
+
+def test_nothing_to_adapt_and_too_few_images() -> None:
+    inputs = keras.Input((8, 8, 1))
+    plain = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(inputs)))
+    with pytest.raises(NothingToAdaptError):
+        adapt_batch_norm(plain, np.zeros((40, 8, 8, 1), np.uint8))
+    with pytest.raises(ValueError, match=f"at least {MIN_ADAPTATION_IMAGES}"):
+        adapt_batch_norm(_tiny_bn_model(), np.zeros((5, 32, 32, 1), np.uint8))
+
+
+# ---- pneumo-exp adapt, on the session's search ---------------------------------------------
+
+@pytest.fixture
+def sites(searched: dict[str, Any]) -> dict[str, Any]:
+    """'sites' v1: the session's batch-normalized trial; 'plain' v1: its trial without."""
+    if "sites" not in searched:
+        client, result = searched["client"], searched["result"]
+        trials = client.search_runs([result.experiment_id],
+                                    f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
+        by_bn = {r.data.params["batch_norm"]: r for r in trials}
+        promote(RegistryConfig(model_name="sites"), run_id=by_bn["True"].info.run_id)
+        promote(RegistryConfig(model_name="plain"), run_id=by_bn["False"].info.run_id)
+        folder = make_folder_dataset(searched["root"] / "site_images",
+                                     {"scans": (20, 20)}, size=60, seed=7)
+        (folder / "scans" / "notes.txt").write_text("not an image")
+        searched["sites"] = {"folder": folder}
+    return searched["sites"]
+
+
+def _versions(client: Any, name: str) -> list[str]:
+    return sorted(str(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+
+
+def test_adapt_registers_a_site_version(sites: dict[str, Any], searched: dict[str, Any],
+                                        capsys: pytest.CaptureFixture) -> None:
+    from pneumo_exp.cli import main
+    from pneumo_exp.serving import classifier, images_frame
+    from pneumo_exp.site_adaptation import fingerprint
+
+    client = searched["client"]
+    assert main(["adapt", "--model", "models:/sites@champion", "--data",
+                 str(sites["folder"]), "--site", "north"]) == 0
+    assert "version 2" in capsys.readouterr().out
+    v2 = client.get_model_version("sites", "2")
+    images = sorted(p for p in sites["folder"].rglob("*.jpeg"))
+    assert v2.tags["pneumo.site"] == "north" and v2.tags["pneumo.adapted_from_version"] == "1"
+    assert v2.tags["pneumo.adaptation_images"] == "40"
+    assert v2.tags["pneumo.adaptation_fingerprint"] == fingerprint(sites["folder"], images)
+    v1 = client.get_model_version("sites", "1")
+    for key in ("pneumo.threshold", "pneumo.temperature", "pneumo.source_run_ids"):
+        assert v2.tags[key] == v1.tags[key]  # the source's threshold rule and lineage
+    model = client.get_registered_model("sites")
+    assert {k: str(v) for k, v in model.aliases.items()} == {
+        "champion": "1", "challenger": "1", "site-north": "2"}
+    assert "adapted to site `north`" in v2.description
+    # the same weights but the statistics; the site's images get other probabilities
+    source = classifier(mlflow.pyfunc.load_model("models:/sites/1")).members[0].model
+    adapted = classifier(mlflow.pyfunc.load_model("models:/sites@site-north")).members[0].model
+    differ = {b.path for a, b in zip(source.weights, adapted.weights, strict=True)
+              if not np.array_equal(a.numpy(), b.numpy())}
+    assert differ and all(p.endswith(("moving_mean", "moving_variance")) for p in differ)
+    frame = images_frame(images[:4])
+    p1 = mlflow.pyfunc.load_model("models:/sites/1").predict(frame)["probability"]
+    p2 = mlflow.pyfunc.load_model("models:/sites/2").predict(frame)["probability"]
+    assert not np.allclose(p1.to_numpy(float), p2.to_numpy(float))
+
+
+@pytest.mark.parametrize(("case", "needle"), [
+    ("no_batch_norm", "has nothing to adapt"),
+    ("too_few", f"adapting needs at least {MIN_ADAPTATION_IMAGES} images"),
+    ("empty", "has no files"),
+    ("unknown_model", "no registered model version models:/nowhere@champion"),
+])
+def test_adapt_bad_input_registers_nothing(sites: dict[str, Any], searched: dict[str, Any],
+                                           tmp_path: Path, case: str, needle: str,
+                                           capsys: pytest.CaptureFixture) -> None:
+    from pneumo_exp.cli import main
+
+    client = searched["client"]
+    folder, model = sites["folder"], "models:/sites/1"
+    if case == "no_batch_norm":
+        model = "models:/plain/1"
+    elif case == "too_few":
+        folder = make_folder_dataset(tmp_path / "few", {"x": (5, 5)})
+    elif case == "empty":
+        folder = tmp_path / "empty"
+        folder.mkdir()
+    elif case == "unknown_model":
+        model = "models:/nowhere@champion"
+    before = {n: _versions(client, n) for n in ("sites", "plain")}
+    assert main(["adapt", "--model", model, "--data", str(folder), "--site", "x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert {n: _versions(client, n) for n in ("sites", "plain")} == before
