@@ -6,3 +6,12 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
+
+
+def use_project_store() -> str:
+    """Point MLflow at the store the make targets use ($MLFLOW_TRACKING_URI, else
+    mlruns/mlflow.db under the working directory), so `models:/...` URIs resolve in a
+    notebook or script as they do for `pneumo-exp predict`. Returns its URI."""
+    from pneumo_exp.tracking import connect
+
+    return connect().tracking_uri

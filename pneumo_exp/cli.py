@@ -60,8 +60,10 @@ class Parser(argparse.ArgumentParser):
     make_command: str | None = None
 
     def error(self, message: str) -> NoReturn:
-        if self.make_command:
-            message = options.make_words(message, self.make_command)
+        if self.make_command:  # the flags' usage line would not help a make user
+            self.exit(2, f"{self.prog}: error: "
+                         f"{options.make_words(message, self.make_command)} (make vars lists "
+                         "the variables)\n")
         super().error(message)
 
 

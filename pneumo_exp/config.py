@@ -93,7 +93,8 @@ class SearchConfig:
     num_initial_points: int | None = 3
     constant_epochs: int = 2  # a trial whose output is constant this many epochs stops
     median_stopping: int | None = None  # from this epoch on, stop trials below the median
-    # Tried right after the study's configuration: {hyperparameter: value}, the rest default.
+    default_first: bool = True  # the first trial is the space's default point (the study's)
+    # Tried first (after the default point): {hyperparameter: value}, the rest default.
     initial_points: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -246,6 +247,8 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
         return float(value)
     if annotation.startswith("str") and not isinstance(value, str):
         raise ConfigError(f"'{key}' must be a string; got {value!r}.")
+    if annotation.startswith("bool") and not isinstance(value, bool):
+        raise ConfigError(f"'{key}' must be true or false; got {value!r}.")
     return value
 
 

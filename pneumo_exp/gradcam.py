@@ -4,8 +4,10 @@ answer.
 The map is the last convolutional feature map of the network, weighted per channel by the
 mean gradient of the answer's logit, rectified, upsampled to the image and scaled to
 [0, 1]. The feature map is found without a per-model setting: the last layer of the
-model's own graph whose output is a spatial map (for a transfer model, the pretrained
-base's output). For a NORMAL answer the evidence is the gradient of the negative logit.
+model's own graph whose output is a spatial map (the last conv block's for cnn and
+aug_cnn, the pretrained base's output for transfer; for the dense baseline networks, the
+scaled image itself, which makes it a gradient saliency map). For a NORMAL answer the
+evidence is the gradient of the negative logit.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from pneumo_exp.plots import plt  # the Agg backend, set there
 
 
 def feature_layer(model: keras.Model) -> keras.Layer:
-    """The last layer of `model`'s graph with a spatial output (batch, H, W, C), H, W > 1."""
+    """The last layer of `model`'s graph with a spatial output (batch, H, W, C), H, W > 1,
+    that another layer reads."""
     found = None
-    for layer in model.layers:
+    for layer in model.layers[:-1]:
         shape = getattr(layer, "output", None) is not None and layer.output.shape
         if shape and len(shape) == 4 and (shape[1] or 2) > 1 and (shape[2] or 2) > 1:
             found = layer
@@ -34,18 +37,29 @@ def feature_layer(model: keras.Model) -> keras.Layer:
     return found
 
 
+def _feature_tensor(model: keras.Model, layer: keras.Layer) -> keras.KerasTensor:
+    """The map as this graph holds it: the input of the layer that reads it (a nested
+    model's `output` is a tensor of its own graph)."""
+    following = model.layers[model.layers.index(layer) + 1]
+    return following.input
+
+
 def grad_cam(model: keras.Model, images: np.ndarray, positive: np.ndarray | None = None,
              batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """(maps, probabilities): a map per image of the model's input size, in [0, 1], of the
     evidence for PNEUMONIA where `positive` is true and for NORMAL elsewhere (default: the
     answer at 0.5)."""
-    layer = feature_layer(model)
-    probe = keras.Model(model.inputs, [layer.output, model.output])
+    tensor = _feature_tensor(model, feature_layer(model))
+    # The network cut at the map: gradients flow from the head's output to its input.
+    body = keras.Model(model.inputs, tensor)
+    head = keras.Model(tensor, model.output)
     maps, probs = [], []
     for start in range(0, len(images), batch_size):
         x = tf.convert_to_tensor(images[start:start + batch_size].astype(np.float32))
+        features = body(x, training=False)
         with tf.GradientTape() as tape:
-            features, prob = probe(x, training=False)
+            tape.watch(features)
+            prob = head(features, training=False)
             p = tf.clip_by_value(tf.reshape(prob, [-1]), 1e-6, 1 - 1e-6)
             logit = tf.math.log(p) - tf.math.log1p(-p)
             sign = (tf.convert_to_tensor(positive[start:start + batch_size], tf.float32) * 2 - 1

@@ -73,17 +73,17 @@ def allows(hp: kt.engine.hyperparameters.HyperParameter, value: Any) -> bool:
 
 
 class GivenPointsFirst(AtomicStateOracle):
-    """Oracle mixin: the first point drawn is the space's default (the study's
-    configuration), the next ones `given_points` (values over the defaults); then the
-    oracle's own draws."""
+    """Oracle mixin: the first points drawn are `given_points` ({hyperparameter: value}
+    over the space's defaults; {} is the default point, the study's configuration); then
+    the oracle's own draws."""
 
     given_points: Sequence[Mapping[str, Any]] = ()
 
     def _random_values(self) -> dict[str, Any] | None:
         drawn = len(self._tried_so_far)
-        if drawn > len(self.given_points):
+        if drawn >= len(self.given_points):
             return super()._random_values()
-        point = self.given_points[drawn - 1] if drawn else {}
+        point = self.given_points[drawn]
         hps = kt.HyperParameters()
         for hp in self.hyperparameters.space:
             hps.merge([hp])

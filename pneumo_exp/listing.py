@@ -46,8 +46,9 @@ def parent_runs(client: MlflowClient) -> list[Run]:
     ids = list(experiments(client))
     if not ids:
         return []
-    return client.search_runs(ids, f"tags.`{TAG_ROLE}` IN ('search', 'cv')",
-                              order_by=["attributes.start_time DESC"])
+    runs = [r for role in ("search", "cv") for r in client.search_runs(
+        ids, f"tags.`{TAG_ROLE}` = '{role}'")]  # tags take no IN
+    return sorted(runs, key=lambda r: r.info.start_time, reverse=True)
 
 
 def runs_table(client: MlflowClient) -> str:

@@ -139,8 +139,8 @@ def with_new_site(card: str, figures: Mapping[str, Any]) -> str:
 
 
 def publish(client: MlflowClient, name: str, version: str, card: str, run_id: str) -> None:
-    """The card as the version's description and as model_card.md in its run; the
-    registered model's description points at the versions."""
+    """The card as the version's description and as model_card.md in its run (the run that
+    holds its model); the registered model's description points at the versions."""
     client.update_model_version(name, version, description=card)
     client.log_text(run_id, card, "model_card.md")
     client.update_registered_model(name, description=(

@@ -147,7 +147,7 @@ def make_tuner(cfg: ExperimentConfig, hypermodel: StudyHyperModel, tracker: Sear
     elif s.tuner == "bayesian":
         # The given points count among the initial points: the Gaussian process proposes
         # once they and any random draws have completed.
-        initial = max(s.num_initial_points, 1 + len(s.initial_points)) \
+        initial = max(s.num_initial_points, len(given_points(cfg))) \
             if s.num_initial_points else None
         oracle = BayesianOptimizationOracle(objective, max_trials=s.max_trials, seed=s.seed,
                                             num_initial_points=initial)
@@ -155,7 +155,7 @@ def make_tuner(cfg: ExperimentConfig, hypermodel: StudyHyperModel, tracker: Sear
         oracle = HyperbandOracle(objective, max_epochs=cfg.train.epochs,
                                  factor=s.hyperband_factor, seed=s.seed)
         oracle.max_trials = s.max_trials  # Hyperband has no trial budget of its own
-    oracle.given_points = list(s.initial_points)
+    oracle.given_points = given_points(cfg)
     tuner_class = TrackedHyperband if s.tuner == "hyperband" else TrackedTuner
     tuner = tuner_class(
         oracle, hypermodel, tracker=tracker, val=val, fit_verbose=fit_verbose,
@@ -163,6 +163,13 @@ def make_tuner(cfg: ExperimentConfig, hypermodel: StudyHyperModel, tracker: Sear
         directory=str(project_dir.parent), project_name=project_dir.name, overwrite=overwrite)
     _check_space(cfg, tuner)
     return tuner
+
+
+def given_points(cfg: ExperimentConfig) -> list[dict[str, Any]]:
+    """The trials to run first: the space's default point (the study's configuration)
+    unless search.default_first is false, then search.initial_points."""
+    return ([{}] if cfg.search.default_first else []) + [dict(p) for p in
+                                                          cfg.search.initial_points]
 
 
 def _check_space(cfg: ExperimentConfig, tuner: kt.Tuner) -> None:

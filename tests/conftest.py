@@ -53,6 +53,13 @@ def add_bad_files(class_dir: Path) -> list[str]:
     return ["corrupt.jpeg", ".DS_Store", "empty.jpeg"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test on the session's search (a real 2-trial search) is an end-to-end test."""
+    for item in items:
+        if {"searched", "search_session"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def no_inherited_store(monkeypatch: pytest.MonkeyPatch) -> None:
     """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; start every test without it,

@@ -14,6 +14,8 @@ from pneumo_exp.config import load_config
 from pneumo_exp.cv import literal, run_cv
 from pneumo_exp.errors import UserError
 
+pytestmark = pytest.mark.slow  # cross-validations that train
+
 
 @pytest.fixture(scope="module")
 def regularized_cv(tmp_path_factory: pytest.TempPathFactory) -> Any:

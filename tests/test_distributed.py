@@ -20,6 +20,8 @@ from mlflow.tracking import MlflowClient
 from pneumo_exp.distributed import free_port, role_from_args
 from pneumo_exp.errors import ConfigError
 
+pytestmark = pytest.mark.slow  # real processes and servers
+
 CLI = [sys.executable, "-m", "pneumo_exp.cli"]
 SEARCH = ["search", "aug_cnn", "--workers", "2", "--max-trials", "4", "--epochs", "1",
           "--image-size", "32", "--tuner", "random", "--set", "space.conv_blocks=2"]

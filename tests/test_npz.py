@@ -68,6 +68,7 @@ def test_npz_with_pickled_objects_is_refused(tmp_path: Path) -> None:
         load_split(open_source(path), "train", 28, 1, tmp_path / "cache")
 
 
+@pytest.mark.slow
 def test_npz_search_then_promote(workdir: Path) -> None:
     from pneumo_exp.config import load_config
     from pneumo_exp.registry import promote

@@ -18,6 +18,8 @@ from mlflow.tracking import MlflowClient
 from pneumo_exp.config import load_config
 from pneumo_exp.search import run_search
 
+pytestmark = pytest.mark.slow  # real processes and servers
+
 CLI = [sys.executable, "-m", "pneumo_exp.cli"]
 # On the bundled sample; 2 conv blocks fit 32 px whatever kernels a trial draws, so every
 # trial finishes and the counts below do not depend on the random draws.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 import mlflow
@@ -10,7 +11,7 @@ import pytest
 from conftest import OVERRIDES
 from mlflow.tracking import MlflowClient
 
-from pneumo_exp.config import load_config
+from pneumo_exp.config import REPO_ROOT, load_config
 from pneumo_exp.errors import ConfigError
 from pneumo_exp.search import SearchResult, run_search
 
@@ -33,7 +34,9 @@ def test_parent_run(searched: dict[str, Any]) -> None:
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["pneumo.role"] == "search"
     assert parent.data.tags["pneumo.data_fingerprint"] == result.data.fingerprint
-    assert "mlflow.source.git.commit" in parent.data.tags or "pneumo.version" in parent.data.tags
+    head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert parent.data.tags["mlflow.source.git.commit"] == head
     p = parent.data.params
     assert p["search.tuner"] == "random" and p["data.image_size"] == "48"
     assert int(p["data.train_size"]) + int(p["data.val_size"]) == 68

@@ -1,0 +1,121 @@
+"""The "new site" protocol: how a registered version holds on patients of another site, with
+and without adaptation to that site's unlabeled images.
+
+    .venv/bin/python bench/new_site.py --model models:/pneumonia-classifier@champion \
+        [--compare models:/pneumonia-classifier/3 ...] [--seed 0]
+
+The test split of the version's dataset (the only split its training never saw) is cut by
+patient into two seeded halves, stratified by class. Each half plays a new site: the
+version is adapted (pneumo_exp.adaptation, as `pneumo-exp adapt` does, without registering)
+on the *other* half's images, labels unread, and scored on this half; then the halves swap.
+Every figure is at the version's stored threshold; "pooled" scores both halves' adapted
+predictions together. The unadapted version is scored on the same halves beside it, and
+so is every --compare version. The pooled figures are saved on each version (tag
+pneumo.new_site) and in its model card. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+FIGURES = ("accuracy", "sensitivity", "specificity", "auc")
+
+
+def halves(labels: np.ndarray, groups: np.ndarray, seed: int) -> list[np.ndarray]:
+    """Two halves of the images, no patient in both, the class ratio kept."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    folds = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed)
+    return [part for _, part in folds.split(np.zeros(len(labels)), labels, groups)]
+
+
+def score(uri: str, images: list[bytes], parts: list[np.ndarray], adapt: bool) -> tuple[
+        np.ndarray, float]:
+    """Probabilities of every test image, each half scored by the version (adapted on the
+    other half if `adapt`), and the version's threshold."""
+    from pneumo_exp.adaptation import adapt_batch_norm
+    from pneumo_exp.inference import load
+    from pneumo_exp.serving import classifier
+
+    prob = np.zeros(len(images))
+    for i, part in enumerate(parts):
+        model = classifier(load(uri))  # a fresh copy for each site
+        if adapt:
+            other, _ = model.decode([images[j] for j in parts[1 - i]])
+            for m in model.members:
+                adapt_batch_norm(m.model, other[m.preprocessing])
+        batches, readable = model.decode([images[j] for j in part])
+        assert len(readable) == len(part), "a test image became unreadable"
+        prob[part] = model.probabilities(batches)
+    return prob, model.threshold
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models:/pneumonia-classifier@champion")
+    parser.add_argument("--compare", nargs="*", default=[], help="other versions to score")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the patient halves")
+    parser.add_argument("--data", type=Path, help="dataset root (default: the version's)")
+    args = parser.parse_args()
+
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    from pneumo_exp import model_card
+    from pneumo_exp.data.labeled import LabeledImages
+    from pneumo_exp.data.sources import open_source
+    from pneumo_exp.metrics import binary_metrics
+    from pneumo_exp.tf_import import import_tensorflow
+    from pneumo_exp.tracking import connect
+    import_tensorflow()
+
+    client = connect()
+    version = client.get_model_version(*get_model_name_and_version(client, args.model))
+    search = client.get_run(version.tags["pneumo.search_run_ids"].split(",")[0])
+    root = args.data or Path(search.data.params["data.source"])
+    if not root.is_dir():
+        raise SystemExit(f"{root} is not a folder dataset: the protocol reads the test files.")
+    names = [name for name, _, _ in open_source(root).entries("test")]
+    labels = np.array([int(name.split("/")[1] == "PNEUMONIA") for name in names])
+    groups = LabeledImages(np.zeros(len(names)), labels, np.array(names)).groups
+    images = [(root / name).read_bytes() for name in names]
+    parts = halves(labels, groups, args.seed)
+    print(f"{root}/test: {len(names)} images of {len(set(groups))} patients, halves of "
+          f"{len(parts[0])} and {len(parts[1])} (seed {args.seed}); figures at each version's "
+          "stored threshold\n")
+    print("| version | adapted | half A acc / sens / spec / AUC | half B | pooled |")
+    print("|---|---|---|---|---|")
+    for uri in [args.model, *args.compare]:
+        name, number = get_model_name_and_version(client, uri)
+        pooled: dict[str, dict[str, float]] = {}
+        for adapt in (False, True):
+            try:
+                prob, threshold = score(uri, images, parts, adapt)
+            except ValueError as e:  # nothing to adapt (no batch normalization)
+                if not adapt:
+                    raise
+                print(f"| {uri} (v{number}) | yes | {str(e).splitlines()[0][:60]} | | |")
+                continue
+            cells = []
+            for part in (*parts, np.arange(len(labels))):
+                f = binary_metrics(labels[part], prob[part], threshold)
+                cells.append(" / ".join(f"{f[k]:.3f}" for k in FIGURES))
+            f = binary_metrics(labels, prob, threshold)
+            pooled["adapted" if adapt else "as registered"] = {k: f[k] for k in FIGURES}
+            print(f"| {uri} (v{number}) | {'yes' if adapt else 'no'} | " + " | ".join(cells)
+                  + " |", flush=True)
+        client.set_model_version_tag(name, number, model_card.NEW_SITE_TAG,
+                                     json.dumps({"seed": args.seed, **pooled}))
+        v = client.get_model_version(name, number)
+        model_card.publish(client, name, number, model_card.with_new_site(
+            v.description or "", pooled), v.run_id)
+
+
+if __name__ == "__main__":
+    main()

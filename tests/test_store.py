@@ -1,0 +1,59 @@
+"""What the store holds (pneumo-exp runs, models) and deleting one search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_folder_dataset
+
+from pneumo_exp.cli import main
+from pneumo_exp.config import RegistryConfig, load_config
+
+
+def test_runs_lists_searches_newest_first(searched: dict[str, Any],
+                                          capsys: pytest.CaptureFixture) -> None:
+    assert main(["runs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["started", "arch", "kind", "name"]
+    name = f"search-{searched['result'].name}"
+    row = next(line for line in lines if name in line)
+    assert "aug_cnn" in row and "search" in row and "2/2" in row
+    assert searched["result"].parent_run_id in row
+
+
+def test_delete_search_refuses_while_a_version_uses_it(searched: dict[str, Any],
+                                                       capsys: pytest.CaptureFixture) -> None:
+    from pneumo_exp.registry import promote
+    promote(RegistryConfig(model_name="kept"), arch="aug_cnn")
+    assert main(["delete-search", searched["result"].name, "--yes"]) == 2
+    assert "kept version 1 packages its trials" in capsys.readouterr().err
+    run = searched["client"].get_run(searched["result"].parent_run_id)
+    assert run.info.lifecycle_stage == "active"
+
+
+@pytest.mark.slow
+def test_delete_search_takes_its_runs_and_tuner_state(workdir: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    from pneumo_exp.search import run_search
+    from pneumo_exp.tracking import connect
+
+    data = make_folder_dataset(workdir / "data")
+    overrides = {"search.max_trials": 1, "train.epochs": 1, "data.image_size": 32,
+                 "data.root": str(data), "search.tuner": "random",
+                 "space.conv_blocks": 2}
+    gone = run_search(load_config("aug_cnn", overrides), name="gone", verbose=0)
+    kept = run_search(load_config("aug_cnn", overrides), name="stays", verbose=0)
+    state = workdir / ".pneumo" / "tuner" / "aug_cnn" / "gone"
+    assert state.is_dir()
+    assert main(["delete-search", "gone"]) == 2  # no terminal to confirm: needs --yes
+    assert "--yes" in capsys.readouterr().err
+    assert main(["delete-search", "gone", "--yes"]) == 0
+    client = connect()
+    for run_id in (gone.parent_run_id, gone.best_run_id):
+        assert client.get_run(run_id).info.lifecycle_stage == "deleted"
+    assert not state.exists()
+    assert client.get_run(kept.parent_run_id).info.lifecycle_stage == "active"
+    assert main(["delete-search", "gone", "--yes"]) == 2
+    assert "no search named 'gone'" in capsys.readouterr().err

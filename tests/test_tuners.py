@@ -1,0 +1,139 @@
+"""The oracles and the stopping rules: given points first, the Gaussian process within the
+configured initial points, one exact objective, constant output and the median rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner as kt
+import numpy as np
+import pytest
+from conftest import OVERRIDES
+from sklearn.metrics import roc_auc_score
+
+from pneumo_exp.callbacks import MedianStopping, ValidationFigures
+from pneumo_exp.config import load_config
+from pneumo_exp.progress import trial_status
+from pneumo_exp.tuners import BayesianOptimizationOracle
+
+
+class Quadratic(kt.Tuner):
+    """A tuner that trains nothing: the score of x is -(x - 0.3)^2."""
+
+    def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> dict:
+        x = trial.hyperparameters.Float("x", 0.0, 1.0, default=0.9)
+        return {"score": -(x - 0.3) ** 2}
+
+
+def test_gaussian_process_proposes_right_after_the_initial_points(tmp_path: Path) -> None:
+    oracle = BayesianOptimizationOracle(kt.Objective("score", "max"), max_trials=6,
+                                        num_initial_points=3, seed=1)
+    oracle.given_points = [{}, {"x": 0.5}]  # the default point, then a given one
+    fits: list[int] = []
+    fit = oracle.gpr.fit
+
+    def counting_fit(x: np.ndarray, y: np.ndarray) -> Any:
+        fits.append(len(y))
+        return fit(x, y)
+
+    oracle.gpr.fit = counting_fit
+    tuner = Quadratic(oracle=oracle, directory=str(tmp_path), project_name="q")
+    tuner.search(verbose=0)
+    trials = [oracle.trials[k] for k in sorted(oracle.trials)]
+    assert [t.hyperparameters.values["x"] for t in trials[:2]] == [0.9, 0.5]
+    # trials 0-2 are the given points and one random draw; from trial 3 on, the process
+    assert fits[0] == 3 and len(fits) == 3
+
+
+class Probabilities(keras.Model):
+    """A 'model' that answers the probability it is given, to test figures exactly."""
+
+    def call(self, x: Any) -> Any:
+        return x
+
+
+def test_validation_figures_are_exact_where_keras_estimates() -> None:
+    """Probabilities closer together than Keras' 200 thresholds: Keras' AUC sees a tie,
+    the logged val_auc is scikit-learn's exact figure."""
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    prob = np.array([0.5000, 0.5001, 0.5003, 0.5002, 0.5004, 0.5005]).reshape(-1, 1)
+    callback = ValidationFigures(prob.astype(np.float32), labels)
+    callback.set_model(Probabilities())
+    logs: dict[str, float] = {}
+    callback.on_epoch_end(0, logs)
+    exact = roc_auc_score(labels, prob.ravel())
+    keras_auc = keras.metrics.AUC()
+    keras_auc.update_state(labels, prob.ravel())
+    assert logs["val_auc"] == pytest.approx(exact) and exact != pytest.approx(
+        float(keras_auc.result()), abs=0.05)
+    assert logs["val_spread"] == pytest.approx(0.0005, abs=1e-6)
+
+
+def test_constant_output_stops_after_the_configured_epochs() -> None:
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Dense(1, activation="sigmoid", kernel_initializer="zeros")(
+        keras.layers.Rescaling(0.0)(inputs))
+    model = keras.Model(inputs, outputs)
+    model.compile(keras.optimizers.SGD(0.0), "binary_crossentropy")
+    x = np.random.default_rng(0).random((16, 4)).astype(np.float32)
+    y = np.array([0, 1] * 8)
+    history = model.fit(x, y, epochs=6, verbose=0,
+                        callbacks=[ValidationFigures(x, y, constant_epochs=2)])
+    assert len(history.epoch) == 2
+    status = trial_status(history.history, planned_epochs=6, constant_epochs=2,
+                          below_median_at=None, out_of_time=False)
+    assert status == "constant output (stopped after 2 epochs)"
+
+
+def test_median_rule_stops_a_trial_below_the_earlier_ones() -> None:
+    earlier = [[0.80, 0.90, 0.95, 0.96], [0.85, 0.92, 0.94], [0.70, 0.80, 0.85, 0.90]]
+    rule = MedianStopping("val_auc", "max", earlier, min_epochs=2)
+    assert rule.median_at(1) == pytest.approx(0.90)
+    assert rule.median_at(3) == pytest.approx(0.94)  # the short trial counts with its best
+    rule.set_model(keras.Sequential())
+    rule.model.stop_training = False
+    rule.on_epoch_end(0, {"val_auc": 0.50})  # before min_epochs: never stops
+    assert not rule.model.stop_training
+    rule.on_epoch_end(1, {"val_auc": 0.91})  # best 0.91 >= median 0.90: goes on
+    assert not rule.model.stop_training
+    rule.on_epoch_end(2, {"val_auc": 0.92})  # best 0.92 < median 0.94
+    assert rule.model.stop_training and rule.stopped_at == 2
+    first = MedianStopping("val_auc", "max", [], min_epochs=1)
+    first.set_model(keras.Sequential())
+    first.model.stop_training = False
+    first.on_epoch_end(3, {"val_auc": 0.1})  # no earlier trial: nothing to compare with
+    assert not first.model.stop_training
+
+
+@pytest.mark.slow
+def test_a_collapsed_trial_is_stopped_and_named(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial whose network answers the same for every image stops after 2 epochs of the 5
+    and its run says why; the search goes on to the next trial."""
+    from conftest import make_folder_dataset
+
+    from pneumo_exp import hypermodels
+    from pneumo_exp.hypermodels.aug_cnn import AugCNN
+    from pneumo_exp.search import run_search
+
+    class Collapsing(AugCNN):
+        def build(self, hp: kt.HyperParameters) -> keras.Model:
+            model = super().build(hp)
+            if hp.values.get("conv_blocks") == 3:  # the study's trial collapses
+                head = model.get_layer("pneumonia")
+                head.kernel.assign(np.zeros(head.kernel.shape))
+                model.optimizer.learning_rate.assign(0.0)
+            return model
+
+    monkeypatch.setitem(hypermodels.HYPERMODELS, "aug_cnn", Collapsing)
+    monkeypatch.chdir(tmp_path)
+    data = make_folder_dataset(tmp_path / "data")
+    cfg = load_config("aug_cnn", {**OVERRIDES, "data.root": str(data), "train.epochs": 5,
+                                  "train.patience": 5})
+    result = run_search(cfg, verbose=0)
+    by_trial = {row["trial"]: row for row in result.table}
+    assert by_trial["0"]["status"] == "constant output (stopped after 2 epochs)"
+    assert by_trial["0"]["epochs"] == 2
+    assert by_trial["1"]["epochs"] >= 3 and not by_trial["1"]["status"].startswith("constant")
