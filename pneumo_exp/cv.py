@@ -95,7 +95,7 @@ def run_cv(cfg: ExperimentConfig, folds: int = 5, source: str = "default",
     split = load_split(open_source(root), "train", cfg.data.image_size, cfg.data.channels)
     data = split.data
     client = connect()
-    experiment = experiment_id(client, cfg.experiment_name)
+    experiment = experiment_id(client, cfg.experiment_name, cfg.arch)
     hypermodel = make_hypermodel(cfg, data.labels)
     if source == "best":
         values, source_run = best_hyperparameters(client, experiment, cfg.arch)

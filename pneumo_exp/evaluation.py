@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, roc_auc_score, roc_curve
 
 from pneumo_exp import plots
-from pneumo_exp.calibration import ECE_BINS, calibration_figures
+from pneumo_exp.calibration import ECE_BINS, calibration_figures, logit
 from pneumo_exp.config import CLASS_NAMES
 from pneumo_exp.metrics import binary_metrics
 
@@ -16,12 +16,23 @@ CI_LEVEL = 0.95
 
 
 def choose_threshold(y_true: np.ndarray, prob: np.ndarray, min_sensitivity: float) -> float:
-    """The threshold with the highest specificity among those whose sensitivity reaches
-    `min_sensitivity` (missed pneumonia is the costly error). Chosen on validation only."""
+    """A threshold with the highest specificity among those whose sensitivity reaches
+    `min_sensitivity` (missed pneumonia is the costly error). Chosen on validation only.
+
+    Every threshold between the lowest PNEUMONIA score it must keep and the next NORMAL
+    score below gives these same validation figures; the one returned lies midway between
+    the two in logit space, the largest margin on both sides. (The top of that gap, right
+    under the PNEUMONIA scores, loses the sensitivity as soon as another site's scores
+    move down a little, which confident models make likely: their scores crowd near 1.)"""
+    y_true, prob = np.asarray(y_true).astype(int), np.asarray(prob, dtype=np.float64)
     fpr, tpr, thresholds = roc_curve(y_true, prob)
     reaching = np.flatnonzero(tpr >= min_sensitivity)  # roc_curve: thresholds decreasing
     best = reaching[np.argmin(fpr[reaching])]
-    return float(min(thresholds[best], 1.0))
+    top = float(min(thresholds[best], 1.0))
+    below = prob[(y_true == 0) & (prob < top)]
+    if not len(below):
+        return top
+    return float(1 / (1 + np.exp(-(logit(top) + logit(below.max())) / 2)))
 
 
 def bootstrap_ci(y_true: np.ndarray, prob: np.ndarray, threshold: float, n: int = 1000,

@@ -52,7 +52,7 @@ class SearchTracker:
         self.cfg = cfg
         self.search_name = search_name
         self.client = connect()
-        self.experiment_id = experiment_id(self.client, cfg.experiment_name)
+        self.experiment_id = experiment_id(self.client, cfg.experiment_name, cfg.arch)
         self._run_file = project_dir / "mlflow_parent_run.json"
         self.parent_run_id: str | None = None
         self.resumed = False

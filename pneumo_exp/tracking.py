@@ -69,16 +69,54 @@ def init_sqlite_store(db: Path) -> None:
     _ready_stores.add(db)
 
 
-def experiment_id(client: MlflowClient, name: str) -> str:
+# The MLflow UI (3.17) opens in its GenAI view unless told otherwise: the experiment kind
+# tag says these are model-training experiments (MLflow's own demos set it), and the link
+# of `ui_url` opens the model-training view's runs table on a shared view state (the UI's
+# "Share" feature, an experiment tag) with the trials' key columns, best first.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+VIEW_KEY = "pneumo-exp"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+KEY_PARAMS = {"baseline": ("units_1", "units_2"), "regularized": ("l2", "units_1"),
+              "cnn": ("conv_blocks", "batch_norm", "head", "intensity"),
+              "aug_cnn": ("conv_blocks", "batch_norm", "head", "intensity"),
+              "transfer": ("base", "pooling", "fine_tune_layers")}
+
+
+def runs_view(arch: str | None) -> str:
+    """The runs table of the shared view: the best checkpoint's validation figures, how
+    each trial ended, and the main hyperparameters, best validation AUC first."""
+    metrics = ("best_val_auc", "best_val_sensitivity", "best_val_specificity", "epochs",
+               "wall_time_s")
+    params = (*KEY_PARAMS.get(arch or "", ()), "learning_rate", "optimizer", "dropout",
+              "class_weight")
+    columns = ["attributes.`Duration`", *(f"metrics.`{m}`" for m in metrics),
+               f"tags.`{TAG_STATUS}`", *(f"params.`{p}`" for p in params)]
+    return json.dumps({"orderByKey": "metrics.`best_val_auc`", "orderByAsc": False,
+                       "selectedColumns": columns})
+
+
+def ui_url(host: str, port: int, experiment: str) -> str:
+    return (f"http://{host}:{port}/#/experiments/{experiment}/runs?workflowType="
+            f"machine_learning&viewStateShareKey={VIEW_KEY}")
+
+
+def experiment_id(client: MlflowClient, name: str, arch: str | None = None) -> str:
+    """The experiment's id, created (or restored) if need be, set up for the MLflow UI."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name)
-    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent search
-        return client.get_experiment_by_name(name).experiment_id
+        experiment = exp.experiment_id
+    else:
+        try:
+            experiment = client.create_experiment(name)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent search
+            experiment = client.get_experiment_by_name(name).experiment_id
+    tags = exp.tags if exp is not None else {}
+    for key, value in {**EXPERIMENT_KIND, VIEW_TAG: runs_view(arch)}.items():
+        if tags.get(key) != value:
+            client.set_experiment_tag(experiment, key, value)
+    return experiment
 
 
 def code_version() -> dict[str, str]:

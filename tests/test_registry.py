@@ -163,11 +163,24 @@ def test_top_k_needs_k_trials(searched: dict[str, Any]) -> None:
         promote(RegistryConfig(model_name="acceptance"), arch="aug_cnn", top=3)
 
 
-def test_threshold_keeps_sensitivity_with_best_specificity() -> None:
+def test_threshold_keeps_sensitivity_with_best_specificity_and_a_margin() -> None:
+    from pneumo_exp.calibration import logit
+    from pneumo_exp.metrics import binary_metrics
+
+    def midway(a: float, b: float) -> float:
+        return float(1 / (1 + np.exp(-(logit(a) + logit(b)) / 2)))
+
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     p = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
-    assert choose_threshold(y, p, 0.75) == pytest.approx(0.7)  # 3/4 caught, specificity 1
-    assert choose_threshold(y, p, 1.0) == pytest.approx(0.4)  # all caught, specificity 3/4
+    t = choose_threshold(y, p, 0.75)  # 3/4 caught, specificity 1: between 0.6 and 0.7
+    assert t == pytest.approx(midway(0.6, 0.7))
+    f = binary_metrics(y, p, t)
+    assert (f["sensitivity"], f["specificity"]) == (0.75, 1.0)
+    assert choose_threshold(y, p, 1.0) == pytest.approx(midway(0.3, 0.4))  # all caught
+    # a confident model: the PNEUMONIA scores crowd near 1, the threshold keeps away
+    sure = np.array([0.01, 0.02, 0.5, 0.9, 0.99999, 0.999995, 0.999999, 0.9999999])
+    t = choose_threshold(y, sure, 0.75)
+    assert 0.9 < t < 0.99999 and logit(t) == pytest.approx((logit(0.9) + logit(0.99999)) / 2)
 
 
 def test_bootstrap_interval_matches_the_binomial_interval() -> None:

@@ -15,12 +15,16 @@ UI_HOST, UI_PORT = "127.0.0.1", 5000
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from pneumo_exp.tracking import connect
+    from pneumo_exp.listing import experiments
+    from pneumo_exp.tracking import connect, ui_url
 
-    connect()  # creates the store and the project's experiments' UI settings
+    client = connect()
     uri = tracking_uri()
     print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}). Ctrl-C, or kill "
-          "this process (or the make that started it), stops it and its workers.", flush=True)
+          "this process (or the make that started it), stops it and its workers.")
+    for experiment, name in sorted(experiments(client).items()):
+        print(f"  {name}: {ui_url(args.host, args.port, experiment)}")
+    sys.stdout.flush()
     return run_server([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                        "--host", args.host, "--port", str(args.port)])
 

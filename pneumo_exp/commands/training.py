@@ -13,6 +13,7 @@ from pneumo_exp.config import ExperimentConfig, load_config, parse_override
 from pneumo_exp.distributed import role_from_args, run_local
 from pneumo_exp.errors import ConfigError
 from pneumo_exp.tf_import import import_tensorflow
+from pneumo_exp.tracking import ui_url
 
 SUMMARY = ("val_auc", "val_accuracy", "val_loss", "val_sensitivity", "val_specificity")
 
@@ -75,8 +76,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"  Validation: {figures}.")
     print(f"MLflow: experiment '{cfg.experiment_name}' (id {result.experiment_id}), parent run "
           f"{result.parent_run_id}; best trial run {result.best_run_id}.")
-    print(f"Browse it: make ui, then http://{UI_HOST}:{UI_PORT}/#/experiments/"
-          f"{result.experiment_id}/runs/{result.parent_run_id}")
+    print(f"Browse it: make ui, then {ui_url(UI_HOST, UI_PORT, result.experiment_id)}")
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 import keras_tuner as kt
 
-from pneumo_exp.hypermodels.base import StudyHyperModel, compile_binary, optimizer_and_rate
+from pneumo_exp.hypermodels.base import StudyHyperModel, compile_binary, training
 
 
 class Baseline(StudyHyperModel):
@@ -23,7 +23,7 @@ class Baseline(StudyHyperModel):
         units_1 = s.choice(hp, "units_1", [16, 32, 64, 128], 32)
         units_2 = s.choice(hp, "units_2", [4, 8, 16, 32], 8)
         dropout = s.float(hp, "dropout", 0.0, 0.5, 0.0, step=0.1)
-        optimizer, learning_rate = optimizer_and_rate(s, hp, "rmsprop", 1e-3)
+        how = training(s, hp, "rmsprop", 1e-3)
         penalty = self.first_layer_penalty(hp)
         self.class_weighting(hp)
 
@@ -35,5 +35,4 @@ class Baseline(StudyHyperModel):
             if dropout:
                 x = keras.layers.Dropout(dropout, seed=self.seed)(x)
         outputs = keras.layers.Dense(1, activation="sigmoid", name="pneumonia")(x)
-        return compile_binary(keras.Model(inputs, outputs, name=self.arch), optimizer,
-                              learning_rate)
+        return compile_binary(keras.Model(inputs, outputs, name=self.arch), how)

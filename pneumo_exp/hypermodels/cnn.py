@@ -19,7 +19,7 @@ from pneumo_exp.hypermodels.base import (
     StudyHyperModel,
     augmentation,
     compile_binary,
-    optimizer_and_rate,
+    training,
 )
 
 INTENSITY = ("none", "standardize", "equalize")
@@ -49,7 +49,7 @@ class CNN(StudyHyperModel):
         head = s.choice(hp, "head", ["flatten", "global_avg"], "flatten")
         dense_units = s.choice(hp, "dense_units", [32, 64, 128, 256], 64)
         dropout = s.float(hp, "dropout", 0.0, 0.5, 0.0, step=0.1)
-        optimizer, learning_rate = optimizer_and_rate(s, hp, "rmsprop", self.learning_rate)
+        how = training(s, hp, "rmsprop", self.learning_rate)
         intensity = s.choice(hp, "intensity", list(INTENSITY), "none")
         augment = augmentation(s, hp, seed=self.seed) if self.augment else None
         self.class_weighting(hp)
@@ -79,8 +79,7 @@ class CNN(StudyHyperModel):
         if dropout:
             x = keras.layers.Dropout(dropout, seed=self.seed)(x)
         outputs = keras.layers.Dense(1, activation="sigmoid", name="pneumonia")(x)
-        return compile_binary(keras.Model(inputs, outputs, name=self.arch), optimizer,
-                              learning_rate)
+        return compile_binary(keras.Model(inputs, outputs, name=self.arch), how)
 
     def _check_fits(self, kernels: list[int]) -> None:
         """Valid convolutions shrink the image; a stack that leaves nothing fails its trial."""

@@ -27,9 +27,10 @@ import keras_tuner as kt
 from pneumo_exp.errors import UserError
 from pneumo_exp.hypermodels.base import (
     StudyHyperModel,
+    Training,
     augmentation,
     compile_binary,
-    optimizer_and_rate,
+    training,
 )
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class Transfer(StudyHyperModel):
         pooling = s.choice(hp, "pooling", ["flatten", "avg"], "flatten")
         dense_units = s.choice(hp, "dense_units", [64, 128, 256, 512], 256)
         dropout = s.float(hp, "dropout", 0.0, 0.5, 0.0, step=0.1)
-        optimizer, learning_rate = optimizer_and_rate(s, hp, "rmsprop", 1e-3)
+        how = training(s, hp, "rmsprop", 1e-3)
         s.choice(hp, "fine_tune_layers", [0, 20, 50], 0)  # used in fit()
         augment = augmentation(s, hp, seed=self.seed, value_range=(0.0, 255.0))
         self.class_weighting(hp)
@@ -115,8 +116,7 @@ class Transfer(StudyHyperModel):
         if dropout:
             x = keras.layers.Dropout(dropout, seed=self.seed)(x)
         outputs = keras.layers.Dense(1, activation="sigmoid", name="pneumonia")(x)
-        return compile_binary(keras.Model(inputs, outputs, name=self.arch), optimizer,
-                              learning_rate)
+        return compile_binary(keras.Model(inputs, outputs, name=self.arch), how)
 
     def _base(self, constructor: Callable[..., keras.Model], name: str,
               shape: tuple[int, int, int]) -> tuple[keras.Model, bool]:
@@ -155,7 +155,8 @@ class Transfer(StudyHyperModel):
         for layer in base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
-        compile_binary(model, hp.get("optimizer"), hp.get("learning_rate") / 10)
+        compile_binary(model, Training(hp.get("optimizer"), hp.get("learning_rate") / 10,
+                                       hp.get("label_smoothing")))
         epochs = kwargs.get("epochs", 1)
         done = history.epoch[-1] + 1
         kwargs.update(initial_epoch=done, epochs=done + max(1, (epochs - kwargs.get(
