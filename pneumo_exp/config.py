@@ -32,6 +32,7 @@ STATE_DIR = Path(os.environ.get("PNEUMO_EXP_HOME", ".pneumo"))
 CACHE_DIR = STATE_DIR / "cache"
 TUNER_DIR = STATE_DIR / "tuner"
 MLRUNS_DIR = Path("mlruns")  # SQLite database + artifacts: the Model Registry works locally
+DATASET_SETTINGS = "pneumo-exp.yaml"  # settings that fit a dataset folder, over experiments/
 
 TUNER_NAMES = ("random", "bayesian", "hyperband")
 # What every epoch reports on the validation set (pneumo_exp.callbacks), as val_<name>; the
@@ -181,18 +182,52 @@ def architectures() -> list[str]:
     return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem != "defaults")
 
 
+def dataset_root(root: str | None) -> Path:
+    """The configured root; else data/chest_xray if present; else the bundled sample."""
+    if root:
+        return Path(root).expanduser()
+    return FULL_DATA_DIR if FULL_DATA_DIR.is_dir() else SAMPLE_DIR
+
+
+def dataset_settings(root: str | None) -> Path | None:
+    """A dataset folder's own settings file, if it has one (the bundled sample does)."""
+    path = dataset_root(root) / DATASET_SETTINGS
+    return path if path.is_file() else None
+
+
 def load_config(arch: str, overrides: dict[str, Any] | None = None,
                 experiments_dir: Path = EXPERIMENTS_DIR) -> ExperimentConfig:
-    """defaults.yaml <- <arch>.yaml <- overrides ({"train.epochs": 2, ...})."""
-    path = experiments_dir / f"{arch}.yaml"
-    if not path.is_file():
-        known = ", ".join(architectures()) or "none"
-        raise ConfigError(f"unknown architecture '{arch}': there is no {path}. Known: {known}.")
+    """defaults.yaml <- the file <arch>.yaml extends, if any <- <arch>.yaml <- the dataset
+    folder's pneumo-exp.yaml, if any <- overrides ({"train.epochs": 2, ...})."""
     merged = _read_yaml(experiments_dir / "defaults.yaml")
-    _deep_merge(merged, _read_yaml(path), source=str(path))
-    for dotted, value in (overrides or {}).items():
+    for path in _experiment_files(arch, experiments_dir):
+        _deep_merge(merged, _read_yaml(path), source=str(path))
+    overrides = overrides or {}
+    root = overrides.get("data.root", (merged.get("data") or {}).get("root"))
+    settings = dataset_settings(root)
+    if settings is not None:
+        _deep_merge(merged, _read_yaml(settings), source=str(settings))
+    for dotted, value in overrides.items():
         _deep_merge(merged, _nest(dotted, value), source="the command line")
     return _build(arch, merged)
+
+
+def _experiment_files(arch: str, experiments_dir: Path) -> list[Path]:
+    """experiments/<arch>.yaml, after the file its `extends:` names (and so on)."""
+    files: list[Path] = []
+    name: str | None = arch
+    while name:
+        path = experiments_dir / f"{name}.yaml"
+        if not path.is_file():
+            known = ", ".join(architectures()) or "none"
+            what = f"unknown architecture '{name}'" if name == arch else (
+                f"{files[0].name} extends '{name}'")
+            raise ConfigError(f"{what}: there is no {path}. Known: {known}.")
+        if path in files:
+            raise ConfigError(f"{path} extends itself (through {files[-1].name}).")
+        files.insert(0, path)
+        name = _read_yaml(path).get("extends")
+    return files
 
 
 def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
@@ -210,6 +245,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def _build(arch: str, merged: dict[str, Any]) -> ExperimentConfig:
+    merged.pop("extends", None)
     unknown = set(merged) - {*_SECTIONS, "model", "space"}
     if unknown:
         raise ConfigError(f"unknown configuration section '{sorted(unknown)[0]}'; known: "

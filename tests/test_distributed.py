@@ -4,6 +4,7 @@ against the server."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,32 +24,43 @@ from pneumo_exp.errors import ConfigError
 pytestmark = pytest.mark.slow  # real processes and servers
 
 CLI = [sys.executable, "-m", "pneumo_exp.cli"]
+SINGLE = ["search", "aug_cnn", "--max-trials", "3", "--epochs", "1", "--image-size", "32",
+          "--tuner", "random", "--set", "space.conv_blocks=2"]
 SEARCH = ["search", "aug_cnn", "--workers", "2", "--max-trials", "4", "--epochs", "1",
           "--image-size", "32", "--tuner", "random", "--set", "space.conv_blocks=2"]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """`pneumo-exp server` (mlflow server) on a free 127.0.0.1 port, its own store; one server
-    process, as 2 cores start 4 slowly."""
+    """`pneumo-exp server` (mlflow server) on a free 127.0.0.1 port, its runs and registry in
+    a PostgreSQL database, its artifacts served by the server; one server process, as 2
+    cores start 4 slowly. Skipped, saying why, where PostgreSQL cannot be started."""
+    from postgres import Unavailable, postgres_uri
+
     root = tmp_path_factory.mktemp("server")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen([*CLI, "server", "--port", str(port), "--workers", "1"], cwd=root,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
+    with contextlib.ExitStack() as stack:
+        try:
+            backend = stack.enter_context(postgres_uri())
+        except Unavailable as e:
+            pytest.skip(f"PostgreSQL could not be started: {e}")
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        proc = subprocess.Popen([*CLI, "server", "--port", str(port), "--workers", "1",
+                                 "--backend-store-uri", backend, "--artifacts-destination",
+                                 str(root / "artifacts")], cwd=root, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        stack.callback(proc.wait, timeout=60)
+        stack.callback(proc.terminate)
+        uri = f"http://127.0.0.1:{port}"
+        for _ in range(240):
             try:
                 with urllib.request.urlopen(f"{uri}/health", timeout=2):
                     break
             except OSError:
-                assert proc.poll() is None, "the MLflow server exited"
+                assert proc.poll() is None, f"the MLflow server exited: {proc.stderr.read()}"
                 time.sleep(0.5)
-        yield {"uri": uri, "root": root, "env": {**env, "MLFLOW_TRACKING_URI": uri}}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        yield {"uri": uri, "root": root, "backend": backend,
+               "env": {**env, "MLFLOW_TRACKING_URI": uri}}
 
 
 def _search_runs(client: MlflowClient, name: str | None = None) -> tuple[Any, list[Any]]:
@@ -115,6 +127,31 @@ def test_a_worker_killed_mid_trial_does_not_stop_the_search(server: dict[str, An
     assert sorted(r.data.tags["pneumo.trial_id"] for r in finished) == ["0", "1", "2", "3"]
     assert not [r for r in children if r.info.status == "RUNNING"]
     assert [r.info.status for r in children if r not in finished] == ["KILLED"]
+
+
+def _recorded_once(client: MlflowClient, name: str, trials: int) -> None:
+    parent, children = _search_runs(client, name)
+    assert parent.info.status == "FINISHED"
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    assert sorted(int(r.data.tags["pneumo.trial_id"]) for r in finished) == list(range(trials))
+    assert not [r for r in children if r.info.status == "RUNNING"]
+
+
+def test_two_searches_at_once_on_one_server(server: dict[str, Any], tmp_path: Path) -> None:
+    """A distributed search and a single-process one write to the same server at once."""
+    searches = {
+        "third": subprocess.Popen([*CLI, *SEARCH, "--name", "third"], cwd=tmp_path,
+                                  env=server["env"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True),
+        "fourth": subprocess.Popen([*CLI, *SINGLE, "--name", "fourth"], cwd=tmp_path,
+                                   env=server["env"], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)}
+    for name, proc in searches.items():
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, f"{name}: {err[-3000:]}"
+    client = MlflowClient(server["uri"])
+    _recorded_once(client, "third", 4)
+    _recorded_once(client, "fourth", 3)
 
 
 def test_promote_against_the_server(server: dict[str, Any], tmp_path: Path) -> None:

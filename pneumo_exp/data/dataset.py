@@ -7,7 +7,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pneumo_exp.config import FULL_DATA_DIR, SAMPLE_DIR, DataConfig
+from pneumo_exp.config import (
+    DATASET_SETTINGS,
+    FULL_DATA_DIR,
+    SAMPLE_DIR,
+    DataConfig,
+    dataset_root,
+)
 from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.data.sources import SplitData, load_split, open_source
 from pneumo_exp.data.split import validation_split
@@ -16,20 +22,14 @@ from pneumo_exp.errors import DataError
 log = logging.getLogger(__name__)
 
 
-def dataset_root(root: str | None) -> Path:
-    """The configured root; else data/chest_xray if present; else the bundled sample."""
-    if root:
-        return Path(root).expanduser()
-    return FULL_DATA_DIR if FULL_DATA_DIR.is_dir() else SAMPLE_DIR
-
-
 def resolve_root(root: str | None) -> Path:
     """`dataset_root`, saying in one line when it is the sample and how to use the full
     dataset."""
     path = dataset_root(root)
     if path == SAMPLE_DIR and not root:
-        log.info("Using the bundled sample (%s). For the full dataset: make search "
-                 "DATA=path/to/chest_xray, or put it at %s.", SAMPLE_DIR, FULL_DATA_DIR)
+        log.info("Using the bundled sample (%s) and its settings (%s). For the full dataset: "
+                 "make search DATA=path/to/chest_xray, or put it at %s.", SAMPLE_DIR,
+                 SAMPLE_DIR / DATASET_SETTINGS, FULL_DATA_DIR)
     return path
 
 

@@ -16,8 +16,11 @@ from pneumo_exp.data.split import patient_id
 from pneumo_exp.errors import DataError
 from pneumo_exp.fileio import write_text_atomic
 
-# Images per split and class (NORMAL, PNEUMONIA); the official val split has 8 + 8.
-DEFAULT_COUNTS = {"train": (100, 200), "val": (8, 8), "test": (40, 40)}
+# Images per split and class (NORMAL, PNEUMONIA); the official val split has 8 + 8. At 64 px
+# a PNG is about 2.5 kB: enough patients for a validation split whose AUC means something,
+# under 5 MB in git.
+DEFAULT_COUNTS = {"train": (500, 1000), "val": (8, 8), "test": (100, 100)}
+DEFAULT_SIZE = 64
 
 README = """\
 # Bundled sample of the chest X-ray dataset
@@ -33,16 +36,20 @@ the same images as Kaggle's "Chest X-Ray Images (Pneumonia)"), in its folder lay
 
 Whole patients were drawn at random (seed {seed}) from each split of the source, so no
 patient is in two splits and the patient ids in the file names still group the images.
-It is for trying the tool and for tests: far too small for a useful model.
+It is for trying the tool and for tests: a first search on it takes minutes and shows what
+the tool does; a model worth using needs the full dataset (the project's README says how).
+`pneumo-exp.yaml` holds the settings that fit it (small images, short trials), which
+searches of this folder use over experiments/<arch>.yaml.
 
 Rebuilt with: `pneumo-exp data sample --from path/to/chest_xray --to data/sample`
 """
 
 
-def build_sample(source_root: Path, dest: Path, image_size: int = 128, seed: int = 0,
+def build_sample(source_root: Path, dest: Path, image_size: int | None = None, seed: int = 0,
                  counts: dict[str, tuple[int, int]] | None = None) -> dict[str, tuple[int, int]]:
     """Write dest/{train,val,test}/{NORMAL,PNEUMONIA}/*.png and dest/README.md."""
     counts = counts or DEFAULT_COUNTS
+    image_size = image_size or DEFAULT_SIZE
     FolderSource(source_root)  # layout check with a clear message
     rng = random.Random(seed)
     if dest.exists():
