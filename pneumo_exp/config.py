@@ -138,9 +138,11 @@ class RegistryConfig:
     model_name: str = "pneumonia-classifier"
     min_sensitivity: float = 0.95  # the decision threshold keeps this sensitivity on validation
     bootstrap: int = 1000  # resamples for the test confidence intervals
+    top: int = 3  # promote packages up to this many best trials as one ensemble
 
     def __post_init__(self) -> None:
         _check(bool(self.model_name), "registry.model_name", self.model_name, "a name")
+        _check(self.top >= 1, "registry.top", self.top, "an integer >= 1")
         _check(0 < self.min_sensitivity <= 1, "registry.min_sensitivity", self.min_sensitivity,
                "a fraction in (0, 1]")
         _check(self.bootstrap >= 100, "registry.bootstrap", self.bootstrap, "an integer >= 100")

@@ -82,8 +82,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--set", "any configuration key, e.g. --set space.dropout=0.2 (repeatable)",
            CONFIG_COMMANDS, make="SET"),
     Option("arch", "only this architecture (default: all)", ("promote",), nargs="?"),
-    Option("--top", "package the k best trials as one ensemble (default 1)", ("promote",),
-           type=int, default=1),
+    Option("--top", "package the up to k best trials validated alike as one ensemble "
+           "(default registry.top: 3; 1: the best trial alone)", ("promote",), type=int),
     Option("--run", "promote this trial run instead of the best", ("promote",)),
     Option("--model-name", "registered model name (default registry.model_name, "
            "pneumonia-classifier)", ("promote",)),

@@ -52,8 +52,8 @@ def describe(values: Mapping[str, Any]) -> str:
 
 def trial_begins(trial_id: str, position: int, total: int, changed: Mapping[str, Any],
                  elapsed: float) -> str:
-    what = ("the default point (the study's configuration)" if not changed
-            else f"the default point with {describe(changed)}")
+    what = ("the space's default point" if not changed
+            else f"{describe(changed)}; the rest at the space's defaults")
     return f"Trial {trial_id} [{position}/{total}], {duration(elapsed)} into the search: {what}"
 
 

@@ -91,24 +91,38 @@ def objective_of(arch: str | None) -> tuple[str, str, list[str]]:
             sorted({c.experiment_name for c in configs}))
 
 
+VALIDATION_PARAMS = ("data.source", "data.validation", "data.val_fraction", "search.seed")
+
+
 def best_trial_runs(client: MlflowClient, arch: str | None, top: int = 1) -> list[Run]:
-    """The `top` finished trial runs with the best `best_<objective>` (each trial's best
-    checkpoint, the figure its search's oracle ranked)."""
+    """The best finished trial run by `best_<objective>` (each trial's best checkpoint, the
+    figure its search's oracle ranked), then the next best validated on the same images
+    (the same dataset, validation split and seed), up to `top` in all."""
     objective, direction, names = objective_of(arch)
     ids = [e.experiment_id for n in names if (e := client.get_experiment_by_name(n))]
     order = "DESC" if direction == "max" else "ASC"
     runs = client.search_runs(
         ids, f"tags.`{TAG_ROLE}` = 'trial' and attributes.status = 'FINISHED' and "
-        f"metrics.best_{objective} > -1e300", order_by=[f"metrics.best_{objective} {order}"],
-        max_results=top) if ids else []
+        f"metrics.best_{objective} > -1e300",
+        order_by=[f"metrics.best_{objective} {order}"]) if ids else []
     if not runs:
         what = f"of {arch} " if arch else ""
         raise UserError(f"no finished trial {what}to promote: run `make search"
                         f"{' ARCH=' + arch if arch else ''}` first.")
-    if len(runs) < top:
-        raise UserError(f"TOP={top} asks for {top} finished trials; there are {len(runs)}. "
-                        "Search more trials (MAX_TRIALS=) or promote fewer.")
-    return runs
+    parents: dict[str, tuple[str | None, ...]] = {}
+
+    def validation(run: Run) -> tuple[str | None, ...]:
+        parent = run.data.tags[MLFLOW_PARENT_RUN_ID]
+        if parent not in parents:
+            params = client.get_run(parent).data.params
+            parents[parent] = tuple(params.get(k) for k in VALIDATION_PARAMS)
+        return parents[parent]
+
+    same = [r for r in runs if validation(r) == validation(runs[0])][:top]
+    if len(same) < top:
+        log.info("Promoting the %d finished trial(s) validated like the best one (TOP=%d "
+                 "asks for up to %d).", len(same), top, top)
+    return same
 
 
 def versions_of_runs(client: MlflowClient, name: str, run_ids: Sequence[str]) -> list[
@@ -158,9 +172,11 @@ def _mean_prob(members: Sequence[Member], images: Sequence[LabeledImages]) -> np
 
 
 def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | None = None,
-            top: int = 1) -> Promotion:
-    """Register the best trial (or `run_id`), or an ensemble of the `top` best."""
+            top: int | None = None) -> Promotion:
+    """Register the ensemble of the up to `top` (registry.top) best trials validated alike,
+    or the one trial `run_id`."""
     client = connect()
+    top = registry.top if top is None else top
     if top < 1:
         raise ConfigError(f"TOP must be an integer >= 1; got {top}.")
     trials = [_trial_run(client, run_id)] if run_id else best_trial_runs(client, arch, top)
@@ -190,6 +206,7 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
         y_val, val_prob, threshold).items() if k in ("sensitivity", "specificity", "accuracy")})
     val.update(calibration_figures(y_val, val_prob, "val_"))
     val.update(calibration_figures(y_val, raw_val, "val_uncalibrated_"))
+    val["val_uncalibrated_loss"] = binary_metrics(y_val, raw_val)["loss"]
     for key, (low, high) in bootstrap_ci(y_val, val_prob, threshold,
                                          registry.bootstrap).items():
         val[f"val_{key}_ci_low"], val[f"val_{key}_ci_high"] = low, high

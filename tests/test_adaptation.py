@@ -109,16 +109,31 @@ def test_nothing_to_adapt_and_too_few_images() -> None:
 
 # ---- pneumo-exp adapt, on the session's search ---------------------------------------------
 
+def _register_plain_model(searched: dict[str, Any]) -> None:
+    """'plain' v1: a packaged model without batch normalization."""
+    from pneumo_exp.packaging import log_packaged_model
+    from pneumo_exp.serving import Member
+
+    inputs = keras.Input((48, 48, 1))
+    hidden = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden))
+    with mlflow.start_run(experiment_id=searched["result"].experiment_id):
+        info = log_packaged_model([Member(model, 48, 1)], threshold=0.5)
+    mlflow.register_model(info.model_uri, "plain")
+
+
 @pytest.fixture
 def sites(searched: dict[str, Any]) -> dict[str, Any]:
-    """'sites' v1: the session's batch-normalized trial; 'plain' v1: its trial without."""
+    """'sites' v1: the session's first trial (batch-normalized); 'plain' v1: a model
+    without batch normalization."""
     if "sites" not in searched:
         client, result = searched["client"], searched["result"]
         trials = client.search_runs([result.experiment_id],
                                     f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
-        by_bn = {r.data.params["batch_norm"]: r for r in trials}
-        promote(RegistryConfig(model_name="sites"), run_id=by_bn["True"].info.run_id)
-        promote(RegistryConfig(model_name="plain"), run_id=by_bn["False"].info.run_id)
+        (first,) = [r for r in trials if r.data.tags["pneumo.trial_id"] == "0"]
+        assert first.data.params["batch_norm"] == "True"
+        promote(RegistryConfig(model_name="sites"), run_id=first.info.run_id)
+        _register_plain_model(searched)
         folder = make_folder_dataset(searched["root"] / "site_images",
                                      {"scans": (20, 20)}, size=60, seed=7)
         (folder / "scans" / "notes.txt").write_text("not an image")

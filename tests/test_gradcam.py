@@ -90,7 +90,7 @@ def test_explain_writes_an_overlay_per_image(searched: dict[str, Any], tmp_path:
     from pneumo_exp.config import RegistryConfig
     from pneumo_exp.registry import promote
 
-    one = promote(RegistryConfig(model_name="explained"), arch="aug_cnn").version
+    one = promote(RegistryConfig(model_name="explained"), arch="aug_cnn", top=1).version
     two = promote(RegistryConfig(model_name="explained"), arch="aug_cnn", top=2).version
     files = sorted(Path(searched["cfg"].data.root, "test", "PNEUMONIA").glob("*.jpeg"))[:2]
     bad = tmp_path / "notes.jpeg"

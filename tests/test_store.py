@@ -28,7 +28,8 @@ def test_delete_search_refuses_while_a_version_uses_it(searched: dict[str, Any],
     from pneumo_exp.registry import promote
     promote(RegistryConfig(model_name="kept"), arch="aug_cnn")
     assert main(["delete-search", searched["result"].name, "--yes"]) == 2
-    assert "kept version 1 packages its trials" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "kept version 1" in err and "packages its trials" in err
     run = searched["client"].get_run(searched["result"].parent_run_id)
     assert run.info.lifecycle_stage == "active"
 
