@@ -33,6 +33,8 @@ CACHE_DIR = STATE_DIR / "cache"
 TUNER_DIR = STATE_DIR / "tuner"
 MLRUNS_DIR = Path("mlruns")  # SQLite database + artifacts: the Model Registry works locally
 DATASET_SETTINGS = "pneumo-exp.yaml"  # settings that fit a dataset folder, over experiments/
+LOCALHOST = "127.0.0.1"  # servers bind it unless told otherwise
+UI_PORT, SERVE_PORT = 5000, 5001  # the MLflow UI (and tracking server); a served model
 
 TUNER_NAMES = ("random", "bayesian", "hyperband")
 # What every epoch reports on the validation set (pneumo_exp.callbacks), as val_<name>; the

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pneumo_exp.config import LOCALHOST, SERVE_PORT, UI_PORT
+
 CONFIG_COMMANDS = ("search", "cv")
 MODEL_COMMANDS = ("predict", "evaluate", "serve", "adapt", "explain")
 
@@ -100,10 +102,10 @@ OPTIONS: tuple[Option, ...] = (
            default="explanations"),
     Option("--format", "output: table (default), csv or json", ("predict",), default="table",
            choices=("table", "csv", "json")),
-    Option("--port", "port (default 5001)", ("serve",), type=int, default=5001),
+    Option("--port", f"port (default {SERVE_PORT})", ("serve",), type=int, default=SERVE_PORT),
     Option("--host", "interface to bind (default 127.0.0.1; 0.0.0.0 serves other machines)",
-           ("ui", "server"), default="127.0.0.1"),
-    Option("--port", "port (default 5000)", ("ui", "server"), type=int, default=5000),
+           ("ui", "server"), default=LOCALHOST),
+    Option("--port", f"port (default {UI_PORT})", ("ui", "server"), type=int, default=UI_PORT),
     Option("--backend-store-uri", "runs and registry database: default sqlite under mlruns/, "
            "or e.g. postgresql://user:pw@host/mlflow", ("server",), make="BACKEND"),
     Option("--artifacts-destination", "where the server stores artifacts: default "

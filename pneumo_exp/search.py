@@ -134,8 +134,7 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
         log.info("Search '%s' already ran its %d trials: raise MAX_TRIALS to extend it, or add "
                  "FRESH=1 (--fresh) to start it over.", name, counts["trials"])
     tracker.end(best, counts)
-    metrics = ({k: v for k, v in tracker.client.get_run(best[1]).data.metrics.items()
-                if k.startswith("best_val_")} if best else {})
+    metrics = tracker.best_figures(best[1]) if best else {}
     return SearchResult(name, tracker.experiment_id, parent, best and best[0],
                         best and best[1], metrics, counts, data,
                         progress.trials_table(tracker.rows()))

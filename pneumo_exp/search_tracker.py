@@ -143,8 +143,7 @@ class SearchTracker:
             metrics["wall_time_s"] = self.elapsed()
             if best:
                 trial_id, run_id = best
-                logged = self.client.get_run(run_id).data.metrics
-                metrics.update({k: v for k, v in logged.items() if k.startswith("best_val_")})
+                metrics.update(self.best_figures(run_id))
                 self.client.set_tag(self.parent_run_id, "best_trial_id", trial_id)
                 self.client.set_tag(self.parent_run_id, "best_run_id", run_id)
             log_summary(self.client, self.parent_run_id, metrics)
@@ -170,6 +169,11 @@ class SearchTracker:
             name, self.cfg.search.direction, f"search {self.search_name} ({self.cfg.arch})")
         self.client.log_figure(self.parent_run_id, fig, "plots/search_progress.png")
         plots.close(fig)
+
+    def best_figures(self, run_id: str) -> dict[str, float]:
+        """The `best_val_*` figures a trial's run logged for its best checkpoint."""
+        return {k: v for k, v in self.client.get_run(run_id).data.metrics.items()
+                if k.startswith("best_val_")}
 
     def elapsed(self) -> float:
         """Seconds this search has run, over all its sessions."""

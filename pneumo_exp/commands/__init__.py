@@ -11,8 +11,6 @@ from pneumo_exp.commands.models import (
     cmd_serve,
 )
 from pneumo_exp.commands.store import (
-    UI_HOST,
-    UI_PORT,
     cmd_delete_search,
     cmd_runs,
     cmd_server,
@@ -20,6 +18,6 @@ from pneumo_exp.commands.store import (
 )
 from pneumo_exp.commands.training import cmd_cv, cmd_data_fetch, cmd_data_sample, cmd_search
 
-__all__ = ["UI_HOST", "UI_PORT", "cmd_adapt", "cmd_cv", "cmd_data_fetch", "cmd_data_sample",
+__all__ = ["cmd_adapt", "cmd_cv", "cmd_data_fetch", "cmd_data_sample",
            "cmd_delete_search", "cmd_evaluate", "cmd_explain", "cmd_models", "cmd_predict",
            "cmd_promote", "cmd_runs", "cmd_search", "cmd_serve", "cmd_server", "cmd_ui"]

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from pneumo_exp.config import load_config, tracking_uri
+from pneumo_exp.config import LOCALHOST, load_config, tracking_uri
 from pneumo_exp.errors import UserError
 from pneumo_exp.services import run_server
 from pneumo_exp.tf_import import import_tensorflow
@@ -147,10 +147,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uri = _model_uri(args)
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    print(f"Serving {uri} on http://127.0.0.1:{args.port}/invocations. Ctrl-C, or kill this "
+    print(f"Serving {uri} on http://{LOCALHOST}:{args.port}/invocations. Ctrl-C, or kill this "
           "process (or the make that started it), stops it and its workers.", flush=True)
     return run_server([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri,
-                       "--env-manager", "local", "-h", "127.0.0.1", "-p", str(args.port)], env)
+                       "--env-manager", "local", "-h", LOCALHOST, "-p", str(args.port)], env)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

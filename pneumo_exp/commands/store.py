@@ -11,8 +11,6 @@ from pneumo_exp.config import MLRUNS_DIR, TUNER_DIR, tracking_uri
 from pneumo_exp.errors import UserError
 from pneumo_exp.services import run_server
 
-UI_HOST, UI_PORT = "127.0.0.1", 5000
-
 
 def cmd_ui(args: argparse.Namespace) -> int:
     from pneumo_exp.listing import experiments

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumo_exp import options
-from pneumo_exp.commands.store import UI_HOST, UI_PORT
-from pneumo_exp.config import ExperimentConfig, load_config, parse_override
+from pneumo_exp.config import LOCALHOST, UI_PORT, ExperimentConfig, load_config, parse_override
 from pneumo_exp.distributed import role_from_args, run_local
 from pneumo_exp.errors import ConfigError
 from pneumo_exp.tf_import import import_tensorflow
@@ -76,7 +75,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"  Validation: {figures}.")
     print(f"MLflow: experiment '{cfg.experiment_name}' (id {result.experiment_id}), parent run "
           f"{result.parent_run_id}; best trial run {result.best_run_id}.")
-    print(f"Browse it: make ui, then {ui_url(UI_HOST, UI_PORT, result.experiment_id)}")
+    print(f"Browse it: make ui, then {ui_url(LOCALHOST, UI_PORT, result.experiment_id)}")
     return 0
 
 
