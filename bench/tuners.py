@@ -77,9 +77,9 @@ def main() -> None:
         m = parent.data.metrics
         print(f"| {tuner} | {int(m['n_trials'])} ({int(m['n_completed_trials'])}) | "
               f"{best:.4f} | {reached:.1f} min | {m['wall_time_s'] / 60:.1f} min |", flush=True)
-        if curve:
-            ax.step([0, *[t for t, _ in curve]], [curve[0][1], *[b for _, b in curve]],
-                    where="post", label=tuner)
+        if curve:  # from the end of the first trial: nothing is known before it
+            ax.step([t for t, _ in curve], [b for _, b in curve], where="post", label=tuner,
+                    marker="o")
     ax.set_xlabel("minutes")
     ax.set_ylabel(f"best {objective} so far")
     ax.set_title(f"{args.arch}: tuners under a {args.minutes:g}-minute budget")
