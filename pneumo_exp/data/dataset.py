@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -27,10 +28,16 @@ def resolve_root(root: str | None) -> Path:
     dataset."""
     path = dataset_root(root)
     if path == SAMPLE_DIR and not root:
-        log.info("Using the bundled sample (%s) and its settings (%s). For the full dataset: "
-                 "make search DATA=path/to/chest_xray, or put it at %s.", SAMPLE_DIR,
-                 SAMPLE_DIR / DATASET_SETTINGS, FULL_DATA_DIR)
+        _say_sample()
     return path
+
+
+@functools.cache
+def _say_sample() -> None:
+    """Once per process: a command reads the dataset root several times."""
+    log.info("Using the bundled sample (%s) and its settings (%s). For the full dataset: "
+             "make search DATA=path/to/chest_xray, or put it at %s.", SAMPLE_DIR,
+             SAMPLE_DIR / DATASET_SETTINGS, FULL_DATA_DIR)
 
 
 def check_layout(cfg: DataConfig) -> None:
