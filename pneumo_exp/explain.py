@@ -39,7 +39,7 @@ def explain_files(model_uri: str, paths: Sequence[str], out: Path) -> list[tuple
         text = caption(prob, model.threshold)
         fig = grid_figure(shown, cam, [f"{f.name}: {text}"],
                           f"Grad-CAM of {model_uri}: evidence for "
-                          f"{'PNEUMONIA' if positive[0] else 'NORMAL'}", columns=1)
+                          f"{'PNEUMONIA' if positive[0] else 'NORMAL'}", columns=1, cell=4.5)
         target = out / f"{f.stem}_gradcam.png"
         fig.savefig(target, dpi=120)
         plots.close(fig)

@@ -12,6 +12,7 @@ evidence is the gradient of the negative logit.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import keras
@@ -91,20 +92,21 @@ def caption(prob: float, threshold: float, truth: int | None = None) -> str:
 
 
 def grid_figure(images: np.ndarray, maps: np.ndarray, captions: Sequence[str],
-                title: str, columns: int = 4) -> Figure:
-    """Overlays in a labelled grid (one figure per kind: false positives, ...)."""
+                title: str, columns: int = 4, cell: float = 2.6) -> Figure:
+    """Overlays in a labelled grid (one figure per kind: false positives, ...), each `cell`
+    inches wide; titles wrap to stay inside the figure."""
     n = max(len(images), 1)
     rows = (n + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows),
+    fig, axes = plt.subplots(rows, columns, figsize=(cell * columns, (cell + 0.3) * rows),
                              squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, image, cam, text in zip(axes.ravel(), images, maps, captions, strict=False):
         ax.imshow(overlay(image, cam))
-        ax.set_title(text, fontsize=8)
+        ax.set_title(textwrap.fill(text, int(14 * cell)), fontsize=8)
     if not len(images):
         axes[0, 0].text(0.5, 0.5, "none", ha="center", va="center")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, int(11 * cell * columns)), fontsize=10)
     fig.tight_layout()
     return fig
 
