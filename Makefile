@@ -22,7 +22,7 @@ vars: $(STAMP) ## List the make variables of every target (pneumo_exp/options.py
 	@$(BIN)/pneumo-exp vars
 
 $(STAMP): pyproject.toml
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)  # new, or cut short
 	$(BIN)/pip install -qq --upgrade pip
 	$(BIN)/pip install -qq -e ".[$(TF),dev]"
 	rm -f $(VENV)/.installed-* && touch $@
