@@ -1,11 +1,13 @@
 """Seconds per training epoch of aug_cnn's initial point on the full train split, in float32,
-in mixed bfloat16 (the CPU's AMX/AVX512-BF16) and with XLA compilation, each in its own
+in mixed bfloat16 (the CPU's AMX/AVX512-BF16) and with XLA compilation, and in float32 at
+smaller resolutions (what exploring at a lower resolution would save), each in its own
 process (Keras' precision policy is global), one after the other in one run.
 
-    .venv/bin/python bench/precision.py --data ../shared/data/chest_xray [--epochs 3]
+    .venv/bin/python bench/precision.py --data ../shared/data/chest_xray [--epochs 3] \
+        [--smaller 96 64]
 
 Prints a markdown table: the mean of the epochs after the first (which traces) and the
-speed-up over float32.
+speed-up over float32 at --size.
 """
 
 from __future__ import annotations
@@ -54,24 +56,26 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--smaller", type=int, nargs="*", default=[96, 64],
+                        help="smaller resolutions to time in float32")
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # one process' mode
     args = parser.parse_args()
     if args.mode:
         print(json.dumps(one(args.mode, args.data, args.epochs, args.size)))
         return
+    runs = [(mode, args.size) for mode in MODES] + [("float32", n) for n in args.smaller]
     results = {}
-    for mode in MODES:
+    for mode, size in runs:
         out = subprocess.run([sys.executable, __file__, "--mode", mode, "--data", args.data,
-                              "--epochs", str(args.epochs), "--size", str(args.size)],
+                              "--epochs", str(args.epochs), "--size", str(size)],
                              capture_output=True, text=True, check=True).stdout
         seconds = json.loads(out.strip().splitlines()[-1])
-        results[mode] = sum(seconds[1:]) / max(len(seconds) - 1, 1)
-        print(f"{mode}: {seconds}", file=sys.stderr)
-    print(f"| arithmetic | seconds per epoch ({args.size} px, {args.epochs - 1} epochs after "
-          "the first) | speed-up |\n|---|---|---|")
-    for mode, s in results.items():
-        print(f"| {mode} | {s:.1f} | {results['float32'] / s:.2f}x |")
-
+        results[mode, size] = sum(seconds[1:]) / max(len(seconds) - 1, 1)
+        print(f"{mode} {size} px: {seconds}", file=sys.stderr)
+    print(f"| arithmetic | resolution | seconds per epoch ({args.epochs - 1} epochs after the "
+          "first) | speed-up |\n|---|---|---|---|")
+    for (mode, size), s in results.items():
+        print(f"| {mode} | {size} px | {s:.1f} | {results['float32', args.size] / s:.2f}x |")
 
 if __name__ == "__main__":
     main()
