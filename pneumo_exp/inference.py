@@ -72,9 +72,14 @@ def predict_files(model: mlflow.pyfunc.PyFuncModel, files: Sequence[Path]) -> pd
     return out
 
 
+def labelled_root(folder: Path) -> Path:
+    """FOLDER if it holds NORMAL/, else FOLDER/test (a dataset root)."""
+    return folder if (folder / CLASS_NAMES[0]).is_dir() else folder / "test"
+
+
 def labelled_files(folder: Path) -> tuple[list[Path], np.ndarray]:
     """FOLDER/{NORMAL,PNEUMONIA}/ or FOLDER/test/{NORMAL,PNEUMONIA}/."""
-    root = folder / "test" if not (folder / CLASS_NAMES[0]).is_dir() else folder
+    root = labelled_root(folder)
     files, labels = [], []
     for label, name in enumerate(CLASS_NAMES):
         class_dir = root / name
@@ -104,4 +109,7 @@ def evaluate_folder(model_uri: str, folder: Path, n_bootstrap: int = 1000) -> di
         figures = log_evaluation(labels[readable],
                                  predictions["probability"].to_numpy(float)[readable], threshold,
                                  "eval", n_bootstrap)
-    return figures
+        counts = {f"eval_{name}_images": float((labels[readable] == i).sum())
+                  for i, name in enumerate(CLASS_NAMES)}
+        mlflow.log_metrics(counts)
+    return {**figures, **counts, "eval_unreadable_images": float((~readable).sum())}

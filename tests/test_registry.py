@@ -309,6 +309,22 @@ def test_evaluate_a_labelled_folder(promoted: dict[str, Any], searched: dict[str
     # the same model on the same test images, decoded from the files by the pyfunc model
     assert figures["eval_auc"] == pytest.approx(v1_eval["test_auc"], abs=1e-6)
     assert figures["eval_accuracy"] == pytest.approx(v1_eval["test_accuracy"], abs=1e-6)
+    test = Path(searched["cfg"].data.root) / "test"
+    counts = {name: len(list((test / name).iterdir())) for name in ("NORMAL", "PNEUMONIA")}
+    assert (figures["eval_NORMAL_images"], figures["eval_PNEUMONIA_images"]) == (
+        counts["NORMAL"], counts["PNEUMONIA"])
+
+
+def test_evaluate_names_the_folder_and_counts(promoted: dict[str, Any], searched: dict[str, Any],
+                                              capsys: pytest.CaptureFixture) -> None:
+    from pneumo_exp.cli import main
+    root = Path(searched["cfg"].data.root)  # a dataset root: its test split is evaluated
+    assert main(["evaluate", "--model", "models:/acceptance@champion", "--data",
+                 str(root)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    n = {name: len(list((root / "test" / name).iterdir())) for name in ("NORMAL", "PNEUMONIA")}
+    assert first.endswith(f"on {root / 'test'} ({n['NORMAL']} NORMAL, "
+                          f"{n['PNEUMONIA']} PNEUMONIA):"), first
 
 
 def test_models_lists_the_versions(promoted: dict[str, Any], searched: dict[str, Any],

@@ -109,11 +109,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _need(args.data, "no labelled folder to evaluate on", "--data", "DATA", "folder")
     import_tensorflow()
-    from pneumo_exp.inference import describe_version, evaluate_folder
+    from pneumo_exp.inference import describe_version, evaluate_folder, labelled_root
 
     uri = _model_uri(args)
     f = evaluate_folder(uri, Path(args.data))
-    print(f"{describe_version(uri)} on {args.data}:")
+    unreadable = f", {f['eval_unreadable_images']:.0f} unreadable left out" if f[
+        "eval_unreadable_images"] else ""
+    print(f"{describe_version(uri)} on {labelled_root(Path(args.data))} "
+          f"({f['eval_NORMAL_images']:.0f} NORMAL, {f['eval_PNEUMONIA_images']:.0f} PNEUMONIA"
+          f"{unreadable}):")
     print(f"  threshold 0.5: accuracy {f['eval_accuracy']:.4f} [{f['eval_accuracy_ci_low']:.3f},"
           f" {f['eval_accuracy_ci_high']:.3f}], AUC {f['eval_auc']:.4f} "
           f"[{f['eval_auc_ci_low']:.3f}, {f['eval_auc_ci_high']:.3f}], sensitivity "
