@@ -35,7 +35,7 @@ search: $(STAMP) ## Search ARCH (default aug_cnn) [DATA= MAX_TRIALS= EPOCHS= TUN
 cv: $(STAMP) ## Cross-validate ARCH [FOLDS=5 FROM=default|best DATA= EPOCHS= ...]
 	$(RUN) cv
 
-promote: $(STAMP) ## Register the best validation trial [ARCH=] (TOP=k: an ensemble), test it once
+promote: $(STAMP) ## Register the best validation trials as one model [ARCH= TOP=3; TOP=1: the best alone], test it once
 	$(RUN) promote
 
 adapt: $(STAMP) ## Adapt MODEL= to a site's unlabeled images DATA=, registered as site-SITE
