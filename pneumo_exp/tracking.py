@@ -115,7 +115,13 @@ def experiment_id(client: MlflowClient, name: str, arch: str | None = None) -> s
     tags = exp.tags if exp is not None else {}
     for key, value in {**EXPERIMENT_KIND, VIEW_TAG: runs_view(arch)}.items():
         if tags.get(key) != value:
-            client.set_experiment_tag(experiment, key, value)
+            try:
+                client.set_experiment_tag(experiment, key, value)
+            except mlflow.exceptions.MlflowException:
+                # a chief and its workers start at once: on PostgreSQL the second insert of
+                # the same tag fails; what counts is that the tag is there
+                if client.get_experiment(experiment).tags.get(key) is None:
+                    raise
     return experiment
 
 

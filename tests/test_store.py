@@ -58,3 +58,34 @@ def test_delete_search_takes_its_runs_and_tuner_state(workdir: Path,
     assert client.get_run(kept.parent_run_id).info.lifecycle_stage == "active"
     assert main(["delete-search", "gone", "--yes"]) == 2
     assert "no search named 'gone'" in capsys.readouterr().err
+
+
+class _RacedClient:
+    """An MlflowClient whose tag writes lose a race: another process wrote the tag first
+    (`wrote=True`), or nothing was written (`wrote=False`); either way the insert fails."""
+
+    def __init__(self, uri: str, wrote: bool) -> None:
+        from mlflow import MlflowClient
+        self._client, self._wrote = MlflowClient(uri), wrote
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def set_experiment_tag(self, experiment: str, key: str, value: str) -> None:
+        import mlflow
+        if self._wrote:
+            self._client.set_experiment_tag(experiment, key, value)
+        raise mlflow.exceptions.MlflowException("duplicate key value violates unique constraint")
+
+
+def test_experiment_tags_written_by_a_concurrent_process_are_not_an_error(
+        tmp_path: Path) -> None:
+    import mlflow
+
+    from pneumo_exp.tracking import EXPERIMENT_KIND, experiment_id
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = experiment_id(_RacedClient(uri, wrote=True), "raced", "aug_cnn")
+    tags = mlflow.MlflowClient(uri).get_experiment(experiment).tags
+    assert EXPERIMENT_KIND.items() <= tags.items()
+    with pytest.raises(mlflow.exceptions.MlflowException):  # a failure that left no tag
+        experiment_id(_RacedClient(uri, wrote=False), "raced-too", "aug_cnn")
