@@ -11,6 +11,7 @@ Promoting runs that already have a version does nothing.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Sequence
@@ -118,7 +119,8 @@ def best_trial_runs(client: MlflowClient, arch: str | None, top: int = 1) -> lis
             parents[parent] = tuple(params.get(k) for k in VALIDATION_PARAMS)
         return parents[parent]
 
-    same = [r for r in runs if validation(r) == validation(runs[0])][:top]
+    # stops at `top`: each new search met costs a read of its parent run
+    same = list(itertools.islice((r for r in runs if validation(r) == validation(runs[0])), top))
     if len(same) < top:
         log.info("Promoting the %d finished trial(s) validated like the best one (TOP=%d "
                  "asks for up to %d).", len(same), top, top)
