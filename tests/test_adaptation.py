@@ -154,7 +154,9 @@ def test_adapt_registers_a_site_version(sites: dict[str, Any], searched: dict[st
     client = searched["client"]
     assert main(["adapt", "--model", "models:/sites@champion", "--data",
                  str(sites["folder"]), "--site", "north"]) == 0
-    assert "version 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "version 2" in out
+    assert "Use it: pneumo-exp predict --model models:/sites@site-north scan.jpeg" in out
     v2 = client.get_model_version("sites", "2")
     images = sorted(p for p in sites["folder"].rglob("*.jpeg"))
     assert v2.tags["pneumo.site"] == "north" and v2.tags["pneumo.adapted_from_version"] == "1"

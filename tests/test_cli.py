@@ -80,3 +80,15 @@ def test_structural_data_problems_exit_2_with_one_message(tmp_path: Path, case: 
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pneumo-exp: error: ")
     assert needle.format(root=root) in lines[0]
+
+
+def test_the_next_command_is_shown_in_the_words_the_user_typed() -> None:
+    import argparse
+
+    from pneumo_exp.commands.models import _use_it
+
+    uri = "models:/pneumonia-classifier/2"
+    assert _use_it(argparse.Namespace(make=True), uri) == (
+        f"Use it: make predict MODEL={uri} FILES=scan.jpeg")
+    assert _use_it(argparse.Namespace(make=False), uri) == (
+        f"Use it: pneumo-exp predict --model {uri} scan.jpeg")

@@ -25,6 +25,13 @@ def _need(value: object, what: str, flag: str, variable: str, example: str) -> N
                         "pneumo-exp.")
 
 
+def _use_it(args: argparse.Namespace, uri: str) -> str:
+    """How to predict with the new version, in the words the user ran the command with."""
+    if getattr(args, "make", False):
+        return f"Use it: make predict MODEL={uri} FILES=scan.jpeg"
+    return f"Use it: pneumo-exp predict --model {uri} scan.jpeg"
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     cfg = load_config(args.arch or "aug_cnn", {"registry.model_name": args.model_name}
                       if args.model_name else {})
@@ -59,8 +66,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
           f"{f['test_accuracy_at_thr_ci_high']:.3f}], sensitivity "
           f"{f['test_sensitivity_at_thr']:.4f}, specificity {f['test_specificity_at_thr']:.4f}"
           f"; calibration error {f['test_ece']:.3f}")
-    print(f"  evaluation run {t['pneumo.evaluation_run_id']}. Use it: pneumo-exp predict "
-          f"--model models:/{name}/{v.version} scan.jpeg")
+    print(f"  evaluation run {t['pneumo.evaluation_run_id']}. "
+          f"{_use_it(args, f'models:/{name}/{v.version}')}")
     return 0
 
 
@@ -76,8 +83,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
           f"site '{args.site}' on {a.images} images of {args.data}"
           f"{f' ({a.skipped} unreadable files skipped)' if a.skipped else ''}; {a.layers} "
           f"batch-normalization layers re-estimated. Alias: {site_alias(args.site)}.")
-    print(f"  Use it: pneumo-exp predict --model models:/{v.name}@{site_alias(args.site)} "
-          "scan.jpeg")
+    print(f"  {_use_it(args, f'models:/{v.name}@{site_alias(args.site)}')}")
     return 0
 
 
