@@ -331,3 +331,24 @@ def test_aspect_and_blur_augmentation() -> None:
     x = np.random.default_rng(0).random((4, 32, 32, 1)).astype("float32")
     assert np.abs(blur(x, training=True).numpy() - x).mean() > 0.05  # every image blurred
     np.testing.assert_array_equal(blur(x, training=False).numpy(), x)  # not at inference
+
+
+def test_augmentation_layers_draw_independently() -> None:
+    """Layers given one seed draw the same numbers: every zoom-in came with the same
+    rotation. Each layer must have its own stream (and a seed still reproduces them)."""
+    def draws(seed: int) -> tuple[np.ndarray, np.ndarray]:
+        hp = kt.HyperParameters()
+        hp.Fixed("zoom", 0.3)
+        model = AugCNN((32, 32, 1), seed=seed).build(hp)
+        (rotation,) = _layers(model, keras.layers.RandomRotation)
+        (zoom,) = _layers(model, keras.layers.RandomZoom)
+        x = np.zeros((16, 32, 32, 1), "float32")
+        angle = np.ravel(rotation.get_random_transformation(x)["angle"])
+        height = np.ravel(zoom.get_random_transformation(x)["height_zoom"])
+        # both as the uniform numbers they were drawn from
+        return (angle / 15 + 1) / 2, (height - 0.7) / 0.6
+
+    u_rotation, u_zoom = draws(0)
+    assert np.abs(u_rotation - u_zoom).max() > 0.1
+    assert abs(np.corrcoef(u_rotation, u_zoom)[0, 1]) < 0.9
+    np.testing.assert_allclose(draws(0)[0], u_rotation)  # reproducible from the seed

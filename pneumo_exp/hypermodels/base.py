@@ -6,6 +6,7 @@ Hypermodels know nothing of MLflow; tracking attaches to the tuner (pneumo_exp.s
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -124,27 +125,32 @@ def augmentation(space: Space, hp: kt.HyperParameters, seed: int | None = None,
     contrast = space.float(hp, "contrast", 0.0, 0.5, contrast, step=0.1)
     aspect = space.boolean(hp, "aspect", aspect)
     blur = space.float(hp, "blur", 0.0, 1.0, blur, step=0.25)
+    # Each layer draws from its own seed: layers given one seed draw the same numbers, so
+    # every zoom-in would come with the same rotation, shift and contrast (one random
+    # transformation per image, not one per layer).
+    seeds = itertools.count(seed) if seed is not None else itertools.repeat(None)
     layers: list[keras.layers.Layer] = []
     if rotation:
         layers.append(keras.layers.RandomRotation(rotation / 360.0, fill_mode="nearest",
-                                                  seed=seed))
+                                                  seed=next(seeds)))
     if shift:
         layers.append(keras.layers.RandomTranslation(shift, shift, fill_mode="nearest",
-                                                     seed=seed))
+                                                     seed=next(seeds)))
     if zoom:
         layers.append(keras.layers.RandomZoom(zoom, zoom if aspect else None,
-                                              fill_mode="nearest", seed=seed))
+                                              fill_mode="nearest", seed=next(seeds)))
     if flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+        layers.append(keras.layers.RandomFlip("horizontal", seed=next(seeds)))
     if brightness:
         layers.append(keras.layers.RandomBrightness((0.0, brightness), value_range=value_range,
-                                                    seed=seed))
+                                                    seed=next(seeds)))
     if contrast:
-        layers.append(keras.layers.RandomContrast(contrast, value_range=value_range, seed=seed))
+        layers.append(keras.layers.RandomContrast(contrast, value_range=value_range,
+                                                  seed=next(seeds)))
     if blur:
         layers.append(keras.layers.RandomGaussianBlur((blur, blur), kernel_size=5,
                                                       sigma=(0.1, 1.5), value_range=value_range,
-                                                      seed=seed))
+                                                      seed=next(seeds)))
     if not layers:
         return keras.layers.Identity(name="augmentation")
     return keras.Sequential(layers, name="augmentation")
