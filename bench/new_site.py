@@ -6,7 +6,7 @@ and without adaptation to that site's unlabeled images.
 
 The test split of the version's dataset (the only split its training never saw) is cut by
 patient into two seeded halves, stratified by class. Each half plays a new site: the
-version is adapted (pneumo_exp.adaptation, as `pneumo-exp adapt` does, without registering)
+version is adapted (as `pneumo-exp adapt` does, without registering)
 on the *other* half's images, labels unread, and scored on this half; then the halves swap.
 Every figure is at the version's stored threshold; "pooled" scores both halves' adapted
 predictions together. The unadapted version is scored on the same halves beside it, and
@@ -40,20 +40,20 @@ def score(uri: str, images: list[bytes], parts: list[np.ndarray], adapt: bool) -
         np.ndarray, float]:
     """Probabilities of every test image, each half scored by the version (adapted on the
     other half if `adapt`), and the version's threshold."""
-    from pneumo_exp.adaptation import adapt_batch_norm
-    from pneumo_exp.inference import load
-    from pneumo_exp.serving import classifier
+    from pneumo_exp.adaptation.batch_norm import adapt_batch_norm
+    from pneumo_exp.serving.model import classifier
+    from pneumo_exp.serving.predict import load
 
     prob = np.zeros(len(images))
     for i, part in enumerate(parts):
         model = classifier(load(uri))  # a fresh copy for each site
         if adapt:
-            other, _ = model.decode([images[j] for j in parts[1 - i]])
+            other = model.decode([images[j] for j in parts[1 - i]]).arrays
             for m in model.members:
                 adapt_batch_norm(m.model, other[m.preprocessing])
-        batches, readable = model.decode([images[j] for j in part])
-        assert len(readable) == len(part), "a test image became unreadable"
-        prob[part] = model.probabilities(batches)
+        decoded = model.decode([images[j] for j in part])
+        assert len(decoded.readable) == len(part), "a test image became unreadable"
+        prob[part] = model.probabilities(decoded.arrays)
     return prob, model.threshold
 
 
@@ -67,17 +67,18 @@ def main() -> None:
 
     from mlflow.store.artifact.utils.models import get_model_name_and_version
 
-    from pneumo_exp import model_card
+    from pneumo_exp.cli.tf_import import import_tensorflow
     from pneumo_exp.data.labeled import LabeledImages
     from pneumo_exp.data.sources import open_source
-    from pneumo_exp.metrics import binary_metrics
-    from pneumo_exp.tf_import import import_tensorflow
-    from pneumo_exp.tracking import connect
+    from pneumo_exp.evaluation.metrics import binary_metrics
+    from pneumo_exp.registry import model_card
+    from pneumo_exp.tracking.names import TAG_NEW_SITE, TAG_SEARCH_RUNS
+    from pneumo_exp.tracking.store import connect
     import_tensorflow()
 
     client = connect()
     version = client.get_model_version(*get_model_name_and_version(client, args.model))
-    search = client.get_run(version.tags["pneumo.search_run_ids"].split(",")[0])
+    search = client.get_run(version.tags[TAG_SEARCH_RUNS].split(",")[0])
     root = args.data or Path(search.data.params["data.source"])
     if not root.is_dir():
         raise SystemExit(f"{root} is not a folder dataset: the protocol reads the test files.")
@@ -110,7 +111,7 @@ def main() -> None:
             pooled["adapted" if adapt else "as registered"] = {k: f[k] for k in FIGURES}
             print(f"| {uri} (v{number}) | {'yes' if adapt else 'no'} | " + " | ".join(cells)
                   + " |", flush=True)
-        client.set_model_version_tag(name, number, model_card.NEW_SITE_TAG,
+        client.set_model_version_tag(name, number, TAG_NEW_SITE,
                                      json.dumps({"seed": args.seed, **pooled}))
         v = client.get_model_version(name, number)
         model_card.publish(client, name, number, model_card.with_new_site(

@@ -193,7 +193,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    from pneumo_exp.tf_import import import_tensorflow
+    from pneumo_exp.cli.tf_import import import_tensorflow
     import_tensorflow()
     cache = Path(tempfile.mkdtemp(prefix="pneumo-bench-cache-"))
     cold, warm = data_load(args.data, args.image_size, cache)

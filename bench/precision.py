@@ -30,7 +30,7 @@ def one(mode: str, data: str, epochs: int, size: int) -> list[float]:
     from pneumo_exp.config import load_config
     from pneumo_exp.data.dataset import load_training_data
     from pneumo_exp.data.pipeline import make_dataset
-    from pneumo_exp.search import make_hypermodel
+    from pneumo_exp.hypermodels import build_hypermodel
 
     if mode == "mixed_bfloat16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -39,7 +39,7 @@ def one(mode: str, data: str, epochs: int, size: int) -> list[float]:
     hp = kt.HyperParameters()
     for name, value in cfg.search.initial_points[0].items():
         hp.Fixed(name, value)
-    model = make_hypermodel(cfg, train.labels).build(hp)
+    model = build_hypermodel(cfg, train.labels).build(hp)
     if mode == "xla":
         model.compile(optimizer=model.optimizer, loss=model.loss, jit_compile=True)
     ds = make_dataset(train, cfg.train.batch_size, shuffle=True, seed=0)

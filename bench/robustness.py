@@ -77,18 +77,19 @@ def main() -> None:
     from mlflow.store.artifact.utils.models import get_model_name_and_version
     from mlflow.tracking import MlflowClient
 
+    from pneumo_exp.cli.tf_import import import_tensorflow
     from pneumo_exp.data.dataset import load_training_data
-    from pneumo_exp.metrics import binary_metrics
-    from pneumo_exp.registry import search_config
-    from pneumo_exp.tf_import import import_tensorflow
-    from pneumo_exp.tracking import connect
+    from pneumo_exp.evaluation.metrics import binary_metrics
+    from pneumo_exp.registry.selection import candidate
+    from pneumo_exp.tracking.names import TAG_ARCH, TAG_SOURCES
+    from pneumo_exp.tracking.store import connect
     import_tensorflow()
-    from pneumo_exp.inference import load
+    from pneumo_exp.serving.predict import load
 
     client: MlflowClient = connect()
     version = client.get_model_version(*get_model_name_and_version(client, args.model))
-    first_trial = version.tags["pneumo.source_run_ids"].split(",")[0]
-    cfg, _ = search_config(client, client.get_run(first_trial))
+    first_trial = version.tags[TAG_SOURCES].split(",")[0]
+    cfg = candidate(client, client.get_run(first_trial)).cfg
     if args.data:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(args.data)))
     data = load_training_data(cfg.data, cfg.search.seed)
@@ -97,7 +98,7 @@ def main() -> None:
     model = load(args.model)
     threshold = float(model.model_config["threshold"])  # as predict and evaluate read it
     originals = [Image.open(data.root / str(n)).convert("L") for n in data.val.names]
-    print(f"{args.model} (version {version.version}, {version.tags.get('pneumo.arch')}), "
+    print(f"{args.model} (version {version.version}, {version.tags.get(TAG_ARCH)}), "
           f"validation of its search: {len(data.val)} images {data.val.class_counts()}, "
           f"threshold {threshold:.3f}\n")
     print("| perturbation | val AUC | sensitivity | specificity | mean p NORMAL | "

@@ -51,10 +51,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from pneumo_exp.config import load_config
-    from pneumo_exp.listing import find_search
-    from pneumo_exp.plots import plt
-    from pneumo_exp.search_tracker import SearchTracker
-    from pneumo_exp.tracking import connect
+    from pneumo_exp.evaluation.plots import plt
+    from pneumo_exp.tracking.listing import find_search
+    from pneumo_exp.tracking.search_runs import SearchTracker
+    from pneumo_exp.tracking.store import connect
 
     cfg = load_config(args.arch, {"data.root": args.data} if args.data else {})
     objective = cfg.search.objective

@@ -12,6 +12,6 @@ def use_project_store() -> str:
     """Point MLflow at the store the make targets use ($MLFLOW_TRACKING_URI, else
     mlruns/mlflow.db under the working directory), so `models:/...` URIs resolve in a
     notebook or script as they do for `pneumo-exp predict`. Returns its URI."""
-    from pneumo_exp.tracking import connect
+    from pneumo_exp.tracking.store import connect
 
     return connect().tracking_uri

@@ -89,8 +89,8 @@ def search_session(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One 2-trial x 2-epoch aug_cnn search on a tiny dataset with 3 unreadable files, run
     once per session in its own directory (its mlruns/ and .pneumo/)."""
     from pneumo_exp.config import load_config
-    from pneumo_exp.search import run_search
-    from pneumo_exp.tracking import connect
+    from pneumo_exp.search.run import run_search
+    from pneumo_exp.tracking.store import connect
 
     root = tmp_path_factory.mktemp("search")
     data = make_folder_dataset(root / "chest_xray")

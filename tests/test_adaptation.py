@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from conftest import make_folder_dataset
 
-from pneumo_exp.adaptation import (
+from pneumo_exp.adaptation.batch_norm import (
     MIN_ADAPTATION_IMAGES,
     NothingToAdaptError,
     adapt_batch_norm,
     batch_norm_layers,
 )
 from pneumo_exp.config import RegistryConfig
-from pneumo_exp.registry import promote
+from pneumo_exp.registry.promote import promote
 
 
 def _square_images(rng: np.random.Generator, n: int, size: int = 32) -> tuple[np.ndarray,
@@ -111,8 +111,8 @@ def test_nothing_to_adapt_and_too_few_images() -> None:
 
 def _register_plain_model(searched: dict[str, Any]) -> None:
     """'plain' v1: a packaged model without batch normalization."""
-    from pneumo_exp.packaging import log_packaged_model
-    from pneumo_exp.serving import Member
+    from pneumo_exp.registry.packaging import log_packaged_model
+    from pneumo_exp.serving.model import Member
 
     inputs = keras.Input((48, 48, 1))
     hidden = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
@@ -148,8 +148,8 @@ def _versions(client: Any, name: str) -> list[str]:
 def test_adapt_registers_a_site_version(sites: dict[str, Any], searched: dict[str, Any],
                                         capsys: pytest.CaptureFixture) -> None:
     from pneumo_exp.cli import main
-    from pneumo_exp.serving import classifier, images_frame
-    from pneumo_exp.site_adaptation import fingerprint
+    from pneumo_exp.data.images import files_fingerprint
+    from pneumo_exp.serving.model import classifier, images_frame
 
     client = searched["client"]
     assert main(["adapt", "--model", "models:/sites@champion", "--data",
@@ -161,7 +161,7 @@ def test_adapt_registers_a_site_version(sites: dict[str, Any], searched: dict[st
     images = sorted(p for p in sites["folder"].rglob("*.jpeg"))
     assert v2.tags["pneumo.site"] == "north" and v2.tags["pneumo.adapted_from_version"] == "1"
     assert v2.tags["pneumo.adaptation_images"] == "40"
-    assert v2.tags["pneumo.adaptation_fingerprint"] == fingerprint(sites["folder"], images)
+    assert v2.tags["pneumo.adaptation_fingerprint"] == files_fingerprint(sites["folder"], images)
     v1 = client.get_model_version("sites", "1")
     for key in ("pneumo.threshold", "pneumo.temperature", "pneumo.source_run_ids"):
         assert v2.tags[key] == v1.tags[key]  # the source's threshold rule and lineage

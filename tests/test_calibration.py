@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pneumo_exp.calibration import (
+from pneumo_exp.evaluation.calibration import (
     apply_temperature,
     calibration_figures,
     expected_calibration_error,

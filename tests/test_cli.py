@@ -85,7 +85,7 @@ def test_structural_data_problems_exit_2_with_one_message(tmp_path: Path, case: 
 def test_the_next_command_is_shown_in_the_words_the_user_typed() -> None:
     import argparse
 
-    from pneumo_exp.commands.models import _use_it
+    from pneumo_exp.cli.commands.models import _use_it
 
     uri = "models:/pneumonia-classifier/2"
     assert _use_it(argparse.Namespace(make=True), uri) == (

@@ -21,13 +21,13 @@ def test_initial_points_build_inside_the_configured_space(arch: str) -> None:
     import keras_tuner as kt
     import numpy as np
 
-    from pneumo_exp.search import make_hypermodel
-    from pneumo_exp.tuners import allows
+    from pneumo_exp.hypermodels import build_hypermodel
+    from pneumo_exp.search.kt_internals import allows
     cfg = load_config(arch)
     for point in cfg.search.initial_points:
         hp = kt.HyperParameters()
         hp.values.update(point)
-        make_hypermodel(cfg, np.array([0, 1, 1])).build(hp)
+        build_hypermodel(cfg, np.array([0, 1, 1])).build(hp)
         space = {h.name: h for h in hp.space}
         assert {k: v for k, v in point.items() if not allows(space[k], v)} == {}
 
@@ -91,7 +91,7 @@ def test_training_callbacks_follow_the_configuration() -> None:
     import keras
     import numpy as np
 
-    from pneumo_exp.callbacks import StopOnInterrupt, ValidationFigures, training_callbacks
+    from pneumo_exp.search.callbacks import StopOnInterrupt, ValidationFigures, training_callbacks
     val = (np.zeros((4, 8, 8, 1), np.uint8), np.array([0, 1, 0, 1]))
     plain = training_callbacks(load_config("aug_cnn", {"train.patience": 4,
                                                        "train.reduce_lr_patience": None}), *val)

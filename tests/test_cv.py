@@ -11,8 +11,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pneumo_exp.config import load_config
-from pneumo_exp.cv import literal, run_cv
 from pneumo_exp.errors import UserError
+from pneumo_exp.search.cv import run_cv
+from pneumo_exp.text import literal
 
 pytestmark = pytest.mark.slow  # cross-validations that train
 

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pneumo_exp.distributed import free_port, role_from_args
 from pneumo_exp.errors import ConfigError
+from pneumo_exp.search.distributed import free_port, role_from_args
 
 pytestmark = pytest.mark.slow  # real processes and servers
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo_exp.gradcam import feature_layer, grad_cam, review_sets
+from pneumo_exp.explain.gradcam import feature_layer, grad_cam, review_sets
 from pneumo_exp.hypermodels import HYPERMODELS
 
 
@@ -88,7 +88,7 @@ def test_explain_writes_an_overlay_per_image(searched: dict[str, Any], tmp_path:
     """For a single model and for an ensemble of the session's two trials."""
     from pneumo_exp.cli import main
     from pneumo_exp.config import RegistryConfig
-    from pneumo_exp.registry import promote
+    from pneumo_exp.registry.promote import promote
 
     one = promote(RegistryConfig(model_name="explained"), arch="aug_cnn", top=1).version
     two = promote(RegistryConfig(model_name="explained"), arch="aug_cnn", top=2).version

@@ -8,7 +8,7 @@ import inspect
 import keras_tuner as kt
 import pytest
 
-from pneumo_exp.kt_internals import PRIVATE_API, PRIVATE_ATTRIBUTES, PRIVATE_MODULES
+from pneumo_exp.search.kt_internals import PRIVATE_API, PRIVATE_ATTRIBUTES, PRIVATE_MODULES
 
 
 @pytest.mark.parametrize(("owner", "name"), [(o, n) for o, names in PRIVATE_API.items()

@@ -71,8 +71,8 @@ def test_npz_with_pickled_objects_is_refused(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_npz_search_then_promote(workdir: Path) -> None:
     from pneumo_exp.config import load_config
-    from pneumo_exp.registry import promote
-    from pneumo_exp.search import run_search
+    from pneumo_exp.registry.promote import promote
+    from pneumo_exp.search.run import run_search
     path = make_npz(workdir / "pneumoniamnist_64.npz", side=64)
     cfg = load_config("aug_cnn", {"data.root": str(path), "data.image_size": 48,
                                   "search.max_trials": 1, "train.epochs": 1})

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pneumo_exp import options
-from pneumo_exp.cli import _with_make_variables, build_parser
+from pneumo_exp.cli import options
+from pneumo_exp.cli.main import _with_make_variables, build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pneumo_exp import plots
+from pneumo_exp.evaluation import plots
 
 
 def test_curves_mark_the_best_epoch_and_keep_the_loss_readable() -> None:

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from pneumo_exp.config import RegistryConfig
-from pneumo_exp.registry import promote
+from pneumo_exp.registry.promote import promote
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -20,8 +20,9 @@ import pytest
 from PIL import Image
 
 from pneumo_exp.config import RegistryConfig
-from pneumo_exp.evaluation import bootstrap_ci, choose_threshold
-from pneumo_exp.registry import _move_aliases, promote
+from pneumo_exp.evaluation.metrics import bootstrap_ci
+from pneumo_exp.evaluation.thresholds import choose_threshold
+from pneumo_exp.registry.promote import move_aliases, promote
 
 
 def _trials(searched: dict[str, Any]) -> list[Any]:
@@ -105,11 +106,11 @@ def test_champion_moves_only_to_a_better_objective(searched: dict[str, Any]) -> 
             "pneumo.objective": objective, "pneumo.objective_value": str(value)})
         return str(v.version)
 
-    assert _move_aliases(client, "rule", version(0.90), "max") == "1"
-    assert _move_aliases(client, "rule", version(0.85), "max") == "1"  # worse
-    assert _move_aliases(client, "rule", version(0.90), "max") == "1"  # equal
-    assert _move_aliases(client, "rule", version(0.91), "max") == "4"  # better
-    assert _move_aliases(client, "rule", version(0.2, "val_loss"), "min") == "4"  # not comparable
+    assert move_aliases(client, "rule", version(0.90), "max") == "1"
+    assert move_aliases(client, "rule", version(0.85), "max") == "1"  # worse
+    assert move_aliases(client, "rule", version(0.90), "max") == "1"  # equal
+    assert move_aliases(client, "rule", version(0.91), "max") == "4"  # better
+    assert move_aliases(client, "rule", version(0.2, "val_loss"), "min") == "4"  # not comparable
     assert str(client.get_model_version_by_alias("rule", "challenger").version) == "5"
 
 
@@ -160,15 +161,15 @@ def test_ensemble_of_the_two_best(promoted: dict[str, Any], searched: dict[str, 
 
 def test_top_k_packages_up_to_k_trials_validated_alike(searched: dict[str, Any]) -> None:
     """registry.top (3) asks for up to 3: the session's search has 2 trials."""
-    from pneumo_exp.registry import best_trial_runs
+    from pneumo_exp.registry.selection import best_trial_runs
     runs = best_trial_runs(searched["client"], "aug_cnn", top=3)
     assert [r.info.run_id for r in runs] == [r.info.run_id for r in sorted(
         _trials(searched), key=lambda r: -r.data.metrics["best_val_auc"])]
 
 
 def test_threshold_keeps_sensitivity_with_best_specificity_and_a_margin() -> None:
-    from pneumo_exp.calibration import logit
-    from pneumo_exp.metrics import binary_metrics
+    from pneumo_exp.evaluation.calibration import logit
+    from pneumo_exp.evaluation.metrics import binary_metrics
 
     def midway(a: float, b: float) -> float:
         return float(1 / (1 + np.exp(-(logit(a) + logit(b)) / 2)))
@@ -228,7 +229,7 @@ def test_predict_pyfunc_and_served_model_agree(promoted: dict[str, Any], two_ima
                                                tmp_path: Path,
                                                capsys: pytest.CaptureFixture) -> None:
     from pneumo_exp.cli import main
-    from pneumo_exp.serving import images_frame
+    from pneumo_exp.serving.model import images_frame
 
     uri = "models:/acceptance@champion"
     pyfunc = mlflow.pyfunc.load_model(uri).predict(images_frame(two_images))
@@ -275,7 +276,7 @@ def test_unreadable_file_is_labelled_not_fatal(promoted: dict[str, Any], tmp_pat
                                                two_images: list[Path],
                                                capsys: pytest.CaptureFixture) -> None:
     from pneumo_exp.cli import main
-    from pneumo_exp.inference import load, predict_files
+    from pneumo_exp.serving.predict import load, predict_files
     bad = tmp_path / "notes.jpeg"
     bad.write_text("not an image")
     table = predict_files(load("models:/acceptance@champion"), [bad, two_images[1]])
@@ -301,7 +302,7 @@ def test_predict_table_names_the_version_and_counts(promoted: dict[str, Any],
 
 
 def test_evaluate_a_labelled_folder(promoted: dict[str, Any], searched: dict[str, Any]) -> None:
-    from pneumo_exp.inference import evaluate_folder
+    from pneumo_exp.serving.predict import evaluate_folder
     figures = evaluate_folder("models:/acceptance@champion",
                               Path(searched["cfg"].data.root) / "test", n_bootstrap=200)
     v1_eval = searched["client"].get_run(

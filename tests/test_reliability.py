@@ -16,7 +16,7 @@ from conftest import make_folder_dataset
 from mlflow.tracking import MlflowClient
 
 from pneumo_exp.config import load_config
-from pneumo_exp.search import run_search
+from pneumo_exp.search.run import run_search
 
 pytestmark = pytest.mark.slow  # real processes and servers
 

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from pneumo_exp.config import REPO_ROOT, load_config
 from pneumo_exp.errors import ConfigError
-from pneumo_exp.search import SearchResult, run_search
+from pneumo_exp.search.run import SearchResult, run_search
 
 
 def _children(client: MlflowClient, result: SearchResult) -> list[Any]:

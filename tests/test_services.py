@@ -45,7 +45,7 @@ def test_one_signal_stops_the_server_and_its_workers(tmp_path: Path, stop: str) 
     script, pids = tmp_path / "server.py", tmp_path / "pids"
     script.write_text(SERVER)
     (tmp_path / "run.py").write_text(
-        "import sys\nfrom pneumo_exp.services import run_server\n"
+        "import sys\nfrom pneumo_exp.cli.processes import run_server\n"
         f"sys.exit(run_server([sys.executable, {str(script)!r}, {str(pids)!r}]))\n")
     (tmp_path / "Makefile").write_text(f"serve:\n\t{sys.executable} run.py\n")
     make = subprocess.Popen(["make", "-s", "serve"], cwd=tmp_path,

@@ -25,7 +25,7 @@ def test_runs_lists_searches_newest_first(searched: dict[str, Any],
 
 def test_delete_search_refuses_while_a_version_uses_it(searched: dict[str, Any],
                                                        capsys: pytest.CaptureFixture) -> None:
-    from pneumo_exp.registry import promote
+    from pneumo_exp.registry.promote import promote
     promote(RegistryConfig(model_name="kept"), arch="aug_cnn")
     assert main(["delete-search", searched["result"].name, "--yes"]) == 2
     err = capsys.readouterr().err
@@ -37,8 +37,8 @@ def test_delete_search_refuses_while_a_version_uses_it(searched: dict[str, Any],
 @pytest.mark.slow
 def test_delete_search_takes_its_runs_and_tuner_state(workdir: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
-    from pneumo_exp.search import run_search
-    from pneumo_exp.tracking import connect
+    from pneumo_exp.search.run import run_search
+    from pneumo_exp.tracking.store import connect
 
     data = make_folder_dataset(workdir / "data")
     overrides = {"search.max_trials": 1, "train.epochs": 1, "data.image_size": 32,
@@ -82,10 +82,10 @@ def test_experiment_tags_written_by_a_concurrent_process_are_not_an_error(
         tmp_path: Path) -> None:
     import mlflow
 
-    from pneumo_exp.tracking import EXPERIMENT_KIND, experiment_id
+    from pneumo_exp.tracking.store import EXPERIMENT_KIND, experiment_id
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    experiment = experiment_id(_RacedClient(uri, wrote=True), "raced", "aug_cnn")
+    experiment = experiment_id(_RacedClient(uri, wrote=True), "raced")
     tags = mlflow.MlflowClient(uri).get_experiment(experiment).tags
     assert EXPERIMENT_KIND.items() <= tags.items()
     with pytest.raises(mlflow.exceptions.MlflowException):  # a failure that left no tag
-        experiment_id(_RacedClient(uri, wrote=False), "raced-too", "aug_cnn")
+        experiment_id(_RacedClient(uri, wrote=False), "raced-too")

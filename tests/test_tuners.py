@@ -13,10 +13,9 @@ import pytest
 from conftest import OVERRIDES
 from sklearn.metrics import roc_auc_score
 
-from pneumo_exp.callbacks import MedianStopping, ValidationFigures
 from pneumo_exp.config import load_config
-from pneumo_exp.progress import trial_status
-from pneumo_exp.tuners import BayesianOptimizationOracle
+from pneumo_exp.search.callbacks import MedianStopping, ValidationFigures, trial_status
+from pneumo_exp.search.tuners import BayesianOptimizationOracle
 
 
 class Quadratic(kt.Tuner):
@@ -116,7 +115,7 @@ def test_a_collapsed_trial_is_stopped_and_named(tmp_path: Path,
 
     from pneumo_exp import hypermodels
     from pneumo_exp.hypermodels.aug_cnn import AugCNN
-    from pneumo_exp.search import run_search
+    from pneumo_exp.search.run import run_search
 
     class Collapsing(AugCNN):
         def build(self, hp: kt.HyperParameters) -> keras.Model:

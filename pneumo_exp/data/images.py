@@ -1,17 +1,22 @@
-"""Decode one image file of any size and colour mode to a uint8 array.
+"""Decode image files of any size and colour mode to uint8 arrays.
 
-Training, evaluation and prediction all go through `decode_image`, so a registered
-model sees exactly the preprocessing it was trained with.
+Training, evaluation, prediction and adaptation all go through `decode_image`, so a
+registered model sees exactly the preprocessing it was trained with.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from pneumo_exp.errors import DataError
 
 
 class UnreadableImageError(Exception):
@@ -27,14 +32,17 @@ def decode_image(path: str | Path | BinaryIO, image_size: int, channels: int) ->
                 # JPEG only: let libjpeg decode at a reduced scale, still >= the target size.
                 im.draft("L" if channels == 1 else "RGB", (image_size, image_size))
                 im.load()
-                im = ImageOps.exif_transpose(im)
-                im = _to_8bit(im, channels)
-                im = im.resize((image_size, image_size), Image.Resampling.BILINEAR,
-                               reducing_gap=3.0)
-                arr = np.asarray(im, dtype=np.uint8)
+                return resize(ImageOps.exif_transpose(im), image_size, channels)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UnreadableImageError(_reason(e)) from e
-    return arr.reshape(image_size, image_size, channels)
+
+
+def resize(im: Image.Image, image_size: int, channels: int) -> np.ndarray:
+    """An opened image to (image_size, image_size, channels) uint8: 8 bits, the configured
+    channels, bilinear resizing. Every source (files, .npz arrays) goes through it."""
+    im = _to_8bit(im, channels)
+    im = im.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(im, dtype=np.uint8).reshape(image_size, image_size, channels)
 
 
 def _to_8bit(im: Image.Image, channels: int) -> Image.Image:
@@ -58,3 +66,64 @@ def _reason(e: Exception) -> str:
     if "cannot identify image file" in text:
         return "not an image file"
     return text.splitlines()[0][:200]
+
+
+Preprocessing = tuple[int, int]  # (image size, channels) a model was trained at
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Images decoded once for each preprocessing a model (or an ensemble) needs."""
+
+    arrays: dict[Preprocessing, np.ndarray]  # (N, size, size, channels) uint8 per key
+    readable: list[int]  # positions of the decoded inputs, in order
+    skipped: list[tuple[int, str]]  # (position, reason) of the inputs that are no image
+
+
+def decode_many(inputs: Sequence[str | Path | BinaryIO],
+                preprocessing: Iterable[Preprocessing]) -> Decoded:
+    """Every input decoded for every preprocessing; an unreadable one is skipped with its
+    reason. File objects are read from their start for each preprocessing."""
+    keys = list(dict.fromkeys(preprocessing))
+    arrays: dict[Preprocessing, list[np.ndarray]] = {key: [] for key in keys}
+    readable: list[int] = []
+    skipped: list[tuple[int, str]] = []
+    for i, item in enumerate(inputs):
+        try:
+            decoded = {key: decode_image(_rewound(item), *key) for key in keys}
+        except UnreadableImageError as e:
+            skipped.append((i, str(e)))
+            continue
+        for key, array in decoded.items():
+            arrays[key].append(array)
+        readable.append(i)
+    return Decoded({k: np.stack(v) for k, v in arrays.items() if v}, readable, skipped)
+
+
+def _rewound(item: str | Path | BinaryIO) -> str | Path | BinaryIO:
+    if hasattr(item, "seek"):
+        item.seek(0)
+    return item
+
+
+def image_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, and the files under folders (recursively, hidden ones left out)."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file()
+                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"{p} does not exist.")
+    return files
+
+
+def files_fingerprint(root: Path, files: Sequence[Path]) -> str:
+    """Digest of a set of files: their paths under `root` and their bytes."""
+    digest = hashlib.sha256()
+    for f in sorted(files):
+        digest.update(str(f.relative_to(root)).encode())
+        digest.update(hashlib.sha256(f.read_bytes()).digest())
+    return digest.hexdigest()[:16]

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pneumo_exp.data.images import resize
 from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.errors import DataError
 
@@ -62,12 +63,10 @@ class NpzSource:
 
 
 def _resize(images: np.ndarray, image_size: int, channels: int) -> np.ndarray:
-    """Same filter as decode_image, so .npz and folder data are preprocessed alike."""
+    """Through decode_image's own conversion and filter (data.images.resize), so .npz and
+    folder data are preprocessed alike."""
     out = np.empty((len(images), image_size, image_size, channels), np.uint8)
     for i, img in enumerate(images):
         im = Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img)
-        im = im.convert("L" if channels == 1 else "RGB")
-        if im.size != (image_size, image_size):
-            im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        out[i] = np.asarray(im).reshape(image_size, image_size, channels)
+        out[i] = resize(im, image_size, channels)
     return out

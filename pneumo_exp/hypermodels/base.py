@@ -1,6 +1,7 @@
 """What every architecture shares: input facts, compile, augmentation, class weights, fit.
 
-Hypermodels know nothing of MLflow; tracking attaches to the tuner (pneumo_exp.search).
+Hypermodels know nothing of MLflow; tracking attaches to the tuner's hooks
+(pneumo_exp.search.tuners).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ class StudyHyperModel(kt.HyperModel):
 
     arch = ""  # the name in HYPERMODELS, experiments/<arch>.yaml and the MLflow experiment
     min_image_size = 8
+    # The main hyperparameters, shown as columns of the MLflow UI's runs table (with the
+    # learning rate, optimizer, dropout and class weighting every architecture has).
+    ui_params: tuple[str, ...] = ()
 
     def __init__(self, input_shape: tuple[int, int, int], space: Mapping[str, Any] | None = None,
                  class_weight: Mapping[int, float] | None = None, seed: int | None = None,
@@ -95,7 +99,7 @@ def training(space: Space, hp: kt.HyperParameters, optimizer: str,
 
 def compile_binary(model: keras.Model, how: Training) -> keras.Model:
     """Binary cross-entropy and the training metrics every search logs (the validation
-    figures come from pneumo_exp.callbacks)."""
+    figures come from pneumo_exp.search.callbacks)."""
     model.compile(
         optimizer=OPTIMIZERS[how.optimizer](learning_rate=how.learning_rate),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=how.label_smoothing),

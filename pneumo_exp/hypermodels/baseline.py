@@ -14,6 +14,8 @@ from pneumo_exp.hypermodels.base import StudyHyperModel, compile_binary, trainin
 
 class Baseline(StudyHyperModel):
     arch = "baseline"
+    ui_params = ("units_1", "units_2")
+
     def first_layer_penalty(self, hp: kt.HyperParameters) -> keras.regularizers.Regularizer | None:
         """No weight penalty; `regularized` adds one."""
         return None

@@ -29,6 +29,7 @@ STUDY_KERNELS = (3, 4, 3, 3)
 
 class CNN(StudyHyperModel):
     arch = "cnn"
+    ui_params = ("conv_blocks", "batch_norm", "head", "intensity")
     min_image_size = 32  # the study's three valid convolutions and poolings need room
     augment = False
     learning_rate = 1e-3

@@ -13,6 +13,8 @@ from pneumo_exp.hypermodels.baseline import Baseline
 
 class Regularized(Baseline):
     arch = "regularized"
+    ui_params = ("l2", "units_1")
+
     def first_layer_penalty(self, hp: kt.HyperParameters) -> keras.regularizers.Regularizer:
         return keras.regularizers.L2(self.space.float(hp, "l2", 1e-4, 1e-1, 0.01,
                                                       sampling="log"))

@@ -74,6 +74,7 @@ def base_network(model: keras.Model) -> keras.Model:
 
 class Transfer(StudyHyperModel):
     arch = "transfer"
+    ui_params = ("base", "pooling", "fine_tune_layers")
     min_image_size = 32
 
     def __init__(self, input_shape: tuple[int, int, int], weights: str | None = "auto",

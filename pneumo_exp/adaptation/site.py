@@ -1,0 +1,134 @@
+"""`pneumo-exp adapt`: a registered version adapted to a new site's unlabeled images,
+registered as a new version of the same model with the alias `site-<name>`.
+
+The images are every image file under the folder, whatever the layout (class folders, if
+any, are ignored: no label is read). Each member of the version has its normalization
+statistics re-estimated on them (batch_norm.py); the threshold and temperature are the
+source version's. `champion` and `challenger` never move.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+from pneumo_exp.adaptation.batch_norm import (
+    MIN_ADAPTATION_IMAGES,
+    NothingToAdaptError,
+    adapt_batch_norm,
+    batch_norm_layers,
+)
+from pneumo_exp.data.images import Preprocessing, decode_many, files_fingerprint, image_files
+from pneumo_exp.errors import ConfigError, DataError, UserError
+from pneumo_exp.registry import model_card
+from pneumo_exp.registry.packaging import log_packaged_model
+from pneumo_exp.serving.model import classifier
+from pneumo_exp.serving.predict import load
+from pneumo_exp.tracking.names import (
+    ROLE_ADAPTATION,
+    TAG_ADAPTATION_FINGERPRINT,
+    TAG_ADAPTATION_IMAGES,
+    TAG_ADAPTATION_RUN,
+    TAG_ADAPTED_FROM,
+    TAG_ADAPTED_FROM_VERSION,
+    TAG_ARCH,
+    TAG_DATA,
+    TAG_HYPERPARAMETERS,
+    TAG_MEMBERS,
+    TAG_OBJECTIVE,
+    TAG_SEARCH_RUNS,
+    TAG_SITE,
+    TAG_SOURCES,
+    TAG_TEMPERATURE,
+    TAG_THRESHOLD,
+    site_alias,
+)
+from pneumo_exp.tracking.runs import start_run
+from pneumo_exp.tracking.store import connect
+
+log = logging.getLogger(__name__)
+
+SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,60}$")
+KEPT_TAGS = (TAG_ARCH, TAG_SOURCES, TAG_MEMBERS, TAG_SEARCH_RUNS, TAG_DATA, TAG_THRESHOLD,
+             TAG_TEMPERATURE, TAG_OBJECTIVE, TAG_HYPERPARAMETERS)  # the source version's
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    version: ModelVersion
+    source: ModelVersion
+    images: int
+    skipped: int
+    layers: int
+
+
+def read_site_images(folder: Path, preprocessing: set[Preprocessing]) -> tuple[
+        dict[Preprocessing, np.ndarray], list[Path], int]:
+    """Every readable image under `folder`, decoded for each (size, channels); the files
+    read and the number skipped."""
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder of images: give DATA=folder (any layout "
+                        "below it; labels are not read).")
+    files = image_files([folder])
+    decoded = decode_many(files, preprocessing)
+    read = [files[i] for i in decoded.readable]
+    if len(read) < MIN_ADAPTATION_IMAGES:
+        found = f"{len(files)} files, {len(read)} readable images" if files else "no files"
+        raise DataError(f"{folder} has {found}; adapting needs at least "
+                        f"{MIN_ADAPTATION_IMAGES} images of the site.")
+    return decoded.arrays, read, len(decoded.skipped)
+
+
+def adapt(model_uri: str, folder: Path, site: str) -> Adaptation:
+    """Adapt the version `model_uri` to the images under `folder`; register the result."""
+    if not SITE_NAME.match(site):
+        raise ConfigError(f"site must be letters, digits, '-' or '_' (it becomes the alias "
+                          f"site-<name>); got {site!r}.")
+    client = connect()
+    try:
+        name, number = get_model_name_and_version(client, model_uri)
+        source = client.get_model_version(name, number)
+    except (mlflow.exceptions.MlflowException, ValueError) as e:
+        raise UserError(f"no registered model version {model_uri}: "
+                        f"{str(e).splitlines()[0]}. List them with `pneumo-exp models`.") from e
+    model = classifier(load(model_uri))
+    layers = sum(len(batch_norm_layers(m.model)) for m in model.members)
+    if not all(batch_norm_layers(m.model) for m in model.members):
+        raise UserError(f"{model_uri} has nothing to adapt: "
+                        f"{'a member has' if len(model.members) > 1 else 'it has'} no batch "
+                        "normalization layer, so there are no normalization statistics to "
+                        "re-estimate. Adapt a model searched with batch_norm=true.")
+    batches, files, skipped = read_site_images(folder, {m.preprocessing for m in model.members})
+    try:
+        for member in model.members:
+            adapt_batch_norm(member.model, batches[member.preprocessing])
+    except NothingToAdaptError as e:  # checked above; kept for models built elsewhere
+        raise UserError(str(e)) from e
+    digest = files_fingerprint(folder, files)
+    source_run = client.get_run(source.run_id)
+    with start_run(source_run.info.experiment_id, f"adaptation-{site}-of-v{number}",
+                   ROLE_ADAPTATION, digest,
+                   {TAG_SITE: site, TAG_ADAPTED_FROM: f"{name}/{number}"}) as run:
+        mlflow.log_params({"source": f"models:/{name}/{number}", "site": site,
+                           "images": len(files), "skipped_files": skipped,
+                           "fingerprint": digest, "folder": str(folder),
+                           "batch_norm_layers": layers})
+        logged = log_packaged_model(model.members, model.threshold, model.temperature)
+    tags = {k: v for k, v in source.tags.items() if k in KEPT_TAGS}
+    tags.update({TAG_SITE: site, TAG_ADAPTED_FROM_VERSION: str(number),
+                 TAG_ADAPTATION_IMAGES: str(len(files)), TAG_ADAPTATION_FINGERPRINT: digest,
+                 TAG_ADAPTATION_RUN: run.info.run_id})
+    version = mlflow.register_model(logged.model_uri, name, tags=tags)
+    card = model_card.for_adaptation(source.description or "", name, str(version.version),
+                                     str(number), site, len(files), digest, layers)
+    model_card.publish(client, name, str(version.version), card, run.info.run_id)
+    client.set_registered_model_alias(name, site_alias(site), str(version.version))
+    return Adaptation(client.get_model_version(name, version.version), source, len(files),
+                      skipped, layers)

@@ -1,0 +1,186 @@
+"""Registered models: promote, adapt, predict, evaluate, explain, serve, and the listing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from pneumo_exp.cli.processes import run_server
+from pneumo_exp.cli.tf_import import import_tensorflow
+from pneumo_exp.config import LOCALHOST, load_config, tracking_uri
+from pneumo_exp.errors import UserError
+from pneumo_exp.tracking.names import (
+    CHAMPION,
+    TAG_ARCH,
+    TAG_EVALUATION_RUN,
+    TAG_MEMBERS,
+    TAG_OBJECTIVE,
+    TAG_OBJECTIVE_VALUE,
+    TAG_SOURCES,
+    TAG_TEMPERATURE,
+    figure_tag,
+    site_alias,
+)
+from pneumo_exp.tracking.store import connect
+
+
+def _model_uri(args: argparse.Namespace) -> str:
+    """--model (MODEL=), else the champion of the configured registered model."""
+    return args.model or f"models:/{load_config('aug_cnn').registry.model_name}@{CHAMPION}"
+
+
+def _need(value: object, what: str, flag: str, variable: str, example: str) -> None:
+    if not value:
+        raise UserError(f"{what}: give {variable}={example} to make, or {flag} {example} to "
+                        "pneumo-exp.")
+
+
+def _use_it(args: argparse.Namespace, uri: str) -> str:
+    """How to predict with the new version, in the words the user ran the command with."""
+    if getattr(args, "make", False):
+        return f"Use it: make predict MODEL={uri} FILES=scan.jpeg"
+    return f"Use it: pneumo-exp predict --model {uri} scan.jpeg"
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    cfg = load_config(args.arch or "aug_cnn", {"registry.model_name": args.model_name}
+                      if args.model_name else {})
+    import_tensorflow()
+    from pneumo_exp.registry.promote import promote
+
+    p = promote(cfg.registry, arch=args.arch, run_id=args.run, top=args.top)
+    v, name = p.version, cfg.registry.model_name
+    aliases = ", ".join(v.aliases) or "none"
+    sources = v.tags.get(TAG_SOURCES, "")
+    if not p.created:
+        print(f"Trial run(s) {sources} are already {name} version {v.version} (aliases: "
+              f"{aliases}); nothing registered. Champion: version {p.champion}.")
+        return 0
+    f, t = p.figures, v.tags
+    members = int(t.get(TAG_MEMBERS, "1"))
+    what = (f"{t[TAG_ARCH]}, trial run {sources}" if members == 1
+            else f"ensemble of {members} trials of {t[TAG_ARCH]}: {sources}")
+    print(f"Registered {name} version {v.version} ({what}); aliases: {aliases}. "
+          f"Champion: version {p.champion}.")
+    print(f"  validation: {t[TAG_OBJECTIVE]} {float(t[TAG_OBJECTIVE_VALUE]):.4f}; "
+          f"temperature {float(t[TAG_TEMPERATURE]):.3f} (calibration error "
+          f"{t[figure_tag('val_uncalibrated_ece')]} -> {t[figure_tag('val_ece')]}); threshold "
+          f"{f['test_threshold']:.3f} (highest specificity with validation sensitivity >= "
+          f"{cfg.registry.min_sensitivity})")
+    print(f"  test, threshold 0.5: accuracy {f['test_accuracy']:.4f} "
+          f"[{f['test_accuracy_ci_low']:.3f}, {f['test_accuracy_ci_high']:.3f}], AUC "
+          f"{f['test_auc']:.4f} [{f['test_auc_ci_low']:.3f}, {f['test_auc_ci_high']:.3f}], "
+          f"sensitivity {f['test_sensitivity']:.4f}, specificity {f['test_specificity']:.4f}")
+    print(f"  test, threshold {f['test_threshold']:.3f}: accuracy "
+          f"{f['test_accuracy_at_thr']:.4f} [{f['test_accuracy_at_thr_ci_low']:.3f}, "
+          f"{f['test_accuracy_at_thr_ci_high']:.3f}], sensitivity "
+          f"{f['test_sensitivity_at_thr']:.4f}, specificity {f['test_specificity_at_thr']:.4f}"
+          f"; calibration error {f['test_ece']:.3f}")
+    print(f"  evaluation run {t[TAG_EVALUATION_RUN]}. "
+          f"{_use_it(args, f'models:/{name}/{v.version}')}")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    _need(args.data, "no folder of the site's images", "--data", "DATA", "folder")
+    _need(args.site, "no site name", "--site", "SITE", "name")
+    import_tensorflow()
+    from pneumo_exp.adaptation.site import adapt
+
+    a = adapt(_model_uri(args), Path(args.data), args.site)
+    v = a.version
+    print(f"Registered {v.name} version {v.version}: version {a.source.version} adapted to "
+          f"site '{args.site}' on {a.images} images of {args.data}"
+          f"{f' ({a.skipped} unreadable files skipped)' if a.skipped else ''}; {a.layers} "
+          f"batch-normalization layers re-estimated. Alias: {site_alias(args.site)}.")
+    print(f"  {_use_it(args, f'models:/{v.name}@{site_alias(args.site)}')}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    _need(args.paths, "no image files or folders to predict", "", "FILES", "'a.jpeg dir/'")
+    import_tensorflow()
+    from pneumo_exp.data.images import image_files
+    from pneumo_exp.serving.predict import load, predict_files
+    from pneumo_exp.tracking.listing import describe_version
+
+    uri = _model_uri(args)
+    files = image_files(args.paths)
+    table = predict_files(load(uri), files)
+    if args.format == "csv":
+        print(table.to_csv(index=False), end="")
+        return 0
+    if args.format == "json":
+        print(json.dumps(table.to_dict(orient="records"), indent=1))
+        return 0
+    print(f"# {describe_version(uri)}")
+    print("file\tprobability of PNEUMONIA\tlabel")
+    for row in table.itertuples():
+        p = "-" if row.probability is None else f"{row.probability:.6f}"
+        print(f"{row.file}\t{p}\t{row.label}")
+    counts = table["label"].value_counts()
+    print(f"# {len(table)} files: " + ", ".join(f"{counts.get(label, 0)} {label}" for label in
+                                              ("NORMAL", "PNEUMONIA", "unreadable")))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    _need(args.data, "no labelled folder to evaluate on", "--data", "DATA", "folder")
+    import_tensorflow()
+    from pneumo_exp.serving.predict import evaluate_folder, labelled_root
+    from pneumo_exp.tracking.listing import describe_version
+
+    uri = _model_uri(args)
+    f = evaluate_folder(uri, Path(args.data))
+    unreadable = f", {f['eval_unreadable_images']:.0f} unreadable left out" if f[
+        "eval_unreadable_images"] else ""
+    print(f"{describe_version(uri)} on {labelled_root(Path(args.data))} "
+          f"({f['eval_NORMAL_images']:.0f} NORMAL, {f['eval_PNEUMONIA_images']:.0f} PNEUMONIA"
+          f"{unreadable}):")
+    print(f"  threshold 0.5: accuracy {f['eval_accuracy']:.4f} [{f['eval_accuracy_ci_low']:.3f},"
+          f" {f['eval_accuracy_ci_high']:.3f}], AUC {f['eval_auc']:.4f} "
+          f"[{f['eval_auc_ci_low']:.3f}, {f['eval_auc_ci_high']:.3f}], sensitivity "
+          f"{f['eval_sensitivity']:.4f}, specificity {f['eval_specificity']:.4f}")
+    print(f"  the model's threshold {f['eval_threshold']:.3f}: accuracy "
+          f"{f['eval_accuracy_at_thr']:.4f}, sensitivity {f['eval_sensitivity_at_thr']:.4f}, "
+          f"specificity {f['eval_specificity_at_thr']:.4f}; calibration error "
+          f"{f['eval_ece']:.3f}, Brier {f['eval_brier']:.3f}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    _need(args.paths, "no image files or folders to explain", "", "FILES", "'a.jpeg dir/'")
+    import_tensorflow()
+    from pneumo_exp.explain.overlays import explain_files
+    from pneumo_exp.serving.model import classifier
+    from pneumo_exp.serving.predict import load
+    from pneumo_exp.tracking.listing import describe_version
+
+    uri = _model_uri(args)
+    written = explain_files(classifier(load(uri)), uri, args.paths, Path(args.out))
+    print(f"{describe_version(uri)}: {len(written)} Grad-CAM overlays in {args.out}/")
+    for path, text in written:
+        print(f"  {path}  {text}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`mlflow models serve` of a registered version on 127.0.0.1, stopped as one group."""
+    connect()
+    uri = _model_uri(args)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    print(f"Serving {uri} on http://{LOCALHOST}:{args.port}/invocations. Ctrl-C, or kill this "
+          "process (or the make that started it), stops it and its workers.", flush=True)
+    return run_server([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri,
+                       "--env-manager", "local", "-h", LOCALHOST, "-p", str(args.port)], env)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from pneumo_exp.tracking.listing import models_table
+
+    print(models_table(connect()))
+    return 0

@@ -1,0 +1,83 @@
+"""The store: the MLflow UI, a tracking server, what the store holds, deleting a search."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from pneumo_exp.cli.processes import run_server
+from pneumo_exp.config import MLRUNS_DIR, TUNER_DIR, tracking_uri
+from pneumo_exp.errors import UserError
+from pneumo_exp.tracking.store import connect
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from pneumo_exp.tracking.listing import experiments
+    from pneumo_exp.tracking.store import ui_url
+
+    client = connect()
+    uri = tracking_uri()
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}). Ctrl-C, or kill "
+          "this process (or the make that started it), stops it and its workers.")
+    for experiment, name in sorted(experiments(client).items()):
+        print(f"  {name}: {ui_url(args.host, args.port, experiment)}")
+    sys.stdout.flush()
+    return run_server([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                       "--host", args.host, "--port", str(args.port)])
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    """`mlflow server`: a tracking server and Model Registry that a team and the workers of a
+    distributed search share (MLFLOW_TRACKING_URI=http://HOST:PORT on every machine)."""
+    backend = args.backend_store_uri or f"sqlite:///{MLRUNS_DIR.resolve() / 'mlflow.db'}"
+    if backend.startswith("sqlite:///"):
+        from pneumo_exp.tracking.store import init_sqlite_store
+        init_sqlite_store(Path(backend.removeprefix("sqlite:///")))
+    artifacts = args.artifacts_destination or str((MLRUNS_DIR / "artifacts").resolve())
+    print(f"MLflow tracking server on http://{args.host}:{args.port} (backend {backend}, "
+          f"artifacts {artifacts}). Clients: MLFLOW_TRACKING_URI=http://{args.host}:{args.port}",
+          flush=True)
+    return run_server([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                       backend, "--artifacts-destination", artifacts, "--host", args.host,
+                       "--port", str(args.port), "--workers", str(args.workers)])
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from pneumo_exp.tracking.listing import runs_table
+
+    print(runs_table(connect()))
+    return 0
+
+
+def cmd_delete_search(args: argparse.Namespace) -> int:
+    """Delete one search's runs (parent and trials) and its tuner state; refused while a
+    registered version packages one of its trials."""
+    from pneumo_exp.tracking.listing import find_search, search_children, versions_using
+    from pneumo_exp.tracking.names import TAG_ARCH
+
+    client = connect()
+    parent = find_search(client, args.search_name)
+    children = search_children(client, parent)
+    used = versions_using(client, {r.info.run_id for r in children})
+    if used:
+        listed = ", ".join(f"{u['name']} version {u['version']}" for u in used)
+        raise UserError(f"search '{args.search_name}' cannot be deleted: {listed} packages "
+                        "its trials. Delete those versions first (MLflow UI, Models).")
+    state = TUNER_DIR / parent.data.tags.get(TAG_ARCH, "?") / args.search_name
+    what = (f"search '{args.search_name}': its run {parent.info.run_id}, {len(children)} "
+            f"trial runs{', and ' + str(state) if state.is_dir() else ''}")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError(f"deleting {what} needs a confirmation: add --yes (YES=1 with "
+                            "make).")
+        if input(f"Delete {what}? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("Nothing deleted.")
+            return 1
+    for run in [*children, parent]:
+        client.delete_run(run.info.run_id)
+    if state.is_dir():
+        shutil.rmtree(state)
+    print(f"Deleted {what}. (MLflow keeps deleted runs until `mlflow gc`.)")
+    return 0

@@ -1,0 +1,151 @@
+"""The `pneumo-exp` command: one entry point, one subcommand per job. Make targets call it
+with `--make`, which reads their variables from the environment (options.py)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import NoReturn
+
+from pneumo_exp.cli import commands, options
+from pneumo_exp.config import FULL_DATA_DIR, SAMPLE_DIR
+from pneumo_exp.errors import UserError, exit_code
+from pneumo_exp.search import interrupts
+
+log = logging.getLogger("pneumo_exp")
+
+# name -> (help, description, function)
+COMMANDS = {
+    "search": ("search one architecture, tracked in MLflow",
+               "Run (or resume) a Keras Tuner search configured by experiments/ARCH.yaml; "
+               "every trial is a nested MLflow run.", commands.cmd_search),
+    "cv": ("k-fold cross-validation of one configuration, tracked",
+           "Cross-validate the study's configuration (--from default) or the best trial of "
+           "the latest search (--from best) on the train split, in folds grouped by patient.",
+           commands.cmd_cv),
+    "promote": ("register the best validation model (or the k best as an ensemble), "
+                "evaluated once on test",
+                "Register the trial with the best validation objective (of ARCH, or of all "
+                "architectures), or an ensemble of the --top k best, in the MLflow Model "
+                "Registry with its preprocessing, a temperature and a decision threshold "
+                "chosen on validation; evaluate it on the test split.", commands.cmd_promote),
+    "adapt": ("adapt a registered model to a new site's unlabeled images",
+              "Re-estimate the model's batch-normalization statistics on the images under "
+              "--data (no label is read) and register the result as a new version with the "
+              "alias site-<name>.", commands.cmd_adapt),
+    "predict": ("probability of pneumonia for image files and folders", None,
+                commands.cmd_predict),
+    "evaluate": ("evaluate a registered model on a labelled folder", None,
+                 commands.cmd_evaluate),
+    "explain": ("Grad-CAM overlays of a registered model on image files",
+                "Write an overlay per image: where the model looked for pneumonia (Grad-CAM "
+                "on its last convolutional feature map; the mean over an ensemble's members),"
+                " with the probability and label.", commands.cmd_explain),
+    "runs": ("list the searches and cross-validations, newest first", None, commands.cmd_runs),
+    "models": ("list the registered versions with their aliases and figures", None,
+               commands.cmd_models),
+    "delete-search": ("delete one search: its MLflow runs and its tuner state", None,
+                      commands.cmd_delete_search),
+    "serve": ("serve a registered model over HTTP on 127.0.0.1 (mlflow models serve)", None,
+              commands.cmd_serve),
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, whose errors name make variables when a make target called it."""
+
+    make_command: str | None = None
+
+    def error(self, message: str) -> NoReturn:
+        if self.make_command:  # the flags' usage line would not help a make user
+            self.exit(2, f"{self.prog}: error: "
+                         f"{options.make_words(message, self.make_command)} (make vars lists "
+                         "the variables)\n")
+        super().error(message)
+
+
+def build_parser(make_command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `make_command`, its errors name that command's make variables."""
+    parser = Parser(prog="pneumo-exp", description="Experiment-tracked hyperparameter search "
+                    "for pneumonia detection on chest X-rays (Keras Tuner + MLflow).")
+    parser.make_command = make_command
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--make", action="store_true",
+                        help="read the options from make variables (what make targets do)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=Parser)
+    for name, (help_text, description, func) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=description or help_text)
+        p.make_command = make_command if name == make_command else None
+        options.add_arguments(p, name)
+        p.set_defaults(func=func)
+    for name, what in (("ui", "the MLflow UI of the local store"),
+                       ("server", "an MLflow tracking server for a team or a cluster")):
+        p = sub.add_parser(name, help=f"serve {what} (127.0.0.1 by default)")
+        p.make_command = make_command if name == make_command else None
+        options.add_arguments(p, name)
+        p.set_defaults(func=getattr(commands, f"cmd_{name}"))
+    sub.add_parser("vars", help="the make variables of every command").set_defaults(
+        func=lambda args: print(options.table()) or 0)
+
+    data = sub.add_parser("data", help="dataset utilities")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    sample = data_sub.add_parser("sample", help="build the small bundled sample from a full "
+                                 "dataset folder, by whole patients")
+    sample.add_argument("--from", dest="source", required=True, help="full dataset folder")
+    sample.add_argument("--to", default=str(SAMPLE_DIR), help="output folder (default "
+                        "data/sample)")
+    sample.add_argument("--size", type=int, default=None, help="image side in pixels")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the patient draw")
+    sample.set_defaults(func=commands.cmd_data_sample)
+    fetch = data_sub.add_parser("fetch", help="download or unpack a dataset archive (zip/tar) "
+                                "into the folder layout")
+    fetch.add_argument("source", help="http(s) URL or local path of a .zip/.tar[.gz] archive")
+    fetch.add_argument("--to", default=str(FULL_DATA_DIR),
+                       help="destination folder (default data/chest_xray)")
+    fetch.set_defaults(func=commands.cmd_data_fetch)
+    return parser
+
+
+def _with_make_variables(argv: list[str]) -> tuple[list[str], str | None]:
+    """`pneumo-exp --make COMMAND ...`: the command's make variables become its options."""
+    if "--make" not in argv:
+        return argv, None
+    i = argv.index("--make")
+    rest = argv[i + 1:]
+    command = next((a for a in rest if not a.startswith("-")), None)
+    if command is None:
+        return argv, None
+    j = rest.index(command)
+    return [*argv[:i + 1], *rest[:j + 1], *options.from_make(command), *rest[j + 1:]], command
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_in, make_command = _with_make_variables(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser(make_command).parse_args(args_in)
+    interrupts.install()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("mlflow", "alembic", "absl", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Each trial's models trace their own predict functions; TensorFlow calls it retracing.
+    logging.getLogger("tensorflow").addFilter(lambda r: "retracing" not in r.getMessage())
+    try:
+        return args.func(args)
+    except UserError as e:
+        if args.debug:
+            traceback.print_exc()
+        message = options.make_words(str(e), make_command) if make_command else str(e)
+        print(f"pneumo-exp: error: {message}", file=sys.stderr)
+        return exit_code(e)
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print("pneumo-exp: interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

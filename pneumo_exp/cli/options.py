@@ -1,0 +1,205 @@
+"""The options of the `pneumo-exp` commands, in one table.
+
+Each row gives an option's flag, help, the subcommands that take it, the configuration key
+it sets (if any) and its make variable. Everything else follows from the table: the
+argparse options (main.py), the configuration overrides and the argv a distributed search
+passes to its chief and workers (commands/training.py), and the make targets, which pass
+their variables through the environment (`pneumo-exp --make <command>` reads them, and
+names them in its error messages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pneumo_exp.config import LOCALHOST, SERVE_PORT, UI_PORT
+
+CONFIG_COMMANDS = ("search", "cv")
+MODEL_COMMANDS = ("predict", "evaluate", "serve", "adapt", "explain")
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str  # "--max-trials", or a positional's name ("arch")
+    help: str
+    commands: tuple[str, ...]
+    key: str | None = None  # the configuration key it sets, e.g. search.max_trials
+    type: Callable[[str], Any] = str
+    make: str | None = None  # make variable; default: the flag in capitals (MAX_TRIALS)
+    flag_only: bool = False  # a switch (store_true)
+    nargs: str | None = None
+    default: Any = None
+    choices: tuple[str, ...] | None = None
+    name: str | None = None  # attribute on the parsed arguments; default from the flag
+
+    @property
+    def positional(self) -> bool:
+        return not self.flag.startswith("-")
+
+    @property
+    def dest(self) -> str:
+        return self.name or self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def variable(self) -> str:
+        return self.make or self.dest.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("arch", "architecture: a file in experiments/ (default aug_cnn)",
+           CONFIG_COMMANDS, nargs="?", default="aug_cnn"),
+    Option("--data", "dataset folder (ROOT/{train,val,test}/{NORMAL,PNEUMONIA}) or MedMNIST "
+           ".npz; default data/chest_xray, else the bundled sample", CONFIG_COMMANDS,
+           key="data.root"),
+    Option("--epochs", "maximum epochs per trial or fold", CONFIG_COMMANDS,
+           key="train.epochs", type=int),
+    Option("--image-size", "images are resized to SIZE x SIZE", CONFIG_COMMANDS,
+           key="data.image_size", type=int),
+    Option("--batch-size", "training batch size", CONFIG_COMMANDS, key="train.batch_size",
+           type=int),
+    Option("--seed", "seed of splits, tuner and training", CONFIG_COMMANDS,
+           key="search.seed", type=int),
+    Option("--max-trials", "trial budget", ("search",), key="search.max_trials", type=int),
+    Option("--tuner", "random, bayesian or hyperband", ("search",), key="search.tuner"),
+    Option("--time-budget", "start no trial and no epoch after this many minutes",
+           ("search",), key="search.time_budget_min", type=float),
+    Option("--name", "search name; the same name resumes (default: <tuner>-<digest of the "
+           "configuration>)", ("search",)),
+    Option("--fresh", "discard this search's tuner state and start over", ("search",),
+           flag_only=True),
+    Option("--workers", "run a chief and this many workers on this machine", ("search",),
+           type=int, default=0),
+    Option("--role", "distributed search: this process's role (with --oracle)", ("search",),
+           choices=("chief", "worker")),
+    Option("--oracle", "distributed search: HOST:PORT of the chief's oracle", ("search",)),
+    Option("--worker-id", "stable id of this worker (default worker-<hostname>); a restarted "
+           "worker resumes its trial", ("search",)),
+    Option("--folds", "number of folds (default 5)", ("cv",), type=int, default=5),
+    Option("--from", "default: the study's configuration; best: the latest search's best "
+           "trial", ("cv",), make="FROM", default="default", choices=("default", "best"),
+           name="source"),
+    Option("--set", "any configuration key, e.g. --set space.dropout=0.2 (repeatable)",
+           CONFIG_COMMANDS, make="SET"),
+    Option("arch", "only this architecture (default: all)", ("promote",), nargs="?"),
+    Option("--top", "package the up to k best trials validated alike as one ensemble "
+           "(default registry.top: 3; 1: the best trial alone)", ("promote",), type=int),
+    Option("--run", "promote this trial run instead of the best", ("promote",)),
+    Option("--model-name", "registered model name (default registry.model_name, "
+           "pneumonia-classifier)", ("promote",)),
+    Option("--model", "registered model URI (default models:/pneumonia-classifier@champion)",
+           MODEL_COMMANDS),
+    Option("paths", "image files or folders", ("predict", "explain"), nargs="*",
+           make="FILES"),
+    Option("--data", "labelled folder (NORMAL/ and PNEUMONIA/ inside), or a dataset root "
+           "(its test/ split)", ("evaluate",)),
+    Option("--data", "folder of the site's images, any layout below it (labels are not read)",
+           ("adapt",)),
+    Option("--site", "site name; the new version gets the alias site-<name>", ("adapt",)),
+    Option("--out", "folder for the overlays (default explanations/)", ("explain",),
+           default="explanations"),
+    Option("--format", "output: table (default), csv or json", ("predict",), default="table",
+           choices=("table", "csv", "json")),
+    Option("--port", f"port (default {SERVE_PORT})", ("serve",), type=int, default=SERVE_PORT),
+    Option("--host", "interface to bind (default 127.0.0.1; 0.0.0.0 serves other machines)",
+           ("ui", "server"), default=LOCALHOST),
+    Option("--port", f"port (default {UI_PORT})", ("ui", "server"), type=int, default=UI_PORT),
+    Option("--backend-store-uri", "runs and registry database: default sqlite under mlruns/, "
+           "or e.g. postgresql://user:pw@host/mlflow", ("server",), make="BACKEND"),
+    Option("--artifacts-destination", "where the server stores artifacts: default "
+           "mlruns/artifacts, or e.g. s3://bucket/mlflow", ("server",), make="ARTIFACTS"),
+    Option("--workers", "server processes (default 4, as mlflow server; 1 is enough for one "
+           "user or a small machine)", ("server",), type=int, default=4),
+    Option("search_name", "the search's name (pneumo-exp runs lists them)",
+           ("delete-search",), make="NAME"),
+    Option("--yes", "do not ask for confirmation", ("delete-search",), flag_only=True),
+)
+
+
+def for_command(command: str) -> list[Option]:
+    return [o for o in OPTIONS if command in o.commands]
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    for o in for_command(command):
+        kwargs: dict[str, Any] = {"help": o.help}
+        if o.flag_only:
+            kwargs["action"] = "store_true"
+        elif o.flag == "--set":
+            kwargs.update(action="append", default=[], metavar="KEY=VALUE")
+        else:
+            kwargs.update(type=o.type, default=o.default)
+            if o.nargs:
+                kwargs["nargs"] = o.nargs
+            if o.choices:
+                kwargs["choices"] = o.choices
+        if o.positional:
+            parser.add_argument(o.dest, **kwargs)
+        else:
+            parser.add_argument(o.flag, dest=o.dest, **kwargs)
+
+
+def config_overrides(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """The options that set configuration keys, as {dotted key: value}."""
+    return {o.key: getattr(args, o.dest) for o in for_command(command)
+            if o.key and getattr(args, o.dest, None) is not None}
+
+
+def argv(args: argparse.Namespace, command: str, skip: Sequence[str] = ()) -> list[str]:
+    """The command's options again as command-line arguments (for the processes of a
+    distributed search), leaving out `skip`."""
+    out: list[str] = []
+    for o in for_command(command):
+        value = getattr(args, o.dest, None)
+        if o.flag in skip or value is None or value == o.default:
+            continue
+        if o.positional:
+            out += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+        elif o.flag_only:
+            out += [o.flag] if value else []
+        elif isinstance(value, list):
+            for item in value:
+                out += [o.flag, str(item)]
+        else:
+            out += [o.flag, str(value)]
+    return out
+
+
+def from_make(command: str, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The arguments a make target passes through its variables (set and not empty)."""
+    env = os.environ if environ is None else environ
+    out: list[str] = []
+    for o in for_command(command):
+        value = env.get(o.variable, "").strip()
+        if not value:
+            continue
+        if o.positional:
+            out += value.split() if o.nargs in ("*", "+") else [value]
+        elif o.flag_only:
+            out += [o.flag] if value not in ("0", "false", "no") else []
+        elif o.flag == "--set":
+            for item in value.split():
+                out += [o.flag, item]
+        else:
+            out += [o.flag, value]
+    return out
+
+
+def make_words(message: str, command: str) -> str:
+    """An error message with make variables (EPOCHS=) in place of flags (--epochs)."""
+    for o in sorted(for_command(command), key=lambda o: -len(o.flag)):
+        if not o.positional:
+            message = message.replace(f"argument {o.flag}", f"{o.variable}=")
+            message = message.replace(o.flag, f"{o.variable}=")
+    return message
+
+
+def table() -> str:
+    """make variable, flag, commands and help of every option (`make vars`)."""
+    rows = [(o.variable, o.flag, ", ".join(o.commands), o.help) for o in OPTIONS]
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"  {a:<{width[0]}}  {b:<{width[1]}}  {c:<{width[2]}}  {d}"
+                     for a, b, c, d in rows)

@@ -1,0 +1,152 @@
+"""A model card per registered version (Mitchell et al. 2019, "Model Cards for Model
+Reporting"), written when the version is created: what it is for and not for, its data,
+architecture, figures with intervals, threshold rule, calibration, known limitations and
+lineage. It is the version's description in the registry (the UI shows it on the version's
+page) and `model_card.md` in the run that holds the version's model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from pneumo_exp.text import describe
+from pneumo_exp.tracking.names import MODEL_CARD, TAG_DATA
+
+INTENDED_USE = """\
+**Intended use.** Research and teaching on machine learning for chest radiographs, and as a
+starting point for models validated at a site: it scores a frontal pediatric chest X-ray
+(children aged 1-5, as in Kermany et al. 2018) for signs of pneumonia, as a probability and
+a NORMAL / PNEUMONIA label at the threshold below.
+
+**Not for.** Diagnosis or triage of patients without a clinician's reading and a local
+validation; adults, lateral views, other modalities or body parts; telling bacterial from
+viral pneumonia, or pneumonia from other opacities. It has not been evaluated prospectively."""
+
+LIMITATIONS = """\
+**Known limitations.** The training images come from one hospital system. On other
+patients (the test split is another block of patients) the ranking holds better than the
+operating point: models score the new site's NORMAL images as more pneumonia-like, so the
+specificity at the threshold falls. `pneumo-exp adapt` re-estimates the normalization
+statistics on a site's unlabeled images (for models with batch normalization); measure
+what a site gets with `bench/new_site.py` before use."""
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _interval(f: Mapping[str, Any], key: str) -> str:
+    low, high = f.get(f"{key}_ci_low"), f.get(f"{key}_ci_high")
+    return f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+
+
+def _figures_table(rows: Sequence[tuple[str, Mapping[str, Any], str]]) -> str:
+    lines = ["| split | accuracy | AUC | sensitivity | specificity | ECE |",
+             "|---|---|---|---|---|---|"]
+    for name, f, p in rows:
+        lines.append(f"| {name} | {_pct(f.get(f'{p}accuracy_at_thr'))}"
+                     f"{_interval(f, f'{p}accuracy_at_thr')} | "
+                     f"{_pct(f.get(f'{p}auc'))}{_interval(f, f'{p}auc')} | "
+                     f"{_pct(f.get(f'{p}sensitivity_at_thr'))} | "
+                     f"{_pct(f.get(f'{p}specificity_at_thr'))} | {_pct(f.get(f'{p}ece'))} |")
+    return "\n".join(lines)
+
+
+def _params(params: Mapping[str, str]) -> str:
+    """k=v, sorted, without float noise (contrast=0.3, not 0.30000000000000004)."""
+    return describe({k: v for k, v in sorted(params.items()) if not k.startswith("tuner/")},
+                    digits=6)
+
+
+def for_promotion(name: str, version: str, candidates: Sequence[Any],
+                  val: Mapping[str, float], test: Mapping[str, float], threshold: float,
+                  temperature: float, registry: Any) -> str:
+    """The card of a promoted version (one trial, or an ensemble of trials)."""
+    search = candidates[0].search
+    objective = candidates[0].cfg.search.objective
+    p = search.data.params
+    counts = ", ".join(f"{split} {p.get(f'data.{split}_NORMAL', '?')} NORMAL / "
+                       f"{p.get(f'data.{split}_PNEUMONIA', '?')} PNEUMONIA"
+                       for split in ("train", "val"))
+    members = "\n".join(
+        f"- {c.label} (run `{c.trial.info.run_id}`, search `{c.search.info.run_name}`), "
+        f"{c.cfg.data.image_size} px, {c.cfg.data.channels} channel(s): "
+        f"{_params(c.trial.data.params)}" for c in candidates)
+    kind = "one trial" if len(candidates) == 1 else (
+        f"an ensemble of {len(candidates)} trials (the mean of their probabilities)")
+    return f"""# {name} version {version}
+
+{kind.capitalize()}, promoted by its validation {objective} ({val[objective]:.4f}).
+
+{INTENDED_USE}
+
+**Training data.** {p.get('data.source', '?')} (fingerprint
+`{search.data.tags.get(TAG_DATA, '?')}`): {counts}. Validation is cut from
+train by patient; the test split was read once, for the figures below.
+
+**Architecture and hyperparameters.**
+{members}
+
+**Figures** (at the decision threshold; 95% bootstrap intervals):
+
+{_figures_table([("validation", val, "val_"), ("test", test, "test_")])}
+
+**Threshold rule.** {threshold:.3f}: the highest specificity whose sensitivity on the
+calibrated validation probabilities is at least {registry.min_sensitivity} (a missed
+pneumonia is the costly error).
+
+**Calibration.** Temperature {temperature:.3f}, fitted on validation (Guo et al. 2017).
+Expected calibration error (15 bins) on validation {_pct(val.get('val_uncalibrated_ece'))}
+before, {_pct(val.get('val_ece'))} after; on test {_pct(test.get('test_uncalibrated_ece'))}
+before, {_pct(test.get('test_ece'))} after.
+
+{LIMITATIONS}
+
+**Lineage.** Trial runs {', '.join(f'`{c.trial.info.run_id}`' for c in candidates)}; searches
+{', '.join(dict.fromkeys(f'`{c.search.info.run_id}`' for c in candidates))}.
+"""
+
+
+def for_adaptation(source_card: str, name: str, version: str, source_version: str,
+                   site: str, images: int, fingerprint: str, layers: int) -> str:
+    """The card of a site-adapted version: the source's card under a note on what changed."""
+    body = source_card.split("\n", 1)[1] if source_card.startswith("# ") else source_card
+    return f"""# {name} version {version} (site {site})
+
+Version {source_version} adapted to site `{site}`: the moving mean and variance of its
+{layers} batch-normalization layers re-estimated, in network order, on {images} unlabeled
+images of the site (fingerprint `{fingerprint}`); no other weight changed and no label was
+read. The threshold and temperature are version {source_version}'s: the site has no labels
+to choose them on, and adaptation moves the site's features back to the scale they were
+chosen at. The figures below are version {source_version}'s, on its validation and test
+splits; measure the site with `bench/new_site.py`.
+
+**Lineage.** Adapted from version {source_version}.
+{body}"""
+
+
+def with_new_site(card: str, figures: Mapping[str, Any]) -> str:
+    """The card with the new-site protocol's figures (bench/new_site.py) added."""
+    marker = "\n**Measured on a new site**"
+    card = card.split(marker)[0].rstrip() + "\n"
+    rows = "\n".join(f"| {k} | {v['accuracy']:.3f} | {v['sensitivity']:.3f} | "
+                     f"{v['specificity']:.3f} | {v['auc']:.3f} |" for k, v in figures.items())
+    return (card + f"{marker} (bench/new_site.py: the test split cut by patient into two "
+            "halves, adapted on one and scored on the other, and back; pooled, at the stored "
+            f"threshold):\n\n| variant | accuracy | sensitivity | specificity | AUC |\n"
+            f"|---|---|---|---|---|\n{rows}\n")
+
+
+def publish(client: MlflowClient, name: str, version: str, card: str, run_id: str) -> None:
+    """The card as the version's description and as model_card.md in its run (the run that
+    holds its model); the registered model's description points at the versions."""
+    client.update_model_version(name, version, description=card)
+    client.log_text(run_id, card, MODEL_CARD)
+    client.update_registered_model(name, description=(
+        f"Pediatric chest X-ray pneumonia classifier, trained and registered by pneumo-exp.\n\n"
+        f"{INTENDED_USE}\n\nEach version carries its model card (data, hyperparameters, "
+        "figures, threshold, calibration, limitations, lineage). Aliases: `champion` (best "
+        "validation objective), `challenger` (the latest promotion), `site-<name>` (adapted "
+        f"to a site). Latest: version {version}."))
+

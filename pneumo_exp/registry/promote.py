@@ -1,0 +1,267 @@
+"""Promote the best validation model to the MLflow Model Registry, evaluated once on test.
+
+`promote` is a list of steps: select the trial run with the best validation objective, or
+the k best as an ensemble (of one architecture, or of all); load their models; rebuild
+their searches' validation set; calibrate (a temperature) and choose the decision threshold
+on it; evaluate once on the test split in an evaluation run (the only use of the test
+split), which also holds the packaged pyfunc model; register it with its lineage; publish
+its model card; move the aliases: `challenger` to the new version, and `champion` when its
+validation objective beats the current champion's. Promoting runs that already have a
+version does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.tracking import MlflowClient
+
+from pneumo_exp.config import RegistryConfig
+from pneumo_exp.data.dataset import load_training_data
+from pneumo_exp.data.labeled import LabeledImages
+from pneumo_exp.data.sources import load_split, open_source
+from pneumo_exp.errors import ConfigError, UserError
+from pneumo_exp.evaluation.calibration import (
+    apply_temperature,
+    calibration_figures,
+    fit_temperature,
+)
+from pneumo_exp.evaluation.metrics import binary_metrics, bootstrap_ci
+from pneumo_exp.evaluation.thresholds import choose_threshold
+from pneumo_exp.registry import model_card
+from pneumo_exp.registry.packaging import log_packaged_model
+from pneumo_exp.registry.selection import (
+    Candidate,
+    alias_version,
+    best_trial_runs,
+    candidate,
+    sources_key,
+    trial_model,
+    trial_run,
+    versions_of_runs,
+)
+from pneumo_exp.serving.model import Member, ensemble_probability
+from pneumo_exp.tracking.figures import log_evaluation
+from pneumo_exp.tracking.names import (
+    CHALLENGER,
+    CHAMPION,
+    ROLE_EVALUATION,
+    TAG_ARCH,
+    TAG_DATA,
+    TAG_EVALUATION_RUN,
+    TAG_HYPERPARAMETERS,
+    TAG_MEMBERS,
+    TAG_OBJECTIVE,
+    TAG_OBJECTIVE_VALUE,
+    TAG_SEARCH_RUNS,
+    TAG_SOURCES,
+    TAG_TEMPERATURE,
+    TAG_THRESHOLD,
+    figure_tag,
+)
+from pneumo_exp.tracking.runs import start_run
+from pneumo_exp.tracking.store import connect
+
+log = logging.getLogger(__name__)
+
+VERSION_FIGURES = ("val_auc", "val_accuracy", "val_loss", "val_sensitivity_at_thr",
+                   "val_specificity_at_thr", "val_ece", "val_uncalibrated_ece")  # as tags
+
+
+@dataclass(frozen=True)
+class Promotion:
+    version: ModelVersion
+    created: bool
+    champion: str  # version number holding the champion alias afterwards
+    figures: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The ensemble's mean probability on one labelled set, before calibration."""
+
+    labels: np.ndarray
+    raw: np.ndarray
+
+
+@dataclass(frozen=True)
+class Calibration:
+    temperature: float
+    threshold: float
+
+    def apply(self, scores: Scores) -> np.ndarray:
+        return apply_temperature(scores.raw, self.temperature)
+
+
+def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | None = None,
+            top: int | None = None) -> Promotion:
+    """Register the ensemble of the up to `top` (registry.top) best trials validated alike,
+    or the one trial `run_id`."""
+    client = connect()
+    trials = select_trials(client, arch, run_id, registry.top if top is None else top)
+    name = registry.model_name
+    existing = versions_of_runs(client, name, [t.info.run_id for t in trials])
+    if existing:
+        return Promotion(existing[0], False, alias_version(client, name, CHAMPION) or "-", {})
+    candidates = [candidate(client, t) for t in trials]
+    members = [Member(trial_model(c.trial), c.cfg.data.image_size, c.cfg.data.channels)
+               for c in candidates]
+    val = score(members, validation_sets(candidates))
+    calibration = calibrate(val, registry.min_sensitivity)
+    val_figures = validation_figures(val, calibration, registry.bootstrap)
+    test = score(members, test_sets(candidates))
+    evaluation_run, test_figures, model_uri = evaluate_and_package(
+        candidates, members, calibration, val_figures, test, registry)
+    version = register(name, model_uri, candidates, calibration, val_figures, evaluation_run)
+    card = model_card.for_promotion(name, str(version.version), candidates, val_figures,
+                                    test_figures, calibration.threshold,
+                                    calibration.temperature, registry)
+    model_card.publish(client, name, str(version.version), card, evaluation_run)
+    champion = move_aliases(client, name, str(version.version),
+                            candidates[0].cfg.search.direction)
+    return Promotion(client.get_model_version(name, version.version), True, champion,
+                     test_figures)
+
+
+def select_trials(client: MlflowClient, arch: str | None, run_id: str | None,
+                  top: int) -> list[Run]:
+    """The one trial `run_id`, or the up to `top` best validated alike."""
+    if top < 1:
+        raise ConfigError(f"TOP must be an integer >= 1; got {top}.")
+    return [trial_run(client, run_id)] if run_id else best_trial_runs(client, arch, top)
+
+
+def validation_sets(candidates: Sequence[Candidate]) -> list[LabeledImages]:
+    """Each member's validation images at its own preprocessing; one set of patients."""
+    sets = []
+    for c in candidates:
+        data = load_training_data(c.cfg.data, c.cfg.search.seed)
+        if data.fingerprint != c.search.data.tags.get(TAG_DATA):
+            raise UserError(f"the data of search {c.search.info.run_name} ({data.root}) "
+                            "changed since it ran (its fingerprint differs), so its validation "
+                            "set cannot be rebuilt to choose the threshold. Search again, then "
+                            "promote.")
+        sets.append(data.val)
+    for c, s in zip(candidates[1:], sets[1:], strict=True):
+        if not np.array_equal(s.names, sets[0].names):
+            raise UserError(f"{c.label} was validated on other images than "
+                            f"{candidates[0].label} (another dataset, seed or validation "
+                            "split), so an ensemble of them has no common validation set: "
+                            "promote them separately.")
+    return sets
+
+
+def test_sets(candidates: Sequence[Candidate]) -> list[LabeledImages]:
+    """Each member's test images (of the dataset its search used) at its preprocessing."""
+    return [load_split(open_source(c.search.data.params["data.source"]), "test",
+                       c.cfg.data.image_size, c.cfg.data.channels).data for c in candidates]
+
+
+def score(members: Sequence[Member], sets: Sequence[LabeledImages]) -> Scores:
+    """The members' mean probability, each on its own set (the same images)."""
+    arrays = {m.preprocessing: s.images for m, s in zip(members, sets, strict=True)}
+    return Scores(sets[0].labels, ensemble_probability(members, arrays, batch_size=256))
+
+
+def calibrate(val: Scores, min_sensitivity: float) -> Calibration:
+    """A temperature fitted on validation, then the threshold on the calibrated
+    validation probabilities."""
+    temperature = fit_temperature(val.labels, val.raw)
+    prob = apply_temperature(val.raw, temperature)
+    return Calibration(temperature, choose_threshold(val.labels, prob, min_sensitivity))
+
+
+def validation_figures(val: Scores, calibration: Calibration, n_bootstrap: int) -> dict[
+        str, float]:
+    """The calibrated validation figures at 0.5 and at the threshold, with intervals, and
+    the calibration error before and after."""
+    y, prob, threshold = val.labels, calibration.apply(val), calibration.threshold
+    figures = {f"val_{k}": v for k, v in binary_metrics(y, prob).items()}
+    figures.update({f"val_{k}_at_thr": v for k, v in binary_metrics(y, prob, threshold).items()
+                    if k in ("sensitivity", "specificity", "accuracy")})
+    figures.update(calibration_figures(y, prob, "val_"))
+    figures.update(calibration_figures(y, val.raw, "val_uncalibrated_"))
+    figures["val_uncalibrated_loss"] = binary_metrics(y, val.raw)["loss"]
+    for key, (low, high) in bootstrap_ci(y, prob, threshold, n_bootstrap).items():
+        figures[f"val_{key}_ci_low"], figures[f"val_{key}_ci_high"] = low, high
+    return figures
+
+
+def _arch(candidates: Sequence[Candidate]) -> str:
+    return ",".join(dict.fromkeys(c.trial.data.tags.get(TAG_ARCH, c.cfg.arch)
+                                  for c in candidates))
+
+
+def evaluate_and_package(candidates: Sequence[Candidate], members: Sequence[Member],
+                         calibration: Calibration, val_figures: Mapping[str, float],
+                         test: Scores, registry: RegistryConfig) -> tuple[
+                             str, dict[str, float], str]:
+    """The evaluation run: the test figures (the only read of the test split) and the
+    packaged model. Returns the run's id, the test figures and the model's URI."""
+    first = candidates[0]
+    title = (first.label if len(candidates) == 1 else f"ensemble of {len(candidates)}: "
+             + ", ".join(c.label for c in candidates))
+    sources = [c.trial.info.run_id for c in candidates]
+    with start_run(first.trial.info.experiment_id,
+                   "evaluation-" + title.replace(" ", "-").replace(",", ""), ROLE_EVALUATION,
+                   first.search.data.tags.get(TAG_DATA, ""),
+                   {TAG_ARCH: _arch(candidates), TAG_SOURCES: sources_key(sources)}) as run:
+        # (the packaged model logs its config, members, threshold and temperature, as params)
+        mlflow.log_params({"source_run_ids": ",".join(sources),
+                           "threshold_rule": f"max specificity with calibrated val "
+                                             f"sensitivity >= {registry.min_sensitivity}",
+                           "test_size": len(test.labels)})
+        mlflow.log_metrics(dict(val_figures))
+        figures = log_evaluation(test.labels, calibration.apply(test), calibration.threshold,
+                                 "test", registry.bootstrap, title=f"{title}, test split",
+                                 uncalibrated=test.raw)
+        logged = log_packaged_model(members, calibration.threshold, calibration.temperature)
+    return run.info.run_id, figures, logged.model_uri
+
+
+def register(name: str, model_uri: str, candidates: Sequence[Candidate],
+             calibration: Calibration, val_figures: Mapping[str, float],
+             evaluation_run: str) -> ModelVersion:
+    """A new version of `name` with its lineage and validation figures as tags."""
+    first = candidates[0]
+    objective = first.cfg.search.objective
+    hyperparameters = ([c.trial.data.params for c in candidates] if len(candidates) > 1
+                       else first.trial.data.params)
+    tags = {
+        TAG_SOURCES: sources_key([c.trial.info.run_id for c in candidates]),
+        TAG_MEMBERS: str(len(candidates)), TAG_EVALUATION_RUN: evaluation_run,
+        TAG_SEARCH_RUNS: ",".join(dict.fromkeys(c.search.info.run_id for c in candidates)),
+        TAG_ARCH: _arch(candidates), TAG_DATA: first.search.data.tags.get(TAG_DATA, ""),
+        TAG_THRESHOLD: f"{calibration.threshold:.6f}",
+        TAG_TEMPERATURE: f"{calibration.temperature:.6f}",
+        TAG_OBJECTIVE: objective, TAG_OBJECTIVE_VALUE: str(val_figures[objective]),
+        TAG_HYPERPARAMETERS: json.dumps(hyperparameters, sort_keys=True)[:5000],
+        **{figure_tag(k): f"{val_figures[k]:.4f}" for k in VERSION_FIGURES},
+    }
+    return mlflow.register_model(model_uri, name, tags=tags)
+
+
+def move_aliases(client: MlflowClient, name: str, version: str, direction: str) -> str:
+    """challenger -> the new version; champion -> it too if it beats the champion."""
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    champion = alias_version(client, name, CHAMPION)
+    if champion is not None:
+        new = client.get_model_version(name, version).tags
+        old = client.get_model_version(name, champion).tags
+        if new[TAG_OBJECTIVE] != old[TAG_OBJECTIVE]:
+            log.warning("version %s was chosen by %s and the champion (version %s) by %s: "
+                        "they do not compare, so the champion stays.", version,
+                        new[TAG_OBJECTIVE], champion, old[TAG_OBJECTIVE])
+            return champion
+        a, b = float(new[TAG_OBJECTIVE_VALUE]), float(old[TAG_OBJECTIVE_VALUE])
+        if not (a > b if direction == "max" else a < b):
+            return champion
+    client.set_registered_model_alias(name, CHAMPION, version)
+    return version

@@ -1,0 +1,140 @@
+"""Which trial runs a promotion packages: the best by the validation objective, then the
+next best validated on the same images, and the configuration of each one's search."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import mlflow
+import yaml
+from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from pneumo_exp.config import ExperimentConfig, architectures, config_from_dict, load_config
+from pneumo_exp.errors import ConfigError, UserError
+from pneumo_exp.tracking.names import (
+    CONFIG_ARTIFACT,
+    ROLE_TRIAL,
+    TAG_ARCH,
+    TAG_ROLE,
+    TAG_SITE,
+    TAG_SOURCES,
+    TAG_TRIAL,
+)
+
+log = logging.getLogger(__name__)
+
+VALIDATION_PARAMS = ("data.source", "data.validation", "data.val_fraction", "search.seed")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A trial run to package, with its search's configuration and parent run."""
+
+    trial: Run
+    cfg: ExperimentConfig
+    search: Run
+
+    @property
+    def label(self) -> str:
+        return (f"{self.trial.data.tags.get(TAG_ARCH, self.cfg.arch)} trial "
+                f"{self.trial.data.tags.get(TAG_TRIAL, '?')}")
+
+
+def objective_of(arch: str | None) -> tuple[str, str, list[str]]:
+    """(objective, direction, experiment names) of one architecture, or of all of them; a
+    promotion across architectures needs them to share the objective."""
+    configs = [load_config(a) for a in ([arch] if arch else architectures())]
+    objectives = {c.search.objective for c in configs}
+    if len(objectives) > 1:
+        listed = ", ".join(f"{c.arch}: {c.search.objective}" for c in configs)
+        raise ConfigError(f"the architectures optimize different objectives ({listed}), so "
+                          "their trials cannot be ranked together: promote one ARCH at a time.")
+    return (configs[0].search.objective, configs[0].search.direction,
+            sorted({c.experiment_name for c in configs}))
+
+
+def best_trial_runs(client: MlflowClient, arch: str | None, top: int = 1) -> list[Run]:
+    """The best finished trial run by `best_<objective>` (each trial's best checkpoint, the
+    figure its search's oracle ranked), then the next best validated on the same images
+    (the same dataset, validation split and seed), up to `top` in all."""
+    objective, direction, names = objective_of(arch)
+    ids = [e.experiment_id for n in names if (e := client.get_experiment_by_name(n))]
+    order = "DESC" if direction == "max" else "ASC"
+    runs = client.search_runs(
+        ids, f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}' and attributes.status = 'FINISHED' and "
+        f"metrics.best_{objective} > -1e300",
+        order_by=[f"metrics.best_{objective} {order}"]) if ids else []
+    if not runs:
+        what = f"of {arch} " if arch else ""
+        raise UserError(f"no finished trial {what}to promote: run `make search"
+                        f"{' ARCH=' + arch if arch else ''}` first.")
+    parents: dict[str, tuple[str | None, ...]] = {}
+
+    def validation(run: Run) -> tuple[str | None, ...]:
+        parent = run.data.tags[MLFLOW_PARENT_RUN_ID]
+        if parent not in parents:
+            params = client.get_run(parent).data.params
+            parents[parent] = tuple(params.get(k) for k in VALIDATION_PARAMS)
+        return parents[parent]
+
+    # stops at `top`: each new search met costs a read of its parent run
+    same = list(itertools.islice((r for r in runs if validation(r) == validation(runs[0])), top))
+    if len(same) < top:
+        log.info("Promoting the %d finished trial(s) validated like the best one (TOP=%d "
+                 "asks for up to %d).", len(same), top, top)
+    return same
+
+
+def trial_run(client: MlflowClient, run_id: str) -> Run:
+    """The trial run `run_id`, checked to be a finished trial."""
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException as e:
+        raise UserError(f"no run {run_id} in the store {mlflow.get_tracking_uri()}.") from e
+    if run.data.tags.get(TAG_ROLE) != ROLE_TRIAL or run.info.status != "FINISHED":
+        raise UserError(f"run {run_id} is not a finished trial of a search; promote takes "
+                        "the id of a 'trial-N' run.")
+    return run
+
+
+def candidate(client: MlflowClient, trial: Run) -> Candidate:
+    """A trial with the configuration of its search, from its parent's config.yaml."""
+    parent = client.get_run(trial.data.tags[MLFLOW_PARENT_RUN_ID])
+    text = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/{CONFIG_ARTIFACT}")
+    return Candidate(trial, config_from_dict(yaml.safe_load(text)), parent)
+
+
+def trial_model(trial: Run) -> object:
+    """The Keras model a trial run logged (its best checkpoint)."""
+    models = mlflow.search_logged_models(
+        experiment_ids=[trial.info.experiment_id],
+        filter_string=f"source_run_id = '{trial.info.run_id}'", output_format="list")
+    if not models:
+        raise UserError(f"trial run {trial.info.run_id} has no logged model to promote.")
+    return mlflow.keras.load_model(models[0].model_uri)
+
+
+def sources_key(run_ids: Sequence[str]) -> str:
+    """The value of a version's TAG_SOURCES: its trial runs, sorted."""
+    return ",".join(sorted(run_ids))
+
+
+def versions_of_runs(client: MlflowClient, name: str, run_ids: Sequence[str]) -> list[
+        ModelVersion]:
+    """The versions (not site adaptations) packaging exactly these trial runs."""
+    key = sources_key(run_ids)
+    return [v for v in client.search_model_versions(f"name = '{name}'")
+            if v.tags.get(TAG_SOURCES) == key and TAG_SITE not in v.tags]
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None

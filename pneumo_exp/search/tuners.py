@@ -1,0 +1,190 @@
+"""Keras Tuner's tuners and oracles as pneumo-exp runs them.
+
+Tracking (a nested MLflow run per trial), per-trial seeding, stopping rules, progress on
+the console and the time budget attach at the tuner's hooks (`on_trial_begin`,
+`run_trial`, `on_epoch_end`, `on_trial_end`); the oracles start from the study's
+configuration and the configured initial points (kt_internals.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from typing import Any
+
+import keras
+import keras_tuner as kt
+
+from pneumo_exp.config import ExperimentConfig
+from pneumo_exp.data.labeled import LabeledImages
+from pneumo_exp.errors import ConfigError
+from pneumo_exp.hypermodels import StudyHyperModel
+from pneumo_exp.search import console, interrupts
+from pneumo_exp.search.callbacks import MedianStopping, trial_status
+from pneumo_exp.search.kt_internals import GivenPointsFirst, TunerMixin, allows, set_debug
+from pneumo_exp.tracking.search_runs import SearchTracker
+from pneumo_exp.tracking.trials import log_classifier, log_epoch_metrics
+
+log = logging.getLogger(__name__)
+
+
+class RandomSearchOracle(GivenPointsFirst, kt.oracles.RandomSearchOracle):
+    pass
+
+
+class BayesianOptimizationOracle(GivenPointsFirst, kt.oracles.BayesianOptimizationOracle):
+    pass
+
+
+class HyperbandOracle(GivenPointsFirst, kt.oracles.HyperbandOracle):
+    pass
+
+
+class TrackedTuner(TunerMixin, kt.Tuner):
+    """A Keras Tuner tuner with a nested MLflow run per trial, a seed per trial, the
+    median stopping rule, a line of progress per trial, and a time budget after which no
+    new trial starts."""
+
+    def __init__(self, oracle: kt.Oracle, hypermodel: kt.HyperModel, *, tracker: SearchTracker,
+                 val: LabeledImages, deadline: float | None = None, fit_verbose: int = 0,
+                 **kwargs: Any) -> None:
+        self.tracker, self.val, self.deadline = tracker, val, deadline
+        self.fit_verbose = fit_verbose
+        self._run_id: str | None = None
+        self._started: dict[str, float] = {}
+        # kt.Tuner directly: RandomSearch/Hyperband's constructors only build their oracle.
+        kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
+
+    def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
+        super().on_trial_begin(trial)
+        self._started[trial.trial_id] = time.time()
+        defaults = self.hypermodel.defaults()
+        changed = {k: v for k, v in trial.hyperparameters.values.items()
+                   if not k.startswith("tuner/") and defaults.get(k) != v}
+        log.info("\n%s", console.trial_begins(
+            trial.trial_id, int(trial.trial_id) + 1, self.tracker.cfg.search.max_trials,
+            changed, self.tracker.elapsed()))
+
+    def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
+        interrupts.check()
+        cfg = self.tracker.cfg
+        # Trial i trains from seed + i whatever the order, so a resumed search reproduces it.
+        keras.utils.set_random_seed(cfg.search.seed + int(trial.trial_id))
+        values = trial.hyperparameters.values
+        median = None
+        if cfg.search.median_stopping:
+            median = MedianStopping(cfg.search.objective, cfg.search.direction,
+                                    self.tracker.objective_curves(), cfg.search.median_stopping)
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), *([median] if median else [])]
+        kwargs["verbose"] = self.fit_verbose
+        with self.tracker.trial_run(trial.trial_id, values, self.tuner_id) as run_id:
+            self._run_id = run_id
+            histories = super().run_trial(trial, *args, **kwargs)
+            with warnings.catch_warnings():  # the fresh model has no optimizer state to load
+                warnings.filterwarnings("ignore", message="Skipping variable loading")
+                model = self.load_model(trial)
+            history = histories[-1].history
+            initial_epoch = values.get("tuner/initial_epoch", 0)
+            log_classifier(model, self.val, history, cfg.search.objective,
+                           cfg.search.direction, initial_epoch=initial_epoch,
+                           title=f"trial {trial.trial_id} of search {self.tracker.search_name}",
+                           gradcam_images=cfg.tracking.gradcam_images)
+            planned = values.get("tuner/epochs", cfg.train.epochs) - initial_epoch
+            status = trial_status(
+                history, planned_epochs=planned,
+                constant_epochs=cfg.search.constant_epochs,
+                below_median_at=median.stopped_at if median else None,
+                out_of_time=bool(self.deadline and time.time() > self.deadline))
+            self.tracker.set_trial_status(run_id, status)
+        return histories
+
+    def on_epoch_end(self, trial: Any, model: keras.Model, epoch: int,
+                     logs: dict[str, Any] | None = None) -> None:
+        super().on_epoch_end(trial, model, epoch, logs)
+        if self._run_id and logs:
+            log_epoch_metrics(self.tracker.client, self._run_id, epoch, logs)
+
+    def on_trial_end(self, trial: Any) -> None:
+        if trial.message:  # Keras Tuner keeps the traceback; one line says it
+            last = trial.message.strip().splitlines()[-1]
+            trial.message = last.split(": ", 1)[-1] if "Error: " in last else last
+            if self._run_id:
+                self.tracker.set_trial_status(self._run_id, f"failed: {trial.message}")
+        super().on_trial_end(trial)
+        self._run_id = None
+        seconds = time.time() - self._started.pop(trial.trial_id, time.time())
+        row = self.tracker.trial_row(trial.trial_id)
+        best = self.tracker.best_so_far()
+        log.info("%s", console.trial_ends(
+            trial.trial_id, row, best, seconds, self.tracker.elapsed(),
+            self.tracker.remaining_estimate(self.deadline)))
+        if self.deadline and time.time() > self.deadline and not self.is_worker():
+            stop_new_trials(self.oracle)
+
+
+def stop_new_trials(oracle: kt.Oracle) -> None:
+    """The time budget is spent: the oracle hands out no new trial."""
+    if oracle.remaining_trials:
+        log.warning("time budget spent: no new trial starts.")
+        oracle.max_trials = len(oracle.trials)
+
+
+class TrackedHyperband(TrackedTuner, kt.Hyperband):
+    """Hyperband's epochs per round and warm starts, with the tracking above."""
+
+
+def make_tuner(cfg: ExperimentConfig, hypermodel: StudyHyperModel, tracker: SearchTracker,
+               val: LabeledImages, project_dir: Any, overwrite: bool,
+               fit_verbose: int = 0, debug: bool = False) -> TrackedTuner:
+    """The configured tuner; a failed trial is one line (and its run's failure tag) unless
+    `debug`, which prints its traceback."""
+    set_debug(debug)
+    s = cfg.search
+    objective = kt.Objective(s.objective, s.direction)
+    if s.tuner == "random":
+        oracle = RandomSearchOracle(objective, max_trials=s.max_trials, seed=s.seed)
+    elif s.tuner == "bayesian":
+        # The given points count among the initial points: the Gaussian process proposes
+        # once they and any random draws have completed.
+        initial = max(s.num_initial_points, len(given_points(cfg))) \
+            if s.num_initial_points else None
+        oracle = BayesianOptimizationOracle(objective, max_trials=s.max_trials, seed=s.seed,
+                                            num_initial_points=initial)
+    else:
+        oracle = HyperbandOracle(objective, max_epochs=cfg.train.epochs,
+                                 factor=s.hyperband_factor, seed=s.seed)
+        oracle.max_trials = s.max_trials  # Hyperband has no trial budget of its own
+    oracle.given_points = given_points(cfg)
+    tuner_class = TrackedHyperband if s.tuner == "hyperband" else TrackedTuner
+    tuner = tuner_class(
+        oracle, hypermodel, tracker=tracker, val=val, fit_verbose=fit_verbose,
+        deadline=time.time() + s.time_budget_min * 60 if s.time_budget_min else None,
+        directory=str(project_dir.parent), project_name=project_dir.name, overwrite=overwrite)
+    _check_space(cfg, tuner)
+    return tuner
+
+
+def given_points(cfg: ExperimentConfig) -> list[dict[str, Any]]:
+    """The trials to run first: the space's default point (the study's configuration)
+    unless search.default_first is false, then search.initial_points."""
+    return ([{}] if cfg.search.default_first else []) + [dict(p) for p in
+                                                          cfg.search.initial_points]
+
+
+def _check_space(cfg: ExperimentConfig, tuner: kt.Tuner) -> None:
+    """Names in `space` and `search.initial_points` must be hyperparameters; a point's value
+    that the (overridden) space excludes gives way to the default."""
+    space = {hp.name: hp for hp in tuner.oracle.get_space().space}
+    keys = [(f"space.{k}", k) for k in cfg.space]
+    for i, point in enumerate(cfg.search.initial_points):
+        keys += [(f"search.initial_points[{i}].{k}", k) for k in point]
+    for key, name in keys:
+        if name not in space:
+            raise ConfigError(f"'{key}' is not a hyperparameter of {cfg.arch}; it has: "
+                              f"{', '.join(sorted(space))}.")
+    for i, point in enumerate(cfg.search.initial_points):
+        for name, value in point.items():
+            if not allows(space[name], value):
+                log.info("initial point %d: %s=%r is outside the space; it takes %r.", i,
+                         name, value, space[name].default)

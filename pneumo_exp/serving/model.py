@@ -1,0 +1,128 @@
+"""The deployable model: raw image bytes in, probability of pneumonia and a label out.
+
+A registered version is an MLflow pyfunc model logged from code (`mlflow_model.py`, no
+pickle). Its artifacts are one or more Keras models (loaded in Keras' safe mode): one for
+a promoted trial, k for an ensemble of the k best. Its config holds each member's
+preprocessing (image size, channels), the temperature that calibrates the members' mean
+probability, and the decision threshold chosen on validation. Images are decoded with
+`decode_image`, exactly as in training, once per distinct preprocessing.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from pneumo_exp.config import CLASS_NAMES
+from pneumo_exp.data.images import Decoded, Preprocessing, decode_many
+from pneumo_exp.evaluation.calibration import apply_temperature
+
+IMAGE_COLUMN = "image"
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+UNREADABLE = "unreadable"
+
+
+def member_artifact(i: int) -> str:
+    return f"keras_model_{i}"
+
+
+@dataclass
+class Member:
+    """One Keras model of a packaged version, with the preprocessing it was trained on."""
+
+    model: Any  # keras.Model
+    image_size: int
+    channels: int
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.image_size, self.channels
+
+
+def ensemble_probability(members: Sequence[Member], arrays: Mapping[Preprocessing, np.ndarray],
+                         temperature: float = 1.0, batch_size: int = 64) -> np.ndarray:
+    """The members' mean probability of PNEUMONIA, each on the images decoded at its own
+    preprocessing, calibrated by `temperature`."""
+    prob = np.mean([m.model.predict(arrays[m.preprocessing].astype(np.float32),
+                                    batch_size=batch_size, verbose=0).ravel()
+                    for m in members], axis=0)
+    return apply_temperature(prob, temperature)
+
+
+class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
+    """pyfunc model over a DataFrame with an `image` column of encoded image files (bytes,
+    or base64 text as in a served JSON request). Returns `probability` (null for a file
+    that is not an image) and `label`."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        import keras
+
+        config = context.model_config
+        self.members = [
+            Member(keras.saving.load_model(context.artifacts[member_artifact(i)],
+                                           compile=False, safe_mode=True),
+                   int(spec["image_size"]), int(spec["channels"]))
+            for i, spec in enumerate(config["members"])]
+        self.threshold = float(config["threshold"])
+        self.temperature = float(config.get("temperature", 1.0))
+
+    def decode(self, images: Sequence[Any]) -> Decoded:
+        """The readable images (bytes or base64 text) decoded for each member's
+        preprocessing."""
+        return decode_many([_as_file(data) for data in images],
+                           [m.preprocessing for m in self.members])
+
+    def probabilities(self, arrays: Mapping[Preprocessing, np.ndarray]) -> np.ndarray:
+        """The calibrated mean of the members' probabilities of PNEUMONIA."""
+        return ensemble_probability(self.members, arrays, self.temperature)
+
+    def predict(self, context: Any, model_input: pd.DataFrame,
+                params: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        images = list(model_input[IMAGE_COLUMN])
+        decoded = self.decode(images)
+        prob: list[float | None] = [None] * len(images)
+        if decoded.readable:
+            for i, p in zip(decoded.readable, self.probabilities(decoded.arrays), strict=True):
+                prob[i] = float(p)
+        labels = [UNREADABLE if p is None else CLASS_NAMES[int(p >= self.threshold)]
+                  for p in prob]
+        # object dtype: an unreadable file is None, i.e. null in JSON, not NaN
+        return pd.DataFrame({"probability": pd.Series(prob, dtype=object), "label": labels})
+
+
+def _as_file(value: Any) -> io.BytesIO:
+    """Bytes pass through; base64 text (served JSON) is decoded; decode_image reads both."""
+    if isinstance(value, str):
+        value = base64.b64decode(value)
+    return io.BytesIO(bytes(value))
+
+
+def images_frame(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """The model's input for image files: one row of raw bytes per file."""
+    return pd.DataFrame({IMAGE_COLUMN: [Path(p).read_bytes() for p in paths]})
+
+
+def signature() -> mlflow.models.ModelSignature:
+    from mlflow.types import ColSpec, Schema
+
+    return mlflow.models.ModelSignature(
+        inputs=Schema([ColSpec("binary", IMAGE_COLUMN)]),
+        outputs=Schema([ColSpec("double", "probability", required=False),
+                        ColSpec("string", "label")]))
+
+
+def classifier(model: mlflow.pyfunc.PyFuncModel) -> PneumoniaClassifier:
+    """The PneumoniaClassifier inside a loaded pyfunc model (its Keras members, threshold
+    and temperature), for adaptation and explanations."""
+    inner = model.unwrap_python_model()
+    if not hasattr(inner, "members"):  # the model's own copy of this class, or another model
+        raise TypeError(f"{type(inner).__name__} is not a pneumo-exp classifier")
+    return inner

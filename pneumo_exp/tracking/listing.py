@@ -1,0 +1,166 @@
+"""What the store holds, as tables for the console: the searches and cross-validations
+(`pneumo-exp runs`), the registered versions (`pneumo-exp models`), which version answers
+for a `models:/` URI, and what deleting one search takes away. MLflow only; no TensorFlow."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import mlflow
+from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from pneumo_exp.errors import UserError
+from pneumo_exp.text import text_table
+from pneumo_exp.tracking.names import (
+    EXPERIMENT_PREFIX,
+    ROLE_CV,
+    ROLE_SEARCH,
+    TAG_ADAPTED_FROM_VERSION,
+    TAG_ARCH,
+    TAG_BEST_TRIAL,
+    TAG_EVALUATION_RUN,
+    TAG_MEMBERS,
+    TAG_ROLE,
+    TAG_SEARCH,
+    TAG_SITE,
+    TAG_SOURCES,
+    TAG_THRESHOLD,
+    figure_tag,
+)
+from pneumo_exp.tracking.store import connect
+
+
+def experiments(client: MlflowClient) -> dict[str, str]:
+    """id -> name of the project's experiments."""
+    return {e.experiment_id: e.name for e in client.search_experiments(
+        filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'")}
+
+
+def parent_runs(client: MlflowClient) -> list[Run]:
+    """Searches and cross-validations, newest first."""
+    ids = list(experiments(client))
+    if not ids:
+        return []
+    runs = [r for role in (ROLE_SEARCH, ROLE_CV) for r in client.search_runs(
+        ids, f"tags.`{TAG_ROLE}` = '{role}'")]  # tags take no IN
+    return sorted(runs, key=lambda r: r.info.start_time, reverse=True)
+
+
+def runs_table(client: MlflowClient) -> str:
+    rows = []
+    for run in parent_runs(client):
+        m, t = run.data.metrics, run.data.tags
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000))
+        completed = m.get("n_completed_trials")
+        trials = (f"{int(completed)}/{int(m['n_trials'])}" if completed is not None
+                  and "n_trials" in m else "-")
+        rows.append([started, t.get(TAG_ARCH, "?"), t.get(TAG_ROLE), run.info.run_name,
+                     run.info.status, trials, m.get("best_val_auc"),
+                     t.get(TAG_BEST_TRIAL, "-"),
+                     f"{m['wall_time_s'] / 60:.1f}" if "wall_time_s" in m else "-",
+                     run.info.run_id])
+    if not rows:
+        return "No search or cross-validation in this store yet: make search ARCH=aug_cnn."
+    return text_table(["started", "arch", "kind", "name", "status", "trials", "best val AUC",
+                       "best trial", "minutes", "run id"], rows)
+
+
+def version_summary(tags: Mapping[str, str]) -> str:
+    """What a version is, from its tags: `aug_cnn x3, site north (from v1)`."""
+    members = int(tags.get(TAG_MEMBERS, "1") or 1)
+    what = tags.get(TAG_ARCH, "?") + (f" x{members}" if members > 1 else "")
+    if TAG_SITE in tags:
+        what += f", site {tags[TAG_SITE]} (from v{tags.get(TAG_ADAPTED_FROM_VERSION, '?')})"
+    return what
+
+
+def describe_version(model_uri: str) -> str:
+    """Which registered version answers for a models:/ URI, with its aliases."""
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    if not model_uri.startswith("models:/"):
+        return model_uri
+    client = connect()
+    try:
+        name, number = get_model_name_and_version(client, model_uri)
+        v = client.get_model_version(name, number)
+    except (mlflow.exceptions.MlflowException, ValueError):
+        return model_uri
+    aliases = f", aliases {', '.join(v.aliases)}" if v.aliases else ""
+    return f"{model_uri}: {name} version {v.version} ({version_summary(v.tags)}{aliases})"
+
+
+def _figure(client: MlflowClient, run_id: str | None, key: str) -> float | None:
+    if not run_id:
+        return None
+    return client.get_run(run_id).data.metrics.get(key)
+
+
+def _aliases(client: MlflowClient, versions: list[ModelVersion]) -> dict[tuple[str, str],
+                                                                          list[str]]:
+    aliases: dict[tuple[str, str], list[str]] = {}
+    for model in {v.name for v in versions}:  # search results carry no aliases
+        for alias, number in client.get_registered_model(model).aliases.items():
+            aliases.setdefault((model, str(number)), []).append(alias)
+    return aliases
+
+
+def models_table(client: MlflowClient, name: str | None = None) -> str:
+    filter_string = f"name = '{name}'" if name else ""
+    versions = sorted(client.search_model_versions(filter_string),
+                      key=lambda v: (v.name, int(v.version)), reverse=True)
+    aliases = _aliases(client, versions)
+    rows = []
+    for v in versions:
+        t = v.tags
+        evaluation = t.get(TAG_EVALUATION_RUN)
+        sources = t.get(TAG_SOURCES, "")
+        val_auc = t.get(figure_tag("val_auc"))
+        rows.append([v.name, v.version,
+                     ",".join(sorted(aliases.get((v.name, str(v.version)), []))) or "-",
+                     version_summary(t), sources[:8] + ("…" if len(sources) > 8 else ""),
+                     float(val_auc) if val_auc else None,
+                     _figure(client, evaluation, "test_auc"),
+                     _figure(client, evaluation, "test_accuracy_at_thr"),
+                     _figure(client, evaluation, "test_sensitivity_at_thr"),
+                     _figure(client, evaluation, "test_specificity_at_thr"),
+                     t.get(TAG_THRESHOLD, "-")[:5]])
+    if not rows:
+        return "No registered model yet: make search ARCH=aug_cnn, then make promote."
+    return text_table(["model", "version", "aliases", "what", "trial run", "val AUC",
+                       "test AUC", "test acc", "sens", "spec", "threshold"], rows)
+
+
+def find_search(client: MlflowClient, search_name: str) -> Run:
+    ids = list(experiments(client))
+    runs = client.search_runs(ids, f"tags.`{TAG_ROLE}` = '{ROLE_SEARCH}' and "
+                                   f"tags.`{TAG_SEARCH}` = '{search_name}'") if ids else []
+    if not runs:
+        raise UserError(f"no search named '{search_name}' in this store; pneumo-exp runs "
+                        "lists them.")
+    if len(runs) > 1:
+        listed = ", ".join(f"{r.info.run_id} ({client.get_experiment(r.info.experiment_id).name})"
+                           for r in runs)
+        raise UserError(f"{len(runs)} searches are named '{search_name}' ({listed}); "
+                        "delete-search needs a single one.")
+    return runs[0]
+
+
+def search_children(client: MlflowClient, parent: Run) -> list[Run]:
+    return client.search_runs([parent.info.experiment_id],
+                              f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'")
+
+
+def versions_using(client: MlflowClient, run_ids: set[str]) -> list[Mapping[str, Any]]:
+    """Registered versions packaging one of these trial runs."""
+    used = []
+    for v in client.search_model_versions(""):
+        sources = set(filter(None, v.tags.get(TAG_SOURCES, "").split(",")))
+        if sources & run_ids:
+            used.append({"name": v.name, "version": v.version})
+    return used

@@ -1,0 +1,95 @@
+"""Every name pneumo-exp writes into MLflow, defined once: experiments, run roles, tags of
+runs and of registered versions, artifact paths and aliases. Readers and writers import
+them from here, so a rename is one line."""
+
+from __future__ import annotations
+
+# Experiments: one per architecture, and one for `pneumo-exp evaluate`.
+EXPERIMENT_PREFIX = "pneumo-exp/"
+EVALUATION_EXPERIMENT = f"{EXPERIMENT_PREFIX}evaluations"
+
+
+def arch_experiment(arch: str) -> str:
+    return f"{EXPERIMENT_PREFIX}{arch}"
+
+
+# What a run is: pneumo.role is one of these.
+TAG_ROLE = "pneumo.role"
+ROLE_SEARCH, ROLE_TRIAL, ROLE_CV, ROLE_FOLD = "search", "trial", "cv", "fold"
+ROLE_EVALUATION, ROLE_ADAPTATION = "evaluation", "adaptation"
+
+# Provenance, on every run the product writes (tracking.store.provenance).
+TAG_DATA = "pneumo.data_fingerprint"
+TAG_CODE_VERSION = "pneumo.version"
+TAG_GIT_DIRTY = "pneumo.git_dirty"
+TAG_GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own, shown in its UI
+
+# Runs of a search and of a cross-validation.
+TAG_ARCH = "pneumo.arch"
+TAG_SEARCH = "pneumo.search"
+TAG_TRIAL = "pneumo.trial_id"
+TAG_TUNER = "pneumo.tuner_id"  # which Keras Tuner process ran a trial (distributed search)
+TAG_STATUS = "pneumo.trial_status"  # how a trial ended: completed, early stopped, ...
+TAG_FAILURE = "pneumo.failure"  # why a run failed
+TAG_FOLD = "pneumo.fold"
+TAG_BEST_TRIAL = "best_trial_id"  # on a search's parent run
+TAG_BEST_RUN = "best_run_id"
+TAG_MAX_TRIALS = "search.max_trials"  # budgets may grow when a search is extended: tags
+TAG_TIME_BUDGET = "search.time_budget_min"
+
+# Registered versions (and the runs that hold their models).
+TAG_SOURCES = "pneumo.source_run_ids"  # the trial runs a version packages, sorted, comma-separated
+TAG_MEMBERS = "pneumo.members"
+TAG_SEARCH_RUNS = "pneumo.search_run_ids"
+TAG_EVALUATION_RUN = "pneumo.evaluation_run_id"
+TAG_THRESHOLD = "pneumo.threshold"
+TAG_TEMPERATURE = "pneumo.temperature"
+TAG_OBJECTIVE = "pneumo.objective"
+TAG_OBJECTIVE_VALUE = "pneumo.objective_value"
+TAG_HYPERPARAMETERS = "pneumo.hyperparameters"
+TAG_MODEL_URI = "pneumo.model_uri"  # on an evaluation run of `pneumo-exp evaluate`
+TAG_NEW_SITE = "pneumo.new_site"  # figures of bench/new_site.py, JSON
+TAG_SITE = "pneumo.site"
+TAG_ADAPTED_FROM = "pneumo.adapted_from"  # on an adaptation run: name/version
+TAG_ADAPTED_FROM_VERSION = "pneumo.adapted_from_version"
+TAG_ADAPTATION_IMAGES = "pneumo.adaptation_images"
+TAG_ADAPTATION_FINGERPRINT = "pneumo.adaptation_fingerprint"
+TAG_ADAPTATION_RUN = "pneumo.adaptation_run_id"
+
+
+def figure_tag(name: str) -> str:
+    """A version's validation figure as a tag: pneumo.val_auc, ..."""
+    return f"pneumo.{name}"
+
+
+# Aliases of registered versions.
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def site_alias(site: str) -> str:
+    return f"site-{site}"
+
+
+# Artifacts.
+CONFIG_ARTIFACT = "config.yaml"  # a search's or cv's configuration
+SKIPPED_ARTIFACT = "data/skipped_files.tsv"
+TRIALS_TABLE = "trials.json"
+TRIALS_TEXT = "trials.txt"
+SEARCH_PROGRESS_PLOT = "plots/search_progress.png"
+TRIAL_MODEL = "model"  # the logged Keras model of a trial run
+PACKAGED_MODEL = "classifier"  # the pyfunc model of a promotion or adaptation run
+MODEL_CARD = "model_card.md"
+PREDICTIONS = "predictions.json"
+
+
+def plot(name: str) -> str:
+    return f"plots/{name}.png"
+
+
+def plot_counts(name: str) -> str:
+    """The counts behind a confusion-matrix plot, as JSON."""
+    return f"plots/{name}.json"
+
+
+def gradcam_plot(kind: str) -> str:
+    return f"gradcam/val_{kind}.png"

@@ -1,0 +1,317 @@
+"""The MLflow side of one search: its parent run (created, or reopened to resume), a nested
+run per trial, and what the runs tell about the search so far (each trial's row, the
+objective's curves for the median rule, the best trial, an estimate of the time left).
+
+MLflow is the record every process of a search shares, a distributed one included, so the
+console, the summary table and the parent's `best_run_id` are all read from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Run
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from pneumo_exp.config import VALIDATION_FIGURES, ExperimentConfig
+from pneumo_exp.data.dataset import TrainingData
+from pneumo_exp.errors import UserError
+from pneumo_exp.evaluation import plots
+from pneumo_exp.fileio import write_text_atomic
+from pneumo_exp.text import describe, text_table
+from pneumo_exp.tracking.names import (
+    ROLE_SEARCH,
+    ROLE_TRIAL,
+    SEARCH_PROGRESS_PLOT,
+    TAG_ARCH,
+    TAG_BEST_RUN,
+    TAG_BEST_TRIAL,
+    TAG_MAX_TRIALS,
+    TAG_ROLE,
+    TAG_SEARCH,
+    TAG_STATUS,
+    TAG_TIME_BUDGET,
+    TAG_TRIAL,
+    TAG_TUNER,
+    TRIALS_TABLE,
+    TRIALS_TEXT,
+)
+from pneumo_exp.tracking.runs import (
+    child_run,
+    create_parent_run,
+    log_data_description,
+    log_summary,
+)
+from pneumo_exp.tracking.store import connect, experiment_id
+
+log = logging.getLogger(__name__)
+
+ROW_FIGURES = tuple(f"val_{f}" for f in VALIDATION_FIGURES)
+COLUMNS = ("trial", "val_auc", "val_sensitivity", "val_specificity", "epochs", "seconds",
+           "status", "changed")  # the hyperparameters last: the longest cell
+HEADS = {"trial": "trial", "changed": "hyperparameters that differ", "val_auc": "val AUC",
+         "val_sensitivity": "sens", "val_specificity": "spec", "epochs": "epochs",
+         "seconds": "s", "status": "status"}
+
+
+def changed_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The hyperparameters whose values differ between the trials."""
+    names: list[str] = []
+    for row in rows:
+        names += [k for k in row.get("params", {}) if k not in names and not k.startswith("tuner/")]
+    return [n for n in names
+            if len({str(r.get("params", {}).get(n)) for r in rows}) > 1]
+
+
+def trials_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One flat record per trial: id, the hyperparameters that differ, figures, status."""
+    varying = changed_columns(rows)
+    table = []
+    for row in rows:
+        params = row.get("params", {})
+        record = {k: row.get(k) for k in COLUMNS}
+        record["changed"] = describe({n: params[n] for n in varying if n in params})
+        table.append(record)
+    return table
+
+
+def format_table(table: Sequence[Mapping[str, Any]]) -> str:
+    """Fixed-width text of `trials_table`."""
+    def fmt(column: int, value: Any) -> str:
+        key = COLUMNS[column]
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "-"
+        if key == "seconds":
+            return f"{value:.0f}"
+        if isinstance(value, float):
+            return f"{value:.4f}" if key == "val_auc" else f"{value:.3f}"
+        return str(value)
+
+    return text_table([HEADS[k] for k in COLUMNS], [[r.get(k) for k in COLUMNS] for r in table],
+                      fmt)
+
+
+class SearchTracker:
+    """The MLflow side of one search, identified by its architecture and search name."""
+
+    def __init__(self, cfg: ExperimentConfig, search_name: str, project_dir: Path,
+                 key_params: Sequence[str] = ()) -> None:
+        self.cfg = cfg
+        self.search_name = search_name
+        self.client = connect()
+        self.experiment_id = experiment_id(self.client, cfg.experiment_name, key_params)
+        self._run_file = project_dir / "mlflow_parent_run.json"
+        self.parent_run_id: str | None = None
+        self.resumed = False
+        self._started = time.time()
+        self._previous_wall_time = 0.0
+        self.trials_this_session = 0
+        self.data_fingerprint: str | None = None  # of the data this process trains on
+
+    # ---- parent run -------------------------------------------------------------------
+    def forget(self) -> None:
+        """Start over (--fresh): the next `begin` creates a new parent run."""
+        self._run_file.unlink(missing_ok=True)
+
+    def begin(self, data: TrainingData, tuner_settings: Mapping[str, Any]) -> str:
+        """Reopen the search's parent run if it exists (resume), else create it."""
+        previous = self._previous_parent()
+        if previous:
+            self.parent_run_id, self.resumed = previous, True
+            self._previous_wall_time = float(
+                self.client.get_run(previous).data.metrics.get("wall_time_s", 0))
+            self.client.update_run(previous, status="RUNNING")
+            self._close_stale_trial_runs()
+        else:
+            self.parent_run_id = create_parent_run(
+                self.client, self.experiment_id, self.cfg, f"search-{self.search_name}",
+                ROLE_SEARCH, data.fingerprint, {TAG_SEARCH: self.search_name},
+                {f"tuner.{k}": v for k, v in tuner_settings.items()})
+            write_text_atomic(self._run_file, json.dumps({"run_id": self.parent_run_id}))
+            log_data_description(self.client, self.parent_run_id, data.root,
+                                 {"train": data.train, "val": data.val}, data.skipped)
+        self.data_fingerprint = data.fingerprint
+        # Budgets may grow when a search is extended, so they are tags, not params.
+        self.client.set_tag(self.parent_run_id, TAG_MAX_TRIALS, self.cfg.search.max_trials)
+        self.client.set_tag(self.parent_run_id, TAG_TIME_BUDGET, self.cfg.search.time_budget_min)
+        return self.parent_run_id
+
+    def _previous_parent(self) -> str | None:
+        if not self._run_file.is_file():
+            return None
+        run_id = json.loads(self._run_file.read_text())["run_id"]
+        try:
+            run = self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            log.warning("the MLflow run %s of search %s is gone; starting a new parent run.",
+                        run_id, self.search_name)
+            return None
+        return run_id if run.info.lifecycle_stage == "active" else None
+
+    def attach(self, data: TrainingData, tuner_id: str, timeout: float = 600) -> str:
+        """A worker of a distributed search: find the parent run its chief opened (by the
+        search's name), and close the runs a previous life of this worker left RUNNING."""
+        self.data_fingerprint = data.fingerprint
+        deadline = time.time() + timeout
+        while True:
+            runs = self.client.search_runs(
+                [self.experiment_id],
+                f"tags.`{TAG_ROLE}` = '{ROLE_SEARCH}' and "
+                f"tags.`{TAG_SEARCH}` = '{self.search_name}' and attributes.status = 'RUNNING'",
+                order_by=["attributes.start_time DESC"], max_results=1)
+            if runs:
+                self.parent_run_id = runs[0].info.run_id
+                break
+            if time.time() > deadline:
+                raise UserError(
+                    f"no running search '{self.search_name}' in MLflow experiment "
+                    f"'{self.cfg.experiment_name}' at {mlflow.get_tracking_uri()}: start the "
+                    "chief first, with the same configuration (or --name) and tracking URI.")
+            time.sleep(2)
+        self._close_stale_trial_runs(f" and tags.`{TAG_TUNER}` = '{tuner_id}'")
+        return self.parent_run_id
+
+    def _close_stale_trial_runs(self, extra_filter: str = "") -> None:
+        """Trial runs left RUNNING by a killed process end as KILLED."""
+        for run in self.client.search_runs(
+                [self.experiment_id],
+                f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' "
+                f"and attributes.status = 'RUNNING'{extra_filter}"):
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+            log.info("trial run %s (trial %s) was left running by an interrupted search; "
+                     "marked KILLED.", run.info.run_id, run.data.tags.get(TAG_TRIAL))
+
+    def end(self, best: tuple[str, str] | None, counts: Mapping[str, int],
+            status: str = "FINISHED") -> None:
+        """Summary metrics and the trials table for comparing searches, then close the
+        parent run. `best` is (trial id, run id) of the best trial."""
+        assert self.parent_run_id
+        if self.trials_this_session or not self.resumed:
+            metrics = {f"n_{k}": float(v) for k, v in counts.items()}
+            metrics["wall_time_s"] = self.elapsed()
+            if best:
+                trial_id, run_id = best
+                metrics.update(self.best_figures(run_id))
+                self.client.set_tag(self.parent_run_id, TAG_BEST_TRIAL, trial_id)
+                self.client.set_tag(self.parent_run_id, TAG_BEST_RUN, run_id)
+            log_summary(self.client, self.parent_run_id, metrics)
+            self._log_trials()
+        self.client.set_terminated(self.parent_run_id, status=status)
+
+    def _log_trials(self) -> None:
+        """The trials table (an MLflow table) and their objective against time (a plot)."""
+        rows = self.rows()
+        if not rows:
+            return
+        table = trials_table(rows)
+        with contextlib.suppress(ImportError):
+            import pandas as pd
+            self.client.log_table(self.parent_run_id, pd.DataFrame(table), TRIALS_TABLE)
+        self.client.log_text(self.parent_run_id, format_table(table) + "\n", TRIALS_TEXT)
+        name = self.cfg.search.objective
+        fig = plots.search_progress_figure(
+            [(r["trial"], r["ended_s"], r.get(name)) for r in rows if r.get(name) is not None],
+            name, self.cfg.search.direction, f"search {self.search_name} ({self.cfg.arch})")
+        self.client.log_figure(self.parent_run_id, fig, SEARCH_PROGRESS_PLOT)
+        plots.close(fig)
+
+    def best_figures(self, run_id: str) -> dict[str, float]:
+        """The `best_val_*` figures a trial's run logged for its best checkpoint."""
+        return {k: v for k, v in self.client.get_run(run_id).data.metrics.items()
+                if k.startswith("best_val_")}
+
+    def elapsed(self) -> float:
+        """Seconds this search has run, over all its sessions."""
+        return self._previous_wall_time + time.time() - self._started
+
+    # ---- trial runs -------------------------------------------------------------------
+    def trial_run(self, trial_id: str, hyperparameters: Mapping[str, Any],
+                  tuner_id: str) -> contextlib.AbstractContextManager[str]:
+        """The nested run of one trial, with every hyperparameter as a param."""
+        self.trials_this_session += 1
+        assert self.parent_run_id
+        return child_run(self.experiment_id, self.parent_run_id, f"trial-{trial_id}",
+                         ROLE_TRIAL, self.data_fingerprint,
+                         {TAG_SEARCH: self.search_name, TAG_TRIAL: trial_id,
+                          TAG_ARCH: self.cfg.arch, TAG_TUNER: tuner_id}, hyperparameters)
+
+    def set_trial_status(self, run_id: str, status: str) -> None:
+        self.client.set_tag(run_id, TAG_STATUS, status[:500])
+
+    def _trial_runs(self) -> list[Run]:
+        """The latest run of each trial (a killed run's trial runs again), by trial id."""
+        runs = self.client.search_runs(
+            [self.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
+            order_by=["attributes.start_time ASC"])
+        latest = {r.data.tags.get(TAG_TRIAL, ""): r for r in runs}
+        return [latest[k] for k in sorted(latest, key=lambda t: int(t) if t.isdigit() else -1)]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per trial: id, hyperparameters, the best checkpoint's figures, epochs,
+        seconds, how it ended, and when it ended (seconds into the search)."""
+        start = self.client.get_run(self.parent_run_id).info.start_time
+        return [self._row(run, start) for run in self._trial_runs()]
+
+    def _row(self, run: Run, search_start: int) -> dict[str, Any]:
+        m, info = run.data.metrics, run.info
+        status = run.data.tags.get(TAG_STATUS) or {"FAILED": "failed", "KILLED": "killed",
+                                                    "RUNNING": "running"}.get(info.status, "")
+        end = info.end_time or int(time.time() * 1000)
+        return {"trial": run.data.tags.get(TAG_TRIAL, "?"), "run_id": info.run_id,
+                "params": {k: v for k, v in run.data.params.items()},
+                **{k: m.get(f"best_{k}") for k in ROW_FIGURES},
+                "epochs": int(m["epochs"]) if "epochs" in m else None,
+                "seconds": (end - info.start_time) / 1000, "status": status,
+                "ended_s": (end - search_start) / 1000, "finished": info.status == "FINISHED"}
+
+    def trial_row(self, trial_id: str) -> dict[str, Any] | None:
+        start = self.client.get_run(self.parent_run_id).info.start_time
+        runs = [r for r in self._trial_runs() if r.data.tags.get(TAG_TRIAL) == trial_id]
+        return self._row(runs[0], start) if runs else None
+
+    def objective_curves(self) -> list[list[float]]:
+        """The objective per epoch of every finished trial, for the median stopping rule."""
+        name = self.cfg.search.objective
+        curves = []
+        for run in self._trial_runs():
+            if run.info.status == "FINISHED":
+                history = self.client.get_metric_history(run.info.run_id, name)
+                values = [h.value for h in sorted(history, key=lambda h: h.step)]
+                curves.append([v for v in values if not math.isnan(v)])
+        return curves
+
+    def best_so_far(self) -> tuple[str, float] | None:
+        """(trial id, objective) of the best finished trial."""
+        name, sign = self.cfg.search.objective, (1 if self.cfg.search.direction == "max"
+                                                 else -1)
+        scored = [(r["trial"], r[name]) for r in self.rows()
+                  if r["finished"] and r.get(name) is not None and not math.isnan(r[name])]
+        return max(scored, key=lambda t: sign * t[1]) if scored else None
+
+    def remaining_estimate(self, deadline: float | None) -> float | None:
+        """Seconds the rest of the search should take: the mean trial's time for each
+        trial left, no more than the time budget leaves."""
+        rows = self.rows()
+        done = [r["seconds"] for r in rows if r["status"] != "running"]
+        left = self.cfg.search.max_trials - len(rows)
+        if not done:
+            return None
+        estimate = max(0, left) * sum(done) / len(done)
+        if deadline:
+            estimate = min(estimate, max(0.0, deadline - time.time()))
+        return estimate
+
+    def trial_run_id(self, trial_id: str) -> str | None:
+        """The finished run of a trial of this search."""
+        for run in self._trial_runs():
+            if run.data.tags.get(TAG_TRIAL) == trial_id and run.info.status == "FINISHED":
+                return run.info.run_id
+        return None
