@@ -1,9 +1,11 @@
 # pneumo-exp: `make help` lists the targets, `make vars` their variables. The first target
 # run creates .venv. Targets pass their variables (ARCH=, DATA=, MAX_TRIALS=, ...) to
 # `pneumo-exp --make <command>`, which reads them from the environment: the option table in
-# pneumo_exp/options.py is the one list of them.
+# pneumo_exp/cli/options.py is the one list of them. `make -f path/to/Makefile ...` works from
+# any folder: runs and state land in that folder.
+ROOT       := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
 PYTHON     ?= python3
-VENV       ?= .venv
+VENV       ?= $(ROOT).venv
 # TensorFlow build: cpu, or gpu (the CUDA wheels)
 TF         ?= cpu
 BIN        := $(VENV)/bin
@@ -18,16 +20,19 @@ help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "  Variables of each target: make vars"
 
-vars: $(STAMP) ## List the make variables of every target (pneumo_exp/options.py)
+vars: $(STAMP) ## List the make variables of every target (pneumo_exp/cli/options.py)
 	@$(BIN)/pneumo-exp vars
 
-$(STAMP): pyproject.toml
+$(STAMP): $(ROOT)pyproject.toml
 	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)  # new, or cut short
 	$(BIN)/pip install -qq --upgrade pip
-	$(BIN)/pip install -qq -e ".[$(TF),dev]"
+	$(BIN)/pip install -qq -e "$(ROOT)[$(TF),dev]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP) ## Create .venv and install the package (TF=gpu for CUDA)
+
+data: $(STAMP) ## Download or unpack a dataset archive SOURCE= (URL or file) into data/chest_xray [TO=]
+	$(BIN)/pneumo-exp data fetch "$(SOURCE)" $(if $(TO),--to "$(TO)")
 
 search: $(STAMP) ## Search ARCH (default aug_cnn) [DATA= MAX_TRIALS= EPOCHS= TUNER= SEED= ...]
 	$(RUN) search

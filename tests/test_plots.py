@@ -14,7 +14,7 @@ def test_curves_mark_the_best_epoch_and_keep_the_loss_readable() -> None:
     fig = plots.curves_figure(history, "trial 3 of search s", initial_epoch=0,
                               objective="val_auc", direction="max")
     loss_ax, auc_ax = fig.axes[0], fig.axes[1]
-    assert "trial 3 of search s" in fig._suptitle.get_text()
+    assert "trial 3 of search s" in fig.get_suptitle()
     assert loss_ax.get_ylim()[1] < 5  # not 30: the later epochs stay visible
     best = [line for line in auc_ax.get_lines() if line.get_label() == "best epoch 2"]
     assert best and best[0].get_xdata()[0] == 2  # numbered as the MLflow steps, from 0

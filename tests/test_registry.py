@@ -61,7 +61,28 @@ def test_best_trial_becomes_version_1_champion(promoted: dict[str, Any],
     assert float(v1.tags["pneumo.objective_value"]) == pytest.approx(
         best.data.metrics["best_val_auc"], abs=1e-9)
     assert 0 < float(v1.tags["pneumo.threshold"]) <= 1
-    assert 0.05 <= float(v1.tags["pneumo.temperature"]) <= 20
+
+
+def test_temperature_is_fitted_on_the_rebuilt_validation_set(promoted: dict[str, Any],
+                                                             searched: dict[str, Any]) -> None:
+    """The version's temperature is the log-loss fit on its trial's validation scores, and
+    the evaluation run's calibrated validation loss is what it gives."""
+    from sklearn.metrics import log_loss
+
+    from pneumo_exp.data.dataset import load_training_data
+    from pneumo_exp.evaluation.calibration import apply_temperature, fit_temperature
+    from pneumo_exp.registry.selection import trial_model
+
+    v1, cfg = promoted["first"].version, searched["cfg"]
+    val = load_training_data(cfg.data, cfg.search.seed).val
+    raw = trial_model(promoted["best"]).predict(val.images, verbose=0).ravel()
+    temperature = float(v1.tags["pneumo.temperature"])
+    assert temperature == pytest.approx(fit_temperature(val.labels, raw), rel=1e-4)
+    evaluation = searched["client"].get_run(v1.tags["pneumo.evaluation_run_id"]).data.metrics
+    calibrated = np.clip(apply_temperature(raw, temperature), 1e-7, 1 - 1e-7)
+    assert evaluation["val_loss"] == pytest.approx(log_loss(val.labels, calibrated), rel=1e-4)
+    assert evaluation["val_uncalibrated_loss"] == pytest.approx(
+        log_loss(val.labels, np.clip(raw, 1e-7, 1 - 1e-7)), rel=1e-4)
 
 
 def test_model_card_is_the_version_description(promoted: dict[str, Any],

@@ -1,0 +1,124 @@
+"""The search's MLflow bookkeeping (tracking.search_runs.SearchTracker), without training:
+trial rows, the best so far, the time left, the trials table, the summary, and resuming."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from pneumo_exp.config import load_config
+from pneumo_exp.data.dataset import TrainingData
+from pneumo_exp.data.labeled import LabeledImages
+from pneumo_exp.data.sources import SplitData
+from pneumo_exp.tracking.names import TAG_BEST_RUN, TAG_BEST_TRIAL, TAG_DATA, TAG_STATUS
+from pneumo_exp.tracking.search_runs import SearchTracker, format_table, trials_table
+
+
+def _data(root: Path) -> TrainingData:
+    images = np.zeros((6, 8, 8, 1), np.uint8)
+    part = LabeledImages(images, np.array([0, 0, 0, 1, 1, 1]),
+                         np.array([f"train/x/{i}.png" for i in range(6)]))
+    split = SplitData(part, [("train/NORMAL/bad.jpeg", "not an image file")], "f00d", True, 0.0)
+    return TrainingData(root=root, train=part, val=part, loads={"train": split})
+
+
+def _trial(tracker: SearchTracker, trial_id: str, auc: float, curve: list[float],
+           status: str, params: dict[str, object]) -> str:
+    with tracker.trial_run(trial_id, params, "chief") as run_id:
+        for step, value in enumerate(curve):
+            mlflow.log_metric("val_auc", value, step=step)
+        mlflow.log_metrics({"best_val_auc": auc, "best_val_sensitivity": 0.9,
+                            "best_val_specificity": 0.8, "best_val_loss": 0.3,
+                            "epochs": float(len(curve))})
+        tracker.set_trial_status(run_id, status)
+    return run_id
+
+
+@pytest.fixture
+def tracker(workdir: Path) -> SearchTracker:
+    cfg = load_config("aug_cnn", {"search.max_trials": 4, "data.root": str(workdir)})
+    t = SearchTracker(cfg, "bookkeeping", workdir / ".pneumo" / "tuner" / "bookkeeping",
+                      key_params=("filters_1",))
+    t.begin(_data(workdir), {"class": "TrackedTuner"})
+    return t
+
+
+def test_rows_best_so_far_and_table(tracker: SearchTracker) -> None:
+    _trial(tracker, "0", 0.91, [0.8, 0.91], "completed", {"dropout": 0.3, "lr": 0.001})
+    best = _trial(tracker, "1", 0.95, [0.9, 0.95, 0.94], "early stopped after 3 epochs",
+                  {"dropout": 0.3, "lr": 0.002})
+    rows = tracker.rows()
+    assert [r["trial"] for r in rows] == ["0", "1"]
+    assert rows[1]["val_auc"] == 0.95 and rows[1]["epochs"] == 3 and rows[1]["finished"]
+    assert tracker.best_so_far() == ("1", 0.95)
+    assert tracker.trial_run_id("1") == best
+    assert tracker.objective_curves() == [[0.8, 0.91], [0.9, 0.95, 0.94]]
+    table = trials_table(rows)
+    assert [t["changed"] for t in table] == ["lr=0.001", "lr=0.002"]  # dropout is the same
+    text = format_table(table)
+    assert text.splitlines()[0].split()[:3] == ["trial", "val", "AUC"]
+    assert "0.9500" in text and "early stopped after 3 epochs" in text
+
+
+def test_remaining_time_is_the_mean_trial_for_each_trial_left(tracker: SearchTracker) -> None:
+    _trial(tracker, "0", 0.9, [0.9], "completed", {})
+    _trial(tracker, "1", 0.8, [0.8], "completed", {})
+    seconds = [r["seconds"] for r in tracker.rows()]
+    estimate = tracker.remaining_estimate(None)
+    assert estimate == pytest.approx(2 * sum(seconds) / 2)  # 4 planned, 2 done
+    assert tracker.remaining_estimate(time.time() + 1e-3) <= 1e-3  # capped by the deadline
+
+
+def test_a_failed_trial_is_not_the_best(tracker: SearchTracker) -> None:
+    _trial(tracker, "0", 0.7, [0.7], "completed", {})
+    with pytest.raises(RuntimeError), tracker.trial_run("1", {}, "chief"):
+        mlflow.log_metric("best_val_auc", 0.99)
+        raise RuntimeError("diverged")
+    rows = tracker.rows()
+    assert rows[1]["status"] == "failed" and not rows[1]["finished"]
+    assert tracker.best_so_far() == ("0", 0.7)
+
+
+def test_end_logs_the_summary_and_the_best_run(tracker: SearchTracker) -> None:
+    run_id = _trial(tracker, "0", 0.9, [0.9], "completed", {})
+    tracker.end(("0", run_id), {"trials": 1, "completed_trials": 1, "failed_trials": 0})
+    parent = tracker.client.get_run(tracker.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags[TAG_BEST_TRIAL] == "0" and parent.data.tags[TAG_BEST_RUN] == run_id
+    assert parent.data.tags[TAG_DATA] == _data(Path()).fingerprint
+    m = parent.data.metrics
+    assert m["best_val_auc"] == 0.9 and m["n_trials"] == 1 and m["wall_time_s"] > 0
+    artifacts = {a.path for a in tracker.client.list_artifacts(tracker.parent_run_id)}
+    assert {"trials.json", "trials.txt", "config.yaml"} <= artifacts
+
+
+def test_resume_reopens_the_parent_and_closes_a_dead_trial(tracker: SearchTracker,
+                                                          workdir: Path) -> None:
+    _trial(tracker, "0", 0.9, [0.9], "completed", {})
+    dead = tracker.client.create_run(
+        tracker.experiment_id, run_name="trial-1",
+        tags={"mlflow.parentRunId": tracker.parent_run_id, "pneumo.trial_id": "1"})
+    tracker.end(None, {"trials": 2}, status="KILLED")
+
+    again = SearchTracker(tracker.cfg, "bookkeeping",
+                          workdir / ".pneumo" / "tuner" / "bookkeeping")
+    assert again.begin(_data(workdir), {}) == tracker.parent_run_id and again.resumed
+    assert tracker.client.get_run(dead.info.run_id).info.status == "KILLED"
+    assert tracker.client.get_run(tracker.parent_run_id).info.status == "RUNNING"
+    assert [r["trial"] for r in again.rows()] == ["0", "1"]
+    assert again.rows()[1]["status"] == "killed"
+    assert again.elapsed() >= tracker.client.get_run(
+        tracker.parent_run_id).data.metrics["wall_time_s"]
+    again.forget()
+    fresh = SearchTracker(tracker.cfg, "bookkeeping",
+                          workdir / ".pneumo" / "tuner" / "bookkeeping")
+    assert fresh.begin(_data(workdir), {}) != tracker.parent_run_id and not fresh.resumed
+
+
+def test_status_tag_is_cut_to_mlflow_size(tracker: SearchTracker) -> None:
+    run_id = _trial(tracker, "0", 0.9, [0.9], "x" * 900, {})
+    assert len(tracker.client.get_run(run_id).data.tags[TAG_STATUS]) == 500
