@@ -14,7 +14,7 @@ RUN        := $(BIN)/pneumo-exp --make
 
 .DEFAULT_GOAL := help
 .PHONY: help vars install bench data search cv promote adapt evaluate predict explain serve \
-        server ui runs models delete-search test lint clean
+        server ui runs models delete-search test test-slow test-all lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -73,7 +73,13 @@ models: $(STAMP) ## List the registered versions with aliases and figures
 delete-search: $(STAMP) ## Delete the search NAME= (its runs and tuner state) [YES=1]
 	$(RUN) delete-search
 
-test: $(STAMP) ## Run the tests [PYTEST_ARGS=, e.g. "-n 0 -k registry"]
+test: $(STAMP) ## Run the tests, but the slow end-to-end ones [PYTEST_ARGS=, e.g. "-n 0 -k registry"]
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP) ## Run the slow end-to-end tests (several processes and servers each)
+	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+
+test-all: $(STAMP) ## Run every test
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) ## Input-pipeline benchmark vs the study's, on DATA= (installs tf-keras for it)

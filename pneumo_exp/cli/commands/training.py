@@ -10,7 +10,7 @@ from typing import Any
 from pneumo_exp.cli import options
 from pneumo_exp.cli.tf_import import import_tensorflow
 from pneumo_exp.config import LOCALHOST, UI_PORT, ExperimentConfig, load_config, parse_override
-from pneumo_exp.errors import ConfigError
+from pneumo_exp.errors import ConfigError, UserError
 from pneumo_exp.search.distributed import role_from_args, run_local
 from pneumo_exp.tracking.store import ui_url
 
@@ -112,6 +112,9 @@ def cmd_data_sample(args: argparse.Namespace) -> int:
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     from pneumo_exp.data.fetch import fetch_dataset
 
+    if not args.source:
+        raise UserError("no dataset archive: give SOURCE=url-or-file to make, or the URL or "
+                        "file to pneumo-exp data fetch.")
     dest = fetch_dataset(args.source, Path(args.to))
     print(f"Dataset at {dest}. Search it: make search DATA={dest}")
     return 0
