@@ -30,10 +30,11 @@ FIGURES = ("accuracy", "sensitivity", "specificity", "auc")
 
 def halves(labels: np.ndarray, groups: np.ndarray, seed: int) -> list[np.ndarray]:
     """Two halves of the images, no patient in both, the class ratio kept."""
-    from sklearn.model_selection import StratifiedGroupKFold
+    from pneumo_exp.data.split import group_codes, group_kfold
 
-    folds = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed)
-    return [part for _, part in folds.split(np.zeros(len(labels)), labels, groups)]
+    folds = group_kfold(2, seed)
+    return [part for _, part in folds.split(np.zeros(len(labels)), labels,
+                                            group_codes(groups))]
 
 
 def score(uri: str, images: list[bytes], parts: list[np.ndarray], adapt: bool) -> tuple[
@@ -68,8 +69,7 @@ def main() -> None:
     from mlflow.store.artifact.utils.models import get_model_name_and_version
 
     from pneumo_exp.cli.tf_import import import_tensorflow
-    from pneumo_exp.data.labeled import LabeledImages
-    from pneumo_exp.data.sources import open_source
+    from pneumo_exp.data.sources import load_split, open_source
     from pneumo_exp.evaluation.metrics import binary_metrics
     from pneumo_exp.registry import model_card
     from pneumo_exp.tracking.names import TAG_NEW_SITE, TAG_SEARCH_RUNS
@@ -82,9 +82,8 @@ def main() -> None:
     root = args.data or Path(search.data.params["data.source"])
     if not root.is_dir():
         raise SystemExit(f"{root} is not a folder dataset: the protocol reads the test files.")
-    names = [name for name, _, _ in open_source(root).entries("test")]
-    labels = np.array([int(name.split("/")[1] == "PNEUMONIA") for name in names])
-    groups = LabeledImages(np.zeros(len(names)), labels, np.array(names)).groups
+    test = load_split(open_source(root), "test", 32, 1).data  # names, labels, patients
+    names, labels, groups = list(test.names), test.labels, test.groups
     images = [(root / name).read_bytes() for name in names]
     parts = halves(labels, groups, args.seed)
     print(f"{root}/test: {len(names)} images of {len(set(groups))} patients, halves of "

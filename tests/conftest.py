@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# bench/dicom_copies.py writes the DICOM copies the tests read
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 
 def _xray(rng: np.random.Generator, label: int, size: int) -> np.ndarray:

@@ -24,7 +24,7 @@ def test_missing_class_folder_is_one_line_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"pneumo-exp: error: {data}/train/PNEUMONIA is missing: every split needs the class "
-        "folders NORMAL and PNEUMONIA (ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg|png)."]
+        "folders NORMAL and PNEUMONIA (ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg|png|dcm)."]
 
 
 @pytest.mark.parametrize(("args", "needle"), [

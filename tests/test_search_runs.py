@@ -20,8 +20,8 @@ from pneumo_exp.tracking.search_runs import SearchTracker, format_table, trials_
 
 def _data(root: Path) -> TrainingData:
     images = np.zeros((6, 8, 8, 1), np.uint8)
-    part = LabeledImages(images, np.array([0, 0, 0, 1, 1, 1]),
-                         np.array([f"train/x/{i}.png" for i in range(6)]))
+    names = np.array([f"train/x/{i}.png" for i in range(6)])
+    part = LabeledImages(images, np.array([0, 0, 0, 1, 1, 1]), names, names)
     split = SplitData(part, [("train/NORMAL/bad.jpeg", "not an image file")], "f00d", True, 0.0)
     return TrainingData(root=root, train=part, val=part, loads={"train": split})
 

@@ -1,8 +1,10 @@
 """Decode once: decoded splits are stored as uint8 .npz files keyed by a fingerprint.
 
-The fingerprint covers the files (relative names, sizes, modification times) and the
-preprocessing settings, so a changed dataset or image size rebuilds, and an unchanged
-one loads in a fraction of a second.
+The fingerprint covers the files (relative names, sizes, modification times), the
+preprocessing settings and the DICOM decoders installed (a new plugin reads files that
+were skipped), so a changed dataset, image size or decoder rebuilds, and an unchanged one
+loads in a fraction of a second. Patients are stored as grouping keys (DICOM PatientIDs
+only as salted hashes).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pneumo_exp.config import CACHE_DIR
 from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.fileio import atomic_path
 
-CACHE_FORMAT = 1  # bump when decoding changes, to invalidate old caches
+CACHE_FORMAT = 2  # bump when decoding changes, to invalidate old caches
 
 
 def fingerprint(entries: Iterable[Any], settings: dict[str, Any]) -> str:
@@ -39,7 +41,7 @@ def load(path: Path) -> tuple[LabeledImages, list[tuple[str, str]]] | None:
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            data = LabeledImages(z["images"], z["labels"], z["names"])
+            data = LabeledImages(z["images"], z["labels"], z["names"], z["groups"])
             skipped = list(zip(z["skipped_names"].tolist(), z["skipped_reasons"].tolist(),
                                strict=True))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
@@ -52,4 +54,4 @@ def save(path: Path, data: LabeledImages, skipped: list[tuple[str, str]]) -> Non
     reasons = np.array([s[1] for s in skipped], dtype=str)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, images=data.images, labels=data.labels, names=data.names.astype(str),
-                 skipped_names=names, skipped_reasons=reasons)
+                 groups=data.groups.astype(str), skipped_names=names, skipped_reasons=reasons)

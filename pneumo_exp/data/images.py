@@ -1,4 +1,5 @@
-"""Decode image files of any size and colour mode to uint8 arrays.
+"""Decode image files of any size and colour mode to uint8 arrays: JPEG, PNG and the other
+formats Pillow reads, and DICOM (dicom.py), told apart by their content, not their names.
 
 Training, evaluation, prediction and adaptation all go through `decode_image`, so a
 registered model sees exactly the preprocessing it was trained with.
@@ -16,15 +17,30 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
+from pneumo_exp.data.dicom import DicomError, is_dicom, read_dicom
 from pneumo_exp.errors import DataError
 
 
 class UnreadableImageError(Exception):
-    """The file is not an image PIL can decode (not an image, corrupt, truncated, empty)."""
+    """The file is not an image that can be decoded (not an image, corrupt, truncated,
+    empty, a DICOM object without pixels or whose compression no installed plugin reads)."""
 
 
 def decode_image(path: str | Path | BinaryIO, image_size: int, channels: int) -> np.ndarray:
     """Return an (image_size, image_size, channels) uint8 array; the aspect ratio is not kept."""
+    return read_image(path, image_size, channels)[0]
+
+
+def read_image(path: str | Path | BinaryIO, image_size: int,
+               channels: int) -> tuple[np.ndarray, str | None]:
+    """`decode_image`'s array, and the patient id a DICOM object names (None otherwise):
+    for grouping only, to be hashed (dicom.patient_key) before it is kept."""
+    if _starts_as_dicom(path):
+        try:
+            pixels, patient = read_dicom(path)
+        except DicomError as e:
+            raise UnreadableImageError(str(e)) from e
+        return resize(Image.fromarray(pixels), image_size, channels), patient
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -32,9 +48,22 @@ def decode_image(path: str | Path | BinaryIO, image_size: int, channels: int) ->
                 # JPEG only: let libjpeg decode at a reduced scale, still >= the target size.
                 im.draft("L" if channels == 1 else "RGB", (image_size, image_size))
                 im.load()
-                return resize(ImageOps.exif_transpose(im), image_size, channels)
+                return resize(ImageOps.exif_transpose(im), image_size, channels), None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UnreadableImageError(_reason(e)) from e
+
+
+def _starts_as_dicom(source: str | Path | BinaryIO) -> bool:
+    if hasattr(source, "read"):
+        start = source.tell()
+        head = source.read(132)
+        source.seek(start)
+        return is_dicom(head)
+    try:
+        with open(source, "rb") as f:
+            return is_dicom(f.read(132))
+    except OSError:
+        return False  # Pillow names the problem
 
 
 def resize(im: Image.Image, image_size: int, channels: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""LabeledImages: decoded images with their labels and file names, kept together."""
+"""LabeledImages: decoded images with their labels, file names and patients, kept together."""
 
 from __future__ import annotations
 
@@ -10,22 +10,26 @@ from pneumo_exp.config import CLASS_NAMES
 from pneumo_exp.data.split import patient_id
 
 
+def groups_from_names(names: np.ndarray) -> np.ndarray:
+    """The patient of each image from its file name (the Kermany names carry it)."""
+    return np.array([patient_id(str(n).rsplit("/", 1)[-1]) for n in names], dtype=str)
+
+
 @dataclass(frozen=True)
 class LabeledImages:
     images: np.ndarray  # (N, H, W, C) uint8
     labels: np.ndarray  # (N,) int64: 0 NORMAL, 1 PNEUMONIA
     names: np.ndarray  # (N,) str: path relative to the dataset root, or "<split>/<index>"
+    # (N,) str: the patient of each image, for grouped splits: a DICOM object's salted
+    # PatientID hash, else the id in the file name
+    groups: np.ndarray
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    @property
-    def groups(self) -> np.ndarray:
-        """Patient id of every image, for grouped splits."""
-        return np.array([patient_id(str(n).rsplit("/", 1)[-1]) for n in self.names])
-
     def subset(self, index: np.ndarray) -> LabeledImages:
-        return LabeledImages(self.images[index], self.labels[index], self.names[index])
+        return LabeledImages(self.images[index], self.labels[index], self.names[index],
+                             self.groups[index])
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(CLASS_NAMES))
@@ -33,6 +37,5 @@ class LabeledImages:
 
     @staticmethod
     def concat(*parts: LabeledImages) -> LabeledImages:
-        return LabeledImages(np.concatenate([p.images for p in parts]),
-                             np.concatenate([p.labels for p in parts]),
-                             np.concatenate([p.names for p in parts]))
+        return LabeledImages(*(np.concatenate([getattr(p, f) for p in parts])
+                               for f in ("images", "labels", "names", "groups")))

@@ -18,13 +18,15 @@ import numpy as np
 
 from pneumo_exp.config import CLASS_NAMES
 from pneumo_exp.data import cache
-from pneumo_exp.data.images import UnreadableImageError, decode_image
+from pneumo_exp.data.dicom import decoders, patient_key
+from pneumo_exp.data.images import UnreadableImageError, read_image
 from pneumo_exp.data.labeled import LabeledImages
+from pneumo_exp.data.split import patient_id
 from pneumo_exp.errors import DataError
 
 log = logging.getLogger(__name__)
 
-LAYOUT = "ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg|png"
+LAYOUT = "ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg|png|dcm"
 Skipped = tuple[str, str]  # (file relative to the root, reason)
 
 
@@ -65,7 +67,8 @@ def load_split(source: Source, split: str, image_size: int, channels: int,
                cache_dir: Path | None = None) -> SplitData:
     """Decoded split from the cache when its fingerprint matches, else decoded and cached."""
     start = time.perf_counter()
-    key = cache.fingerprint(source.entries(split), {"size": image_size, "channels": channels})
+    key = cache.fingerprint(source.entries(split), {"size": image_size, "channels": channels,
+                                                    "decoders": decoders()})
     path = cache.cache_path(split, key, cache_dir)
     cached = cache.load(path)
     if cached is not None:
@@ -81,7 +84,8 @@ def load_split(source: Source, split: str, image_size: int, channels: int,
 
 
 class FolderSource:
-    """ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/ of image files of any size and mode."""
+    """ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/ of image files of any size and mode, DICOM
+    objects among them."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -122,19 +126,21 @@ class FolderSource:
         log.info("Decoding %d files of %s/%s at %dx%dx%d (once; later runs read the cache)...",
                  len(files), self.root, split, image_size, image_size, channels)
 
-        def one(rel: str) -> np.ndarray | str:
+        def one(rel: str) -> tuple[np.ndarray, str] | str:
             try:
-                return decode_image(self.root / rel, image_size, channels)
+                image, patient = read_image(self.root / rel, image_size, channels)
             except UnreadableImageError as e:
                 return str(e)
+            return image, (patient_key(patient) if patient
+                           else patient_id(rel.rsplit("/", 1)[-1]))
 
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             results = list(pool.map(one, [rel for rel, _, _ in files]))
-        keep = [i for i, r in enumerate(results) if isinstance(r, np.ndarray)]
-        skipped = [(files[i][0], str(r)) for i, r in enumerate(results)
-                   if not isinstance(r, np.ndarray)]
-        images = (np.stack([results[i] for i in keep]) if keep
+        keep = [i for i, r in enumerate(results) if not isinstance(r, str)]
+        skipped = [(files[i][0], r) for i, r in enumerate(results) if isinstance(r, str)]
+        images = (np.stack([results[i][0] for i in keep]) if keep
                   else np.zeros((0, image_size, image_size, channels), np.uint8))
         data = LabeledImages(images, np.array([files[i][1] for i in keep], dtype=np.int64),
-                             np.array([files[i][0] for i in keep], dtype=str))
+                             np.array([files[i][0] for i in keep], dtype=str),
+                             np.array([results[i][1] for i in keep], dtype=str))
         return data, skipped

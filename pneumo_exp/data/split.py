@@ -1,4 +1,4 @@
-"""Patient ids from file names, and a validation split that keeps each patient on one side."""
+"""Patient ids from file names, and splits that keep each patient on one side."""
 
 from __future__ import annotations
 
@@ -22,13 +22,30 @@ def patient_id(name: str) -> str:
     return stem
 
 
+def group_codes(groups: np.ndarray) -> np.ndarray:
+    """Each image's patient as an integer, numbered in the order patients first appear.
+
+    scikit-learn's group splitters order groups by their labels; numbering them by first
+    appearance makes a split depend on which images share a patient and on the images'
+    order (their file names), not on how a patient is written: the PNG and the DICOM
+    copies of one dataset, grouped by file-name ids and by hashed PatientIDs, split alike."""
+    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inverse]
+
+
+def group_kfold(n_splits: int, seed: int) -> StratifiedGroupKFold:
+    """The seeded, shuffled, class-stratified patient folds of every split here."""
+    return StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+
+
 def validation_split(labels: np.ndarray, groups: np.ndarray, fraction: float,
                      seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val): about `fraction` in val, class ratio kept, no patient on both sides.
 
     The first fold of a seeded StratifiedGroupKFold with round(1/fraction) folds.
     """
-    n_splits = max(2, round(1 / fraction))
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    train_idx, val_idx = next(folds.split(np.zeros(len(labels)), labels, groups))
+    folds = group_kfold(max(2, round(1 / fraction)), seed)
+    train_idx, val_idx = next(folds.split(np.zeros(len(labels)), labels, group_codes(groups)))
     return train_idx, val_idx

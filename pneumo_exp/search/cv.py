@@ -1,6 +1,6 @@
 """k-fold cross-validation of one configuration, tracked in MLflow.
 
-The train split is cut into folds by patient (StratifiedGroupKFold); each fold is a nested
+The train split is cut into folds by patient (data.split.group_kfold); each fold is a nested
 run with its curves and confusion matrix, and the parent run carries the mean and standard
 deviation of the validation figures. The configuration is the study's (the space's default
 point) or the best trial of the latest finished search of the architecture.
@@ -17,12 +17,12 @@ import keras
 import keras_tuner as kt
 import numpy as np
 from mlflow.tracking import MlflowClient
-from sklearn.model_selection import StratifiedGroupKFold
 
 from pneumo_exp.config import ExperimentConfig
 from pneumo_exp.data.dataset import resolve_root
 from pneumo_exp.data.pipeline import make_dataset
 from pneumo_exp.data.sources import load_split, open_source
+from pneumo_exp.data.split import group_codes, group_kfold
 from pneumo_exp.errors import ConfigError, InterruptedByUser, UserError
 from pneumo_exp.hypermodels import build_hypermodel
 from pneumo_exp.search.callbacks import training_callbacks
@@ -115,14 +115,13 @@ def run_cv(cfg: ExperimentConfig, folds: int = 5, source: str = "default",
     log_data_description(client, parent, root, {"train": data}, split.skipped)
     log.info("Cross-validating %s (%s configuration) in %d folds grouped by patient: MLflow "
              "parent run %s.", cfg.arch, source, folds, parent)
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=s.seed)
     figures: list[dict[str, float]] = []
     fold_groups: list[np.ndarray] = []
     groups = data.groups
     status = "FAILED"
     try:
-        for k, (train_idx, val_idx) in enumerate(splitter.split(data.images, data.labels,
-                                                                groups)):
+        for k, (train_idx, val_idx) in enumerate(group_kfold(folds, s.seed).split(
+                data.images, data.labels, group_codes(groups))):
             keras.utils.set_random_seed(s.seed + k)
             train, val = data.subset(train_idx), data.subset(val_idx)
             fold_groups.append(np.unique(groups[val_idx]))

@@ -1,0 +1,145 @@
+"""DICOM wherever an image is read: the same X-ray as a PNG and as DICOM (every encoding a
+PACS uses) gives the same model input; pydicom's own test files decode or are skipped with
+a reason; patients group by their (hashed) PatientID."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dicom_copies import VARIANTS, write_dicom
+from PIL import Image
+
+from pneumo_exp.data import cache
+from pneumo_exp.data.images import UnreadableImageError, decode_image, decode_many, read_image
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+PNGS = sorted((SAMPLE / "test" / "NORMAL").iterdir())[:2] + sorted(
+    (SAMPLE / "test" / "PNEUMONIA").iterdir())[:2]
+
+
+def _variants() -> list[str]:
+    return [v for v in VARIANTS if v != "jpeg-lossless" or shutil.which("dcmcjpeg")]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_dicom_copy_gives_the_png_s_input(tmp_path: Path, variant: str,
+                                            channels: int) -> None:
+    if variant not in _variants():
+        pytest.skip("JPEG Lossless copies need dcmcjpeg (Debian package dcmtk)")
+    for png in PNGS:
+        pixels = np.asarray(Image.open(png).convert("L"))
+        dcm = write_dicom(pixels, tmp_path / f"{png.stem}-{variant}.dcm", variant)
+        for size in (32, 64, 100):
+            want = decode_image(png, size, channels).astype(int)
+            got = decode_image(dcm, size, channels).astype(int)
+            assert np.abs(got - want).max() <= 1, (png.name, variant, size)
+
+
+def test_a_file_is_dicom_by_its_content_not_its_name(tmp_path: Path) -> None:
+    pixels = np.asarray(Image.open(PNGS[0]).convert("L"))
+    for name in ("scan.png", "IM0001", "scan.jpeg"):
+        path = write_dicom(pixels, tmp_path / name, "mono1", patient_id="PX-1")
+        assert (decode_image(path, 32, 1) == decode_image(PNGS[0], 32, 1)).all()
+    with open(tmp_path / "IM0001", "rb") as f:
+        decoded = decode_many([f, PNGS[0]], [(32, 1), (16, 3)])
+    assert decoded.readable == [0, 1]
+    assert (decoded.arrays[(32, 1)][0] == decoded.arrays[(32, 1)][1]).all()
+
+
+def test_multi_frame_gives_its_first_frame(tmp_path: Path) -> None:
+    from pydicom import dcmread
+
+    first = np.asarray(Image.open(PNGS[0]).convert("L"))
+    second = np.asarray(Image.open(PNGS[1]).convert("L").resize(first.shape[::-1]))
+    path = write_dicom(first, tmp_path / "frames.dcm")
+    ds = dcmread(path)
+    ds.set_pixel_data(np.stack([first, second]), "MONOCHROME2", 8)
+    ds.save_as(path, enforce_file_format=True)
+    assert (decode_image(path, 32, 1) == decode_image(PNGS[0], 32, 1)).all()
+
+
+def test_pydicom_s_test_files_decode_or_are_skipped_with_a_reason() -> None:
+    import pydicom.data
+
+    files = sorted(p for p in (Path(pydicom.data.__file__).parent / "test_files").rglob("*")
+                   if p.is_file())
+    decoded, reasons = 0, []
+    for f in files:
+        try:
+            image, _ = read_image(f, 32, 1)
+        except UnreadableImageError as e:
+            reasons.append(str(e))
+            continue
+        assert image.shape == (32, 32, 1) and image.dtype == np.uint8
+        decoded += 1
+    assert len(files) > 100 and decoded > 50
+    assert all(r and "\n" not in r for r in reasons)
+    assert any("without pixel data" in r for r in reasons)  # structured reports and stubs
+
+
+def test_a_syntax_without_a_decoder_is_named(tmp_path: Path) -> None:
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import MPEG2MPML
+
+    path = write_dicom(np.zeros((8, 8), np.uint8), tmp_path / "jxl.dcm")
+    ds = dcmread(path)
+    ds.file_meta.TransferSyntaxUID = MPEG2MPML  # video: no pixel decoder exists
+    ds.PixelData = encapsulate([b"\xff\x0a" + b"\x00" * 20])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(UnreadableImageError, match="no decoder exists for .* MPEG2"):
+        decode_image(path, 32, 1)
+
+
+@pytest.mark.skipif(not shutil.which("dcmcjpeg"), reason="needs dcmcjpeg (package dcmtk)")
+def test_a_missing_plugin_is_named_with_the_fix(tmp_path: Path) -> None:
+    """JPEG Lossless where pylibjpeg is not installed: one message naming the syntax and
+    what to install, not a traceback."""
+    pixels = np.asarray(Image.open(PNGS[0]).convert("L"))
+    path = write_dicom(pixels, tmp_path / "lossless.dcm", "jpeg-lossless")
+    code = ("import sys; sys.modules['pylibjpeg'] = sys.modules['libjpeg'] = None\n"
+            "from pneumo_exp.data.images import UnreadableImageError, decode_image\n"
+            f"try:\n    decode_image({str(path)!r}, 32, 1)\n"
+            "except UnreadableImageError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert "JPEG Lossless" in out and "not installed" in out and "pylibjpeg" in out, out
+
+
+def test_the_cache_key_follows_the_installed_decoders() -> None:
+    entries = [("train/NORMAL/a.dcm", 100, 1)]
+    one = cache.fingerprint(entries, {"size": 32, "channels": 1, "decoders": "pydicom 3"})
+    two = cache.fingerprint(entries, {"size": 32, "channels": 1,
+                                      "decoders": "pydicom 3; JPEGLosslessSV1:pylibjpeg"})
+    assert one != two
+
+
+def test_patients_group_by_hashed_patient_id(workdir: Path) -> None:
+    """File names that say nothing of the patient: the PatientIDs group the images, and only
+    their salted hashes are kept."""
+    from pneumo_exp.config import DataConfig
+    from pneumo_exp.data.dataset import load_training_data
+
+    root = workdir / "d"
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 24), ("val", 2)):
+        for label, cls in enumerate(("NORMAL", "PNEUMONIA")):
+            for i in range(per_class):
+                pixels = rng.integers(0, 255, (40, 40), dtype=np.uint8)
+                write_dicom(pixels, root / split / cls / f"img{i:03d}.dcm",
+                            patient_id=f"PX-{label}{i // 3:03d}{split}",
+                            patient_name="DOE^JANE")
+    data = load_training_data(DataConfig(root=str(root), image_size=32), seed=0)
+    assert not set(data.train.groups) & set(data.val.groups)
+    every = np.concatenate([data.train.groups, data.val.groups])
+    assert len(set(every)) == 2 * 8 + 2  # 3 images a patient in train, 2 patients in val
+    assert all(g.startswith("patient-") and "PX-" not in g for g in every)
+    cached = b"".join(p.read_bytes() for p in (workdir / ".pneumo" / "cache").glob("*.npz"))
+    assert b"PX-" not in cached and b"DOE" not in cached
