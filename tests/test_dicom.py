@@ -94,7 +94,7 @@ def test_a_syntax_without_a_decoder_is_named(tmp_path: Path) -> None:
     ds.PixelData = encapsulate([b"\xff\x0a" + b"\x00" * 20])
     ds["PixelData"].VR = "OB"
     ds.save_as(path, enforce_file_format=True)
-    with pytest.raises(UnreadableImageError, match="no decoder exists for .* MPEG2"):
+    with pytest.raises(UnreadableImageError, match=r"no decoder exists for .* MPEG2"):
         decode_image(path, 32, 1)
 
 

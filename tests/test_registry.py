@@ -322,10 +322,13 @@ def test_predict_table_names_the_version_and_counts(promoted: dict[str, Any],
     assert lines[-1].startswith("# 2 files: ") and lines[-1].endswith("0 unreadable")
 
 
-def test_evaluate_a_labelled_folder(promoted: dict[str, Any], searched: dict[str, Any]) -> None:
-    from pneumo_exp.serving.predict import evaluate_folder
-    figures = evaluate_folder("models:/acceptance@champion",
-                              Path(searched["cfg"].data.root) / "test", n_bootstrap=200)
+def test_evaluate_a_labelled_folder(promoted: dict[str, Any], searched: dict[str, Any],
+                                    tmp_path: Path) -> None:
+    from pneumo_exp.serving.predict import evaluate, labelled_folder
+    e = evaluate("models:/acceptance@champion",
+                 labelled_folder(Path(searched["cfg"].data.root) / "test"), tmp_path,
+                 n_bootstrap=200)
+    figures = e.figures
     v1_eval = searched["client"].get_run(
         promoted["first"].version.tags["pneumo.evaluation_run_id"]).data.metrics
     # the same model on the same test images, decoded from the files by the pyfunc model
@@ -342,11 +345,16 @@ def test_evaluate_names_the_folder_and_counts(promoted: dict[str, Any], searched
     from pneumo_exp.cli import main
     root = Path(searched["cfg"].data.root)  # a dataset root: its test split is evaluated
     assert main(["evaluate", "--model", "models:/acceptance@champion", "--data",
-                 str(root)]) == 0
-    first = capsys.readouterr().out.splitlines()[0]
+                 str(root), "--out", str(root / "reports")]) == 0
+    out = capsys.readouterr().out.splitlines()
     n = {name: len(list((root / "test" / name).iterdir())) for name in ("NORMAL", "PNEUMONIA")}
-    assert first.endswith(f"on {root / 'test'} ({n['NORMAL']} NORMAL, "
-                          f"{n['PNEUMONIA']} PNEUMONIA):"), first
+    assert out[0].endswith(f"on {root / 'test'} ({n['NORMAL']} NORMAL, "
+                           f"{n['PNEUMONIA']} PNEUMONIA):"), out[0]
+    assert out[-1].startswith("  site report: ") and "Verdict: " in out[-1]
+    html = next((root / "reports").glob("*.html")).read_text()
+    assert "data:image/png;base64," in html and "Clopper-Pearson" in html
+    card = searched["client"].get_model_version("acceptance", "1").description
+    assert "**Site evaluations**" in card and f"{root / 'test'}: sensitivity" in card
 
 
 def test_models_lists_the_versions(promoted: dict[str, Any], searched: dict[str, Any],

@@ -1,10 +1,11 @@
 """`pneumo-exp adapt`: a registered version adapted to a new site's unlabeled images,
 registered as a new version of the same model with the alias `site-<name>`.
 
-The images are every image file under the folder, whatever the layout (class folders, if
-any, are ignored: no label is read). Each member of the version has its normalization
-statistics re-estimated on them (batch_norm.py); the threshold and temperature are the
-source version's. `champion` and `challenger` never move.
+The images are the files given: every image under a folder, whatever the layout (class
+folders, if any, are ignored: no label is read), or the instances pulled from a PACS. Each
+member of the version has its normalization statistics re-estimated on them
+(batch_norm.py); the threshold and temperature are the source version's. `champion` and
+`challenger` never move.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pneumo_exp.adaptation.batch_norm import (
     adapt_batch_norm,
     batch_norm_layers,
 )
-from pneumo_exp.data.images import Preprocessing, decode_many, files_fingerprint, image_files
+from pneumo_exp.data.images import Preprocessing, decode_many, files_fingerprint
 from pneumo_exp.errors import ConfigError, DataError, UserError
 from pneumo_exp.registry import model_card
 from pneumo_exp.registry.packaging import log_packaged_model
@@ -42,6 +43,7 @@ from pneumo_exp.tracking.names import (
     TAG_DATA,
     TAG_HYPERPARAMETERS,
     TAG_MEMBERS,
+    TAG_MIN_SENSITIVITY,
     TAG_OBJECTIVE,
     TAG_SEARCH_RUNS,
     TAG_SITE,
@@ -57,7 +59,8 @@ log = logging.getLogger(__name__)
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,60}$")
 KEPT_TAGS = (TAG_ARCH, TAG_SOURCES, TAG_MEMBERS, TAG_SEARCH_RUNS, TAG_DATA, TAG_THRESHOLD,
-             TAG_TEMPERATURE, TAG_OBJECTIVE, TAG_HYPERPARAMETERS)  # the source version's
+             TAG_MIN_SENSITIVITY, TAG_TEMPERATURE, TAG_OBJECTIVE,
+             TAG_HYPERPARAMETERS)  # the source version's
 
 
 @dataclass(frozen=True)
@@ -69,25 +72,24 @@ class Adaptation:
     layers: int
 
 
-def read_site_images(folder: Path, preprocessing: set[Preprocessing]) -> tuple[
+def read_site_images(files: list[Path], images_from: str,
+                     preprocessing: set[Preprocessing]) -> tuple[
         dict[Preprocessing, np.ndarray], list[Path], int]:
-    """Every readable image under `folder`, decoded for each (size, channels); the files
-    read and the number skipped."""
-    if not folder.is_dir():
-        raise DataError(f"{folder} is not a folder of images: give DATA=folder (any layout "
-                        "below it; labels are not read).")
-    files = image_files([folder])
+    """Every readable image of `files`, decoded for each (size, channels); the files read
+    and the number skipped."""
     decoded = decode_many(files, preprocessing)
     read = [files[i] for i in decoded.readable]
     if len(read) < MIN_ADAPTATION_IMAGES:
         found = f"{len(files)} files, {len(read)} readable images" if files else "no files"
-        raise DataError(f"{folder} has {found}; adapting needs at least "
+        raise DataError(f"{images_from} has {found}; adapting needs at least "
                         f"{MIN_ADAPTATION_IMAGES} images of the site.")
     return decoded.arrays, read, len(decoded.skipped)
 
 
-def adapt(model_uri: str, folder: Path, site: str) -> Adaptation:
-    """Adapt the version `model_uri` to the images under `folder`; register the result."""
+def adapt(model_uri: str, files: list[Path], root: Path, images_from: str,
+          site: str) -> Adaptation:
+    """Adapt the version `model_uri` to the image `files` (they lie under `root`;
+    `images_from` says where they came from); register the result."""
     if not SITE_NAME.match(site):
         raise ConfigError(f"site must be letters, digits, '-' or '_' (it becomes the alias "
                           f"site-<name>); got {site!r}.")
@@ -105,20 +107,21 @@ def adapt(model_uri: str, folder: Path, site: str) -> Adaptation:
                         f"{'a member has' if len(model.members) > 1 else 'it has'} no batch "
                         "normalization layer, so there are no normalization statistics to "
                         "re-estimate. Adapt a model searched with batch_norm=true.")
-    batches, files, skipped = read_site_images(folder, {m.preprocessing for m in model.members})
+    batches, files, skipped = read_site_images(files, images_from,
+                                               {m.preprocessing for m in model.members})
     try:
         for member in model.members:
             adapt_batch_norm(member.model, batches[member.preprocessing])
     except NothingToAdaptError as e:  # checked above; kept for models built elsewhere
         raise UserError(str(e)) from e
-    digest = files_fingerprint(folder, files)
+    digest = files_fingerprint(root, files)
     source_run = client.get_run(source.run_id)
     with start_run(source_run.info.experiment_id, f"adaptation-{site}-of-v{number}",
                    ROLE_ADAPTATION, digest,
                    {TAG_SITE: site, TAG_ADAPTED_FROM: f"{name}/{number}"}) as run:
         mlflow.log_params({"source": f"models:/{name}/{number}", "site": site,
                            "images": len(files), "skipped_files": skipped,
-                           "fingerprint": digest, "folder": str(folder),
+                           "fingerprint": digest, "images_from": images_from,
                            "batch_norm_layers": layers})
         logged = log_packaged_model(model.members, model.threshold, model.temperature)
     tags = {k: v for k, v in source.tags.items() if k in KEPT_TAGS}

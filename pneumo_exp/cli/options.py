@@ -20,6 +20,7 @@ from pneumo_exp.config import LOCALHOST, SERVE_PORT, UI_PORT
 
 CONFIG_COMMANDS = ("search", "cv")
 MODEL_COMMANDS = ("predict", "evaluate", "serve", "adapt", "explain")
+PACS_COMMANDS = ("predict", "evaluate", "adapt")  # read images from a PACS over DICOMweb
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,19 @@ OPTIONS: tuple[Option, ...] = (
            "(its test/ split)", ("evaluate",)),
     Option("--data", "folder of the site's images, any layout below it (labels are not read)",
            ("adapt",)),
+    Option("--dicomweb", "DICOMweb root of a PACS, e.g. http://pacs:8042/dicom-web: read the "
+           "images from it (credentials: $PNEUMO_EXP_DICOMWEB_USERNAME and _PASSWORD)",
+           PACS_COMMANDS),
+    Option("--study", "StudyInstanceUID(s) to pull from the PACS, comma-separated",
+           PACS_COMMANDS),
+    Option("--series", "a SeriesInstanceUID of that study to pull", PACS_COMMANDS),
+    Option("--modality", "pull these modalities only, e.g. CR,DX", PACS_COMMANDS),
+    Option("--study-date", "pull the studies of a date or range: YYYYMMDD[-YYYYMMDD]",
+           PACS_COMMANDS),
+    Option("--labels", "CSV of StudyInstanceUID,label (NORMAL/PNEUMONIA or 0/1): the labelled "
+           "studies pulled from --dicomweb (all of them, without --study)", ("evaluate",)),
+    Option("--out", "folder for the site report, PNG and HTML (default reports/)",
+           ("evaluate",), default="reports"),
     Option("--site", "site name; the new version gets the alias site-<name>", ("adapt",)),
     Option("--out", "folder for the overlays (default explanations/)", ("explain",),
            default="explanations"),

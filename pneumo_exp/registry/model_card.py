@@ -6,13 +6,14 @@ page) and `model_card.md` in the run that holds the version's model."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlflow.tracking import MlflowClient
 
 from pneumo_exp.text import describe
-from pneumo_exp.tracking.names import MODEL_CARD, TAG_DATA
+from pneumo_exp.tracking.names import MODEL_CARD, SITE_REPORT_HTML, TAG_DATA
 
 INTENDED_USE = """\
 **Intended use.** Research and teaching on machine learning for chest radiographs, and as a
@@ -150,3 +151,27 @@ def publish(client: MlflowClient, name: str, version: str, card: str, run_id: st
         "validation objective), `challenger` (the latest promotion), `site-<name>` (adapted "
         f"to a site). Latest: version {version}."))
 
+
+
+SITE_EVALUATIONS = "\n**Site evaluations**"
+
+
+def add_site_evaluation(client: MlflowClient, model_uri: str, source: str, report: Any,
+                        run_id: str) -> None:
+    """A line on the version's card for `pneumo-exp evaluate` on a site's labelled cases:
+    its data, figures, verdict, and the evaluation run holding the one-page report."""
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    if not model_uri.startswith("models:/"):
+        return
+    name, number = get_model_name_and_version(client, model_uri)
+    version = client.get_model_version(name, number)
+    card = version.description or f"# {name} version {number}\n"
+    if SITE_EVALUATIONS not in card:
+        card = card.rstrip() + "\n" + SITE_EVALUATIONS + (
+            " (`pneumo-exp evaluate`: each a one-page report, "
+            f"`{SITE_REPORT_HTML}`, in its evaluation run)\n")
+    line = (f"- {time.strftime('%Y-%m-%d')}, {source}: sensitivity "
+            f"{report.sensitivity.text()}, specificity {report.specificity.text()}, AUC "
+            f"{report.auc:.3f}; {report.verdict.split(':')[0]} (run `{run_id}`)")
+    client.update_model_version(name, number, description=card.rstrip() + "\n" + line + "\n")

@@ -58,6 +58,7 @@ from pneumo_exp.tracking.names import (
     TAG_EVALUATION_RUN,
     TAG_HYPERPARAMETERS,
     TAG_MEMBERS,
+    TAG_MIN_SENSITIVITY,
     TAG_OBJECTIVE,
     TAG_OBJECTIVE_VALUE,
     TAG_SEARCH_RUNS,
@@ -119,7 +120,8 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
     test = score(members, test_sets(candidates))
     evaluation_run, test_figures, model_uri = evaluate_and_package(
         candidates, members, calibration, val_figures, test, registry)
-    version = register(name, model_uri, candidates, calibration, val_figures, evaluation_run)
+    version = register(name, model_uri, candidates, calibration, val_figures, evaluation_run,
+                       registry.min_sensitivity)
     card = model_card.for_promotion(name, str(version.version), candidates, val_figures,
                                     test_figures, calibration.threshold,
                                     calibration.temperature, registry)
@@ -228,7 +230,7 @@ def evaluate_and_package(candidates: Sequence[Candidate], members: Sequence[Memb
 
 def register(name: str, model_uri: str, candidates: Sequence[Candidate],
              calibration: Calibration, val_figures: Mapping[str, float],
-             evaluation_run: str) -> ModelVersion:
+             evaluation_run: str, min_sensitivity: float) -> ModelVersion:
     """A new version of `name` with its lineage and validation figures as tags."""
     first = candidates[0]
     objective = first.cfg.search.objective
@@ -240,6 +242,7 @@ def register(name: str, model_uri: str, candidates: Sequence[Candidate],
         TAG_SEARCH_RUNS: ",".join(dict.fromkeys(c.search.info.run_id for c in candidates)),
         TAG_ARCH: _arch(candidates), TAG_DATA: first.search.data.tags.get(TAG_DATA, ""),
         TAG_THRESHOLD: f"{calibration.threshold:.6f}",
+        TAG_MIN_SENSITIVITY: str(min_sensitivity),
         TAG_TEMPERATURE: f"{calibration.temperature:.6f}",
         TAG_OBJECTIVE: objective, TAG_OBJECTIVE_VALUE: str(val_figures[objective]),
         TAG_HYPERPARAMETERS: json.dumps(hyperparameters, sort_keys=True)[:5000],

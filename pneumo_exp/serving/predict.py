@@ -1,24 +1,40 @@
 """Using a registered model: load it, predict on image files and folders, evaluate it on a
-labelled folder. Everything goes through the pyfunc model, i.e. exactly what a server runs."""
+site's labelled cases (a folder, or studies pulled from a PACS) with a one-page report.
+Everything goes through the pyfunc model, i.e. exactly what a server runs."""
 
 from __future__ import annotations
 
+import re
+import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.tracking import MlflowClient
 
-from pneumo_exp.config import CLASS_NAMES
+from pneumo_exp.config import CLASS_NAMES, RegistryConfig
 from pneumo_exp.data.images import files_fingerprint, image_files
 from pneumo_exp.errors import DataError, UserError
+from pneumo_exp.evaluation import plots
+from pneumo_exp.evaluation.report import (
+    SiteReport,
+    png_bytes,
+    report_figure,
+    report_html,
+    site_report,
+)
 from pneumo_exp.serving.model import UNREADABLE, images_frame
 from pneumo_exp.tracking.figures import log_evaluation
 from pneumo_exp.tracking.names import (
     EVALUATION_EXPERIMENT,
     PREDICTIONS,
     ROLE_EVALUATION,
+    SITE_REPORT_HTML,
+    SITE_REPORT_PNG,
+    TAG_MIN_SENSITIVITY,
     TAG_MODEL_URI,
 )
 from pneumo_exp.tracking.runs import start_run
@@ -51,7 +67,18 @@ def labelled_root(folder: Path) -> Path:
     return folder if (folder / CLASS_NAMES[0]).is_dir() else folder / "test"
 
 
-def labelled_files(folder: Path) -> tuple[list[Path], np.ndarray]:
+@dataclass(frozen=True)
+class LabelledSet:
+    """Files with their labels, where they came from, and the folder they lie under."""
+
+    files: list[Path]
+    labels: np.ndarray
+    root: Path  # the files lie under it (their fingerprint is relative to it)
+    source: str  # a folder, or a PACS and its query, for the run and the report
+    name: str  # short, for the run's name
+
+
+def labelled_folder(folder: Path) -> LabelledSet:
     """FOLDER/{NORMAL,PNEUMONIA}/ or FOLDER/test/{NORMAL,PNEUMONIA}/."""
     root = labelled_root(folder)
     files, labels = [], []
@@ -63,27 +90,73 @@ def labelled_files(folder: Path) -> tuple[list[Path], np.ndarray]:
         found = image_files([class_dir])
         files += found
         labels += [label] * len(found)
-    return files, np.array(labels)
+    return LabelledSet(files, np.array(labels), root, str(root), folder.name)
 
 
-def evaluate_folder(model_uri: str, folder: Path, n_bootstrap: int = 1000) -> dict[str, float]:
-    """Figures of a registered model on a labelled folder, logged as an evaluation run."""
+@dataclass(frozen=True)
+class Evaluation:
+    figures: dict[str, float]
+    run_id: str
+    report: SiteReport
+    html: Path  # the site report, written locally too
+
+
+def evaluate(model_uri: str, labelled: LabelledSet, out: Path,
+             n_bootstrap: int = 1000) -> Evaluation:
+    """Figures of a registered model on labelled files, logged as an evaluation run with
+    its one-page site report (also written to `out`)."""
     model = load(model_uri)
-    files, labels = labelled_files(folder)
-    predictions = predict_files(model, files)
+    predictions = predict_files(model, labelled.files)
+    labels = labelled.labels
     readable = (predictions["label"] != UNREADABLE).to_numpy()
+    if not readable.any():
+        raise DataError(f"none of the {len(labelled.files)} files of {labelled.source} is a "
+                        "readable image.")
     threshold = float(model.model_config["threshold"])
     client = connect()
-    with start_run(experiment_id(client, EVALUATION_EXPERIMENT), f"evaluate-{folder.name}",
-                   ROLE_EVALUATION, files_fingerprint(labelled_root(folder), files),
-                   {TAG_MODEL_URI: model_uri}):
-        mlflow.log_params({"model_uri": model_uri, "data": str(folder),
-                           "files": len(files), "unreadable_files": int((~readable).sum())})
+    y, prob = labels[readable], predictions["probability"].to_numpy(float)[readable]
+    report = site_report(y, prob, threshold, target_sensitivity(client, model_uri))
+    title = f"{model_uri} on {labelled.name}"
+    with start_run(experiment_id(client, EVALUATION_EXPERIMENT), f"evaluate-{labelled.name}",
+                   ROLE_EVALUATION, files_fingerprint(labelled.root, labelled.files),
+                   {TAG_MODEL_URI: model_uri}) as run:
+        mlflow.log_params({"model_uri": model_uri, "data": labelled.source,
+                           "files": len(labelled.files),
+                           "unreadable_files": int((~readable).sum())})
         mlflow.log_table(predictions, PREDICTIONS)
-        figures = log_evaluation(labels[readable],
-                                 predictions["probability"].to_numpy(float)[readable], threshold,
-                                 "eval", n_bootstrap)
-        counts = {f"eval_{name}_images": float((labels[readable] == i).sum())
+        figures = log_evaluation(y, prob, threshold, "eval", n_bootstrap)
+        counts = {f"eval_{name}_images": float((y == i).sum())
                   for i, name in enumerate(CLASS_NAMES)}
         mlflow.log_metrics(counts)
-    return {**figures, **counts, "eval_unreadable_images": float((~readable).sum())}
+        png = png_bytes(fig := report_figure(y, prob, report, f"Site report: {title}"))
+        plots.close(fig)
+        page = report_html(report, png, f"Site report: {title}",
+                           {"model": model_uri, "data": labelled.source,
+                            "evaluation run": run.info.run_id})
+        mlflow.log_text(page, SITE_REPORT_HTML)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / Path(SITE_REPORT_PNG).name).write_bytes(png)
+            mlflow.log_artifact(str(Path(tmp) / Path(SITE_REPORT_PNG).name),
+                                str(Path(SITE_REPORT_PNG).parent))
+    out.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model_uri.removeprefix('models:/')}-"
+                                               f"{labelled.name}").strip("-")
+    (out / f"{stem}.png").write_bytes(png)
+    (out / f"{stem}.html").write_text(page)
+    return Evaluation({**figures, **counts, "eval_unreadable_images": float((~readable).sum())},
+                      run.info.run_id, report, out / f"{stem}.html")
+
+
+def target_sensitivity(client: MlflowClient, model_uri: str) -> float:
+    """The validation sensitivity the version's threshold was chosen for (its tag; the
+    default for a version registered before the tag, or a model outside the registry)."""
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    if model_uri.startswith("models:/"):
+        try:
+            version = client.get_model_version(*get_model_name_and_version(client, model_uri))
+            if TAG_MIN_SENSITIVITY in version.tags:
+                return float(version.tags[TAG_MIN_SENSITIVITY])
+        except (mlflow.exceptions.MlflowException, ValueError):
+            pass
+    return RegistryConfig().min_sensitivity

@@ -43,6 +43,7 @@ TAG_MEMBERS = "pneumo.members"
 TAG_SEARCH_RUNS = "pneumo.search_run_ids"
 TAG_EVALUATION_RUN = "pneumo.evaluation_run_id"
 TAG_THRESHOLD = "pneumo.threshold"
+TAG_MIN_SENSITIVITY = "pneumo.min_sensitivity"  # the validation sensitivity it was promoted for
 TAG_TEMPERATURE = "pneumo.temperature"
 TAG_OBJECTIVE = "pneumo.objective"
 TAG_OBJECTIVE_VALUE = "pneumo.objective_value"
@@ -80,6 +81,7 @@ TRIAL_MODEL = "model"  # the logged Keras model of a trial run
 PACKAGED_MODEL = "classifier"  # the pyfunc model of a promotion or adaptation run
 MODEL_CARD = "model_card.md"
 PREDICTIONS = "predictions.json"
+SITE_REPORT_PNG, SITE_REPORT_HTML = "report/site_report.png", "report/site_report.html"
 
 
 def plot(name: str) -> str:

@@ -1,17 +1,21 @@
-"""Registered models: promote, adapt, predict, evaluate, explain, serve, and the listing."""
+"""Registered models: promote, adapt, predict, evaluate, explain, serve, and the listing.
+predict, evaluate and adapt read files and folders, or studies pulled from a PACS."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pneumo_exp.cli.processes import run_server
 from pneumo_exp.cli.tf_import import import_tensorflow
 from pneumo_exp.config import LOCALHOST, load_config, tracking_uri
-from pneumo_exp.errors import UserError
+from pneumo_exp.data.dicomweb import PacsQuery, comma_list, labelled, pull, read_labels
+from pneumo_exp.errors import DataError, UserError
 from pneumo_exp.tracking.names import (
     CHAMPION,
     TAG_ARCH,
@@ -25,6 +29,9 @@ from pneumo_exp.tracking.names import (
     site_alias,
 )
 from pneumo_exp.tracking.store import connect
+
+if TYPE_CHECKING:
+    from pneumo_exp.serving.predict import LabelledSet
 
 
 def _model_uri(args: argparse.Namespace) -> str:
@@ -84,16 +91,41 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pacs(args: argparse.Namespace) -> PacsQuery | None:
+    """The PACS query of --dicomweb and its options, if given."""
+    if not args.dicomweb:
+        return None
+    return PacsQuery(args.dicomweb, comma_list(args.study), args.series,
+                     comma_list(args.modality), args.study_date)
+
+
+def _images(args: argparse.Namespace, paths: list[str]) -> tuple[list[Path], Path, str]:
+    """The image files under `paths`, or pulled from the PACS of --dicomweb; the folder
+    they lie under; where they came from, in words."""
+    from pneumo_exp.data.images import image_files
+
+    query = _pacs(args)
+    if query is None:
+        return image_files(paths), Path(paths[0]), " ".join(map(str, paths))
+    pulled = pull(query)
+    return pulled.files, pulled.files[0].parent, f"{query.where} ({len(pulled.files)} instances)"
+
+
 def cmd_adapt(args: argparse.Namespace) -> int:
-    _need(args.data, "no folder of the site's images", "--data", "DATA", "folder")
     _need(args.site, "no site name", "--site", "SITE", "name")
+    if not args.dicomweb:
+        _need(args.data, "no folder of the site's images", "--data", "DATA", "folder")
+        if not Path(args.data).is_dir():
+            raise DataError(f"{args.data} is not a folder of images: give DATA=folder (any "
+                            "layout below it; labels are not read), or DICOMWEB=.")
+    files, root, source = _images(args, [args.data])
     import_tensorflow()
     from pneumo_exp.adaptation.site import adapt
 
-    a = adapt(_model_uri(args), Path(args.data), args.site)
+    a = adapt(_model_uri(args), files, root, source, args.site)
     v = a.version
     print(f"Registered {v.name} version {v.version}: version {a.source.version} adapted to "
-          f"site '{args.site}' on {a.images} images of {args.data}"
+          f"site '{args.site}' on {a.images} images of {source}"
           f"{f' ({a.skipped} unreadable files skipped)' if a.skipped else ''}; {a.layers} "
           f"batch-normalization layers re-estimated. Alias: {site_alias(args.site)}.")
     print(f"  {_use_it(args, f'models:/{v.name}@{site_alias(args.site)}')}")
@@ -101,14 +133,14 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    _need(args.paths, "no image files or folders to predict", "", "FILES", "'a.jpeg dir/'")
+    if not args.dicomweb:
+        _need(args.paths, "no image files or folders to predict", "", "FILES", "'a.jpeg dir/'")
+    files, _, _ = _images(args, args.paths)
     import_tensorflow()
-    from pneumo_exp.data.images import image_files
     from pneumo_exp.serving.predict import load, predict_files
     from pneumo_exp.tracking.listing import describe_version
 
     uri = _model_uri(args)
-    files = image_files(args.paths)
     table = predict_files(load(uri), files)
     if args.format == "csv":
         print(table.to_csv(index=False), end="")
@@ -127,17 +159,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _labelled(args: argparse.Namespace) -> LabelledSet:
+    """A labelled folder, or the labelled studies of a PACS (labels from a CSV)."""
+    from pneumo_exp.serving.predict import LabelledSet, labelled_folder
+
+    query = _pacs(args)
+    if query is None:
+        _need(args.data, "no labelled folder to evaluate on", "--data", "DATA", "folder")
+        return labelled_folder(Path(args.data))
+    _need(args.labels, "no labels for the PACS studies", "--labels", "LABELS", "labels.csv")
+    labels = read_labels(Path(args.labels))
+    if not query.studies:
+        query = dataclasses.replace(query, studies=tuple(sorted(labels)))
+    pulled = pull(query)
+    files, y = labelled(pulled, labels)
+    return LabelledSet(files, y, files[0].parent, f"{query.where}, {len(set(pulled.studies))} "
+                       f"studies labelled in {args.labels}", "pacs")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    _need(args.data, "no labelled folder to evaluate on", "--data", "DATA", "folder")
+    labelled_set = _labelled(args)
     import_tensorflow()
-    from pneumo_exp.serving.predict import evaluate_folder, labelled_root
+    from pneumo_exp.registry.model_card import add_site_evaluation
+    from pneumo_exp.serving.predict import evaluate
     from pneumo_exp.tracking.listing import describe_version
 
     uri = _model_uri(args)
-    f = evaluate_folder(uri, Path(args.data))
+    e = evaluate(uri, labelled_set, Path(args.out))
+    f = e.figures
+    add_site_evaluation(connect(), uri, labelled_set.source, e.report, e.run_id)
     unreadable = f", {f['eval_unreadable_images']:.0f} unreadable left out" if f[
         "eval_unreadable_images"] else ""
-    print(f"{describe_version(uri)} on {labelled_root(Path(args.data))} "
+    print(f"{describe_version(uri)} on {labelled_set.source} "
           f"({f['eval_NORMAL_images']:.0f} NORMAL, {f['eval_PNEUMONIA_images']:.0f} PNEUMONIA"
           f"{unreadable}):")
     print(f"  threshold 0.5: accuracy {f['eval_accuracy']:.4f} [{f['eval_accuracy_ci_low']:.3f},"
@@ -148,6 +201,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"{f['eval_accuracy_at_thr']:.4f}, sensitivity {f['eval_sensitivity_at_thr']:.4f}, "
           f"specificity {f['eval_specificity_at_thr']:.4f}; calibration error "
           f"{f['eval_ece']:.3f}, Brier {f['eval_brier']:.3f}")
+    print(f"  site report: {e.html} (and in evaluation run {e.run_id}). Verdict: "
+          f"{e.report.verdict}")
     return 0
 
 
