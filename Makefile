@@ -14,7 +14,7 @@ RUN        := $(BIN)/pneumo-exp --make
 
 .DEFAULT_GOAL := help
 .PHONY: help vars install bench data search cv promote adapt evaluate predict explain serve \
-        server ui runs models delete-search test test-slow test-all lint clean
+        server ui runs compare models delete-search test test-slow test-all lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -64,8 +64,11 @@ server: $(STAMP) ## MLflow tracking server [HOST=127.0.0.1 PORT=5000 BACKEND= AR
 ui: $(STAMP) ## Serve the MLflow UI of ./mlruns on http://127.0.0.1:5000
 	$(RUN) ui
 
-runs: $(STAMP) ## List the searches and cross-validations, newest first
+runs: $(STAMP) ## List the searches and cross-validations, newest first [NAME= one search's trials, IMPORTANCE=1]
 	$(RUN) runs
+
+compare: $(STAMP) ## Compare searches SEARCHES="a b": best so far against time and trials [OUT=compare.png]
+	$(RUN) compare
 
 models: $(STAMP) ## List the registered versions with aliases and figures
 	$(RUN) models

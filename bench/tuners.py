@@ -1,14 +1,14 @@
-"""Random search, Bayesian optimization and Hyperband under the same wall-time budget.
+"""The multi-fidelity search, Bayesian optimization, random search and Hyperband under the
+same wall-time cap.
 
     .venv/bin/python bench/tuners.py --data ../shared/data/chest_xray --minutes 15 \
-        [--arch aug_cnn] [--tuners random bayesian hyperband] [--out bench/tuners.png]
+        [--arch aug_cnn] [--tuners screened bayesian hyperband] [--out bench/tuners.png]
 
 Each tuner runs `pneumo-exp search` on the same configuration (experiments/<arch>.yaml,
 search.time_budget_min = the budget, a trial budget it cannot reach), one after the other,
-each a search of its own name in the working directory's store. From the trial runs it
-records when each trial ended and its validation objective; it prints a markdown table
-(trials, best validation AUC, when the best was reached) and plots the best validation AUC
-so far against time for the three.
+each a search of its own name in the working directory's store; then `pneumo-exp compare`
+prints their best trials side by side and plots the best objective so far against time and
+against trials.
 """
 
 from __future__ import annotations
@@ -24,9 +24,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def run(tuner: str, args: argparse.Namespace) -> str:
+    """One search: `screened` is the experiment as configured (its screening, then its
+    full-fidelity trials); a tuner's name runs every trial at full fidelity with it."""
     name = f"bench-{tuner}-{args.minutes:g}min-seed{args.seed}"
-    cmd = [sys.executable, "-m", "pneumo_exp.cli", "search", args.arch, "--tuner", tuner,
-           "--name", name, "--time-budget", str(args.minutes), "--max-trials", "100",
+    how = ([] if tuner == "screened" else
+           ["--tuner", tuner, "--max-trials", "100", "--set", "search.screen_trials=0"])
+    cmd = [sys.executable, "-m", "pneumo_exp.cli", "search", args.arch, *how,
+           "--name", name, "--time-budget", str(args.minutes),
            "--seed", str(args.seed), "--fresh", *(["--data", args.data] if args.data else []),
            *[x for item in args.set for x in ("--set", item)]]
     started = time.time()
@@ -44,50 +48,18 @@ def main() -> None:
     parser.add_argument("--data", help="dataset (default: as pneumo-exp search)")
     parser.add_argument("--arch", default="aug_cnn")
     parser.add_argument("--minutes", type=float, default=15.0, help="budget of each tuner")
-    parser.add_argument("--tuners", nargs="+", default=["random", "bayesian", "hyperband"])
+    parser.add_argument("--tuners", nargs="+", default=["screened", "bayesian", "hyperband"],
+                        help="screened (the experiment's multi-fidelity search), random, "
+                        "bayesian, hyperband")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default="bench/tuners.png", help="the plot")
     args = parser.parse_args()
-
-    from pneumo_exp.config import load_config
-    from pneumo_exp.evaluation.plots import plt
-    from pneumo_exp.tracking.listing import find_search
-    from pneumo_exp.tracking.search_runs import SearchTracker
-    from pneumo_exp.tracking.store import connect
-
-    cfg = load_config(args.arch, {"data.root": args.data} if args.data else {})
-    objective = cfg.search.objective
-    client = connect()
-    print(f"| tuner | trials (completed) | best {objective} | reached after | wall time |")
-    print("|---|---|---|---|---|")
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for tuner in args.tuners:
-        name = run(tuner, args)
-        parent = find_search(client, name)
-        tracker = SearchTracker(cfg, name, Path(".pneumo") / "unused")
-        tracker.parent_run_id = parent.info.run_id
-        rows = sorted((r for r in tracker.rows() if r.get(objective) is not None),
-                      key=lambda r: r["ended_s"])
-        best, curve = -1.0, []
-        for r in rows:
-            best = max(best, r[objective])
-            curve.append((r["ended_s"] / 60, best))
-        reached = next((t for t, b in curve if b >= best - 1e-12), float("nan"))
-        m = parent.data.metrics
-        print(f"| {tuner} | {int(m['n_trials'])} ({int(m['n_completed_trials'])}) | "
-              f"{best:.4f} | {reached:.1f} min | {m['wall_time_s'] / 60:.1f} min |", flush=True)
-        if curve:  # from the end of the first trial: nothing is known before it
-            ax.step([t for t, _ in curve], [b for _, b in curve], where="post", label=tuner,
-                    marker="o")
-    ax.set_xlabel("minutes")
-    ax.set_ylabel(f"best {objective} so far")
-    ax.set_title(f"{args.arch}: tuners under a {args.minutes:g}-minute budget")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
-    print(f"\nplot: {args.out}")
+    names = [run(tuner, args) for tuner in args.tuners]
+    # the comparison is pneumo-exp's own: a table of the best trials, a plot of the best
+    # so far against time and against trials
+    subprocess.check_call([sys.executable, "-m", "pneumo_exp.cli", "compare", *names,
+                           "--out", args.out])
 
 
 if __name__ == "__main__":

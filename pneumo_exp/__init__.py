@@ -2,8 +2,10 @@
 
 import os
 
-# Quiet TensorFlow's C++ start-up banner unless the user asked for it.
+# Quiet TensorFlow's C++ start-up banner, and MLflow's download progress bars, unless the
+# user asked for them.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 __version__ = "0.1.0"
 

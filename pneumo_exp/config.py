@@ -37,9 +37,11 @@ LOCALHOST = "127.0.0.1"  # servers bind it unless told otherwise
 UI_PORT, SERVE_PORT = 5000, 5001  # the MLflow UI (and tracking server); a served model
 
 TUNER_NAMES = ("random", "bayesian", "hyperband")
-# What every epoch reports on the validation set (pneumo_exp.callbacks), as val_<name>; the
-# search's objective is one of them.
-VALIDATION_FIGURES = ("loss", "accuracy", "auc", "sensitivity", "specificity", "precision")
+# What every epoch reports on the validation set (pneumo_exp.search.callbacks), as
+# val_<name>; the search's objective is one of them. spec_at_sens: the highest specificity
+# whose sensitivity reaches search.sensitivity_target (exact, from the ROC).
+VALIDATION_FIGURES = ("loss", "accuracy", "auc", "sensitivity", "specificity", "precision",
+                      "balanced_accuracy", "spec_at_sens")
 VALIDATION_MODES = ("split", "official")
 
 
@@ -99,6 +101,14 @@ class SearchConfig:
     default_first: bool = True  # the first trial is the space's default point (the study's)
     # Tried first (after the default point): {hyperparameter: value}, the rest default.
     initial_points: list[dict[str, Any]] = field(default_factory=list)
+    sensitivity_target: float = 0.95  # of the objective val_spec_at_sens
+    # Multi-fidelity: screen_trials configurations judged cheaply first (at screen_image_size,
+    # on screen_fraction of train, for screen_epochs), then the best max_trials of them
+    # trained at full fidelity. 0: every trial at full fidelity.
+    screen_trials: int = 0
+    screen_image_size: int | None = None  # None: data.image_size
+    screen_fraction: float = 1.0
+    screen_epochs: int = 3
 
     def __post_init__(self) -> None:
         _check(self.tuner in TUNER_NAMES, "search.tuner", self.tuner, " | ".join(TUNER_NAMES))
@@ -119,10 +129,25 @@ class SearchConfig:
                and all(isinstance(p, dict) for p in self.initial_points),
                "search.initial_points", self.initial_points,
                "a list of {hyperparameter: value} mappings")
+        _check(0 < self.sensitivity_target < 1, "search.sensitivity_target",
+               self.sensitivity_target, "a fraction in (0, 1)")
+        _check(self.screen_trials >= 0, "search.screen_trials", self.screen_trials,
+               "an integer >= 0 (0: no screening)")
+        _check(self.screen_image_size is None or self.screen_image_size >= 8,
+               "search.screen_image_size", self.screen_image_size, "an integer >= 8, or null")
+        _check(0 < self.screen_fraction <= 1, "search.screen_fraction", self.screen_fraction,
+               "a fraction in (0, 1]")
+        _check(self.screen_epochs >= 1, "search.screen_epochs", self.screen_epochs,
+               "an integer >= 1")
 
     @property
     def direction(self) -> str:
         return "min" if "loss" in self.objective else "max"
+
+    @property
+    def planned_trials(self) -> int:
+        """Screened and full-fidelity trials together."""
+        return self.screen_trials + self.max_trials
 
 
 @dataclass(frozen=True)
@@ -169,14 +194,20 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
     def digest(self) -> str:
-        """Identity of a search: everything but the budgets, so a larger budget extends it."""
+        """Identity of a search: everything but the budgets, so a larger budget extends it
+        (and the settings nothing reads: the screening's when there is none)."""
         d = self.to_dict()
-        d["search"] = {k: v for k, v in d["search"].items()
-                       if k not in ("max_trials", "time_budget_min")}
+        search = d["search"]
+        unused = {*BUDGETS, *(k for k in search if k.startswith("screen_")
+                              and not search["screen_trials"])}
+        if search["objective"] != "val_spec_at_sens":
+            unused.add("sensitivity_target")
+        d["search"] = {k: v for k, v in search.items() if k not in unused}
         d.pop("registry")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+BUDGETS = ("max_trials", "time_budget_min")  # a search with larger budgets is the same search
 _SECTIONS = {"data": DataConfig, "search": SearchConfig, "train": TrainConfig,
              "tracking": TrackingConfig, "registry": RegistryConfig}
 

@@ -44,7 +44,10 @@ COMMANDS = {
                 "Write an overlay per image: where the model looked for pneumonia (Grad-CAM "
                 "on its last convolutional feature map; the mean over an ensemble's members),"
                 " with the probability and label.", commands.cmd_explain),
-    "runs": ("list the searches and cross-validations, newest first", None, commands.cmd_runs),
+    "runs": ("list the searches and cross-validations, newest first; or one search's "
+             "trials and hyperparameter importance", None, commands.cmd_runs),
+    "compare": ("compare searches: best so far against time and trials, their best trials",
+                None, commands.cmd_compare),
     "models": ("list the registered versions with their aliases and figures", None,
                commands.cmd_models),
     "delete-search": ("delete one search: its MLflow runs and its tuner state", None,

@@ -89,6 +89,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--top", "package the up to k best trials validated alike as one ensemble "
            "(default registry.top: 3; 1: the best trial alone)", ("promote",), type=int),
     Option("--run", "promote this trial run instead of the best", ("promote",)),
+    Option("--any-trial", "consider every finished trial, also those screened at low "
+           "fidelity, stopped by a rule or cut by the time budget", ("promote",),
+           flag_only=True),
     Option("--model-name", "registered model name (default registry.model_name, "
            "pneumonia-classifier)", ("promote",)),
     Option("--model", "registered model URI (default models:/pneumonia-classifier@champion)",
@@ -129,6 +132,14 @@ OPTIONS: tuple[Option, ...] = (
            "user or a small machine)", ("server",), type=int, default=4),
     Option("search_name", "the search's name (pneumo-exp runs lists them)",
            ("delete-search",), make="NAME"),
+    Option("--search", "one search (name or parent run id): its trials table", ("runs",),
+           make="NAME"),
+    Option("--importance", "with --search: which hyperparameters moved its objective "
+           "(fANOVA), also logged on its parent run", ("runs",), flag_only=True),
+    Option("searches", "searches to compare: names or parent run ids", ("compare",),
+           nargs="+", make="SEARCHES"),
+    Option("--out", "the comparison plot (default compare.png)", ("compare",),
+           default="compare.png"),
     Option("--yes", "do not ask for confirmation", ("delete-search",), flag_only=True),
 )
 

@@ -4,17 +4,33 @@ at a decision threshold, with bootstrap confidence intervals."""
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    roc_auc_score,
+    roc_curve,
+)
 
 from pneumo_exp.evaluation.calibration import calibration_figures
 
 CI_LEVEL = 0.95
 
 
+def spec_at_sens(y_true: np.ndarray, prob: np.ndarray, target: float) -> float:
+    """The highest specificity among the thresholds whose sensitivity reaches `target`
+    (exact, from the ROC): a clinical operating point as one number."""
+    fpr, tpr, _ = roc_curve(y_true, prob)
+    return float(1.0 - fpr[tpr >= target].min())
+
+
 def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5,
-                   prefix: str = "") -> dict[str, float]:
-    """Accuracy, AUC, sensitivity (recall of PNEUMONIA), specificity, precision, F1, loss and
-    the confusion counts, with `prefix` on every name (e.g. 'val_')."""
+                   prefix: str = "", sensitivity_target: float = 0.95) -> dict[str, float]:
+    """Accuracy, balanced accuracy, AUC, sensitivity (recall of PNEUMONIA), specificity,
+    precision, F1, loss, the specificity at `sensitivity_target` and the confusion counts,
+    with `prefix` on every name (e.g. 'val_')."""
     y_true = np.asarray(y_true).astype(int).ravel()
     prob = np.asarray(prob, dtype=np.float64).ravel()
     pred = (prob >= threshold).astype(int)
@@ -22,7 +38,11 @@ def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5,
     both_classes = len(np.unique(y_true)) == 2
     out = {
         "accuracy": accuracy_score(y_true, pred),
+        "balanced_accuracy": (balanced_accuracy_score(y_true, pred) if both_classes
+                              else float("nan")),
         "auc": roc_auc_score(y_true, prob) if both_classes else float("nan"),
+        "spec_at_sens": (spec_at_sens(y_true, prob, sensitivity_target) if both_classes
+                         else float("nan")),
         "sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
         "specificity": tn / (tn + fp) if tn + fp else float("nan"),
         "precision": tp / (tp + fp) if tp + fp else 0.0,
@@ -65,7 +85,7 @@ def evaluation_figures(y_true: np.ndarray, prob: np.ndarray, threshold: float, s
     figures = binary_metrics(y_true, prob, 0.5, prefix=f"{split}_")
     at_thr = binary_metrics(y_true, prob, threshold, prefix=f"{split}_")
     figures.update({f"{k}_at_thr": v for k, v in at_thr.items()
-                    if not k.endswith(("_auc", "_loss"))})
+                    if not k.endswith(("_auc", "_loss", "_spec_at_sens"))})
     figures[f"{split}_threshold"] = threshold
     figures.update(calibration_figures(y_true, prob, f"{split}_"))
     if uncalibrated is not None:

@@ -115,24 +115,48 @@ def reliability_figure(y_true: np.ndarray, prob: np.ndarray, bins: int, title: s
     return fig
 
 
-def search_progress_figure(points: Sequence[tuple[str, float, float]], objective: str,
-                           direction: str, title: str) -> Figure:
-    """Each trial's objective when it ended, and the best so far, against time."""
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+PROGRESS_KINDS = {  # how each kind of trial is drawn on a search's progress plot
+    "completed": dict(marker="o", color="tab:blue", label="full fidelity"),
+    "screened": dict(marker=".", color="tab:gray", label="screened (low fidelity)"),
+    "stopped": dict(marker="o", markerfacecolor="none", color="tab:orange",
+                    label="stopped by a rule (median, constant output, no learning)"),
+    "cut": dict(marker="x", color="tab:red", label="cut by the time budget"),
+}
+
+
+def search_progress_figure(points: Sequence[tuple[str, float, float | None, str]],
+                           objective: str, direction: str, title: str) -> Figure:
+    """Each trial's objective when it ended, by kind (PROGRESS_KINDS; a cut trial has no
+    objective and sits on the axis), and the best so far of the full-fidelity trials,
+    against time."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     points = sorted(points, key=lambda p: p[1])
-    minutes = [p[1] / 60 for p in points]
-    values = [p[2] for p in points]
+    scored = [v for _, _, v, _ in points if v is not None]
+    bottom = min(scored) if scored else 0.0
     pick = max if direction == "max" else min
-    best = [pick(values[:i + 1]) for i in range(len(values))]
-    ax.plot(minutes, values, "o", label="trial")
-    for (trial, _, _), x, y in zip(points, minutes, values, strict=True):
-        ax.annotate(trial, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=8)
-    ax.step(minutes, best, where="post", label="best so far")
+    best, curve = None, []
+    for _, t, v, kind in points:
+        if v is not None and kind == "completed":
+            best = v if best is None else pick(best, v)
+        curve.append((t / 60, best))
+    for kind, style in PROGRESS_KINDS.items():
+        these = [(t / 60, bottom if v is None else v, trial)
+                 for trial, t, v, k in points if k == kind]
+        if these:
+            ax.plot([x for x, _, _ in these], [y for _, y, _ in these], linestyle="none",
+                    **style)
+            for x, y, trial in these:
+                ax.annotate(trial, (x, y), textcoords="offset points", xytext=(3, 3),
+                            fontsize=7)
+    drawn = [(x, b) for x, b in curve if b is not None]
+    if drawn:
+        ax.step([x for x, _ in drawn], [b for _, b in drawn], where="post",
+                label="best so far (full fidelity)", color="tab:green")
     ax.set_xlabel("minutes into the search")
     ax.set_ylabel(f"{objective} (best checkpoint)")
-    _robust_ylim(ax, values)
+    _robust_ylim(ax, scored)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     ax.set_title(f"Search progress, {title}", fontsize=10)
     fig.tight_layout()
     return fig

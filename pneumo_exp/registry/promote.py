@@ -82,6 +82,7 @@ class Promotion:
     created: bool
     champion: str  # version number holding the champion alias afterwards
     figures: dict[str, float]
+    why: str = ""  # why these members: the ensemble against its best member
 
 
 @dataclass(frozen=True)
@@ -102,11 +103,13 @@ class Calibration:
 
 
 def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | None = None,
-            top: int | None = None) -> Promotion:
-    """Register the ensemble of the up to `top` (registry.top) best trials validated alike,
-    or the one trial `run_id`."""
+            top: int | None = None, any_trial: bool = False) -> Promotion:
+    """Register the ensemble of the up to `top` (registry.top) best candidate trials
+    validated alike (`any_trial`: of every finished trial), or the one trial `run_id`; the
+    best member alone when the ensemble validates worse than it."""
     client = connect()
-    trials = select_trials(client, arch, run_id, registry.top if top is None else top)
+    trials = select_trials(client, arch, run_id, registry.top if top is None else top,
+                           any_trial)
     name = registry.model_name
     existing = versions_of_runs(client, name, [t.info.run_id for t in trials])
     if existing:
@@ -114,9 +117,18 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
     candidates = [candidate(client, t) for t in trials]
     members = [Member(trial_model(c.trial), c.cfg.data.image_size, c.cfg.data.channels)
                for c in candidates]
-    val = score(members, validation_sets(candidates))
+    sets = validation_sets(candidates)
+    keep, why = ensemble_or_best(candidates, members, sets)
+    if len(keep) < len(candidates):
+        candidates, members, sets = ([x[i] for i in keep] for x in (candidates, members, sets))
+        existing = versions_of_runs(client, name, [c.trial.info.run_id for c in candidates])
+        if existing:
+            return Promotion(existing[0], False,
+                             alias_version(client, name, CHAMPION) or "-", {}, why)
+    val = score(members, sets)
     calibration = calibrate(val, registry.min_sensitivity)
-    val_figures = validation_figures(val, calibration, registry.bootstrap)
+    val_figures = validation_figures(val, calibration, registry.bootstrap,
+                                     candidates[0].cfg.search.sensitivity_target)
     test = score(members, test_sets(candidates))
     evaluation_run, test_figures, model_uri = evaluate_and_package(
         candidates, members, calibration, val_figures, test, registry)
@@ -129,15 +141,44 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
     champion = move_aliases(client, name, str(version.version),
                             candidates[0].cfg.search.direction)
     return Promotion(client.get_model_version(name, version.version), True, champion,
-                     test_figures)
+                     test_figures, why)
 
 
 def select_trials(client: MlflowClient, arch: str | None, run_id: str | None,
-                  top: int) -> list[Run]:
+                  top: int, any_trial: bool = False) -> list[Run]:
     """The one trial `run_id`, or the up to `top` best validated alike."""
     if top < 1:
         raise ConfigError(f"TOP must be an integer >= 1; got {top}.")
-    return [trial_run(client, run_id)] if run_id else best_trial_runs(client, arch, top)
+    return ([trial_run(client, run_id)] if run_id
+            else best_trial_runs(client, arch, top, any_trial))
+
+
+def ensemble_or_best(candidates: Sequence[Candidate], members: Sequence[Member],
+                     sets: Sequence[LabeledImages]) -> tuple[list[int], str]:
+    """Which members to package, and why: all of them when their mean probability
+    validates at least as well as the best of them alone (by the search's objective),
+    else that best member alone."""
+    if len(members) == 1:
+        return [0], ""
+    objective = candidates[0].cfg.search.objective
+    direction = candidates[0].cfg.search.direction
+    target = candidates[0].cfg.search.sensitivity_target
+    name = objective.removeprefix("val_")
+    arrays = {m.preprocessing: s.images for m, s in zip(members, sets, strict=True)}
+    y = sets[0].labels
+    alone = [binary_metrics(y, ensemble_probability([m], arrays, batch_size=256),
+                            sensitivity_target=target)[name] for m in members]
+    together = binary_metrics(y, ensemble_probability(members, arrays, batch_size=256),
+                              sensitivity_target=target)[name]
+    best = int(np.argmax(alone) if direction == "max" else np.argmin(alone))
+    better = together >= alone[best] if direction == "max" else together <= alone[best]
+    if better:
+        return list(range(len(members))), (
+            f"the ensemble of {len(members)} validates at {objective} {together:.4f}, at least "
+            f"its best member's {alone[best]:.4f} ({candidates[best].label})")
+    return [best], (f"the ensemble of {len(members)} validates at {objective} {together:.4f}, "
+                    f"below its best member's {alone[best]:.4f}: {candidates[best].label} "
+                    "alone is registered")
 
 
 def validation_sets(candidates: Sequence[Candidate]) -> list[LabeledImages]:
@@ -180,12 +221,13 @@ def calibrate(val: Scores, min_sensitivity: float) -> Calibration:
     return Calibration(temperature, choose_threshold(val.labels, prob, min_sensitivity))
 
 
-def validation_figures(val: Scores, calibration: Calibration, n_bootstrap: int) -> dict[
-        str, float]:
+def validation_figures(val: Scores, calibration: Calibration, n_bootstrap: int,
+                       sensitivity_target: float = 0.95) -> dict[str, float]:
     """The calibrated validation figures at 0.5 and at the threshold, with intervals, and
     the calibration error before and after."""
     y, prob, threshold = val.labels, calibration.apply(val), calibration.threshold
-    figures = {f"val_{k}": v for k, v in binary_metrics(y, prob).items()}
+    figures = {f"val_{k}": v for k, v in binary_metrics(
+        y, prob, sensitivity_target=sensitivity_target).items()}
     figures.update({f"val_{k}_at_thr": v for k, v in binary_metrics(y, prob, threshold).items()
                     if k in ("sensitivity", "specificity", "accuracy")})
     figures.update(calibration_figures(y, prob, "val_"))

@@ -9,23 +9,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import mlflow
-import yaml
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from pneumo_exp.config import ExperimentConfig, architectures, config_from_dict, load_config
+from pneumo_exp.config import ExperimentConfig, architectures, load_config
 from pneumo_exp.errors import ConfigError, UserError
+from pneumo_exp.search.callbacks import promotable
 from pneumo_exp.tracking.names import (
-    CONFIG_ARTIFACT,
     ROLE_TRIAL,
     TAG_ARCH,
+    TAG_CANDIDATE,
     TAG_ROLE,
     TAG_SITE,
     TAG_SOURCES,
+    TAG_STATUS,
     TAG_TRIAL,
 )
+from pneumo_exp.tracking.runs import parent_config
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +61,20 @@ def objective_of(arch: str | None) -> tuple[str, str, list[str]]:
             sorted({c.experiment_name for c in configs}))
 
 
-def best_trial_runs(client: MlflowClient, arch: str | None, top: int = 1) -> list[Run]:
-    """The best finished trial run by `best_<objective>` (each trial's best checkpoint, the
-    figure its search's oracle ranked), then the next best validated on the same images
-    (the same dataset, validation split and seed), up to `top` in all."""
+def is_candidate(run: Run) -> bool:
+    """A full-fidelity trial that ran its course (search.callbacks.promotable): not one
+    screened at low fidelity, stopped by a rule, or cut by the time budget. (A trial logged
+    before the candidate tag existed: by how it ended.)"""
+    tag = run.data.tags.get(TAG_CANDIDATE)
+    return tag == "true" if tag is not None else promotable(run.data.tags.get(TAG_STATUS, ""))
+
+
+def best_trial_runs(client: MlflowClient, arch: str | None, top: int = 1,
+                    any_trial: bool = False) -> list[Run]:
+    """The best candidate trial run by `best_<objective>` (each trial's best checkpoint,
+    the figure its search's oracle ranked), then the next best validated on the same images
+    (the same dataset, validation split and seed), up to `top` in all. `any_trial`: every
+    finished trial is a candidate."""
     objective, direction, names = objective_of(arch)
     ids = [e.experiment_id for n in names if (e := client.get_experiment_by_name(n))]
     order = "DESC" if direction == "max" else "ASC"
@@ -70,10 +82,17 @@ def best_trial_runs(client: MlflowClient, arch: str | None, top: int = 1) -> lis
         ids, f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}' and attributes.status = 'FINISHED' and "
         f"metrics.best_{objective} > -1e300",
         order_by=[f"metrics.best_{objective} {order}"]) if ids else []
+    what = f"of {arch} " if arch else ""
     if not runs:
-        what = f"of {arch} " if arch else ""
         raise UserError(f"no finished trial {what}to promote: run `make search"
                         f"{' ARCH=' + arch if arch else ''}` first.")
+    left_out = [r for r in runs if not any_trial and not is_candidate(r)]
+    runs = [r for r in runs if r not in left_out]
+    if not runs:
+        raise UserError(f"no trial {what}ran its course at full fidelity: the {len(left_out)} "
+                        "finished were screened, stopped by a rule or cut by the time budget. "
+                        "Finish the search (the same command resumes it), or promote with "
+                        "ANY_TRIAL=1 (--any-trial).")
     parents: dict[str, tuple[str | None, ...]] = {}
 
     def validation(run: Run) -> tuple[str | None, ...]:
@@ -104,10 +123,9 @@ def trial_run(client: MlflowClient, run_id: str) -> Run:
 
 
 def candidate(client: MlflowClient, trial: Run) -> Candidate:
-    """A trial with the configuration of its search, from its parent's config.yaml."""
+    """A trial with the configuration of its search."""
     parent = client.get_run(trial.data.tags[MLFLOW_PARENT_RUN_ID])
-    text = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/{CONFIG_ARTIFACT}")
-    return Candidate(trial, config_from_dict(yaml.safe_load(text)), parent)
+    return Candidate(trial, parent_config(parent), parent)
 
 
 def trial_model(trial: Run) -> object:

@@ -35,16 +35,17 @@ class ValidationFigures(keras.callbacks.Callback):
     constant for `constant_epochs` epochs."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, constant_epochs: int = 2,
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, sensitivity_target: float = 0.95) -> None:
         super().__init__()
         self.images, self.labels = images, labels
         self.constant_epochs, self.batch_size = constant_epochs, batch_size
+        self.sensitivity_target = sensitivity_target
         self.constant_since: int | None = None
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ValidationFigures:
         """Keras Tuner copies the callbacks for every trial: share the images, reset state."""
         return ValidationFigures(self.images, self.labels, self.constant_epochs,
-                                 self.batch_size)
+                                 self.batch_size, self.sensitivity_target)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if logs is None:
@@ -54,7 +55,7 @@ class ValidationFigures(keras.callbacks.Callback):
             logs.update({f"val_{k}": math.nan for k in VALIDATION_FIGURES})
             self.model.stop_training = True
             return
-        figures = binary_metrics(self.labels, prob)
+        figures = binary_metrics(self.labels, prob, sensitivity_target=self.sensitivity_target)
         logs.update({f"val_{k}": figures[k] for k in VALIDATION_FIGURES})
         logs[SPREAD_KEY] = float(prob.max() - prob.min())
         if logs[SPREAD_KEY] >= CONSTANT_SPREAD:
@@ -112,16 +113,32 @@ class StopOnInterrupt(keras.callbacks.Callback):
         interrupts.check()
 
 
-class Deadline(keras.callbacks.Callback):
-    """Stops training at the end of the epoch in which the search's time budget runs out."""
+class TimeBudgetSpent(BaseException):
+    """The search's time budget ran out: it ends here, and resumes with a larger budget.
+    Not an Exception, so Keras Tuner does not count it as a failed trial: the trial stays
+    assigned, and runs again from its start when the search resumes."""
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, epochs: int = 0) -> None:
+        super().__init__(f"time budget spent after {epochs} epochs")
+        self.epochs = epochs
+
+
+class Deadline(keras.callbacks.Callback):
+    """At the end of the epoch in which the search's time budget runs out: cuts the trial
+    (TimeBudgetSpent), or with `finish_trial` (a distributed search's worker) stops
+    training, so the trial ends with the epochs it has."""
+
+    def __init__(self, deadline: float, finish_trial: bool = False) -> None:
         super().__init__()
-        self.deadline = deadline
+        self.deadline, self.finish_trial = deadline, finish_trial
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if time.time() > self.deadline:
+        if time.time() <= self.deadline:
+            return
+        if self.finish_trial:
             self.model.stop_training = True
+            return
+        raise TimeBudgetSpent(epoch + 1)
 
 
 def training_callbacks(cfg: ExperimentConfig, val_images: np.ndarray, val_labels: np.ndarray,
@@ -129,7 +146,8 @@ def training_callbacks(cfg: ExperimentConfig, val_images: np.ndarray, val_labels
     """ValidationFigures first (the others read its figures), then EarlyStopping on the
     objective, TerminateOnNaN, StopOnInterrupt and, if configured, ReduceLROnPlateau."""
     s, t = cfg.search, cfg.train
-    callbacks = [ValidationFigures(val_images, val_labels, s.constant_epochs),
+    callbacks = [ValidationFigures(val_images, val_labels, s.constant_epochs,
+                                   sensitivity_target=s.sensitivity_target),
                  keras.callbacks.EarlyStopping(monitor=s.objective, mode=s.direction,
                                                patience=t.patience,
                                                restore_best_weights=restore_best),
@@ -139,6 +157,13 @@ def training_callbacks(cfg: ExperimentConfig, val_images: np.ndarray, val_labels
             monitor=s.objective, mode=s.direction, factor=0.3,
             patience=t.reduce_lr_patience, min_lr=1e-6))
     return callbacks
+
+
+def promotable(status: str) -> bool:
+    """Whether a trial that ended so is a candidate for promotion: it ran until its own
+    early stopping or its epochs ran out; not one the median or constant-output rule
+    stopped, that did not learn, or that the time budget cut."""
+    return status == "completed" or status.startswith("early stopped")
 
 
 def trial_status(history: Mapping[str, Sequence[float]], planned_epochs: int,

@@ -12,10 +12,21 @@ from pneumo_exp.text import describe, duration
 
 
 def trial_begins(trial_id: str, position: int, total: int, changed: Mapping[str, Any],
-                 elapsed: float) -> str:
+                 elapsed: float, stage: str = "") -> str:
+    """`stage`: screen or full in a multi-fidelity search."""
     what = ("the space's default point" if not changed
             else f"{describe(changed)}; the rest at the space's defaults")
-    return f"Trial {trial_id} [{position}/{total}], {duration(elapsed)} into the search: {what}"
+    kind = f" ({stage})" if stage else ""
+    return (f"Trial {trial_id}{kind} [{position}/{total}], {duration(elapsed)} into the "
+            f"search: {what}")
+
+
+def budget_spent(minutes: float, completed: int, planned: int, cut: int) -> str:
+    """What a search the time budget capped says, and how it goes on."""
+    return (f"Time budget of {minutes:g} min spent: {completed} of the {planned} planned "
+            f"trials completed{f', {cut} cut short' if cut else ''}. The same command with "
+            "a larger budget (TIME_BUDGET=, or none) finishes the planned trials without "
+            "redoing any" + (" (a cut trial runs again from its start)." if cut else "."))
 
 
 def trial_ends(trial_id: str, row: Mapping[str, Any] | None, best: tuple[str, float] | None,

@@ -1,16 +1,19 @@
 """A Keras Tuner search of one architecture, tracked in MLflow: `run_search`.
 
 The data, the hypermodel, the tuner (tuners.py) and the search's MLflow runs
-(tracking.search_runs) are put together here; the oracle's state under
-.pneumo/tuner/<arch>/<search>/ makes an interrupted search resume where it stopped.
+(tracking.search_runs) are put together here, once per stage (fidelity.py); the oracles'
+state under .pneumo/tuner/<arch>/<search>/ makes an interrupted search resume where it
+stopped. Trial and epoch budgets decide what a search finds; a time budget only caps it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -20,10 +23,13 @@ from pneumo_exp.config import TUNER_DIR, ExperimentConfig
 from pneumo_exp.data.dataset import TrainingData, load_training_data
 from pneumo_exp.data.pipeline import make_dataset
 from pneumo_exp.errors import InterruptedByUser
-from pneumo_exp.hypermodels import build_hypermodel
-from pneumo_exp.search.callbacks import Deadline, training_callbacks
+from pneumo_exp.hypermodels import HYPERMODELS, build_hypermodel
+from pneumo_exp.search.callbacks import Deadline, TimeBudgetSpent, training_callbacks
+from pneumo_exp.search.console import budget_spent
 from pneumo_exp.search.distributed import Role, activate
-from pneumo_exp.search.tuners import make_tuner, stop_new_trials
+from pneumo_exp.search.fidelity import SCREEN, Stage, stage_config, stages, train_part
+from pneumo_exp.search.tuners import TrackedTuner, make_tuner, stop_new_trials
+from pneumo_exp.tracking.names import FULL, STATUS_CUT
 from pneumo_exp.tracking.search_runs import SearchTracker, trials_table
 
 log = logging.getLogger(__name__)
@@ -48,15 +54,14 @@ class SearchResult:
 
 def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = False,
                verbose: int = 2, role: Role | None = None, debug: bool = False) -> SearchResult:
-    """Search `cfg.arch`; resume the search of the same name if it was interrupted.
+    """Search `cfg.arch`, in one stage or, with screening, two (fidelity.py); resume the
+    search of the same name where it stopped.
 
-    With a `role`, this process is the chief (the oracle and the parent run) or a worker
+    With a `role`, this process is the chief (the oracles and the parent run) or a worker
     (trains trials) of a distributed search (distributed.py). `debug` prints the traceback
     of a failed trial."""
     s = cfg.search
     worker = role is not None and not role.is_chief
-    if role is not None:
-        activate(role)
     keras.utils.set_random_seed(s.seed)
     data = load_training_data(cfg.data, s.seed)
     log.info("Data %s: train %d %s, validation %d %s%s (fingerprint %s, loaded in %.1f s%s).",
@@ -66,73 +71,112 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
              data.load_seconds, " from the cache" if data.from_cache else "")
     name = name or f"{s.tuner}-{cfg.digest()}"
     project_dir = TUNER_DIR / cfg.arch / name
-    hypermodel = build_hypermodel(cfg, data.train.labels)
-    tracker = SearchTracker(cfg, name, project_dir, hypermodel.ui_params)
+    plan = stages(cfg)
+    tracker = SearchTracker(cfg, name, project_dir, HYPERMODELS[cfg.arch].ui_params)
     fresh = fresh and not worker  # only the chief (or a single process) starts over
     if fresh:
         tracker.forget()
-    tuner = make_tuner(cfg, hypermodel, tracker, data.val, project_dir, overwrite=fresh,
-                       fit_verbose=verbose, debug=debug)
+    deadline = time.time() + s.time_budget_min * 60 if s.time_budget_min else None
     if worker:
-        parent = tracker.attach(data, tuner.tuner_id)
+        parent = tracker.attach(data, role.tuner_id)
         log.info("Worker %s of search '%s': trials go under MLflow parent run %s.",
-                 tuner.tuner_id, name, parent)
+                 role.tuner_id, name, parent)
     else:
-        parent = tracker.begin(data, {"class": type(tuner).__name__,
+        parent = tracker.begin(data, {"stages": ",".join(st.name for st in plan),
                                       "directory": project_dir,
                                       "distributed": role is not None})
         log.info("%s search '%s' of %s: MLflow experiment '%s', parent run %s.",
                  "Resuming" if tracker.resumed else "Starting", name, cfg.arch,
                  cfg.experiment_name, parent)
-        if role is not None and tuner.deadline:  # the chief serves; a timer ends the budget
-            timer = threading.Timer(tuner.deadline - time.time(), stop_new_trials,
-                                    [tuner.oracle])
-            timer.daemon = True
-            timer.start()
-    callbacks = training_callbacks(cfg, data.val.images, data.val.labels)
-    if tuner.deadline:
-        callbacks.append(Deadline(tuner.deadline))
-    t = cfg.train
-    try:  # the tuner prints its own progress; Keras' epoch lines come with fit_verbose
-        tuner.search(make_dataset(data.train, t.batch_size, shuffle=True, seed=s.seed),
-                     epochs=t.epochs, callbacks=callbacks, shuffle=False,  # tf.data shuffles
-                     verbose=0)
+    screened: list[dict[str, Any]] | None = None
+    try:
+        for i, stage in enumerate(plan):
+            tuner = _run_stage(cfg, stage, data, tracker, project_dir / stage.folder(
+                len(plan) > 1), fresh, screened, deadline, verbose, debug,
+                dataclasses.replace(role, port=role.port + i) if role else None)
+            if stage.name == SCREEN and not worker:
+                screened = best_configurations(tuner, s.max_trials)
+    except TimeBudgetSpent:
+        log.warning("%s", budget_spent(s.time_budget_min or 0, *_progress(tracker)))
     except KeyboardInterrupt:
         if not worker:
-            tracker.end(None, _trial_counts(tuner), status="KILLED")
+            tracker.end(None, _counts(tracker), status="KILLED")
         raise SearchInterrupted(
             f"search '{name}' interrupted; finished trials are kept. Run the same command "
             "again to resume, or add --fresh (FRESH=1) to start over.") from None
     except BaseException:
         if not worker:
-            tracker.end(None, _trial_counts(tuner), status="FAILED")
+            tracker.end(None, _counts(tracker), status="FAILED")
         raise
     if worker:
         return SearchResult(name, tracker.experiment_id, parent, None, None, {},
                             {"trials": tracker.trials_this_session}, data, [])
-    best = _best(tuner, tracker)
-    counts = _trial_counts(tuner)
+    best = tracker.best_so_far(FULL)
+    best_run = (best[0], tracker.trial_run_id(best[0])) if best else None
+    counts = _counts(tracker)
     if tracker.resumed and not tracker.trials_this_session:
         log.info("Search '%s' already ran its %d trials: raise MAX_TRIALS to extend it, or add "
                  "FRESH=1 (--fresh) to start it over.", name, counts["trials"])
-    tracker.end(best, counts)
-    metrics = tracker.best_figures(best[1]) if best else {}
-    return SearchResult(name, tracker.experiment_id, parent, best and best[0],
-                        best and best[1], metrics, counts, data,
+    tracker.end(best_run, counts)
+    metrics = tracker.best_figures(best_run[1]) if best_run else {}
+    return SearchResult(name, tracker.experiment_id, parent, best_run and best_run[0],
+                        best_run and best_run[1], metrics, counts, data,
                         trials_table(tracker.rows()))
 
 
-def _trial_counts(tuner: kt.Tuner) -> dict[str, int]:
-    statuses = [t.status for t in tuner.oracle.trials.values()]
-    return {"trials": len(statuses), "completed_trials": statuses.count("COMPLETED"),
-            "failed_trials": sum(st in ("FAILED", "INVALID") for st in statuses)}
+def _run_stage(cfg: ExperimentConfig, stage: Stage, data: TrainingData, tracker: SearchTracker,
+               project_dir: Path, fresh: bool, screened: list[dict[str, Any]] | None,
+               deadline: float | None, verbose: int, debug: bool,
+               role: Role | None) -> TrackedTuner:
+    """One stage's Keras Tuner search: its data (resolution, part of train), hypermodel,
+    tuner (its own oracle, on the next port in a distributed search) and callbacks."""
+    stage_cfg = stage_config(cfg, stage, screened)
+    if stage.image_size != cfg.data.image_size:
+        data = load_training_data(stage_cfg.data, cfg.search.seed)
+    train = train_part(data.train, stage.train_fraction, cfg.search.seed)
+    if role is not None:
+        activate(role)
+    hypermodel = build_hypermodel(stage_cfg, train.labels)
+    tuner = make_tuner(stage_cfg, hypermodel, tracker, data.val, project_dir, overwrite=fresh,
+                       stage=stage, deadline=deadline, fit_verbose=verbose, debug=debug)
+    if role is not None and role.is_chief and deadline:  # the chief serves; a timer caps it
+        timer = threading.Timer(max(0.0, deadline - time.time()), stop_new_trials,
+                                [tuner.oracle])
+        timer.daemon = True
+        timer.start()
+    callbacks = training_callbacks(stage_cfg, data.val.images, data.val.labels)
+    if deadline:
+        callbacks.append(Deadline(deadline, finish_trial=role is not None))
+    # the tuner prints its own progress; Keras' epoch lines come with fit_verbose
+    tuner.search(make_dataset(train, cfg.train.batch_size, shuffle=True, seed=cfg.search.seed),
+                 epochs=stage.epochs, callbacks=callbacks, shuffle=False,  # tf.data shuffles
+                 verbose=0)
+    return tuner
 
 
-def _best(tuner: kt.Tuner, tracker: SearchTracker) -> tuple[str, str] | None:
-    """(trial id, run id) of the oracle's best trial: the best exact validation objective,
-    the figure its run records as best_<objective>."""
-    best = tuner.oracle.get_best_trials(1)
-    if not best or best[0].status != "COMPLETED":
-        return None
-    run_id = tracker.trial_run_id(best[0].trial_id)
-    return (best[0].trial_id, run_id) if run_id else None
+def best_configurations(tuner: kt.Tuner, k: int) -> list[dict[str, Any]]:
+    """The hyperparameters of the k best completed trials of a (screening) stage, best
+    first, each once."""
+    found: list[dict[str, Any]] = []
+    for trial in tuner.oracle.get_best_trials(len(tuner.oracle.trials)):
+        values = {n: v for n, v in trial.hyperparameters.values.items()
+                  if not n.startswith("tuner/")}
+        if trial.status == "COMPLETED" and values not in found:
+            found.append(values)
+    return found[:k]
+
+
+def _progress(tracker: SearchTracker) -> tuple[int, int, int]:
+    """(completed, planned, cut) trials of the search."""
+    c = _counts(tracker)
+    return c["completed_trials"], c["planned_trials"], c["cut_trials"]
+
+
+def _counts(tracker: SearchTracker) -> dict[str, int]:
+    """Trials run (each once, its latest run), completed, failed and cut by the time
+    budget; and planned."""
+    rows = tracker.rows()
+    return {"trials": len(rows), "completed_trials": sum(r["finished"] for r in rows),
+            "failed_trials": sum(r["status"].startswith("failed") for r in rows),
+            "cut_trials": sum(r["status"].startswith(STATUS_CUT) for r in rows),
+            "planned_trials": tracker.cfg.search.planned_trials}

@@ -21,8 +21,15 @@ from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.errors import ConfigError
 from pneumo_exp.hypermodels import StudyHyperModel
 from pneumo_exp.search import console, interrupts
-from pneumo_exp.search.callbacks import MedianStopping, trial_status
+from pneumo_exp.search.callbacks import (
+    MedianStopping,
+    TimeBudgetSpent,
+    promotable,
+    trial_status,
+)
+from pneumo_exp.search.fidelity import Stage
 from pneumo_exp.search.kt_internals import GivenPointsFirst, TunerMixin, allows, set_debug
+from pneumo_exp.tracking.names import STATUS_CUT
 from pneumo_exp.tracking.search_runs import SearchTracker
 from pneumo_exp.tracking.trials import log_classifier, log_epoch_metrics
 
@@ -43,18 +50,28 @@ class HyperbandOracle(GivenPointsFirst, kt.oracles.HyperbandOracle):
 
 class TrackedTuner(TunerMixin, kt.Tuner):
     """A Keras Tuner tuner with a nested MLflow run per trial, a seed per trial, the
-    median stopping rule, a line of progress per trial, and a time budget after which no
-    new trial starts."""
+    median stopping rule, a line of progress per trial, and a time budget that caps the
+    search: past it no trial starts, and the running one is cut and runs again, from its
+    start, when the search resumes (a distributed search's workers finish their epoch)."""
 
     def __init__(self, oracle: kt.Oracle, hypermodel: kt.HyperModel, *, tracker: SearchTracker,
-                 val: LabeledImages, deadline: float | None = None, fit_verbose: int = 0,
-                 **kwargs: Any) -> None:
-        self.tracker, self.val, self.deadline = tracker, val, deadline
-        self.fit_verbose = fit_verbose
+                 val: LabeledImages, stage: Stage, cfg: ExperimentConfig,
+                 deadline: float | None = None, fit_verbose: int = 0, **kwargs: Any) -> None:
+        self.tracker, self.val, self.stage, self.cfg = tracker, val, stage, cfg
+        self.deadline, self.fit_verbose = deadline, fit_verbose
         self._run_id: str | None = None
         self._started: dict[str, float] = {}
         # kt.Tuner directly: RandomSearch/Hyperband's constructors only build their oracle.
         kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
+
+    def number(self, trial: kt.engine.trial.Trial) -> str:
+        """The trial's number in the search (through the stages)."""
+        return str(self.stage.offset + int(trial.trial_id))
+
+    def pre_create_trial(self) -> None:
+        super().pre_create_trial()
+        if self.deadline and time.time() > self.deadline and not self.is_worker():
+            raise TimeBudgetSpent
 
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_begin(trial)
@@ -62,25 +79,34 @@ class TrackedTuner(TunerMixin, kt.Tuner):
         defaults = self.hypermodel.defaults()
         changed = {k: v for k, v in trial.hyperparameters.values.items()
                    if not k.startswith("tuner/") and defaults.get(k) != v}
+        number = self.number(trial)
         log.info("\n%s", console.trial_begins(
-            trial.trial_id, int(trial.trial_id) + 1, self.tracker.cfg.search.max_trials,
-            changed, self.tracker.elapsed()))
+            number, int(number) + 1, self.tracker.cfg.search.planned_trials, changed,
+            self.tracker.elapsed(), "" if self.stage.full and not self.stage.offset
+            else self.stage.name))
 
     def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
         interrupts.check()
-        cfg = self.tracker.cfg
+        cfg, number, stage = self.cfg, self.number(trial), self.stage
         # Trial i trains from seed + i whatever the order, so a resumed search reproduces it.
-        keras.utils.set_random_seed(cfg.search.seed + int(trial.trial_id))
+        keras.utils.set_random_seed(cfg.search.seed + int(number))
         values = trial.hyperparameters.values
         median = None
         if cfg.search.median_stopping:
             median = MedianStopping(cfg.search.objective, cfg.search.direction,
-                                    self.tracker.objective_curves(), cfg.search.median_stopping)
+                                    self.tracker.objective_curves(stage.name),
+                                    cfg.search.median_stopping)
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), *([median] if median else [])]
         kwargs["verbose"] = self.fit_verbose
-        with self.tracker.trial_run(trial.trial_id, values, self.tuner_id) as run_id:
+        with self.tracker.trial_run(number, values, self.tuner_id, stage.name,
+                                    stage.params) as run_id:
             self._run_id = run_id
-            histories = super().run_trial(trial, *args, **kwargs)
+            try:
+                histories = super().run_trial(trial, *args, **kwargs)
+            except TimeBudgetSpent as cut:
+                self.tracker.set_trial_status(run_id, f"{STATUS_CUT} after {cut.epochs} "
+                                              "epochs; it runs again when the search resumes")
+                raise
             with warnings.catch_warnings():  # the fresh model has no optimizer state to load
                 warnings.filterwarnings("ignore", message="Skipping variable loading")
                 model = self.load_model(trial)
@@ -88,15 +114,18 @@ class TrackedTuner(TunerMixin, kt.Tuner):
             initial_epoch = values.get("tuner/initial_epoch", 0)
             log_classifier(model, self.val, history, cfg.search.objective,
                            cfg.search.direction, initial_epoch=initial_epoch,
-                           title=f"trial {trial.trial_id} of search {self.tracker.search_name}",
-                           gradcam_images=cfg.tracking.gradcam_images)
+                           title=f"trial {number} of search {self.tracker.search_name}",
+                           log_model=stage.full,
+                           gradcam_images=cfg.tracking.gradcam_images if stage.full else 0,
+                           sensitivity_target=cfg.search.sensitivity_target)
             planned = values.get("tuner/epochs", cfg.train.epochs) - initial_epoch
             status = trial_status(
                 history, planned_epochs=planned,
                 constant_epochs=cfg.search.constant_epochs,
                 below_median_at=median.stopped_at if median else None,
                 out_of_time=bool(self.deadline and time.time() > self.deadline))
-            self.tracker.set_trial_status(run_id, status)
+            self.tracker.set_trial_status(run_id, status,
+                                          candidate=stage.full and promotable(status))
         return histories
 
     def on_epoch_end(self, trial: Any, model: keras.Model, epoch: int,
@@ -114,17 +143,17 @@ class TrackedTuner(TunerMixin, kt.Tuner):
         super().on_trial_end(trial)
         self._run_id = None
         seconds = time.time() - self._started.pop(trial.trial_id, time.time())
-        row = self.tracker.trial_row(trial.trial_id)
-        best = self.tracker.best_so_far()
+        number = self.number(trial)
+        row = self.tracker.trial_row(number)
+        best = self.tracker.best_so_far(self.stage.name)
         log.info("%s", console.trial_ends(
-            trial.trial_id, row, best, seconds, self.tracker.elapsed(),
+            number, row, best, seconds, self.tracker.elapsed(),
             self.tracker.remaining_estimate(self.deadline)))
-        if self.deadline and time.time() > self.deadline and not self.is_worker():
-            stop_new_trials(self.oracle)
 
 
 def stop_new_trials(oracle: kt.Oracle) -> None:
-    """The time budget is spent: the oracle hands out no new trial."""
+    """The time budget of a distributed search is spent: the chief's oracle hands out no
+    new trial."""
     if oracle.remaining_trials:
         log.warning("time budget spent: no new trial starts.")
         oracle.max_trials = len(oracle.trials)
@@ -135,10 +164,12 @@ class TrackedHyperband(TrackedTuner, kt.Hyperband):
 
 
 def make_tuner(cfg: ExperimentConfig, hypermodel: StudyHyperModel, tracker: SearchTracker,
-               val: LabeledImages, project_dir: Any, overwrite: bool,
-               fit_verbose: int = 0, debug: bool = False) -> TrackedTuner:
-    """The configured tuner; a failed trial is one line (and its run's failure tag) unless
-    `debug`, which prints its traceback."""
+               val: LabeledImages, project_dir: Any, overwrite: bool, stage: Stage,
+               deadline: float | None = None, fit_verbose: int = 0,
+               debug: bool = False) -> TrackedTuner:
+    """The tuner of one stage of the search (`cfg` is the stage's configuration); a failed
+    trial is one line (and its run's failure tag) unless `debug`, which prints its
+    traceback."""
     set_debug(debug)
     s = cfg.search
     objective = kt.Objective(s.objective, s.direction)
@@ -158,9 +189,9 @@ def make_tuner(cfg: ExperimentConfig, hypermodel: StudyHyperModel, tracker: Sear
     oracle.given_points = given_points(cfg)
     tuner_class = TrackedHyperband if s.tuner == "hyperband" else TrackedTuner
     tuner = tuner_class(
-        oracle, hypermodel, tracker=tracker, val=val, fit_verbose=fit_verbose,
-        deadline=time.time() + s.time_budget_min * 60 if s.time_budget_min else None,
-        directory=str(project_dir.parent), project_name=project_dir.name, overwrite=overwrite)
+        oracle, hypermodel, tracker=tracker, val=val, stage=stage, cfg=cfg,
+        fit_verbose=fit_verbose, deadline=deadline, directory=str(project_dir.parent),
+        project_name=project_dir.name, overwrite=overwrite)
     _check_space(cfg, tuner)
     return tuner
 

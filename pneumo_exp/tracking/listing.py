@@ -4,6 +4,8 @@ for a `models:/` URI, and what deleting one search takes away. MLflow only; no T
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -136,18 +138,24 @@ def models_table(client: MlflowClient, name: str | None = None) -> str:
                        "test AUC", "test acc", "sens", "spec", "threshold"], rows)
 
 
-def find_search(client: MlflowClient, search_name: str) -> Run:
+def find_search(client: MlflowClient, search: str) -> Run:
+    """A search's parent run, by the search's name or the run's id."""
+    if re.fullmatch(r"[0-9a-f]{32}", search):
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            run = client.get_run(search)
+            if run.data.tags.get(TAG_ROLE) == ROLE_SEARCH:
+                return run
     ids = list(experiments(client))
     runs = client.search_runs(ids, f"tags.`{TAG_ROLE}` = '{ROLE_SEARCH}' and "
-                                   f"tags.`{TAG_SEARCH}` = '{search_name}'") if ids else []
+                                   f"tags.`{TAG_SEARCH}` = '{search}'") if ids else []
     if not runs:
-        raise UserError(f"no search named '{search_name}' in this store; pneumo-exp runs "
+        raise UserError(f"no search named '{search}' in this store; pneumo-exp runs "
                         "lists them.")
     if len(runs) > 1:
         listed = ", ".join(f"{r.info.run_id} ({client.get_experiment(r.info.experiment_id).name})"
                            for r in runs)
-        raise UserError(f"{len(runs)} searches are named '{search_name}' ({listed}); "
-                        "delete-search needs a single one.")
+        raise UserError(f"{len(runs)} searches are named '{search}' ({listed}); give the "
+                        "run id of the one you mean.")
     return runs[0]
 
 

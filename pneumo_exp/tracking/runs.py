@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import posixpath
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -14,10 +15,10 @@ from typing import Any
 
 import mlflow
 import yaml
-from mlflow.entities import DatasetInput, InputTag, Metric, Param
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run
 from mlflow.tracking import MlflowClient
 
-from pneumo_exp.config import ExperimentConfig
+from pneumo_exp.config import ExperimentConfig, config_from_dict
 from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.tracking.names import (
     CONFIG_ARTIFACT,
@@ -63,6 +64,12 @@ def create_parent_run(client: MlflowClient, experiment: str, cfg: ExperimentConf
     return run.info.run_id
 
 
+def parent_config(parent: Run) -> ExperimentConfig:
+    """The configuration a search or cv ran with, from its parent run's config.yaml."""
+    text = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/{CONFIG_ARTIFACT}")
+    return config_from_dict(yaml.safe_load(text))
+
+
 def log_data_description(client: MlflowClient, run_id: str, root: Path,
                          parts: Mapping[str, LabeledImages], skipped: Sequence[tuple[str, str]]
                          ) -> None:
@@ -99,19 +106,20 @@ def child_run(experiment: str, parent_run_id: str, run_name: str, role: str,
               data_fingerprint: str | None, tags: Mapping[str, str],
               params: Mapping[str, Any]) -> Iterator[str]:
     """The active nested run of a trial or a fold: FAILED (with the reason) if its block
-    raises, KILLED on Ctrl-C, FINISHED otherwise."""
+    raises an error, KILLED when it is interrupted (Ctrl-C, the time budget), FINISHED
+    otherwise."""
     run = mlflow.start_run(experiment_id=experiment, run_name=run_name,
                            parent_run_id=parent_run_id,
                            tags={TAG_ROLE: role, **tags, **provenance(data_fingerprint)})
     try:
         mlflow.log_params(dict(params))
         yield run.info.run_id
-    except KeyboardInterrupt:
-        mlflow.end_run(status="KILLED")
-        raise
-    except BaseException as e:
+    except Exception as e:
         mlflow.set_tag(TAG_FAILURE, f"{type(e).__name__}: {e}"[:4000])
         mlflow.end_run(status="FAILED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="KILLED")
         raise
     mlflow.end_run(status="FINISHED")
 
@@ -122,3 +130,14 @@ def start_run(experiment: str, run_name: str, role: str, data_fingerprint: str |
     return mlflow.start_run(experiment_id=experiment, run_name=run_name,
                             tags={TAG_ROLE: role, **(tags or {}),
                                   **provenance(data_fingerprint)})
+
+
+def log_table(client: MlflowClient, run_id: str, table: Any, artifact_file: str) -> None:
+    """A pandas table as an MLflow table artifact, replacing the one a resumed search logged
+    before (MlflowClient.log_table appends to it)."""
+    directory = posixpath.dirname(artifact_file) or None
+    if artifact_file in {f.path for f in client.list_artifacts(run_id, directory)}:
+        client.log_text(run_id, table.to_json(orient="split", index=False, date_format="iso"),
+                        artifact_file)  # the format log_table writes
+    else:
+        client.log_table(run_id, table, artifact_file)

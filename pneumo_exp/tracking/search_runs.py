@@ -19,6 +19,7 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from pneumo_exp.config import VALIDATION_FIGURES, ExperimentConfig
@@ -27,39 +28,70 @@ from pneumo_exp.errors import UserError
 from pneumo_exp.evaluation import plots
 from pneumo_exp.fileio import write_text_atomic
 from pneumo_exp.text import describe, text_table
+from pneumo_exp.tracking.importance import (
+    Importance,
+    estimate,
+    importance_figure,
+    landscape_figure,
+    parallel_figure,
+)
 from pneumo_exp.tracking.names import (
+    FIDELITY_PARAM,
+    FULL,
+    IMPORTANCE_PLOTS,
+    IMPORTANCE_TABLE,
+    IMPORTANCE_TEXT,
     ROLE_SEARCH,
     ROLE_TRIAL,
+    SCREEN,
     SEARCH_PROGRESS_PLOT,
+    STATUS_CUT,
     TAG_ARCH,
     TAG_BEST_RUN,
     TAG_BEST_TRIAL,
+    TAG_CANDIDATE,
+    TAG_FIDELITY,
     TAG_MAX_TRIALS,
     TAG_ROLE,
     TAG_SEARCH,
     TAG_STATUS,
     TAG_TIME_BUDGET,
     TAG_TRIAL,
+    TAG_TRIALS_COMPLETED,
+    TAG_TRIALS_CUT,
+    TAG_TRIALS_PLANNED,
     TAG_TUNER,
     TRIALS_TABLE,
     TRIALS_TEXT,
+    plot,
 )
 from pneumo_exp.tracking.runs import (
     child_run,
     create_parent_run,
     log_data_description,
     log_summary,
+    log_table,
+    parent_config,
 )
 from pneumo_exp.tracking.store import connect, experiment_id
 
 log = logging.getLogger(__name__)
 
 ROW_FIGURES = tuple(f"val_{f}" for f in VALIDATION_FIGURES)
-COLUMNS = ("trial", "val_auc", "val_sensitivity", "val_specificity", "epochs", "seconds",
-           "status", "changed")  # the hyperparameters last: the longest cell
-HEADS = {"trial": "trial", "changed": "hyperparameters that differ", "val_auc": "val AUC",
-         "val_sensitivity": "sens", "val_specificity": "spec", "epochs": "epochs",
-         "seconds": "s", "status": "status"}
+COLUMNS = ("trial", "fidelity", "val_auc", "val_sensitivity", "val_specificity", "epochs",
+           "seconds", "status", "changed")  # the hyperparameters last: the longest cell
+HEADS = {"trial": "trial", "fidelity": "fidelity", "changed": "hyperparameters that differ",
+         "val_auc": "val AUC", "val_sensitivity": "sens", "val_specificity": "spec",
+         "epochs": "epochs", "seconds": "s", "status": "status"}
+
+
+def progress_kind(row: Mapping[str, Any]) -> str:
+    """How the progress plot draws a trial (plots.PROGRESS_KINDS)."""
+    if row["status"].startswith(STATUS_CUT):
+        return "cut"
+    if row["fidelity"] == SCREEN:
+        return "screened"
+    return "completed" if row["candidate"] or row["status"] in ("completed", "") else "stopped"
 
 
 def changed_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -84,9 +116,12 @@ def trials_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def format_table(table: Sequence[Mapping[str, Any]]) -> str:
-    """Fixed-width text of `trials_table`."""
+    """Fixed-width text of `trials_table` (the fidelity column when some were screened)."""
+    columns = [c for c in COLUMNS
+               if c != "fidelity" or any(r.get("fidelity") == SCREEN for r in table)]
+
     def fmt(column: int, value: Any) -> str:
-        key = COLUMNS[column]
+        key = columns[column]
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "-"
         if key == "seconds":
@@ -95,21 +130,167 @@ def format_table(table: Sequence[Mapping[str, Any]]) -> str:
             return f"{value:.4f}" if key == "val_auc" else f"{value:.3f}"
         return str(value)
 
-    return text_table([HEADS[k] for k in COLUMNS], [[r.get(k) for k in COLUMNS] for r in table],
+    return text_table([HEADS[k] for k in columns], [[r.get(k) for k in columns] for r in table],
                       fmt)
 
 
-class SearchTracker:
+class SearchRecord:
+    """What one search's runs tell: a row per trial, the objective's curves, the best
+    trial, the time left, the trials table and the importance of its hyperparameters. Read
+    from MLflow, so it is the same for every process of a search, and for any search of
+    the store afterwards (`from_parent`)."""
+
+    def __init__(self, client: MlflowClient, cfg: ExperimentConfig, search_name: str,
+                 experiment: str, parent_run_id: str | None = None) -> None:
+        self.client, self.cfg, self.search_name = client, cfg, search_name
+        self.experiment_id, self.parent_run_id = experiment, parent_run_id
+
+    @classmethod
+    def from_parent(cls, client: MlflowClient, parent: Run) -> SearchRecord:
+        """The record of a search's parent run, its configuration from its config.yaml."""
+        return cls(client, parent_config(parent),
+                   parent.data.tags.get(TAG_SEARCH, parent.info.run_name),
+                   parent.info.experiment_id, parent.info.run_id)
+
+    def _log_trials(self) -> None:
+        """The trials table (an MLflow table) and their objective against time (a plot)."""
+        rows = self.rows()
+        if not rows:
+            return
+        table = trials_table(rows)
+        with contextlib.suppress(ImportError):
+            import pandas as pd
+            log_table(self.client, self.parent_run_id, pd.DataFrame(table), TRIALS_TABLE)
+        self.client.log_text(self.parent_run_id, format_table(table) + "\n", TRIALS_TEXT)
+        name = self.cfg.search.objective
+        fig = plots.search_progress_figure(
+            [(r["trial"], r["ended_s"], r.get(name), progress_kind(r)) for r in rows
+             if r.get(name) is not None or r["status"].startswith(STATUS_CUT)],
+            name, self.cfg.search.direction, f"search {self.search_name} ({self.cfg.arch})")
+        self.client.log_figure(self.parent_run_id, fig, SEARCH_PROGRESS_PLOT)
+        plots.close(fig)
+
+    def log_importance(self) -> Importance | None:
+        """Hyperparameter importance over the finished trials of the fidelity with the
+        most of them, its plots and the landscape, on the parent run."""
+        rows = [r for r in self.rows() if r["finished"]]
+        fidelity = max((SCREEN, FULL), key=lambda f: sum(r["fidelity"] == f for r in rows))
+        imp = estimate([r for r in rows if r["fidelity"] == fidelity],
+                       self.cfg.search.objective, self.cfg.search.direction, fidelity)
+        if imp is None:
+            return None
+        self.client.log_dict(self.parent_run_id, {"objective": imp.objective, "trials":
+                             imp.trials, "fidelity": fidelity, "shares": imp.shares,
+                             "caveat": imp.caveat}, IMPORTANCE_TABLE)
+        self.client.log_text(self.parent_run_id, imp.table() + "\n", IMPORTANCE_TEXT)
+        title = f"search {self.search_name} ({self.cfg.arch}), {imp.trials} {fidelity} trials"
+        for name, make in zip(IMPORTANCE_PLOTS, (importance_figure, parallel_figure,
+                                                 landscape_figure), strict=True):
+            fig = make(imp, title)
+            self.client.log_figure(self.parent_run_id, fig, plot(name))
+            plots.close(fig)
+        return imp
+
+    def best_figures(self, run_id: str) -> dict[str, float]:
+        """The `best_val_*` figures a trial's run logged for its best checkpoint."""
+        return {k: v for k, v in self.client.get_run(run_id).data.metrics.items()
+                if k.startswith("best_val_")}
+
+    def _trial_runs(self) -> list[Run]:
+        """The latest run of each trial (a killed run's trial runs again), by trial id."""
+        runs = self.client.search_runs(
+            [self.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
+            order_by=["attributes.start_time ASC"])
+        latest = {r.data.tags.get(TAG_TRIAL, ""): r for r in runs}
+        return [latest[k] for k in sorted(latest, key=lambda t: int(t) if t.isdigit() else -1)]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per trial: id, hyperparameters, the best checkpoint's figures, epochs,
+        seconds, how it ended, and when it ended (seconds into the search)."""
+        start = self.client.get_run(self.parent_run_id).info.start_time
+        return [self._row(run, start) for run in self._trial_runs()]
+
+    def _row(self, run: Run, search_start: int) -> dict[str, Any]:
+        m, info = run.data.metrics, run.info
+        status = run.data.tags.get(TAG_STATUS) or {"FAILED": "failed", "KILLED": "killed",
+                                                    "RUNNING": "running"}.get(info.status, "")
+        end = info.end_time or int(time.time() * 1000)
+        return {"trial": run.data.tags.get(TAG_TRIAL, "?"), "run_id": info.run_id,
+                "fidelity": run.data.tags.get(TAG_FIDELITY, FULL),
+                "candidate": run.data.tags.get(TAG_CANDIDATE) == "true",
+                "params": {k: v for k, v in run.data.params.items()
+                           if not k.startswith(FIDELITY_PARAM)},
+                **{k: m.get(f"best_{k}") for k in ROW_FIGURES},
+                "epochs": int(m["epochs"]) if "epochs" in m else None,
+                "seconds": (end - info.start_time) / 1000, "status": status,
+                "ended_s": (end - search_start) / 1000, "finished": info.status == "FINISHED"}
+
+    def trial_row(self, trial_id: str) -> dict[str, Any] | None:
+        start = self.client.get_run(self.parent_run_id).info.start_time
+        runs = [r for r in self._trial_runs() if r.data.tags.get(TAG_TRIAL) == trial_id]
+        return self._row(runs[0], start) if runs else None
+
+    def objective_curves(self, fidelity: str = FULL) -> list[list[float]]:
+        """The objective per epoch of every finished trial of a fidelity, for the median
+        stopping rule."""
+        name = self.cfg.search.objective
+        curves = []
+        for run in self._trial_runs():
+            if run.info.status == "FINISHED" and run.data.tags.get(TAG_FIDELITY,
+                                                                   FULL) == fidelity:
+                history = self.client.get_metric_history(run.info.run_id, name)
+                values = [h.value for h in sorted(history, key=lambda h: h.step)]
+                curves.append([v for v in values if not math.isnan(v)])
+        return curves
+
+    def best_so_far(self, fidelity: str = FULL) -> tuple[str, float] | None:
+        """(trial id, objective) of the best finished trial of a fidelity."""
+        name, sign = self.cfg.search.objective, (1 if self.cfg.search.direction == "max"
+                                                 else -1)
+        scored = [(r["trial"], r[name]) for r in self.rows()
+                  if r["finished"] and r["fidelity"] == fidelity and r.get(name) is not None
+                  and not math.isnan(r[name])]
+        return max(scored, key=lambda t: sign * t[1]) if scored else None
+
+    def remaining_estimate(self, deadline: float | None) -> float | None:
+        """Seconds the rest of the search should take, about: each trial left at the mean
+        time of the trials of its fidelity so far (a full-fidelity trial not yet timed
+        costs a screened one's times its larger images, data and epochs), no more than
+        the time budget leaves."""
+        s, rows = self.cfg.search, self.rows()
+        done = [r for r in rows if r["status"] != "running"]
+        if not done:
+            return None
+        mean = {f: sum(r["seconds"] for r in done if r["fidelity"] == f)
+                / max(1, sum(r["fidelity"] == f for r in done)) for f in (SCREEN, FULL)}
+        if not any(r["fidelity"] == FULL for r in done) and s.screen_trials:
+            screen_size = s.screen_image_size or self.cfg.data.image_size
+            mean[FULL] = mean[SCREEN] * (self.cfg.data.image_size / screen_size) ** 2 \
+                / s.screen_fraction * self.cfg.train.epochs / s.screen_epochs
+        left = {SCREEN: s.screen_trials - sum(r["fidelity"] == SCREEN for r in rows),
+                FULL: s.max_trials - sum(r["fidelity"] == FULL for r in rows)}
+        estimate = sum(max(0, left[f]) * mean[f] for f in left)
+        if deadline:
+            estimate = min(estimate, max(0.0, deadline - time.time()))
+        return estimate
+
+    def trial_run_id(self, trial_id: str) -> str | None:
+        """The finished run of a trial of this search."""
+        for run in self._trial_runs():
+            if run.data.tags.get(TAG_TRIAL) == trial_id and run.info.status == "FINISHED":
+                return run.info.run_id
+        return None
+
+
+class SearchTracker(SearchRecord):
     """The MLflow side of one search, identified by its architecture and search name."""
 
     def __init__(self, cfg: ExperimentConfig, search_name: str, project_dir: Path,
                  key_params: Sequence[str] = ()) -> None:
-        self.cfg = cfg
-        self.search_name = search_name
-        self.client = connect()
-        self.experiment_id = experiment_id(self.client, cfg.experiment_name, key_params)
+        client = connect()
+        super().__init__(client, cfg, search_name,
+                         experiment_id(client, cfg.experiment_name, key_params))
         self._run_file = project_dir / "mlflow_parent_run.json"
-        self.parent_run_id: str | None = None
         self.resumed = False
         self._started = time.time()
         self._previous_wall_time = 0.0
@@ -194,6 +375,11 @@ class SearchTracker:
         """Summary metrics and the trials table for comparing searches, then close the
         parent run. `best` is (trial id, run id) of the best trial."""
         assert self.parent_run_id
+        for tag, key in ((TAG_TRIALS_PLANNED, "planned_trials"),
+                         (TAG_TRIALS_COMPLETED, "completed_trials"), (TAG_TRIALS_CUT,
+                                                                      "cut_trials")):
+            if key in counts:
+                self.client.set_tag(self.parent_run_id, tag, counts[key])
         if self.trials_this_session or not self.resumed:
             metrics = {f"n_{k}": float(v) for k, v in counts.items()}
             metrics["wall_time_s"] = self.elapsed()
@@ -204,114 +390,39 @@ class SearchTracker:
                 self.client.set_tag(self.parent_run_id, TAG_BEST_RUN, run_id)
             log_summary(self.client, self.parent_run_id, metrics)
             self._log_trials()
+            self.log_importance()
         self.client.set_terminated(self.parent_run_id, status=status)
 
-    def _log_trials(self) -> None:
-        """The trials table (an MLflow table) and their objective against time (a plot)."""
-        rows = self.rows()
-        if not rows:
-            return
-        table = trials_table(rows)
-        with contextlib.suppress(ImportError):
-            import pandas as pd
-            self.client.log_table(self.parent_run_id, pd.DataFrame(table), TRIALS_TABLE)
-        self.client.log_text(self.parent_run_id, format_table(table) + "\n", TRIALS_TEXT)
-        name = self.cfg.search.objective
-        fig = plots.search_progress_figure(
-            [(r["trial"], r["ended_s"], r.get(name)) for r in rows if r.get(name) is not None],
-            name, self.cfg.search.direction, f"search {self.search_name} ({self.cfg.arch})")
-        self.client.log_figure(self.parent_run_id, fig, SEARCH_PROGRESS_PLOT)
-        plots.close(fig)
 
-    def best_figures(self, run_id: str) -> dict[str, float]:
-        """The `best_val_*` figures a trial's run logged for its best checkpoint."""
-        return {k: v for k, v in self.client.get_run(run_id).data.metrics.items()
-                if k.startswith("best_val_")}
+
 
     def elapsed(self) -> float:
         """Seconds this search has run, over all its sessions."""
         return self._previous_wall_time + time.time() - self._started
 
     # ---- trial runs -------------------------------------------------------------------
-    def trial_run(self, trial_id: str, hyperparameters: Mapping[str, Any],
-                  tuner_id: str) -> contextlib.AbstractContextManager[str]:
-        """The nested run of one trial, with every hyperparameter as a param."""
+    def trial_run(self, trial_id: str, hyperparameters: Mapping[str, Any], tuner_id: str,
+                  fidelity: str = FULL, fidelity_params: Mapping[str, Any] | None = None
+                  ) -> contextlib.AbstractContextManager[str]:
+        """The nested run of one trial, with every hyperparameter and its fidelity (image
+        size, part of train, epochs) as params."""
         self.trials_this_session += 1
         assert self.parent_run_id
         return child_run(self.experiment_id, self.parent_run_id, f"trial-{trial_id}",
                          ROLE_TRIAL, self.data_fingerprint,
                          {TAG_SEARCH: self.search_name, TAG_TRIAL: trial_id,
-                          TAG_ARCH: self.cfg.arch, TAG_TUNER: tuner_id}, hyperparameters)
+                          TAG_ARCH: self.cfg.arch, TAG_TUNER: tuner_id, TAG_FIDELITY: fidelity},
+                         {**hyperparameters, **(fidelity_params or {})})
 
-    def set_trial_status(self, run_id: str, status: str) -> None:
+    def set_trial_status(self, run_id: str, status: str, candidate: bool = False) -> None:
+        """How a trial ended, and whether promote may package it."""
         self.client.set_tag(run_id, TAG_STATUS, status[:500])
+        self.client.set_tag(run_id, TAG_CANDIDATE, str(candidate).lower())
 
-    def _trial_runs(self) -> list[Run]:
-        """The latest run of each trial (a killed run's trial runs again), by trial id."""
-        runs = self.client.search_runs(
-            [self.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
-            order_by=["attributes.start_time ASC"])
-        latest = {r.data.tags.get(TAG_TRIAL, ""): r for r in runs}
-        return [latest[k] for k in sorted(latest, key=lambda t: int(t) if t.isdigit() else -1)]
 
-    def rows(self) -> list[dict[str, Any]]:
-        """One row per trial: id, hyperparameters, the best checkpoint's figures, epochs,
-        seconds, how it ended, and when it ended (seconds into the search)."""
-        start = self.client.get_run(self.parent_run_id).info.start_time
-        return [self._row(run, start) for run in self._trial_runs()]
 
-    def _row(self, run: Run, search_start: int) -> dict[str, Any]:
-        m, info = run.data.metrics, run.info
-        status = run.data.tags.get(TAG_STATUS) or {"FAILED": "failed", "KILLED": "killed",
-                                                    "RUNNING": "running"}.get(info.status, "")
-        end = info.end_time or int(time.time() * 1000)
-        return {"trial": run.data.tags.get(TAG_TRIAL, "?"), "run_id": info.run_id,
-                "params": {k: v for k, v in run.data.params.items()},
-                **{k: m.get(f"best_{k}") for k in ROW_FIGURES},
-                "epochs": int(m["epochs"]) if "epochs" in m else None,
-                "seconds": (end - info.start_time) / 1000, "status": status,
-                "ended_s": (end - search_start) / 1000, "finished": info.status == "FINISHED"}
 
-    def trial_row(self, trial_id: str) -> dict[str, Any] | None:
-        start = self.client.get_run(self.parent_run_id).info.start_time
-        runs = [r for r in self._trial_runs() if r.data.tags.get(TAG_TRIAL) == trial_id]
-        return self._row(runs[0], start) if runs else None
 
-    def objective_curves(self) -> list[list[float]]:
-        """The objective per epoch of every finished trial, for the median stopping rule."""
-        name = self.cfg.search.objective
-        curves = []
-        for run in self._trial_runs():
-            if run.info.status == "FINISHED":
-                history = self.client.get_metric_history(run.info.run_id, name)
-                values = [h.value for h in sorted(history, key=lambda h: h.step)]
-                curves.append([v for v in values if not math.isnan(v)])
-        return curves
 
-    def best_so_far(self) -> tuple[str, float] | None:
-        """(trial id, objective) of the best finished trial."""
-        name, sign = self.cfg.search.objective, (1 if self.cfg.search.direction == "max"
-                                                 else -1)
-        scored = [(r["trial"], r[name]) for r in self.rows()
-                  if r["finished"] and r.get(name) is not None and not math.isnan(r[name])]
-        return max(scored, key=lambda t: sign * t[1]) if scored else None
 
-    def remaining_estimate(self, deadline: float | None) -> float | None:
-        """Seconds the rest of the search should take: the mean trial's time for each
-        trial left, no more than the time budget leaves."""
-        rows = self.rows()
-        done = [r["seconds"] for r in rows if r["status"] != "running"]
-        left = self.cfg.search.max_trials - len(rows)
-        if not done:
-            return None
-        estimate = max(0, left) * sum(done) / len(done)
-        if deadline:
-            estimate = min(estimate, max(0.0, deadline - time.time()))
-        return estimate
 
-    def trial_run_id(self, trial_id: str) -> str | None:
-        """The finished run of a trial of this search."""
-        for run in self._trial_runs():
-            if run.data.tags.get(TAG_TRIAL) == trial_id and run.info.status == "FINISHED":
-                return run.info.run_id
-        return None

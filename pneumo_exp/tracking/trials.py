@@ -36,15 +36,16 @@ def log_epoch_metrics(client: MlflowClient, run_id: str, epoch: int,
 
 def log_classifier(model: keras.Model, data: LabeledImages, history: Mapping[str, Sequence[float]],
                    objective: str, direction: str, initial_epoch: int = 0,
-                   log_model: bool = True, title: str = "",
-                   gradcam_images: int = 0) -> dict[str, float]:
+                   log_model: bool = True, title: str = "", gradcam_images: int = 0,
+                   sensitivity_target: float = 0.95) -> dict[str, float]:
     """Into the active run: curves, validation confusion matrix, ROC and reliability
     diagram, Grad-CAM grids of the `gradcam_images` most confident errors of each kind and
     of images answered right, the figures of the best checkpoint (`best_val_*`, with the
     calibration error and Brier score), the epochs trained, and the model with its
     signature."""
     prob = model.predict(data.images, batch_size=256, verbose=0).ravel()
-    figures = binary_metrics(data.labels, prob, prefix="best_val_")
+    figures = binary_metrics(data.labels, prob, prefix="best_val_",
+                             sensitivity_target=sensitivity_target)
     figures.update(calibration_figures(data.labels, prob, prefix="best_val_"))
     values = history.get(objective, [])
     figures["epochs"] = float(len(history.get("loss", [])))

@@ -58,7 +58,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
     import_tensorflow()
     from pneumo_exp.registry.promote import promote
 
-    p = promote(cfg.registry, arch=args.arch, run_id=args.run, top=args.top)
+    p = promote(cfg.registry, arch=args.arch, run_id=args.run, top=args.top,
+                any_trial=args.any_trial)
+    if p.why:
+        print(f"Members: {p.why}.")
     v, name = p.version, cfg.registry.model_name
     aliases = ", ".join(v.aliases) or "none"
     sources = v.tags.get(TAG_SOURCES, "")

@@ -45,9 +45,42 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from pneumo_exp.tracking.listing import runs_table
+    """The searches and cross-validations; or one search's trials (and importance)."""
+    from pneumo_exp.tracking.listing import find_search, runs_table
 
-    print(runs_table(connect()))
+    client = connect()
+    if not args.search:
+        if args.importance:
+            raise UserError("--importance needs the search: give NAME=search-name to make, "
+                            "or --search to pneumo-exp runs.")
+        print(runs_table(client))
+        return 0
+    from pneumo_exp.tracking.search_runs import SearchRecord, format_table, trials_table
+
+    record = SearchRecord.from_parent(client, find_search(client, args.search))
+    print(f"Trials of search '{record.search_name}' ({record.cfg.arch}):")
+    print(format_table(trials_table(record.rows())))
+    if args.importance:
+        imp = record.log_importance()
+        print()
+        print(imp.table() if imp else "Too few finished trials (or nothing varied) for "
+              "hyperparameter importance.")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Searches side by side: their best so far against time and trials, their best."""
+    from pneumo_exp.evaluation.plots import close
+    from pneumo_exp.tracking.compare import compare_figure, compare_table, summarize
+    from pneumo_exp.tracking.listing import find_search
+
+    client = connect()
+    searches = [summarize(client, find_search(client, s)) for s in args.searches]
+    print(compare_table(searches))
+    fig = compare_figure(searches)
+    fig.savefig(args.out, dpi=110)
+    close(fig)
+    print(f"Best so far against time and against trials: {args.out}")
     return 0
 
 

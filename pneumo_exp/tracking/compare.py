@@ -1,0 +1,100 @@
+"""Searches side by side (`pneumo-exp compare`): the best full-fidelity objective so far
+against wall time and against trials, and each search's best trial's figures. Any searches
+of the store: of one architecture and configuration under different tuners, or of
+different architectures."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from matplotlib.figure import Figure
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from pneumo_exp.evaluation.plots import plt
+from pneumo_exp.text import text_table
+from pneumo_exp.tracking.names import FULL
+from pneumo_exp.tracking.search_runs import SearchRecord
+
+
+@dataclass(frozen=True)
+class SearchSummary:
+    name: str
+    arch: str
+    objective: str
+    direction: str
+    rows: list[dict[str, Any]]  # SearchRecord.rows, in the order the trials ended
+    wall_time_s: float
+
+    def curve(self) -> list[tuple[float, int, float]]:
+        """(minutes, trials ended, best full-fidelity objective so far) after each trial."""
+        pick = max if self.direction == "max" else min
+        best: float | None = None
+        out = []
+        for n, r in enumerate(self.rows, 1):
+            value = r.get(self.objective)
+            if r["fidelity"] == FULL and r["finished"] and value is not None \
+                    and not math.isnan(value):
+                best = value if best is None else pick(best, value)
+            if best is not None:
+                out.append((r["ended_s"] / 60, n, best))
+        return out
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        done = [r for r in self.rows if r["fidelity"] == FULL and r["finished"]
+                and r.get(self.objective) is not None and not math.isnan(r[self.objective])]
+        if not done:
+            return None
+        pick = max if self.direction == "max" else min
+        return pick(done, key=lambda r: r[self.objective])
+
+
+def summarize(client: MlflowClient, parent: Run) -> SearchSummary:
+    record = SearchRecord.from_parent(client, parent)
+    rows = sorted(record.rows(), key=lambda r: r["ended_s"])
+    return SearchSummary(record.search_name, record.cfg.arch, record.cfg.search.objective,
+                         record.cfg.search.direction, rows,
+                         float(parent.data.metrics.get("wall_time_s", rows[-1]["ended_s"]
+                                                       if rows else 0.0)))
+
+
+def compare_table(searches: Sequence[SearchSummary]) -> str:
+    """The best full-fidelity trial of each search, side by side."""
+    rows = []
+    for s in searches:
+        best = s.best or {}
+        full = sum(r["fidelity"] == FULL for r in s.rows)
+        rows.append([s.name, s.arch, s.objective, f"{len(s.rows)} ({full} full)",
+                     best.get("trial", "-"), best.get(s.objective), best.get("val_auc"),
+                     best.get("val_sensitivity"), best.get("val_specificity"),
+                     f"{s.wall_time_s / 60:.1f}"])
+    return text_table(["search", "arch", "objective", "trials", "best trial", "best",
+                       "val AUC", "sens", "spec", "minutes"], rows)
+
+
+def compare_figure(searches: Sequence[SearchSummary]) -> Figure:
+    """Best full-fidelity objective so far against minutes and against trials."""
+    fig, (by_time, by_trial) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for s in searches:
+        curve = s.curve()
+        if not curve:
+            continue
+        label = f"{s.name} ({s.arch})"
+        by_time.step([m for m, _, _ in curve], [b for _, _, b in curve], where="post",
+                     marker="o", label=label)
+        by_trial.step([n for _, n, _ in curve], [b for _, _, b in curve], where="post",
+                      marker="o", label=label)
+    objectives = sorted({s.objective for s in searches})
+    for ax, x in ((by_time, "minutes into the search"), (by_trial, "trials ended")):
+        ax.set_xlabel(x)
+        ax.set_ylabel(f"best {' / '.join(objectives)} so far (full fidelity)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Searches compared" + (" (their objectives differ)" if len(objectives) > 1
+                                        else ""), fontsize=10)
+    fig.tight_layout()
+    return fig
