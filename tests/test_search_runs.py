@@ -122,3 +122,45 @@ def test_resume_reopens_the_parent_and_closes_a_dead_trial(tracker: SearchTracke
 def test_status_tag_is_cut_to_mlflow_size(tracker: SearchTracker) -> None:
     run_id = _trial(tracker, "0", 0.9, [0.9], "x" * 900, {})
     assert len(tracker.client.get_run(run_id).data.tags[TAG_STATUS]) == 500
+
+
+def test_compare_two_searches(tracker: SearchTracker, workdir: Path) -> None:
+    from pneumo_exp.tracking.compare import compare_figure, compare_table, summarize
+
+    for trial, (auc, curve) in enumerate([(0.90, [0.90]), (0.95, [0.9, 0.95])]):
+        _trial(tracker, str(trial), auc, curve, "completed", {"lr": 0.001 * (trial + 1)})
+    tracker.end(None, {"trials": 2})
+    other = SearchTracker(tracker.cfg, "other", workdir / ".pneumo" / "tuner" / "other")
+    other.begin(_data(workdir), {})
+    _trial(other, "0", 0.97, [0.97], "completed", {"lr": 0.01})
+    other.end(None, {"trials": 1})
+    client = tracker.client
+    searches = [summarize(client, client.get_run(t.parent_run_id)) for t in (tracker, other)]
+    assert [s.best["trial"] for s in searches] == ["1", "0"]
+    assert [b for _, _, b in searches[0].curve()] == [0.90, 0.95]  # best so far
+    table = compare_table(searches).splitlines()
+    assert table[1].startswith("bookkeeping") and "0.9500" in table[1]
+    assert table[2].startswith("other") and "0.9700" in table[2]
+    fig = compare_figure(searches)
+    assert len(fig.axes[0].get_lines()) == 2 and len(fig.axes[1].get_lines()) == 2
+
+
+def test_importance_finds_what_moved_the_objective() -> None:
+    from pneumo_exp.tracking.importance import MEANINGFUL, estimate
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(30):
+        lr, dropout = 10 ** rng.uniform(-4, -2), float(rng.choice([0.1, 0.3, 0.5]))
+        rows.append({"finished": True, "val_auc": 0.99 - 0.02 * (np.log10(lr) + 3) ** 2
+                     + rng.normal(0, 0.001), "params": {
+                         "learning_rate": str(lr), "dropout": str(dropout),
+                         "intensity": str(rng.choice(["equalize", "standardize"])),
+                         "conv_blocks": "4", "tuner/trial_id": "x"}})
+    imp = estimate(rows, "val_auc", "max", "screen")
+    assert next(iter(imp.shares)) == "learning_rate" and imp.shares["learning_rate"] > 0.8
+    assert set(imp.shares) == {"learning_rate", "dropout", "intensity"}  # conv_blocks fixed
+    assert not imp.caveat
+    few = estimate(rows[:MEANINGFUL - 1], "val_auc", "max", "screen")
+    assert few is not None and "too few" in few.caveat
+    assert estimate(rows[:2], "val_auc", "max", "screen") is None
