@@ -58,7 +58,7 @@ explain: $(STAMP) ## Grad-CAM overlays of MODEL= on FILES= into OUT= (default ex
 serve: $(STAMP) ## Serve MODEL= over HTTP on 127.0.0.1 (PORT=5001)
 	$(RUN) serve
 
-server: $(STAMP) ## MLflow tracking server [HOST=127.0.0.1 PORT=5000 BACKEND= ARTIFACTS= WORKERS=4]
+server: $(STAMP) ## MLflow tracking server [HOST=127.0.0.1 PORT=5000 BACKEND= ARTIFACTS= WORKERS=4 AUTH=1 INSECURE=1]
 	$(RUN) server
 
 ui: $(STAMP) ## Serve the MLflow UI of ./mlruns on http://127.0.0.1:5000

@@ -94,6 +94,25 @@ def build_parser(make_command: str | None = None) -> argparse.ArgumentParser:
     sub.add_parser("vars", help="the make variables of every command").set_defaults(
         func=lambda args: print(options.table()) or 0)
 
+    users = sub.add_parser("users", help="users of a tracking server started with --auth, "
+                           "and their permissions (as its admin)")
+    users_sub = users.add_subparsers(dest="users_command", required=True, metavar="COMMAND")
+    add = users_sub.add_parser("add", help="add a user; the password from "
+                               "$PNEUMO_EXP_USER_PASSWORD or --password-file")
+    add.add_argument("username")
+    add.add_argument("--password-file", help="a file whose first line is the password")
+    grant = users_sub.add_parser("grant", help="grant a user READ, EDIT or MANAGE on "
+                                 "experiments and registered models")
+    grant.add_argument("username")
+    grant.add_argument("--permission", required=True, choices=("READ", "EDIT", "MANAGE"),
+                       help="READ: browse and predict; EDIT: also search, promote, adapt; "
+                       "MANAGE: also delete and grant")
+    grant.add_argument("--experiment", action="append", help="an architecture (aug_cnn) or "
+                       "experiment name (repeatable)")
+    grant.add_argument("--model", action="append", help="a registered model (repeatable)")
+    for p in (add, grant):
+        p.set_defaults(func=commands.cmd_users)
+
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     sample = data_sub.add_parser("sample", help="build the small bundled sample from a full "
@@ -148,6 +167,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print("pneumo-exp: interrupted.", file=sys.stderr)
         return 130
+    except Exception as e:  # a tracking server's refusal is the user's to fix, not a bug
+        from pneumo_exp.tracking.access import refusal
+
+        denied = refusal(e)
+        if denied is None:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"pneumo-exp: error: {denied}", file=sys.stderr)
+        return exit_code(denied)
 
 
 if __name__ == "__main__":

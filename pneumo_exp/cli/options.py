@@ -130,6 +130,16 @@ OPTIONS: tuple[Option, ...] = (
            "mlruns/artifacts, or e.g. s3://bucket/mlflow", ("server",), make="ARTIFACTS"),
     Option("--workers", "server processes (default 4, as mlflow server; 1 is enough for one "
            "user or a small machine)", ("server",), type=int, default=4),
+    Option("--auth", "require a login: MLflow's basic-auth app, the admin's password from "
+           "$PNEUMO_EXP_ADMIN_PASSWORD or --admin-password-file", ("server",), flag_only=True),
+    Option("--admin-user", "the server's admin (default admin)", ("server",),
+           default="admin"),
+    Option("--admin-password-file", "a file whose first line is the admin's password",
+           ("server",)),
+    Option("--auth-database", "users and permissions: default sqlite under mlruns/, or e.g. "
+           "postgresql://user:pw@host/mlflow_auth", ("server",), make="AUTH_DB"),
+    Option("--insecure", "serve a non-loopback HOST without a login (refused otherwise)",
+           ("ui", "server"), flag_only=True),
     Option("search_name", "the search's name (pneumo-exp runs lists them)",
            ("delete-search",), make="NAME"),
     Option("--search", "one search (name or parent run id): its trials table", ("runs",),

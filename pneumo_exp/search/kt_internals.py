@@ -5,7 +5,8 @@ Keras Tuner has no public hook for these, and each is small:
 - `set_debug`: Keras Tuner prints a failed trial's traceback only in DEBUG mode.
 - `AtomicStateOracle`: the oracle's and each trial's state files written whole or not at
   all (`save`, `_save_trial`, `_get_oracle_fname`, `_get_trial_dir`), so a kill -9
-  mid-write does not leave a truncated JSON that breaks resuming.
+  mid-write does not leave a truncated JSON that breaks resuming; and a reloaded oracle
+  keeps each running trial with its process (`reload`, `ongoing_trials`, `_retry_queue`).
 - `GivenPointsFirst`: the first trials are given points (the study's configuration, then
   the configured initial points). `_random_values` is the draw every oracle's random phase
   makes (Hyperband's brackets included); `_tried_so_far` counts the distinct points drawn
@@ -14,6 +15,8 @@ Keras Tuner has no public hook for these, and each is small:
   Tuner builds the model once per conditional branch to find every hyperparameter
   (`_populate_initial_space`), and a branch that does not fit the image must not stop the
   search; which process of a distributed search this is (`_is_worker`).
+- `PatientOracleClient`: a worker's `OracleClient` (keras_tuner.src.distribute) whose calls
+  a dying chief cut (gRPC UNAVAILABLE) are made again once the chief is back.
 
 `PRIVATE_API` lists them; tests/test_kt_internals.py fails when a Keras Tuner release
 removes or renames one.
@@ -22,21 +25,29 @@ removes or renames one.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import grpc
 import keras_tuner as kt
 from keras_tuner.src import config as kt_config
+from keras_tuner.src.distribute.oracle_client import OracleClient
 
 from pneumo_exp.fileio import write_text_atomic
 
+log = logging.getLogger(__name__)
+
 PRIVATE_API: dict[type, tuple[str, ...]] = {
     kt.Oracle: ("_save_trial", "_get_oracle_fname", "_get_trial_dir", "_random_values",
-                "_duplicate"),
+                "_duplicate", "reload"),
     kt.Tuner: ("_populate_initial_space", "_get_tuner_fname", "_is_worker"),
+    OracleClient: ("create_trial", "update_trial", "end_trial", "get_trial", "get_space",
+                   "update_space", "get_best_trials"),
 }
-PRIVATE_ATTRIBUTES = {kt.Oracle: ("_tried_so_far",)}  # set in __init__
+PRIVATE_ATTRIBUTES = {kt.Oracle: ("_tried_so_far", "ongoing_trials", "_retry_queue")}
 PRIVATE_MODULES = {kt_config: ("DEBUG",)}
 
 
@@ -50,10 +61,29 @@ def _write_state(path: str, state: dict[str, Any]) -> None:
 
 
 class AtomicStateOracle:
-    """Oracle mixin: state files written atomically."""
+    """Oracle mixin: state files written atomically, and trials kept assigned across a
+    restart of the oracle."""
 
     def save(self) -> None:
         _write_state(self._get_oracle_fname(), self.get_state())
+
+    def reload(self) -> None:
+        """Keras Tuner sends the trials that were running when the oracle stopped back for
+        retry, to whichever process asks first. In a distributed search the chief may be
+        the one that stopped while its workers still run their trials: a trial stays with
+        the process it was given to, which ends it, or gets it back when it restarts under
+        its id. (A single process gets its own trial back all the same.)"""
+        super().reload()
+        with open(self._get_oracle_fname()) as f:
+            ongoing = json.load(f).get("ongoing_trials", {})
+        for tuner_id, trial_id in ongoing.items():
+            trial = self.trials.get(trial_id)
+            if trial_id in self._retry_queue:
+                self._retry_queue.remove(trial_id)
+            # Keras Tuner saves an ended trial before it forgets it was running: an oracle
+            # stopped between the two lists it as running, its trial file says it ended
+            if trial is not None and trial.status == "RUNNING":
+                self.ongoing_trials[tuner_id] = trial
 
     def _save_trial(self, trial: kt.engine.trial.Trial) -> None:
         _write_state(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"),
@@ -122,3 +152,38 @@ class TunerMixin:
     def is_worker(self) -> bool:
         """A worker of a distributed search (it trains; the chief's oracle decides)."""
         return bool(self._is_worker())
+
+    def wait_out_chief_restarts(self) -> None:
+        """A worker's oracle client made patient (PatientOracleClient)."""
+        if isinstance(self.oracle, OracleClient):
+            self.oracle = PatientOracleClient(self.oracle)
+
+
+class PatientOracleClient:
+    """A worker's link to the chief's oracle that outlives a chief restart: a call cut by
+    the chief's death (gRPC UNAVAILABLE: the stub waits for a chief that is down, not for
+    one that dies mid-call) is made again, every few seconds, for up to `patience` s. The
+    restarted chief has the oracle's saved state, so the worker's trial is still its own."""
+
+    RPCS = PRIVATE_API[OracleClient]
+
+    def __init__(self, client: OracleClient, patience: float = 900.0) -> None:
+        self._client, self._patience = client, patience
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name not in self.RPCS:
+            return attr
+
+        def patient(*args: Any, **kwargs: Any) -> Any:
+            deadline = time.time() + self._patience
+            while True:
+                try:
+                    return attr(*args, **kwargs)
+                except grpc.RpcError as e:
+                    if e.code() != grpc.StatusCode.UNAVAILABLE or time.time() > deadline:
+                        raise
+                    log.warning("the chief's oracle is not answering (%s); asking again.",
+                                name)
+                    time.sleep(3)
+        return patient

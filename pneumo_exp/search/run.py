@@ -84,7 +84,8 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
     else:
         parent = tracker.begin(data, {"stages": ",".join(st.name for st in plan),
                                       "directory": project_dir,
-                                      "distributed": role is not None})
+                                      "distributed": role is not None},
+                               distributed=role is not None)
         log.info("%s search '%s' of %s: MLflow experiment '%s', parent run %s.",
                  "Resuming" if tracker.resumed else "Starting", name, cfg.arch,
                  cfg.experiment_name, parent)

@@ -63,6 +63,7 @@ class TrackedTuner(TunerMixin, kt.Tuner):
         self._started: dict[str, float] = {}
         # kt.Tuner directly: RandomSearch/Hyperband's constructors only build their oracle.
         kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
+        self.wait_out_chief_restarts()
 
     def number(self, trial: kt.engine.trial.Trial) -> str:
         """The trial's number in the search (through the stages)."""

@@ -302,15 +302,19 @@ class SearchTracker(SearchRecord):
         """Start over (--fresh): the next `begin` creates a new parent run."""
         self._run_file.unlink(missing_ok=True)
 
-    def begin(self, data: TrainingData, tuner_settings: Mapping[str, Any]) -> str:
-        """Reopen the search's parent run if it exists (resume), else create it."""
+    def begin(self, data: TrainingData, tuner_settings: Mapping[str, Any],
+              distributed: bool = False) -> str:
+        """Reopen the search's parent run if it exists (resume), else create it. A
+        single process closes the trial runs its previous life left RUNNING; in a
+        distributed search the workers do (a restarted chief's workers still run theirs)."""
         previous = self._previous_parent()
         if previous:
             self.parent_run_id, self.resumed = previous, True
             self._previous_wall_time = float(
                 self.client.get_run(previous).data.metrics.get("wall_time_s", 0))
             self.client.update_run(previous, status="RUNNING")
-            self._close_stale_trial_runs()
+            if not distributed:
+                self._close_stale_trial_runs()
         else:
             self.parent_run_id = create_parent_run(
                 self.client, self.experiment_id, self.cfg, f"search-{self.search_name}",

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import functools
 import json
+import os
 import sqlite3
 import subprocess
 from collections.abc import Sequence
@@ -28,9 +29,17 @@ from pneumo_exp.tracking.names import (
     TAG_STATUS,
 )
 
+# A tracking server or its database may restart under a running search: every request
+# retries (on a refused connection and on 429/5xx) after 1, 2, 4, ... s, up to 120 s apart,
+# 8 times: about 4 minutes in all before a client gives up. The environment overrides them.
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "8", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+
 
 def connect() -> MlflowClient:
     """Point MLflow at the configured store and return a client for it."""
+    for key, value in HTTP_RETRIES.items():
+        os.environ.setdefault(key, value)
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         init_sqlite_store(Path(uri.removeprefix("sqlite:///")))

@@ -16,9 +16,11 @@ from pneumo_exp.cli.commands.store import (
     cmd_runs,
     cmd_server,
     cmd_ui,
+    cmd_users,
 )
 from pneumo_exp.cli.commands.training import cmd_cv, cmd_data_fetch, cmd_data_sample, cmd_search
 
 __all__ = ["cmd_adapt", "cmd_compare", "cmd_cv", "cmd_data_fetch", "cmd_data_sample",
            "cmd_delete_search", "cmd_evaluate", "cmd_explain", "cmd_models", "cmd_predict",
-           "cmd_promote", "cmd_runs", "cmd_search", "cmd_serve", "cmd_server", "cmd_ui"]
+           "cmd_promote", "cmd_runs", "cmd_search", "cmd_serve", "cmd_server", "cmd_ui",
+           "cmd_users"]

@@ -3,23 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import shutil
 import sys
 from pathlib import Path
 
 from pneumo_exp.cli.processes import run_server
-from pneumo_exp.config import MLRUNS_DIR, TUNER_DIR, tracking_uri
+from pneumo_exp.config import MLRUNS_DIR, STATE_DIR, TUNER_DIR, tracking_uri
 from pneumo_exp.errors import UserError
+from pneumo_exp.tracking.access import (
+    ADMIN_PASSWORD_ENV,
+    RESOURCE_EXPERIMENT,
+    RESOURCE_MODEL,
+    USER_PASSWORD_ENV,
+    add_user,
+    auth_server,
+    grant,
+    is_loopback,
+    read_secret,
+    redacted,
+)
 from pneumo_exp.tracking.store import connect
+
+log = logging.getLogger(__name__)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
     from pneumo_exp.tracking.listing import experiments
     from pneumo_exp.tracking.store import ui_url
 
+    _open_to_the_network(args, secured=False)  # the UI has no login: pneumo-exp server
     client = connect()
     uri = tracking_uri()
-    print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}). Ctrl-C, or kill "
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {redacted(uri)}). Ctrl-C, or kill "
           "this process (or the make that started it), stops it and its workers.")
     for experiment, name in sorted(experiments(client).items()):
         print(f"  {name}: {ui_url(args.host, args.port, experiment)}")
@@ -28,20 +45,79 @@ def cmd_ui(args: argparse.Namespace) -> int:
                        "--host", args.host, "--port", str(args.port)])
 
 
+def _open_to_the_network(args: argparse.Namespace, secured: bool) -> None:
+    """A server others can reach needs authentication: refused without it, unless the user
+    says --insecure (INSECURE=1), and then warned about."""
+    if secured or is_loopback(args.host):
+        return
+    if not args.insecure:
+        raise UserError(f"{args.host} is reachable from the network, and this server would "
+                        "let anyone there read and write: add AUTH=1 (--auth) with an admin "
+                        f"password in {ADMIN_PASSWORD_ENV}, or INSECURE=1 (--insecure) if the "
+                        "network is yours alone.")
+    log.warning("Serving on %s without authentication (INSECURE): anyone who reaches it can "
+                "read and change every run and model.", args.host)
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     """`mlflow server`: a tracking server and Model Registry that a team and the workers of a
-    distributed search share (MLFLOW_TRACKING_URI=http://HOST:PORT on every machine)."""
+    distributed search share (MLFLOW_TRACKING_URI=http://HOST:PORT on every machine); with
+    --auth, MLflow's basic-auth app in front of it."""
+    _open_to_the_network(args, args.auth)
     backend = args.backend_store_uri or f"sqlite:///{MLRUNS_DIR.resolve() / 'mlflow.db'}"
     if backend.startswith("sqlite:///"):
         from pneumo_exp.tracking.store import init_sqlite_store
         init_sqlite_store(Path(backend.removeprefix("sqlite:///")))
     artifacts = args.artifacts_destination or str((MLRUNS_DIR / "artifacts").resolve())
-    print(f"MLflow tracking server on http://{args.host}:{args.port} (backend {backend}, "
-          f"artifacts {artifacts}). Clients: MLFLOW_TRACKING_URI=http://{args.host}:{args.port}",
-          flush=True)
-    return run_server([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                       backend, "--artifacts-destination", artifacts, "--host", args.host,
-                       "--port", str(args.port), "--workers", str(args.workers)])
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+           "--artifacts-destination", artifacts, "--host", args.host, "--port",
+           str(args.port), "--workers", str(args.workers)]
+    env = dict(os.environ)
+    if args.auth:
+        password = read_secret(ADMIN_PASSWORD_ENV, args.admin_password_file,
+                               "admin password")
+        database = args.auth_database or f"sqlite:///{MLRUNS_DIR.resolve() / 'basic_auth.db'}"
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        auth = auth_server(STATE_DIR, database, args.admin_user, password)
+        env.update(auth.env)
+        cmd += ["--app-name", "basic-auth"]
+    print(f"MLflow tracking server on http://{args.host}:{args.port} (backend "
+          f"{redacted(backend)}, artifacts {redacted(artifacts)}"
+          f"{f', users and permissions in {redacted(database)}' if args.auth else ''}). "
+          f"Clients: MLFLOW_TRACKING_URI=http://{args.host}:{args.port}"
+          f"{' with MLFLOW_TRACKING_USERNAME and _PASSWORD' if args.auth else ''}", flush=True)
+    return run_server(cmd, env)
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    """Add a user to the tracking server, or grant one a permission on experiments and
+    registered models (as the server's admin: MLFLOW_TRACKING_USERNAME and _PASSWORD)."""
+    from pneumo_exp.tracking.names import arch_experiment
+    from pneumo_exp.tracking.store import experiment_id
+
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        raise UserError(f"users live on a tracking server; MLFLOW_TRACKING_URI is {uri}. Set "
+                        "it to the server's http(s) address.")
+    if args.users_command == "add":
+        grant_to = []
+        add_user(uri, args.username, read_secret(USER_PASSWORD_ENV, args.password_file,
+                                                 f"password of {args.username}"))
+        print(f"Added user {args.username} to {uri}.")
+    else:
+        client = connect()
+        grant_to = [(RESOURCE_EXPERIMENT, experiment_id(client, name if "/" in name
+                                                        else arch_experiment(name)), name)
+                    for name in args.experiment or []]
+        grant_to += [(RESOURCE_MODEL, name, name) for name in args.model or []]
+        if not grant_to:
+            raise UserError("grant what? Give --experiment ARCH (or a name) and/or --model "
+                            "NAME.")
+    for kind, resource, name in grant_to:
+        grant(uri, args.username, kind, resource, args.permission)
+        print(f"Granted {args.permission} on {kind.replace('_', ' ')} {name} to "
+              f"{args.username}.")
+    return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

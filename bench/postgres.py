@@ -1,6 +1,7 @@
-"""A throwaway PostgreSQL server on 127.0.0.1 for the cluster tests: Debian's packages
-(CI installs them), a new cluster in a temporary folder, trust authentication, stopped and
-removed afterwards. When it cannot be started, `postgres_uri` says why."""
+"""A throwaway PostgreSQL server on 127.0.0.1 for the cluster tests and bench/server_load.py:
+Debian's packages (CI installs them), a new cluster in a temporary folder, trust
+authentication, restartable (a fault the tests inject), stopped and removed afterwards.
+When it cannot be started, `postgres` says why (Unavailable)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 
 class Unavailable(RuntimeError):
@@ -33,9 +35,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Postgres:
+    uri: str  # postgresql://postgres@127.0.0.1:PORT/<database>
+    restart: Callable[[], None]  # stop and start it again, same data and port
+
+
 @contextlib.contextmanager
-def postgres_uri(database: str = "mlflow") -> Iterator[str]:
-    """postgresql://postgres@127.0.0.1:PORT/<database> of a new server, for the block."""
+def postgres(database: str = "mlflow") -> Iterator[Postgres]:
+    """A new server with one database, for the block."""
     initdb, pg_ctl, psql = _binary("initdb"), _binary("pg_ctl"), _binary("psql")
     try:
         import psycopg  # noqa: F401  (what MLflow's server connects with: SQLAlchemy's default)
@@ -51,6 +59,7 @@ def postgres_uri(database: str = "mlflow") -> Iterator[str]:
         os.chown(folder, user.pw_uid, user.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
     data, port = os.path.join(folder, "data"), _free_port()
+    options = f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off"
 
     def run(*cmd: str) -> None:
         proc = subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=120)
@@ -58,13 +67,16 @@ def postgres_uri(database: str = "mlflow") -> Iterator[str]:
             raise Unavailable(f"{os.path.basename(cmd[0])} failed: "
                               f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
 
+    def restart() -> None:
+        run(pg_ctl, "-D", data, "-l", os.path.join(folder, "log"), "-w", "-m", "fast", "-o",
+            options, "restart")
+
     try:
         run(initdb, "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
-        run(pg_ctl, "-D", data, "-l", os.path.join(folder, "log"), "-w", "-o",
-            f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off", "start")
+        run(pg_ctl, "-D", data, "-l", os.path.join(folder, "log"), "-w", "-o", options, "start")
         run(psql, "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c",
             f"CREATE DATABASE {database}")
-        yield f"postgresql://postgres@127.0.0.1:{port}/{database}"
+        yield Postgres(f"postgresql://postgres@127.0.0.1:{port}/{database}", restart)
     finally:
         if os.path.isdir(data):
             subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "immediate", "stop"],

@@ -1,0 +1,147 @@
+"""Who may do what on a team's tracking server: MLflow's basic-auth app, its users and
+their permissions per experiment and per registered model, and one clear message when a
+server refuses a request.
+
+The server (`pneumo-exp server --auth`) starts with no permission for anyone but its admin
+(default_permission NO_PERMISSIONS); `pneumo-exp users` adds users and grants READ (browse,
+predict, evaluate locally), EDIT (search, promote, adapt) or MANAGE (delete, grant) per
+experiment and per registered model, through MLflow's auth REST API. Clients send
+MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), as every
+MLflow client does. No password is printed, logged or written outside the files below,
+which only its owner reads.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import os
+import socket
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from pneumo_exp.errors import UserError
+from pneumo_exp.fileio import atomic_path
+
+PERMISSIONS = ("READ", "EDIT", "MANAGE")
+ADMIN_PASSWORD_ENV = "PNEUMO_EXP_ADMIN_PASSWORD"
+USER_PASSWORD_ENV = "PNEUMO_EXP_USER_PASSWORD"
+RESOURCE_EXPERIMENT, RESOURCE_MODEL = "experiment", "registered_model"
+
+
+class AccessDenied(UserError):
+    """The tracking server refused the request (HTTP 401 or 403)."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only."""
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def redacted(uri: str) -> str:
+    """A URI with any password in it replaced: postgresql://mlflow:***@db/mlflow."""
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.password:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def read_secret(env: str, file: str | None, what: str) -> str:
+    """A password from a file (its first line) or an environment variable; never a
+    default."""
+    if file:
+        try:
+            lines = Path(file).read_text().splitlines()
+        except OSError as e:
+            raise UserError(f"cannot read the {what} file {file}: {e.strerror}.") from e
+        secret = lines[0].strip() if lines else ""
+    else:
+        secret = os.environ.get(env, "").strip()
+    if not secret:
+        raise UserError(f"no {what}: set {env}, or give a file that holds it.")
+    if len(secret) < 12:
+        raise UserError(f"the {what} is too short: at least 12 characters.")
+    return secret
+
+
+@dataclass(frozen=True)
+class AuthServer:
+    """What `mlflow server --app-name basic-auth` reads: a config file and the admin's
+    password in its environment."""
+
+    config: Path
+    env: dict[str, str]
+
+
+def auth_server(folder: Path, database: str, admin: str, password: str) -> AuthServer:
+    """The basic-auth app's configuration under `folder` (mode 600): users' permissions in
+    `database`, no permission unless granted, `admin` bootstrapped with `password` on the
+    first start (MLflow ignores it once the admin exists)."""
+    config = configparser.ConfigParser()
+    config["mlflow"] = {
+        "default_permission": "NO_PERMISSIONS", "database_uri": database,
+        "admin_username": admin,
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth"}
+    path = folder / "basic_auth.ini"
+    with atomic_path(path) as tmp:
+        with tmp.open("w") as f:
+            config.write(f)
+        tmp.chmod(0o600)
+    return AuthServer(path, {"MLFLOW_AUTH_CONFIG_PATH": str(path),
+                             "MLFLOW_AUTH_ADMIN_PASSWORD": password})
+
+
+def _status(error: BaseException) -> int | None:
+    """The HTTP status of a refused request, from requests' or MLflow's exception."""
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status:
+        return int(status)
+    code = str(getattr(error, "error_code", ""))
+    if code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        return 401 if code == "UNAUTHENTICATED" else 403
+    text = str(error)
+    for status in (401, 403):
+        if f"error code {status}" in text or f"{status} Client Error" in text:
+            return status
+    return None
+
+
+def refusal(error: BaseException) -> AccessDenied | None:
+    """The one message for a server's 401 or 403, or None for any other error."""
+    status = _status(error)
+    if status == 401:
+        return AccessDenied("the tracking server refused the credentials (HTTP 401): set "
+                            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+                            "MLFLOW_TRACKING_TOKEN) to a user of the server.")
+    if status == 403:
+        return AccessDenied("the tracking server refused the request (HTTP 403): your user "
+                            "has no permission for it. An admin grants it with pneumo-exp "
+                            "users grant.")
+    return None
+
+
+def auth_client(uri: str) -> object:
+    from mlflow.server import get_app_client
+
+    return get_app_client("basic-auth", tracking_uri=uri)
+
+
+def add_user(uri: str, username: str, password: str) -> None:
+    client = auth_client(uri)
+    client.create_user(username, password)
+
+
+def grant(uri: str, username: str, resource_type: str, resource_id: str,
+          permission: str) -> None:
+    """`permission` on one experiment (by id) or registered model (by name)."""
+    if permission not in PERMISSIONS:
+        raise UserError(f"permission must be one of {', '.join(PERMISSIONS)}; got "
+                        f"{permission!r}.")
+    auth_client(uri).grant_user_permission(username, resource_type, resource_id, permission)
