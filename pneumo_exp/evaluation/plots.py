@@ -156,7 +156,8 @@ def search_progress_figure(points: Sequence[tuple[str, float, float | None, str]
     ax.set_ylabel(f"{objective} (best checkpoint)")
     _robust_ylim(ax, scored)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     ax.set_title(f"Search progress, {title}", fontsize=10)
     fig.tight_layout()
     return fig

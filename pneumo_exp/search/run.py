@@ -22,7 +22,7 @@ import keras_tuner as kt
 from pneumo_exp.config import TUNER_DIR, ExperimentConfig
 from pneumo_exp.data.dataset import TrainingData, load_training_data
 from pneumo_exp.data.pipeline import make_dataset
-from pneumo_exp.errors import InterruptedByUser
+from pneumo_exp.errors import InterruptedByUser, UserError
 from pneumo_exp.hypermodels import HYPERMODELS, build_hypermodel
 from pneumo_exp.search.callbacks import Deadline, TimeBudgetSpent, training_callbacks
 from pneumo_exp.search.console import budget_spent
@@ -149,9 +149,19 @@ def _run_stage(cfg: ExperimentConfig, stage: Stage, data: TrainingData, tracker:
     if deadline:
         callbacks.append(Deadline(deadline, finish_trial=role is not None))
     # the tuner prints its own progress; Keras' epoch lines come with fit_verbose
-    tuner.search(make_dataset(train, cfg.train.batch_size, shuffle=True, seed=cfg.search.seed),
-                 epochs=stage.epochs, callbacks=callbacks, shuffle=False,  # tf.data shuffles
-                 verbose=0)
+    try:
+        tuner.search(make_dataset(train, cfg.train.batch_size, shuffle=True,
+                                  seed=cfg.search.seed),
+                     epochs=stage.epochs, callbacks=callbacks, shuffle=False,  # tf.data shuffles
+                     verbose=0)
+    except RuntimeError as e:  # Keras Tuner gives up after failed trials in a row
+        if "consecutive failures" not in str(e):
+            raise
+        last = str(e).split("\n", 1)[-1].strip()
+        raise UserError(f"the search stopped: {tuner.oracle.max_consecutive_failed_trials} "
+                        f"trials in a row failed, the last with: {last} Fix the setting it "
+                        "names and run the same command again; the finished trials are "
+                        "kept.") from None
     return tuner
 
 

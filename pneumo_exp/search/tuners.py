@@ -116,7 +116,7 @@ class TrackedTuner(TunerMixin, kt.Tuner):
             log_classifier(model, self.val, history, cfg.search.objective,
                            cfg.search.direction, initial_epoch=initial_epoch,
                            title=f"trial {number} of search {self.tracker.search_name}",
-                           log_model=stage.full,
+                           log_model=stage.full, diagnostics=stage.full,
                            gradcam_images=cfg.tracking.gradcam_images if stage.full else 0,
                            sensitivity_target=cfg.search.sensitivity_target)
             planned = values.get("tuner/epochs", cfg.train.epochs) - initial_epoch

@@ -255,8 +255,8 @@ class SearchRecord:
     def remaining_estimate(self, deadline: float | None) -> float | None:
         """Seconds the rest of the search should take, about: each trial left at the mean
         time of the trials of its fidelity so far (a full-fidelity trial not yet timed
-        costs a screened one's times its larger images, data and epochs), no more than
-        the time budget leaves."""
+        costs a screened one's times its more data and epochs; not its larger images, which
+        at these sizes cost little more per step), no more than the time budget leaves."""
         s, rows = self.cfg.search, self.rows()
         done = [r for r in rows if r["status"] != "running"]
         if not done:
@@ -264,9 +264,8 @@ class SearchRecord:
         mean = {f: sum(r["seconds"] for r in done if r["fidelity"] == f)
                 / max(1, sum(r["fidelity"] == f for r in done)) for f in (SCREEN, FULL)}
         if not any(r["fidelity"] == FULL for r in done) and s.screen_trials:
-            screen_size = s.screen_image_size or self.cfg.data.image_size
-            mean[FULL] = mean[SCREEN] * (self.cfg.data.image_size / screen_size) ** 2 \
-                / s.screen_fraction * self.cfg.train.epochs / s.screen_epochs
+            mean[FULL] = (mean[SCREEN] / s.screen_fraction * self.cfg.train.epochs
+                          / s.screen_epochs)
         left = {SCREEN: s.screen_trials - sum(r["fidelity"] == SCREEN for r in rows),
                 FULL: s.max_trials - sum(r["fidelity"] == FULL for r in rows)}
         estimate = sum(max(0, left[f]) * mean[f] for f in left)

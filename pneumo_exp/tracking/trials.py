@@ -37,12 +37,14 @@ def log_epoch_metrics(client: MlflowClient, run_id: str, epoch: int,
 def log_classifier(model: keras.Model, data: LabeledImages, history: Mapping[str, Sequence[float]],
                    objective: str, direction: str, initial_epoch: int = 0,
                    log_model: bool = True, title: str = "", gradcam_images: int = 0,
-                   sensitivity_target: float = 0.95) -> dict[str, float]:
-    """Into the active run: curves, validation confusion matrix, ROC and reliability
-    diagram, Grad-CAM grids of the `gradcam_images` most confident errors of each kind and
-    of images answered right, the figures of the best checkpoint (`best_val_*`, with the
-    calibration error and Brier score), the epochs trained, and the model with its
-    signature."""
+                   sensitivity_target: float = 0.95, diagnostics: bool = True
+                   ) -> dict[str, float]:
+    """Into the active run: curves, the figures of the best checkpoint (`best_val_*`, with
+    the calibration error and Brier score) and the epochs trained; with `diagnostics`
+    (not for a screened trial, where a second of matplotlib per figure would be a tenth of
+    the trial) the validation confusion matrix, ROC and reliability diagram; Grad-CAM grids
+    of the `gradcam_images` most confident errors of each kind and of images answered
+    right; and the model with its signature."""
     prob = model.predict(data.images, batch_size=256, verbose=0).ravel()
     figures = binary_metrics(data.labels, prob, prefix="best_val_",
                              sensitivity_target=sensitivity_target)
@@ -56,11 +58,13 @@ def log_classifier(model: keras.Model, data: LabeledImages, history: Mapping[str
     what = f"validation, best checkpoint of {title}" if title else "validation"
     log_figure(plots.curves_figure(history, title, initial_epoch, objective, direction),
                "curves")
-    log_confusion(data.labels, prob, 0.5, "val_confusion_matrix", f"{what}, threshold 0.5")
-    log_figure(plots.roc_figure(data.labels, prob, f"ROC, {what}", 0.5), "val_roc")
-    log_figure(plots.reliability_figure(
-        data.labels, prob, ECE_BINS, f"Reliability, {what}: ECE {figures['best_val_ece']:.3f}"),
-        "val_reliability")
+    if diagnostics:
+        log_confusion(data.labels, prob, 0.5, "val_confusion_matrix",
+                      f"{what}, threshold 0.5")
+        log_figure(plots.roc_figure(data.labels, prob, f"ROC, {what}", 0.5), "val_roc")
+        log_figure(plots.reliability_figure(
+            data.labels, prob, ECE_BINS,
+            f"Reliability, {what}: ECE {figures['best_val_ece']:.3f}"), "val_reliability")
     if gradcam_images:
         for kind, fig in review_figures(model, data.images, data.labels, prob,
                                         gradcam_images, title).items():
