@@ -76,9 +76,12 @@ class TrainConfig:
     patience: int = 5  # EarlyStopping on the search's objective
     reduce_lr_patience: int | None = None  # ReduceLROnPlateau (x0.3) on it; None: off
     batch_size: int = 32
+    threads: int | None = 2  # TensorFlow's threads per op; None: one per core
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
+        _check(self.threads is None or self.threads >= 1, "train.threads", self.threads,
+               "an integer >= 1, or null")
         _check(self.patience >= 1, "train.patience", self.patience, "an integer >= 1")
         _check(self.reduce_lr_patience is None or self.reduce_lr_patience >= 1,
                "train.reduce_lr_patience", self.reduce_lr_patience, "an integer >= 1, or null")

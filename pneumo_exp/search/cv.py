@@ -26,6 +26,7 @@ from pneumo_exp.data.split import group_codes, group_kfold
 from pneumo_exp.errors import ConfigError, InterruptedByUser, UserError
 from pneumo_exp.hypermodels import build_hypermodel
 from pneumo_exp.search.callbacks import training_callbacks
+from pneumo_exp.search.threads import pin_threads
 from pneumo_exp.text import literal
 from pneumo_exp.tracking.names import (
     ROLE_CV,
@@ -91,6 +92,7 @@ def run_cv(cfg: ExperimentConfig, folds: int = 5, source: str = "default",
     if source not in ("default", "best"):
         raise ConfigError(f"'from' must be default or best; got {source!r}.")
     s, t = cfg.search, cfg.train
+    pin_threads(t.threads)
     started = time.time()
     root = resolve_root(cfg.data.root)
     split = load_split(open_source(root), "train", cfg.data.image_size, cfg.data.channels)

@@ -28,6 +28,7 @@ from pneumo_exp.search.callbacks import Deadline, TimeBudgetSpent, training_call
 from pneumo_exp.search.console import budget_spent
 from pneumo_exp.search.distributed import Role, activate
 from pneumo_exp.search.fidelity import SCREEN, Stage, stage_config, stages, train_part
+from pneumo_exp.search.threads import pin_threads
 from pneumo_exp.search.tuners import TrackedTuner, make_tuner, stop_new_trials
 from pneumo_exp.tracking.names import FULL, STATUS_CUT
 from pneumo_exp.tracking.search_runs import SearchTracker, trials_table
@@ -62,6 +63,7 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
     of a failed trial."""
     s = cfg.search
     worker = role is not None and not role.is_chief
+    pin_threads(cfg.train.threads)
     keras.utils.set_random_seed(s.seed)
     data = load_training_data(cfg.data, s.seed)
     log.info("Data %s: train %d %s, validation %d %s%s (fingerprint %s, loaded in %.1f s%s).",
