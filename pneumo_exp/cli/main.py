@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(make_command).parse_args(args_in)
     interrupts.install()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("mlflow", "alembic", "absl", "tensorflow"):
+    for noisy in ("mlflow", "alembic", "absl", "tensorflow", "dicomweb_client"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Each trial's models trace their own predict functions; TensorFlow calls it retracing.
     logging.getLogger("tensorflow").addFilter(lambda r: "retracing" not in r.getMessage())
