@@ -16,6 +16,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import os
+import secrets
 import socket
 import urllib.parse
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from pneumo_exp.fileio import atomic_path
 PERMISSIONS = ("READ", "EDIT", "MANAGE")
 ADMIN_PASSWORD_ENV = "PNEUMO_EXP_ADMIN_PASSWORD"
 USER_PASSWORD_ENV = "PNEUMO_EXP_USER_PASSWORD"
+SECRET_KEY_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"
+AUTH_CACHE_SECONDS = 60
 RESOURCE_EXPERIMENT, RESOURCE_MODEL = "experiment", "registered_model"
 
 
@@ -88,14 +91,31 @@ def auth_server(folder: Path, database: str, admin: str, password: str) -> AuthS
     config["mlflow"] = {
         "default_permission": "NO_PERMISSIONS", "database_uri": database,
         "admin_username": admin,
-        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth"}
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        # a verified login is remembered for a minute (keyed by an HMAC of the password,
+        # in memory): checking its scrypt hash costs 0.13 s of CPU, on every request
+        "auth_cache_ttl_seconds": str(AUTH_CACHE_SECONDS)}
     path = folder / "basic_auth.ini"
     with atomic_path(path) as tmp:
         with tmp.open("w") as f:
             config.write(f)
         tmp.chmod(0o600)
     return AuthServer(path, {"MLFLOW_AUTH_CONFIG_PATH": str(path),
-                             "MLFLOW_AUTH_ADMIN_PASSWORD": password})
+                             "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+                             SECRET_KEY_ENV: _secret_key(folder)})
+
+
+def _secret_key(folder: Path) -> str:
+    """The key that signs the UI's CSRF tokens: MLFLOW_FLASK_SERVER_SECRET_KEY (the same on
+    every server behind one address), else one drawn once and kept under `folder`."""
+    if os.environ.get(SECRET_KEY_ENV):
+        return os.environ[SECRET_KEY_ENV]
+    path = folder / "server_secret_key"
+    if not path.exists():
+        with atomic_path(path) as tmp:
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+    return path.read_text().strip()
 
 
 def _status(error: BaseException) -> int | None:
