@@ -89,8 +89,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--top", "package the up to k best trials validated alike as one ensemble "
            "(default registry.top: 3; 1: the best trial alone)", ("promote",), type=int),
     Option("--run", "promote this trial run instead of the best", ("promote",)),
-    Option("--any-trial", "consider every finished trial, also those screened at low "
-           "fidelity, stopped by a rule or cut by the time budget", ("promote",),
+    Option("--any-trial", "consider every finished full-fidelity trial, also those stopped "
+           "by a rule or cut by the time budget", ("promote",),
            flag_only=True),
     Option("--model-name", "registered model name (default registry.model_name, "
            "pneumonia-classifier)", ("promote",)),

@@ -19,8 +19,10 @@ from pneumo_exp.errors import ConfigError, UserError
 from pneumo_exp.search.callbacks import promotable
 from pneumo_exp.tracking.names import (
     ROLE_TRIAL,
+    SCREEN,
     TAG_ARCH,
     TAG_CANDIDATE,
+    TAG_FIDELITY,
     TAG_ROLE,
     TAG_SITE,
     TAG_SOURCES,
@@ -74,7 +76,7 @@ def best_trial_runs(client: MlflowClient, arch: str | None, top: int = 1,
     """The best candidate trial run by `best_<objective>` (each trial's best checkpoint,
     the figure its search's oracle ranked), then the next best validated on the same images
     (the same dataset, validation split and seed), up to `top` in all. `any_trial`: every
-    finished trial is a candidate."""
+    finished full-fidelity trial is a candidate (a screened one has no model to pack)."""
     objective, direction, names = objective_of(arch)
     ids = [e.experiment_id for n in names if (e := client.get_experiment_by_name(n))]
     order = "DESC" if direction == "max" else "ASC"
@@ -86,13 +88,14 @@ def best_trial_runs(client: MlflowClient, arch: str | None, top: int = 1,
     if not runs:
         raise UserError(f"no finished trial {what}to promote: run `make search"
                         f"{' ARCH=' + arch if arch else ''}` first.")
-    left_out = [r for r in runs if not any_trial and not is_candidate(r)]
+    left_out = [r for r in runs if r.data.tags.get(TAG_FIDELITY) == SCREEN
+                or not (any_trial or is_candidate(r))]
     runs = [r for r in runs if r not in left_out]
     if not runs:
         raise UserError(f"no trial {what}ran its course at full fidelity: the {len(left_out)} "
                         "finished were screened, stopped by a rule or cut by the time budget. "
-                        "Finish the search (the same command resumes it), or promote with "
-                        "ANY_TRIAL=1 (--any-trial).")
+                        "Finish the search (the same command resumes it), or promote a "
+                        "stopped or cut one with ANY_TRIAL=1 (--any-trial).")
     parents: dict[str, tuple[str | None, ...]] = {}
 
     def validation(run: Run) -> tuple[str | None, ...]:
