@@ -46,7 +46,7 @@ def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 def test_local_nested_zip(tmp_path: Path) -> None:
     dest = fetch_dataset(str(_zip_dataset(tmp_path)), tmp_path / "data" / "chest_xray")
-    assert sorted(p.name for p in dest.iterdir()) == ["test", "train"]
+    assert sorted(p.name for p in dest.iterdir() if p.is_dir()) == ["test", "train"]
     assert len(list((dest / "train" / "NORMAL").iterdir())) == 2
     assert not list((tmp_path / "data").glob(".fetch-*"))  # temporary folder removed
 
