@@ -24,6 +24,7 @@ from pneumo_exp.config import REPO_ROOT, tracking_uri
 from pneumo_exp.tracking.names import (
     TAG_CODE_VERSION,
     TAG_DATA,
+    TAG_FIDELITY,
     TAG_GIT_COMMIT,
     TAG_GIT_DIRTY,
     TAG_STATUS,
@@ -79,14 +80,15 @@ COMMON_PARAMS = ("learning_rate", "optimizer", "dropout", "class_weight")
 
 
 def runs_view(key_params: Sequence[str] = ()) -> str:
-    """The runs table of the shared view: the best checkpoint's validation figures, how
-    each trial ended, and the main hyperparameters (the architecture's own, then the
-    common ones), best validation AUC first."""
+    """The runs table of the shared view: the best checkpoint's validation figures, the
+    fidelity it was judged at, how each trial ended, and the main hyperparameters (the
+    architecture's own, then the common ones), best validation AUC first."""
     metrics = ("best_val_auc", "best_val_sensitivity", "best_val_specificity", "epochs",
                "wall_time_s")
     params = (*key_params, *COMMON_PARAMS)
     columns = ["attributes.`Duration`", *(f"metrics.`{m}`" for m in metrics),
-               f"tags.`{TAG_STATUS}`", *(f"params.`{p}`" for p in params)]
+               f"tags.`{TAG_FIDELITY}`", f"tags.`{TAG_STATUS}`",
+               *(f"params.`{p}`" for p in params)]
     return json.dumps({"orderByKey": "metrics.`best_val_auc`", "orderByAsc": False,
                        "selectedColumns": columns})
 
