@@ -29,8 +29,10 @@ def _xray(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
 
 
 def make_folder_dataset(root: Path, counts: dict[str, tuple[int, int]] | None = None,
-                        size: int = 40, seed: int = 0, per_patient: int = 2) -> Path:
-    """ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/ with Kermany-style names, 2 images a patient."""
+                        size: int = 40, seed: int = 0, per_patient: int = 2,
+                        settings: bool = True) -> Path:
+    """ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/ with Kermany-style names, 2 images a patient;
+    with `settings`, the pneumo-exp.yaml that fits it."""
     counts = counts or {"train": (24, 36), "val": (4, 4), "test": (6, 6)}
     rng = np.random.default_rng(seed)
     patient = 100
@@ -46,7 +48,8 @@ def make_folder_dataset(root: Path, counts: dict[str, tuple[int, int]] | None = 
                 Image.fromarray(_xray(rng, label, size)).save(folder / name, quality=95)
     # the settings that fit a dataset this small, as the bundled sample carries its own:
     # every trial at full fidelity (experiments/aug_cnn.yaml screens 12 first)
-    (root / "pneumo-exp.yaml").write_text("search:\n  screen_trials: 0\n")
+    if settings:
+        (root / "pneumo-exp.yaml").write_text("search:\n  screen_trials: 0\n")
     return root
 
 

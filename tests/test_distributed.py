@@ -26,13 +26,14 @@ pytestmark = pytest.mark.slow  # real processes and servers
 
 CLI = [sys.executable, "-m", "pneumo_exp.cli"]
 COMMON = ["--epochs", "1", "--image-size", "32", "--tuner", "random", "--set",
-          "space.conv_blocks=2", "--set", "tracking.gradcam_images=0"]
+          "space.conv_blocks=2", "--set", "tracking.gradcam_images=0", "--set",
+          "search.screen_trials=0"]
 SINGLE = ["search", "aug_cnn", "--max-trials", "3", *COMMON]
 SEARCH = ["search", "aug_cnn", "--workers", "2", "--max-trials", "4", *COMMON]
 # Faults strike mid-trial: trials of 2 epochs leave time to find one running.
 LONGER = ["search", "aug_cnn", "--max-trials", "4", "--epochs", "2", "--image-size", "32",
           "--tuner", "random", "--set", "space.conv_blocks=2", "--set",
-          "tracking.gradcam_images=0"]
+          "tracking.gradcam_images=0", "--set", "search.screen_trials=0"]
 
 
 @pytest.fixture(scope="module")

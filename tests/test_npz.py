@@ -75,7 +75,8 @@ def test_npz_search_then_promote(workdir: Path) -> None:
     from pneumo_exp.search.run import run_search
     path = make_npz(workdir / "pneumoniamnist_64.npz", side=64)
     cfg = load_config("aug_cnn", {"data.root": str(path), "data.image_size": 48,
-                                  "search.max_trials": 1, "train.epochs": 1})
+                                  "search.max_trials": 1, "train.epochs": 1,
+                                  "search.screen_trials": 0})
     result = run_search(cfg, verbose=0)
     assert result.trials["completed_trials"] == 1
     promotion = promote(cfg.registry, arch="aug_cnn")

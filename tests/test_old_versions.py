@@ -70,7 +70,7 @@ def flat_version(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     old = root / "code"
     with tarfile.open(archive) as t:
         t.extractall(old, filter="data")
-    data = make_folder_dataset(root / "chest_xray", size=40)
+    data = make_folder_dataset(root / "chest_xray", size=40, settings=False)  # keys it lacks
     scans = root / "scans"
     scans.mkdir()
     for f in sorted((data / "test" / "PNEUMONIA").iterdir())[:2] + sorted(

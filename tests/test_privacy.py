@@ -5,6 +5,7 @@ and of everything printed finds none of it."""
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ import pytest
 from conftest import make_folder_dataset
 from dicom_copies import write_dicom
 from PIL import Image
+
+from pneumo_exp.config import DATASET_SETTINGS
 
 PHI = {"patient_name": "DOE^JANE", "patient_id": "PX-00042", "accession": "ACC-7731",
        "birth_date": "20190304", "institution": "NORTH GENERAL HOSPITAL"}
@@ -40,6 +43,7 @@ def _dicom_dataset(root: Path, out: Path) -> Path:
     ds.save_as(report, enforce_file_format=True)
     damaged = out / "train" / "PNEUMONIA" / "damaged.dcm"
     damaged.write_bytes(next((out / "train" / "PNEUMONIA").iterdir()).read_bytes()[:600])
+    shutil.copy(root / DATASET_SETTINGS, out)  # the settings that fit it
     return out
 
 

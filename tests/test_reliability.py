@@ -24,7 +24,7 @@ CLI = [sys.executable, "-m", "pneumo_exp.cli"]
 # On the bundled sample; 2 conv blocks fit 32 px whatever kernels a trial draws, so every
 # trial finishes and the counts below do not depend on the random draws.
 SEARCH = ["search", "aug_cnn", "--max-trials", "3", "--epochs", "1", "--image-size", "32",
-          "--tuner", "random", "--set", "space.conv_blocks=2"]
+          "--tuner", "random", "--set", "space.conv_blocks=2", "--set", "search.screen_trials=0"]
 
 
 def _wait_for_completed_trial(cwd: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -96,7 +96,8 @@ def test_concurrent_searches_share_one_store(tmp_path: Path) -> None:
     """Two architectures, and one architecture under two search names, at once, on a store
     that does not exist yet."""
     # 48 px: aug_cnn's second trial, its four-block initial point, fits
-    common = ["--max-trials", "2", "--epochs", "1", "--image-size", "48", "--tuner", "random"]
+    common = ["--max-trials", "2", "--epochs", "1", "--image-size", "48", "--tuner", "random",
+              "--set", "search.screen_trials=0"]
     commands = [["search", "aug_cnn", "--name", "first", *common],
                 ["search", "aug_cnn", "--name", "second", *common],
                 ["search", "baseline", *common]]
