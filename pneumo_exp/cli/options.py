@@ -227,8 +227,10 @@ def make_words(message: str, command: str) -> str:
     """An error message with make variables (EPOCHS=) in place of flags (--epochs)."""
     for o in sorted(for_command(command), key=lambda o: -len(o.flag)):
         if not o.positional:
-            message = message.replace(f"argument {o.flag}", f"{o.variable}=")
-            message = message.replace(o.flag, f"{o.variable}=")
+            variable = f"{o.variable}={'1' if o.flag_only else ''}"
+            message = message.replace(f"argument {o.flag}", variable)
+            message = message.replace(o.flag, variable)
+            message = message.replace(f"{variable} ({variable})", variable)  # "X (--x)"
     return message
 
 

@@ -95,7 +95,7 @@ def best_trial_runs(client: MlflowClient, arch: str | None, top: int = 1,
         raise UserError(f"no trial {what}ran its course at full fidelity: the {len(left_out)} "
                         "finished were screened, stopped by a rule or cut by the time budget. "
                         "Finish the search (the same command resumes it), or promote a "
-                        "stopped or cut one with ANY_TRIAL=1 (--any-trial).")
+                        "stopped or cut one with --any-trial.")
     parents: dict[str, tuple[str | None, ...]] = {}
 
     def validation(run: Run) -> tuple[str | None, ...]:
