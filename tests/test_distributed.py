@@ -152,7 +152,8 @@ def test_two_searches_at_once_on_one_server(server: dict[str, Any], tmp_path: Pa
 
 
 def test_promote_against_the_server(server: dict[str, Any], tmp_path: Path) -> None:
-    proc = subprocess.run([*CLI, "promote", "aug_cnn"], cwd=tmp_path, env=server["env"],
+    proc = subprocess.run([*CLI, "promote", "aug_cnn", "--any-trial"], cwd=tmp_path,
+                          env=server["env"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(server["uri"])
@@ -162,7 +163,9 @@ def test_promote_against_the_server(server: dict[str, Any], tmp_path: Path) -> N
         "tags.`pneumo.role` = 'trial' and attributes.status = 'FINISHED'",
         order_by=["metrics.best_val_auc DESC"], max_results=1)[0]
     members = version.tags["pneumo.source_run_ids"].split(",")
-    assert best.info.run_id in members and len(members) == 3  # registry.top
+    # registry.top: 3, or the best alone when the ensemble validates below it
+    assert best.info.run_id in members
+    assert len(members) == 3 or "alone is registered" in proc.stdout
 
 
 @pytest.mark.parametrize(("args", "needle"), [

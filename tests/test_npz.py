@@ -79,7 +79,7 @@ def test_npz_search_then_promote(workdir: Path) -> None:
                                   "search.screen_trials": 0})
     result = run_search(cfg, verbose=0)
     assert result.trials["completed_trials"] == 1
-    promotion = promote(cfg.registry, arch="aug_cnn")
+    promotion = promote(cfg.registry, arch="aug_cnn", any_trial=True)  # 1 epoch: may not learn
     assert promotion.created and promotion.champion == "1"
     assert promotion.figures["test_tn"] + promotion.figures["test_fp"] + promotion.figures[
         "test_fn"] + promotion.figures["test_tp"] == 12  # the file's own test split
