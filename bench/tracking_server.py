@@ -2,7 +2,7 @@
 on a free port, waited for, killed (the fault the tests inject) and restarted on the same
 port, stopped after.
 
-    with tracking_server(folder, backend="postgresql://...", users=None) as server:
+    with tracking_server(folder, backend="postgresql://...", admin_password=None) as server:
         server.uri                 # http://127.0.0.1:PORT
         server.kill(); server.start()
 """
@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 CLI = [sys.executable, "-m", "pneumo_exp.cli"]
@@ -122,9 +122,3 @@ def tracking_server(folder: Path, backend: str | None = None,
         yield server
     finally:
         server.stop()
-
-
-def client_env(server: TrackingServer, credentials: Mapping[str, str] | None = None
-               ) -> dict[str, str]:
-    """A client's environment with optional MLFLOW_TRACKING_USERNAME/_PASSWORD."""
-    return server.env(**(credentials or {}))
