@@ -43,6 +43,7 @@ TUNER_NAMES = ("random", "bayesian", "hyperband")
 VALIDATION_FIGURES = ("loss", "accuracy", "auc", "sensitivity", "specificity", "precision",
                       "balanced_accuracy", "spec_at_sens")
 VALIDATION_MODES = ("split", "official")
+LR_SCHEDULES = ("constant", "cosine")  # train.lr_schedule: the rate per epoch
 
 
 def tracking_uri() -> str:
@@ -75,6 +76,7 @@ class TrainConfig:
     epochs: int = 20  # at most (Hyperband's max_epochs)
     patience: int = 5  # EarlyStopping on the search's objective
     reduce_lr_patience: int | None = None  # ReduceLROnPlateau (x0.3) on it; None: off
+    lr_schedule: str = "constant"  # or cosine: decays to 0 over the epochs
     batch_size: int = 32
     threads: int | None = 2  # TensorFlow's threads per op; None: one per core
 
@@ -85,6 +87,11 @@ class TrainConfig:
         _check(self.patience >= 1, "train.patience", self.patience, "an integer >= 1")
         _check(self.reduce_lr_patience is None or self.reduce_lr_patience >= 1,
                "train.reduce_lr_patience", self.reduce_lr_patience, "an integer >= 1, or null")
+        _check(self.lr_schedule in LR_SCHEDULES, "train.lr_schedule", self.lr_schedule,
+               " or ".join(LR_SCHEDULES))
+        _check(self.lr_schedule == "constant" or self.reduce_lr_patience is None,
+               "train.reduce_lr_patience", self.reduce_lr_patience,
+               "null with a cosine train.lr_schedule (the schedule sets the rate)")
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
 
 

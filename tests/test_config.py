@@ -94,14 +94,37 @@ def test_training_callbacks_follow_the_configuration() -> None:
     from pneumo_exp.search.callbacks import StopOnInterrupt, ValidationFigures, training_callbacks
     val = (np.zeros((4, 8, 8, 1), np.uint8), np.array([0, 1, 0, 1]))
     plain = training_callbacks(load_config("aug_cnn", {"train.patience": 4,
-                                                       "train.reduce_lr_patience": None}), *val)
+                                                       "train.reduce_lr_patience": None,
+                                                       "train.lr_schedule": "constant"}), *val)
     kinds = [type(c) for c in plain]
     assert kinds == [ValidationFigures, keras.callbacks.EarlyStopping,
                      keras.callbacks.TerminateOnNaN, StopOnInterrupt]
     assert plain[1].patience == 4 and plain[1].monitor == "val_auc" and plain[1].mode == "max"
     scheduled = training_callbacks(load_config("aug_cnn", {"train.reduce_lr_patience": 2,
+                                                           "train.lr_schedule": "constant",
                                                            "search.objective": "val_loss"}), *val)
     (plateau,) = [c for c in scheduled if isinstance(c, keras.callbacks.ReduceLROnPlateau)]
     assert (plateau.patience, plateau.monitor, plateau.mode) == (2, "val_loss", "min")
     with pytest.raises(ConfigError, match="reduce_lr_patience"):
         load_config("aug_cnn", {"train.reduce_lr_patience": 0})
+    with pytest.raises(ConfigError, match="reduce_lr_patience"):  # two rules for one rate
+        load_config("aug_cnn", {"train.reduce_lr_patience": 2, "train.lr_schedule": "cosine"})
+
+
+def test_the_cosine_schedule_anneals_a_trial_to_zero_over_its_epochs() -> None:
+    import keras
+    import numpy as np
+
+    from pneumo_exp.search.callbacks import CosineDecayPerEpoch, training_callbacks
+    val = (np.zeros((4, 8, 8, 1), np.uint8), np.array([0, 1, 0, 1]))
+    cfg = load_config("aug_cnn", {"train.lr_schedule": "cosine", "train.epochs": 4,
+                                  "train.reduce_lr_patience": None})
+    (cosine,) = [c for c in training_callbacks(cfg, *val) if isinstance(c, CosineDecayPerEpoch)]
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="mse")
+    rates = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(
+        float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))))
+    seen: list[float] = []
+    model.fit(np.zeros((8, 2)), np.zeros(8), epochs=4, verbose=0, callbacks=[cosine, rates])
+    assert seen == pytest.approx([2e-3, 2e-3 * 0.5 * (1 + np.cos(np.pi / 4)), 1e-3,
+                                  2e-3 * 0.5 * (1 + np.cos(3 * np.pi / 4))])

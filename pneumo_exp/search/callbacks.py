@@ -144,7 +144,8 @@ class Deadline(keras.callbacks.Callback):
 def training_callbacks(cfg: ExperimentConfig, val_images: np.ndarray, val_labels: np.ndarray,
                        restore_best: bool = False) -> list[keras.callbacks.Callback]:
     """ValidationFigures first (the others read its figures), then EarlyStopping on the
-    objective, TerminateOnNaN, StopOnInterrupt and, if configured, ReduceLROnPlateau."""
+    objective, TerminateOnNaN, StopOnInterrupt and, if configured, ReduceLROnPlateau or the
+    cosine schedule."""
     s, t = cfg.search, cfg.train
     callbacks = [ValidationFigures(val_images, val_labels, s.constant_epochs,
                                    sensitivity_target=s.sensitivity_target),
@@ -156,7 +157,27 @@ def training_callbacks(cfg: ExperimentConfig, val_images: np.ndarray, val_labels
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor=s.objective, mode=s.direction, factor=0.3,
             patience=t.reduce_lr_patience, min_lr=1e-6))
+    if t.lr_schedule == "cosine":
+        callbacks.append(CosineDecayPerEpoch(t.epochs))
     return callbacks
+
+
+class CosineDecayPerEpoch(keras.callbacks.Callback):
+    """Keras' CosineDecay from the trial's learning rate to 0 over its planned epochs, set
+    at each epoch's start: a fixed epoch budget ends annealed, where a plateau rule would
+    still be waiting for its patience to run out."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.schedule: keras.optimizers.schedules.CosineDecay | None = None
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        initial = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.schedule = keras.optimizers.schedules.CosineDecay(initial, self.epochs)
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.model.optimizer.learning_rate = float(self.schedule(epoch))
 
 
 def promotable(status: str) -> bool:
