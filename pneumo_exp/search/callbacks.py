@@ -163,9 +163,10 @@ def training_callbacks(cfg: ExperimentConfig, val_images: np.ndarray, val_labels
 
 
 class CosineDecayPerEpoch(keras.callbacks.Callback):
-    """Keras' CosineDecay from the trial's learning rate to 0 over its planned epochs, set
-    at each epoch's start: a fixed epoch budget ends annealed, where a plateau rule would
-    still be waiting for its patience to run out."""
+    """Keras' CosineDecay from the trial's learning rate to 0 over train.epochs, set at each
+    epoch's start: a fixed epoch budget ends annealed, where a plateau rule would still be
+    waiting for its patience to run out. (A Hyperband round shorter than train.epochs ends
+    part-way down the curve; the round that resumes it continues from that epoch.)"""
 
     def __init__(self, epochs: int) -> None:
         super().__init__()
