@@ -41,6 +41,35 @@ def test_a_dicom_copy_gives_the_png_s_input(tmp_path: Path, variant: str,
             assert np.abs(got - want).max() <= 1, (png.name, variant, size)
 
 
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_the_same_pixels_give_the_same_input_and_probability_in_every_container(
+        tmp_path: Path, mode: str) -> None:
+    """A JPEG (larger than the model's input, grayscale or RGB as the Kaggle files are), a PNG
+    of its decoded pixels and a DICOM object of them: one decoding, so one probability. (With
+    libjpeg's reduced-scale decoding of the JPEG, the three differed.)"""
+    import keras
+
+    big = Image.open(PNGS[2]).convert("L").resize((300, 260), Image.Resampling.BICUBIC)
+    jpeg = tmp_path / "scan.jpeg"
+    big.convert(mode).save(jpeg, quality=85)
+    with Image.open(jpeg) as im:
+        gray = np.asarray(im.convert("L"))
+    png = tmp_path / "scan.png"
+    Image.fromarray(gray).save(png)
+    containers = [jpeg, png, write_dicom(gray, tmp_path / "scan.dcm", "mono2")]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64, 64, 1)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    for size in (32, 64, 100):
+        arrays = [decode_image(f, size, 1) for f in containers]
+        assert all((a == arrays[0]).all() for a in arrays), size
+    prob = [float(model.predict(decode_image(f, 64, 1)[None].astype(np.float32), verbose=0)[0, 0])
+            for f in containers]
+    assert max(prob) - min(prob) < 1e-3, prob
+
+
 def test_a_file_is_dicom_by_its_content_not_its_name(tmp_path: Path) -> None:
     pixels = np.asarray(Image.open(PNGS[0]).convert("L"))
     for name in ("scan.png", "IM0001", "scan.jpeg"):

@@ -22,7 +22,7 @@ from pneumo_exp.config import CACHE_DIR
 from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.fileio import atomic_path
 
-CACHE_FORMAT = 2  # bump when decoding changes, to invalidate old caches
+CACHE_FORMAT = 3  # bump when decoding changes, to invalidate old caches (3: no JPEG draft)
 
 
 def fingerprint(entries: Iterable[Any], settings: dict[str, Any]) -> str:

@@ -2,7 +2,11 @@
 formats Pillow reads, and DICOM (dicom.py), told apart by their content, not their names.
 
 Training, evaluation, prediction and adaptation all go through `decode_image`, so a
-registered model sees exactly the preprocessing it was trained with.
+registered model sees exactly the preprocessing it was trained with. Every container takes
+one path: the full-size pixels (Pillow's, or DICOM's by dicom.py's rule), then `resize`. So
+the same X-ray as a JPEG, a PNG of its decoded pixels or a DICOM object of them gives the
+same array. (libjpeg's reduced-scale "draft" decoding is faster on large JPEGs but gives
+other pixels than the full-size image a PACS sends as DICOM: a train/serve skew.)
 """
 
 from __future__ import annotations
@@ -45,8 +49,6 @@ def read_image(path: str | Path | BinaryIO, image_size: int,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                # JPEG only: let libjpeg decode at a reduced scale, still >= the target size.
-                im.draft("L" if channels == 1 else "RGB", (image_size, image_size))
                 im.load()
                 return resize(ImageOps.exif_transpose(im), image_size, channels), None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
