@@ -99,7 +99,8 @@ class TrainConfig:
 class SearchConfig:
     tuner: str = "bayesian"
     objective: str = "val_auc"
-    max_trials: int = 10
+    # Trials in all, screened ones included (`split`); None: screen_trials + full_trials.
+    max_trials: int | None = 10
     seed: int = 42
     time_budget_min: float | None = None
     hyperband_factor: int = 3
@@ -113,9 +114,10 @@ class SearchConfig:
     initial_points: list[dict[str, Any]] = field(default_factory=list)
     sensitivity_target: float = 0.95  # of the objective val_spec_at_sens
     # Multi-fidelity: screen_trials configurations judged cheaply first (at screen_image_size,
-    # on screen_fraction of train, for screen_epochs), then the best max_trials of them
+    # on screen_fraction of train, for screen_epochs), then the best full_trials of them
     # trained at full fidelity. 0: every trial at full fidelity.
     screen_trials: int = 0
+    full_trials: int | None = None
     screen_image_size: int | None = None  # None: data.image_size
     screen_fraction: float = 1.0
     screen_epochs: int = 3
@@ -124,7 +126,16 @@ class SearchConfig:
         _check(self.tuner in TUNER_NAMES, "search.tuner", self.tuner, " | ".join(TUNER_NAMES))
         _check(self.objective in {f"val_{f}" for f in VALIDATION_FIGURES}, "search.objective",
                self.objective, "one of " + ", ".join(f"val_{f}" for f in VALIDATION_FIGURES))
-        _check(self.max_trials >= 1, "search.max_trials", self.max_trials, "an integer >= 1")
+        _check(self.max_trials is None or self.max_trials >= 1, "search.max_trials",
+               self.max_trials, "an integer >= 1 (trials in all, screened ones included)")
+        _check(self.full_trials is None or self.full_trials >= 1, "search.full_trials",
+               self.full_trials, "an integer >= 1, or null")
+        _check(not self.screen_trials or self.full_trials is not None, "search.full_trials",
+               self.full_trials, "an integer >= 1 with search.screen_trials > 0 (the best "
+               "full_trials of the screened configurations are trained at full fidelity)")
+        _check(self.max_trials is not None or (self.full_trials or self.screen_trials),
+               "search.max_trials", self.max_trials,
+               "an integer >= 1 when search.full_trials is null")
         _check(self.time_budget_min is None or self.time_budget_min > 0,
                "search.time_budget_min", self.time_budget_min, "minutes > 0, or null")
         _check(self.hyperband_factor >= 2, "search.hyperband_factor", self.hyperband_factor,
@@ -156,8 +167,26 @@ class SearchConfig:
 
     @property
     def planned_trials(self) -> int:
-        """Screened and full-fidelity trials together."""
-        return self.screen_trials + self.max_trials
+        """Trials in all, screened and full-fidelity together: max_trials, or the stages'
+        sum when it is null."""
+        if self.max_trials is not None:
+            return self.max_trials
+        return self.screen_trials + (self.full_trials or 0)
+
+    @property
+    def split(self) -> tuple[int, int]:
+        """(screened, full-fidelity) trials. A search runs `planned_trials` in all; with
+        screening, they are shared between the stages as screen_trials : full_trials (at
+        least 1 at full fidelity), so MAX_TRIALS=30 doubles aug_cnn's 12 + 3 to 24 + 6; when
+        that leaves no more to screen than to train, screening would choose nothing, and
+        every trial runs at full fidelity (MAX_TRIALS=2: 2 full trials)."""
+        total = self.planned_trials
+        if not self.screen_trials:
+            return 0, total
+        named = self.screen_trials + (self.full_trials or 0)
+        full = max(1, int(total * (self.full_trials or 0) / named + 0.5))
+        screen = total - full
+        return (screen, full) if screen > full else (0, total)
 
 
 @dataclass(frozen=True)
@@ -205,14 +234,19 @@ class ExperimentConfig:
 
     def digest(self) -> str:
         """Identity of a search: everything but the budgets, so a larger budget extends it
-        (and the settings nothing reads: the screening's when there is none)."""
+        (and the settings nothing reads: the screening's when there is none). A search that
+        screens is named by its split too: its stages number their trials after it, so
+        another MAX_TRIALS is another search, not an extension."""
         d = self.to_dict()
         search = d["search"]
-        unused = {*BUDGETS, *(k for k in search if k.startswith("screen_")
-                              and not search["screen_trials"])}
+        screened = self.search.split[0]
+        unused = {*BUDGETS, *(k for k in search if not screened
+                              and (k.startswith("screen_") or k == "full_trials"))}
         if search["objective"] != "val_spec_at_sens":
             unused.add("sensitivity_target")
         d["search"] = {k: v for k, v in search.items() if k not in unused}
+        if screened:
+            d["search"]["split"] = list(self.search.split)
         d.pop("registry")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
 

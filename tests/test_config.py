@@ -46,9 +46,44 @@ def test_overrides_win_over_files() -> None:
 
 
 def test_digest_ignores_budgets_only() -> None:
-    base = load_config("aug_cnn")
-    assert base.digest() == load_config("aug_cnn", {"search.max_trials": 99}).digest()
+    base = load_config("aug_cnn", {"search.screen_trials": 0})
+    assert base.digest() == load_config("aug_cnn", {"search.screen_trials": 0,
+                                                    "search.max_trials": 99}).digest()
     assert base.digest() != load_config("aug_cnn", {"train.epochs": 3}).digest()
+    # a search that screens is named by its split: its stages number the trials after it
+    screened = load_config("aug_cnn", {"data.root": "/x"})
+    assert screened.digest() == load_config("aug_cnn", {"data.root": "/x",
+                                                        "search.time_budget_min": 5}).digest()
+    assert screened.digest() != load_config("aug_cnn", {"data.root": "/x",
+                                                        "search.max_trials": 30}).digest()
+
+
+@pytest.mark.parametrize(("max_trials", "split"), [
+    (None, (12, 3)), (15, (12, 3)), (30, (24, 6)), (10, (8, 2)), (5, (4, 1)), (2, (0, 2)),
+    (1, (0, 1))])
+def test_max_trials_counts_every_trial_and_keeps_the_split(max_trials: int | None,
+                                                           split: tuple[int, int]) -> None:
+    """aug_cnn screens 12 and trains 3: MAX_TRIALS=N runs N trials in all, shared alike, at
+    least one at full fidelity, all of them when too few are left to screen."""
+    overrides = {"data.root": "/x", "search.screen_trials": 12, "search.full_trials": 3}
+    cfg = load_config("aug_cnn", {**overrides, "search.max_trials": max_trials}
+                      if max_trials else {**overrides, "search.max_trials": None})
+    assert cfg.search.split == split
+    assert cfg.search.planned_trials == sum(split)
+
+
+def test_epochs_cap_the_screening_too() -> None:
+    from pneumo_exp.search.fidelity import describe_plan, stages
+
+    cfg = load_config("aug_cnn", {"data.root": "/x", "search.screen_trials": 12,
+                                  "search.full_trials": 3, "search.max_trials": 15,
+                                  "search.screen_epochs": 3, "train.epochs": 2})
+    assert [(st.name, st.trials, st.epochs) for st in stages(cfg)] == [
+        ("screen", 12, 2), ("full", 3, 2)]
+    assert "12 configurations screened" in describe_plan(cfg)
+    one = load_config("aug_cnn", {"data.root": "/x", "search.max_trials": 1})
+    assert [(st.name, st.trials) for st in stages(one)] == [("full", 1)]
+    assert "too few to screen" in describe_plan(one)
 
 
 @pytest.mark.parametrize(("key", "value", "needle"), [
@@ -58,6 +93,7 @@ def test_digest_ignores_budgets_only() -> None:
     ("data.channels", 2, "data.channels"),
     ("search.initial_points", {"dropout": 0.1}, "search.initial_points"),
     ("search.max_trials", "ten", "search.max_trials"),
+    ("search.full_trials", 0, "search.full_trials"),
     ("search.max_trial", 3, "search.max_trial"),
     ("data.val_fraction", 0.9, "data.val_fraction"),
 ])

@@ -31,8 +31,9 @@ def _runs(client: MlflowClient, result: Any) -> dict[str, Any]:
 @pytest.mark.slow
 def test_screening_then_the_best_at_full_fidelity(workdir: Path) -> None:
     data = make_folder_dataset(workdir / "d")
-    cfg = load_config("aug_cnn", {**TINY, "data.root": str(data), "search.max_trials": 2,
-                                  "search.screen_trials": 3, "search.screen_image_size": 32,
+    cfg = load_config("aug_cnn", {**TINY, "data.root": str(data), "search.max_trials": 5,
+                                  "search.screen_trials": 3, "search.full_trials": 2,
+                                  "search.screen_image_size": 32,
                                   "search.screen_fraction": 0.5, "search.screen_epochs": 1})
     result = run_search(cfg, verbose=0)
     client = MlflowClient()
@@ -50,6 +51,8 @@ def test_screening_then_the_best_at_full_fidelity(workdir: Path) -> None:
         assert runs[t].data.params["fidelity.epochs"] == "1"
         assert runs[t].data.tags["pneumo.candidate"] == "false"
         assert not logged_models(runs[t])  # screened: not a candidate, no model
+        assert runs[t].data.tags["pneumo.checkpoint"].startswith("none")
+        assert "keeps no checkpoint" in runs[t].data.tags["mlflow.note.content"]
     assert runs["3"].data.params["fidelity.image_size"] == "48"
     assert logged_models(runs["3"]) and logged_models(runs["4"])
     # the full stage trained the two best screened configurations, best first
@@ -62,6 +65,7 @@ def test_screening_then_the_best_at_full_fidelity(workdir: Path) -> None:
     assert result.best_trial_id in ("3", "4")  # the best is a full-fidelity trial
     parent = client.get_run(result.parent_run_id)
     assert parent.data.tags["search.trials_planned"] == "5"
+    assert parent.data.tags["search.split"] == "3 screened + 2 full"
     assert parent.data.tags["search.trials_completed"] == "5"
     assert parent.data.tags["search.trials_cut"] == "0"
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "plots")}

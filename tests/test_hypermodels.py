@@ -319,6 +319,16 @@ def test_equalize_maps_any_tone_curve_to_one_image_and_survives_saving(tmp_path)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
+def test_crop_zooms_in_further_than_out() -> None:
+    """A site that frames its chests tighter: crop zooms in up to half of each side cut away
+    while zoom still bounds the zoom out."""
+    hp = kt.HyperParameters()
+    for name, value in (("aspect", True), ("zoom", 0.25), ("crop", 0.5)):
+        hp.Fixed(name, value)
+    zoom = _layers(AugCNN((32, 32, 1), seed=0).build(hp), keras.layers.RandomZoom)[0]
+    assert zoom.height_factor == zoom.width_factor == (-0.5, 0.25)
+
+
 def test_aspect_and_blur_augmentation() -> None:
     hp = kt.HyperParameters()
     hp.Fixed("aspect", True)

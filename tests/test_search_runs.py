@@ -40,7 +40,8 @@ def _trial(tracker: SearchTracker, trial_id: str, auc: float, curve: list[float]
 
 @pytest.fixture
 def tracker(workdir: Path) -> SearchTracker:
-    cfg = load_config("aug_cnn", {"search.max_trials": 4, "data.root": str(workdir)})
+    cfg = load_config("aug_cnn", {"search.max_trials": 4, "search.screen_trials": 0,
+                                  "data.root": str(workdir)})
     t = SearchTracker(cfg, "bookkeeping", workdir / ".pneumo" / "tuner" / "bookkeeping",
                       key_params=("filters_1",))
     t.begin(_data(workdir), {"class": "TrackedTuner"})

@@ -56,7 +56,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--data", "dataset folder (ROOT/{train,val,test}/{NORMAL,PNEUMONIA}) or MedMNIST "
            ".npz; default data/chest_xray, else the bundled sample", CONFIG_COMMANDS,
            key="data.root"),
-    Option("--epochs", "maximum epochs per trial or fold", CONFIG_COMMANDS,
+    Option("--epochs", "maximum epochs per trial or fold, screened trials included",
+           CONFIG_COMMANDS,
            key="train.epochs", type=int),
     Option("--image-size", "images are resized to SIZE x SIZE", CONFIG_COMMANDS,
            key="data.image_size", type=int),
@@ -64,7 +65,10 @@ OPTIONS: tuple[Option, ...] = (
            type=int),
     Option("--seed", "seed of splits, tuner and training", CONFIG_COMMANDS,
            key="search.seed", type=int),
-    Option("--max-trials", "trial budget", ("search",), key="search.max_trials", type=int),
+    Option("--max-trials", "trials in all, screened ones included. A search that screens keeps "
+           "its configured split (aug_cnn: 12 screened + 3 full of 15; 30: 24 + 6); when that "
+           "leaves no more to screen than to train, every trial is at full fidelity (2: 2 full)",
+           ("search",), key="search.max_trials", type=int),
     Option("--tuner", "random, bayesian or hyperband", ("search",), key="search.tuner"),
     Option("--time-budget", "start no trial and no epoch after this many minutes",
            ("search",), key="search.time_budget_min", type=float),

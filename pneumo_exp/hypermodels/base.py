@@ -113,17 +113,20 @@ def augmentation(space: Space, hp: kt.HyperParameters, seed: int | None = None,
                  value_range: tuple[float, float] = (0.0, 1.0), rotation: float = 15.0,
                  shift: float = 0.2, zoom: float = 0.2, flip: bool = True,
                  brightness: float = 0.5, contrast: float = 0.0, aspect: bool = False,
-                 blur: float = 0.0) -> keras.Layer:
+                 blur: float = 0.0, crop: float = 0.0) -> keras.Layer:
     """The study's ImageDataGenerator settings as Keras layers, active in training only.
 
     Rotation is in degrees; brightness adds up to that fraction of `value_range` (the study
     multiplied by 1.0-1.5). Off in the study, for images from other scanners and other
     original shapes: contrast; `aspect`, zooming height and width independently (files of
     every shape are resized to squares, which stretches the anatomy); `blur`, the fraction
-    of images blurred (sigma up to 1.5 px)."""
+    of images blurred (sigma up to 1.5 px); `crop`, zooming in further than `zoom` (up to
+    that fraction of each side cut away): a site that frames its chests tighter, down to the
+    lung fields, shows framings that validation, cut from the same hospital, never does."""
     rotation = space.float(hp, "rotation", 0.0, 30.0, rotation, step=5.0)
     shift = space.float(hp, "shift", 0.0, 0.3, shift, step=0.05)
     zoom = space.float(hp, "zoom", 0.0, 0.3, zoom, step=0.05)
+    crop = space.float(hp, "crop", 0.0, 0.6, crop, step=0.1)
     flip = space.boolean(hp, "flip", flip)
     brightness = space.float(hp, "brightness", 0.0, 0.5, brightness, step=0.1)
     contrast = space.float(hp, "contrast", 0.0, 0.5, contrast, step=0.1)
@@ -140,8 +143,10 @@ def augmentation(space: Space, hp: kt.HyperParameters, seed: int | None = None,
     if shift:
         layers.append(keras.layers.RandomTranslation(shift, shift, fill_mode="nearest",
                                                      seed=next(seeds)))
-    if zoom:
-        layers.append(keras.layers.RandomZoom(zoom, zoom if aspect else None,
+    if zoom or crop:
+        # one factor zooms in and out as far; a pair (in, out): negative zooms in
+        factor: float | tuple[float, float] = zoom if crop <= zoom else (-crop, zoom)
+        layers.append(keras.layers.RandomZoom(factor, factor if aspect else None,
                                               fill_mode="nearest", seed=next(seeds)))
     if flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=next(seeds)))

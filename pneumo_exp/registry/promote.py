@@ -66,6 +66,7 @@ from pneumo_exp.tracking.names import (
     TAG_TEMPERATURE,
     TAG_THRESHOLD,
     figure_tag,
+    rounded,
 )
 from pneumo_exp.tracking.runs import start_run
 from pneumo_exp.tracking.store import connect
@@ -262,7 +263,7 @@ def evaluate_and_package(candidates: Sequence[Candidate], members: Sequence[Memb
                            "threshold_rule": f"max specificity with calibrated val "
                                              f"sensitivity >= {registry.min_sensitivity}",
                            "test_size": len(test.labels)})
-        mlflow.log_metrics(dict(val_figures))
+        mlflow.log_metrics(rounded(val_figures))
         figures = log_evaluation(test.labels, calibration.apply(test), calibration.threshold,
                                  "test", registry.bootstrap, title=f"{title}, test split",
                                  uncalibrated=test.raw)

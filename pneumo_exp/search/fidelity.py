@@ -1,11 +1,13 @@
 """Multi-fidelity: judge many configurations cheaply, train the promising ones fully.
 
-A search with `search.screen_trials` > 0 runs two stages, each a Keras Tuner search of its
-own: the screening stage judges `screen_trials` configurations proposed by the configured
-tuner at a lower resolution, on a patient-grouped part of train and for a few epochs; the
-full stage then trains the best `max_trials` of them (by the screened objective) at full
-fidelity. Only full-fidelity trials are candidates for promotion. Trials are numbered
-through both stages, so trial i trains with seed + i however the search is cut and resumed.
+A search runs `search.max_trials` trials in all. With `search.screen_trials` > 0 they are
+shared between two stages as screen_trials : full_trials (SearchConfig.split), each stage a
+Keras Tuner search of its own: the screening stage judges its configurations, proposed by
+the configured tuner, at a lower resolution, on a patient-grouped part of train and for a
+few epochs (never more than a full trial's); the full stage then trains the best of them
+(by the screened objective) at full fidelity. Only full-fidelity trials are candidates for
+promotion. Trials are numbered through both stages, so trial i trains with seed + i however
+the search is cut and resumed.
 """
 
 from __future__ import annotations
@@ -48,12 +50,34 @@ class Stage:
 
 
 def stages(cfg: ExperimentConfig) -> list[Stage]:
+    """The stages of a search: its split of max_trials, the screen's epochs capped by
+    train.epochs (EPOCHS=)."""
     s, full_size = cfg.search, cfg.data.image_size
-    full = Stage(FULL, s.max_trials, s.screen_trials, full_size, 1.0, cfg.train.epochs)
-    if not s.screen_trials:
+    screened, trained = s.split
+    full = Stage(FULL, trained, screened, full_size, 1.0, cfg.train.epochs)
+    if not screened:
         return [full]
-    return [Stage(SCREEN, s.screen_trials, 0, s.screen_image_size or full_size,
-                  s.screen_fraction, s.screen_epochs), full]
+    return [Stage(SCREEN, screened, 0, s.screen_image_size or full_size,
+                  s.screen_fraction, min(s.screen_epochs, cfg.train.epochs)), full]
+
+
+def describe_plan(cfg: ExperimentConfig) -> str:
+    """What a search will run, in a sentence for the console."""
+    plan, s = stages(cfg), cfg.search
+    full = plan[-1]
+    at = f"at {full.image_size} px for up to {full.epochs} epoch{'s' * (full.epochs != 1)}"
+    if len(plan) == 1:
+        why = (f"; MAX_TRIALS={s.planned_trials} leaves too few to screen (the configured "
+               f"split is {s.screen_trials} screened + {s.full_trials} full)"
+               if s.screen_trials else "")
+        return f"{full.trials} trial{'s' * (full.trials != 1)} {at}, all at full fidelity{why}."
+    screen = plan[0]
+    best = f"{full.trials} trained" if full.trials > 1 else "one trained"
+    return (f"{s.planned_trials} trials: {screen.trials} configurations screened at "
+            f"{screen.image_size} px on {screen.train_fraction:.0%} of train for "
+            f"{screen.epochs} epoch{'s' * (screen.epochs != 1)}, then the best {best} "
+            f"{at} on all of train (MAX_TRIALS keeps the configured "
+            f"{s.screen_trials} : {s.full_trials} split).")
 
 
 def stage_config(cfg: ExperimentConfig, stage: Stage,
@@ -62,8 +86,9 @@ def stage_config(cfg: ExperimentConfig, stage: Stage,
     stage after a screening trains the screened configurations it is given, best first."""
     data = dataclasses.replace(cfg.data, image_size=stage.image_size)
     train = dataclasses.replace(cfg.train, epochs=stage.epochs)
-    search = dataclasses.replace(cfg.search, max_trials=stage.trials)
-    if stage.full and cfg.search.screen_trials:  # the screening already chose them
+    search = dataclasses.replace(cfg.search, max_trials=stage.trials, screen_trials=0,
+                                 full_trials=None)
+    if stage.full and stage.offset:  # the screening already chose them
         search = dataclasses.replace(search, median_stopping=None)
     if screened is not None:
         search = dataclasses.replace(search, tuner="random", default_first=False,

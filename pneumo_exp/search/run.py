@@ -27,11 +27,18 @@ from pneumo_exp.hypermodels import HYPERMODELS, build_hypermodel
 from pneumo_exp.search.callbacks import Deadline, TimeBudgetSpent, training_callbacks
 from pneumo_exp.search.console import budget_spent
 from pneumo_exp.search.distributed import Role, activate
-from pneumo_exp.search.fidelity import SCREEN, Stage, stage_config, stages, train_part
+from pneumo_exp.search.fidelity import (
+    SCREEN,
+    Stage,
+    describe_plan,
+    stage_config,
+    stages,
+    train_part,
+)
 from pneumo_exp.search.threads import pin_threads
 from pneumo_exp.search.tuners import TrackedTuner, make_tuner, stop_new_trials
 from pneumo_exp.tracking.names import FULL, STATUS_CUT
-from pneumo_exp.tracking.search_runs import SearchTracker, trials_table
+from pneumo_exp.tracking.search_runs import SearchTracker
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +95,9 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
                                       "directory": project_dir,
                                       "distributed": role is not None},
                                distributed=role is not None)
-        log.info("%s search '%s' of %s: MLflow experiment '%s', parent run %s.",
+        log.info("%s search '%s' of %s: MLflow experiment '%s', parent run %s.\nPlan: %s",
                  "Resuming" if tracker.resumed else "Starting", name, cfg.arch,
-                 cfg.experiment_name, parent)
+                 cfg.experiment_name, parent, describe_plan(cfg))
     screened: list[dict[str, Any]] | None = None
     try:
         for i, stage in enumerate(plan):
@@ -98,7 +105,7 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
                 len(plan) > 1), fresh, screened, deadline, verbose, debug,
                 dataclasses.replace(role, port=role.port + i) if role else None)
             if stage.name == SCREEN and not worker:
-                screened = best_configurations(tuner, s.max_trials)
+                screened = best_configurations(tuner, plan[-1].trials)
     except TimeBudgetSpent:
         log.warning("%s", budget_spent(s.time_budget_min or 0, *_progress(tracker)))
     except KeyboardInterrupt:
@@ -124,7 +131,7 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
     metrics = tracker.best_figures(best_run[1]) if best_run else {}
     return SearchResult(name, tracker.experiment_id, parent, best_run and best_run[0],
                         best_run and best_run[1], metrics, counts, data,
-                        trials_table(tracker.rows()))
+                        tracker.table())
 
 
 def _run_stage(cfg: ExperimentConfig, stage: Stage, data: TrainingData, tracker: SearchTracker,

@@ -116,7 +116,7 @@ class TrackedTuner(TunerMixin, kt.Tuner):
             log_classifier(model, self.val, history, cfg.search.objective,
                            cfg.search.direction, initial_epoch=initial_epoch,
                            title=f"trial {number} of search {self.tracker.search_name}",
-                           log_model=stage.full, diagnostics=stage.full,
+                           log_model=stage.full, reliability=stage.full,
                            gradcam_images=cfg.tracking.gradcam_images if stage.full else 0,
                            sensitivity_target=cfg.search.sensitivity_target)
             planned = values.get("tuner/epochs", cfg.train.epochs) - initial_epoch
@@ -127,6 +127,7 @@ class TrackedTuner(TunerMixin, kt.Tuner):
                 out_of_time=bool(self.deadline and time.time() > self.deadline))
             self.tracker.set_trial_status(run_id, status,
                                           candidate=stage.full and promotable(status))
+            self.tracker.set_checkpoint_note(run_id, stage)
         return histories
 
     def on_epoch_end(self, trial: Any, model: keras.Model, epoch: int,

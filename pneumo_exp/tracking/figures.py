@@ -12,7 +12,7 @@ from pneumo_exp.config import CLASS_NAMES
 from pneumo_exp.evaluation import plots
 from pneumo_exp.evaluation.calibration import ECE_BINS
 from pneumo_exp.evaluation.metrics import binary_metrics, confusion_counts, evaluation_figures
-from pneumo_exp.tracking.names import plot, plot_counts
+from pneumo_exp.tracking.names import plot, plot_counts, rounded
 
 
 def log_figure(fig: Figure, name: str) -> None:
@@ -38,7 +38,7 @@ def log_evaluation(y_true: np.ndarray, prob: np.ndarray, threshold: float, split
     the threshold marked, and the reliability diagram."""
     title = title or f"{split} split"
     figures = evaluation_figures(y_true, prob, threshold, split, n_bootstrap, uncalibrated)
-    mlflow.log_metrics(figures)
+    mlflow.log_metrics(rounded(figures))
     for name, t in (("0.5", 0.5), ("threshold", threshold)):
         log_confusion(y_true, prob, t, f"{split}_confusion_matrix_{name}",
                       f"{title}, threshold {t:.3f}")

@@ -4,6 +4,17 @@ them from here, so a rename is one line."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+# Metrics are logged to 4 decimals: a validation figure of 538 images moves in the third
+# (one image is 0.002), and the MLflow UI shows whatever digits it is given.
+METRIC_DECIMALS = 4
+
+
+def rounded(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Metrics as pneumo-exp logs them: to METRIC_DECIMALS, counts unchanged."""
+    return {k: round(float(v), METRIC_DECIMALS) for k, v in metrics.items()}
+
 # Experiments: one per architecture, and one for `pneumo-exp evaluate`.
 EXPERIMENT_PREFIX = "pneumo-exp/"
 EVALUATION_EXPERIMENT = f"{EXPERIMENT_PREFIX}evaluations"
@@ -29,6 +40,7 @@ TAG_ARCH = "pneumo.arch"
 TAG_SEARCH = "pneumo.search"
 TAG_TRIAL = "pneumo.trial_id"
 TAG_TUNER = "pneumo.tuner_id"  # which Keras Tuner process ran a trial (distributed search)
+TAG_MACHINE = "pneumo.machine"  # the kind of CPU that trained a trial (tracking.machine)
 TAG_STATUS = "pneumo.trial_status"  # how a trial ended: completed, early stopped, ...
 STATUS_CUT = "cut by the time budget"  # the start of the status of a trial the budget cut
 TAG_FAILURE = "pneumo.failure"  # why a run failed
@@ -37,9 +49,11 @@ TAG_FIDELITY = "pneumo.fidelity"  # SCREEN or FULL: the stage of a multi-fidelit
 SCREEN, FULL = "screen", "full"
 FIDELITY_PARAM = "fidelity."  # prefix of a trial's params that say its fidelity
 TAG_CANDIDATE = "pneumo.candidate"  # "true": a full-fidelity trial promote may package
+TAG_CHECKPOINT = "pneumo.checkpoint"  # where a trial's best checkpoint is, or why none is kept
 TAG_BEST_TRIAL = "best_trial_id"  # on a search's parent run
 TAG_BEST_RUN = "best_run_id"
 TAG_MAX_TRIALS = "search.max_trials"  # budgets may grow when a search is extended: tags
+TAG_SPLIT = "search.split"  # how its trials are shared: "12 screened + 3 full"
 TAG_TIME_BUDGET = "search.time_budget_min"
 TAG_TRIALS_PLANNED = "search.trials_planned"  # how the search ended: planned trials, and
 TAG_TRIALS_COMPLETED = "search.trials_completed"  # of them completed, and cut by the
@@ -88,6 +102,7 @@ SEARCH_PROGRESS_PLOT = "plots/search_progress.png"
 IMPORTANCE_TABLE, IMPORTANCE_TEXT = "importance/importance.json", "importance/importance.txt"
 IMPORTANCE_PLOTS = ("importance", "parallel_coordinates", "landscape")  # plot(name)
 TRIAL_MODEL = "model"  # the logged Keras model of a trial run
+VAL_PREDICTIONS = "val_predictions.json"  # a trial's best checkpoint on its validation images
 PACKAGED_MODEL = "classifier"  # the pyfunc model of a promotion or adaptation run
 MODEL_CARD = "model_card.md"
 PREDICTIONS = "predictions.json"

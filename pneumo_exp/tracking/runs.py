@@ -28,6 +28,7 @@ from pneumo_exp.tracking.names import (
     TAG_MAX_TRIALS,
     TAG_ROLE,
     TAG_TIME_BUDGET,
+    rounded,
 )
 from pneumo_exp.tracking.store import provenance
 
@@ -98,7 +99,7 @@ def log_summary(client: MlflowClient, run_id: str, metrics: Mapping[str, float])
     """Summary metrics of a parent run. Searches and cvs share the names (best_val_auc,
     best_val_accuracy, best_val_loss, n_trials, wall_time_s) so the UI compares them."""
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in rounded(metrics).items()])
 
 
 @contextlib.contextmanager

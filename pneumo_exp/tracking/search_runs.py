@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from pneumo_exp.config import VALIDATION_FIGURES, ExperimentConfig
 from pneumo_exp.data.dataset import TrainingData
 from pneumo_exp.errors import UserError
 from pneumo_exp.evaluation import plots
+from pneumo_exp.evaluation.noise import Scored, difference
 from pneumo_exp.fileio import write_text_atomic
 from pneumo_exp.text import describe, text_table
 from pneumo_exp.tracking.importance import (
@@ -35,6 +37,7 @@ from pneumo_exp.tracking.importance import (
     landscape_figure,
     parallel_figure,
 )
+from pneumo_exp.tracking.machine import MACHINE_PREFIX, cpu_kind, machine_record
 from pneumo_exp.tracking.names import (
     FIDELITY_PARAM,
     FULL,
@@ -50,10 +53,13 @@ from pneumo_exp.tracking.names import (
     TAG_BEST_RUN,
     TAG_BEST_TRIAL,
     TAG_CANDIDATE,
+    TAG_CHECKPOINT,
     TAG_FIDELITY,
+    TAG_MACHINE,
     TAG_MAX_TRIALS,
     TAG_ROLE,
     TAG_SEARCH,
+    TAG_SPLIT,
     TAG_STATUS,
     TAG_TIME_BUDGET,
     TAG_TRIAL,
@@ -61,8 +67,10 @@ from pneumo_exp.tracking.names import (
     TAG_TRIALS_CUT,
     TAG_TRIALS_PLANNED,
     TAG_TUNER,
+    TRIAL_MODEL,
     TRIALS_TABLE,
     TRIALS_TEXT,
+    VAL_PREDICTIONS,
     plot,
 )
 from pneumo_exp.tracking.runs import (
@@ -78,11 +86,16 @@ from pneumo_exp.tracking.store import connect, experiment_id
 log = logging.getLogger(__name__)
 
 ROW_FIGURES = tuple(f"val_{f}" for f in VALIDATION_FIGURES)
-COLUMNS = ("trial", "fidelity", "val_auc", "val_sensitivity", "val_specificity", "epochs",
-           "seconds", "status", "changed")  # the hyperparameters last: the longest cell
+COLUMNS = ("trial", "fidelity", "val_auc", "vs_best", "val_sensitivity", "val_specificity",
+           "epochs", "seconds", "status", "changed")  # the hyperparameters last: the longest
 HEADS = {"trial": "trial", "fidelity": "fidelity", "changed": "hyperparameters that differ",
-         "val_auc": "val AUC", "val_sensitivity": "sens", "val_specificity": "spec",
-         "epochs": "epochs", "seconds": "s", "status": "status"}
+         "val_auc": "val AUC", "vs_best": "vs best", "val_sensitivity": "sens",
+         "val_specificity": "spec", "epochs": "epochs", "seconds": "s", "status": "status"}
+BEST, NEAR_BEST = "best", "≈ best"  # the vs_best column: the best of its fidelity, or within
+# the validation noise of it (evaluation.noise: a paired bootstrap of the objective)
+NOISE_NOTE = (f"{NEAR_BEST}: within the validation noise of the best trial of its fidelity "
+              "(a paired bootstrap of the objective over the validation images, 95%): the "
+              "data cannot rank them.")
 
 
 def progress_kind(row: Mapping[str, Any]) -> str:
@@ -103,13 +116,17 @@ def changed_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             if len({str(r.get("params", {}).get(n)) for r in rows}) > 1]
 
 
-def trials_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One flat record per trial: id, the hyperparameters that differ, figures, status."""
+def trials_table(rows: Sequence[Mapping[str, Any]],
+                 vs_best: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """One flat record per trial: id, the hyperparameters that differ, figures, status, and
+    (`vs_best`, by trial id) whether it is the best of its fidelity or within the noise of
+    it."""
     varying = changed_columns(rows)
     table = []
     for row in rows:
         params = row.get("params", {})
         record = {k: row.get(k) for k in COLUMNS}
+        record["vs_best"] = (vs_best or {}).get(row["trial"], "")
         record["changed"] = describe({n: params[n] for n in varying if n in params})
         table.append(record)
     return table
@@ -130,8 +147,11 @@ def format_table(table: Sequence[Mapping[str, Any]]) -> str:
             return f"{value:.4f}" if key == "val_auc" else f"{value:.3f}"
         return str(value)
 
-    return text_table([HEADS[k] for k in columns], [[r.get(k) for k in columns] for r in table],
-                      fmt)
+    text = text_table([HEADS[k] for k in columns],
+                      [[r.get(k) for k in columns] for r in table], fmt)
+    if any(r.get("vs_best") == NEAR_BEST for r in table):
+        text += "\n" + NOISE_NOTE
+    return text
 
 
 class SearchRecord:
@@ -152,12 +172,50 @@ class SearchRecord:
                    parent.data.tags.get(TAG_SEARCH, parent.info.run_name),
                    parent.info.experiment_id, parent.info.run_id)
 
+    def validation_predictions(self, run_id: str) -> Scored | None:
+        """A trial's best checkpoint on its validation images (None for a trial logged
+        before they were kept)."""
+        try:
+            d = mlflow.artifacts.load_dict(
+                f"{self.client.get_run(run_id).info.artifact_uri}/{VAL_PREDICTIONS}")
+        except (mlflow.exceptions.MlflowException, OSError):
+            return None
+        return Scored(np.asarray(d["labels"]), np.asarray(d["probabilities"]))
+
+    def vs_best(self, rows: Sequence[Mapping[str, Any]] | None = None) -> dict[str, str]:
+        """By trial id: the best finished trial of each fidelity, and the trials whose
+        objective lies within the validation noise of it."""
+        rows = self.rows() if rows is None else rows
+        name, s = self.cfg.search.objective, self.cfg.search
+        out: dict[str, str] = {}
+        for fidelity in (SCREEN, FULL):
+            best = self.best_so_far(fidelity, rows)
+            if best is None:
+                continue
+            out[best[0]] = BEST
+            top = self.validation_predictions(self.trial_run_id(best[0], rows) or "")
+            for r in rows:
+                if (r["trial"] == best[0] or r["fidelity"] != fidelity or not r["finished"]
+                        or top is None):
+                    continue
+                other = self.validation_predictions(r["run_id"])
+                if other is not None and np.array_equal(other.labels, top.labels) and \
+                        difference(name, top, other, paired=True,
+                                   sensitivity_target=s.sensitivity_target).within_noise:
+                    out[r["trial"]] = NEAR_BEST
+        return out
+
+    def table(self) -> list[dict[str, Any]]:
+        """The trials table with the noise column (`trials_table`)."""
+        rows = self.rows()
+        return trials_table(rows, self.vs_best(rows))
+
     def _log_trials(self) -> None:
         """The trials table (an MLflow table) and their objective against time (a plot)."""
         rows = self.rows()
         if not rows:
             return
-        table = trials_table(rows)
+        table = trials_table(rows, self.vs_best(rows))
         with contextlib.suppress(ImportError):
             import pandas as pd
             log_table(self.client, self.parent_run_id, pd.DataFrame(table), TRIALS_TABLE)
@@ -243,11 +301,12 @@ class SearchRecord:
                 curves.append([v for v in values if not math.isnan(v)])
         return curves
 
-    def best_so_far(self, fidelity: str = FULL) -> tuple[str, float] | None:
+    def best_so_far(self, fidelity: str = FULL, rows: Sequence[Mapping[str, Any]] | None = None
+                    ) -> tuple[str, float] | None:
         """(trial id, objective) of the best finished trial of a fidelity."""
         name, sign = self.cfg.search.objective, (1 if self.cfg.search.direction == "max"
                                                  else -1)
-        scored = [(r["trial"], r[name]) for r in self.rows()
+        scored = [(r["trial"], r[name]) for r in (self.rows() if rows is None else rows)
                   if r["finished"] and r["fidelity"] == fidelity and r.get(name) is not None
                   and not math.isnan(r[name])]
         return max(scored, key=lambda t: sign * t[1]) if scored else None
@@ -263,21 +322,23 @@ class SearchRecord:
             return None
         mean = {f: sum(r["seconds"] for r in done if r["fidelity"] == f)
                 / max(1, sum(r["fidelity"] == f for r in done)) for f in (SCREEN, FULL)}
-        if not any(r["fidelity"] == FULL for r in done) and s.screen_trials:
+        screened, trained = s.split
+        if not any(r["fidelity"] == FULL for r in done) and screened:
             mean[FULL] = (mean[SCREEN] / s.screen_fraction * self.cfg.train.epochs
-                          / s.screen_epochs)
-        left = {SCREEN: s.screen_trials - sum(r["fidelity"] == SCREEN for r in rows),
-                FULL: s.max_trials - sum(r["fidelity"] == FULL for r in rows)}
+                          / min(s.screen_epochs, self.cfg.train.epochs))
+        left = {SCREEN: screened - sum(r["fidelity"] == SCREEN for r in rows),
+                FULL: trained - sum(r["fidelity"] == FULL for r in rows)}
         estimate = sum(max(0, left[f]) * mean[f] for f in left)
         if deadline:
             estimate = min(estimate, max(0.0, deadline - time.time()))
         return estimate
 
-    def trial_run_id(self, trial_id: str) -> str | None:
+    def trial_run_id(self, trial_id: str, rows: Sequence[Mapping[str, Any]] | None = None
+                     ) -> str | None:
         """The finished run of a trial of this search."""
-        for run in self._trial_runs():
-            if run.data.tags.get(TAG_TRIAL) == trial_id and run.info.status == "FINISHED":
-                return run.info.run_id
+        for row in (self.rows() if rows is None else rows):
+            if row["trial"] == trial_id and row["finished"]:
+                return row["run_id"]
         return None
 
 
@@ -323,10 +384,30 @@ class SearchTracker(SearchRecord):
             log_data_description(self.client, self.parent_run_id, data.root,
                                  {"train": data.train, "val": data.val}, data.skipped)
         self.data_fingerprint = data.fingerprint
+        self._record_machine()
         # Budgets may grow when a search is extended, so they are tags, not params.
-        self.client.set_tag(self.parent_run_id, TAG_MAX_TRIALS, self.cfg.search.max_trials)
+        self.client.set_tag(self.parent_run_id, TAG_MAX_TRIALS, self.cfg.search.planned_trials)
+        self.client.set_tag(self.parent_run_id, TAG_SPLIT,
+                            "{} screened + {} full".format(*self.cfg.search.split))
         self.client.set_tag(self.parent_run_id, TAG_TIME_BUDGET, self.cfg.search.time_budget_min)
         return self.parent_run_id
+
+    def _record_machine(self) -> None:
+        """The machine record on the parent run; a search resumed on another kind of CPU
+        says that its trials from now on are not those the first machine would give."""
+        record = machine_record(self.cfg.train.threads)
+        before = self.client.get_run(self.parent_run_id).data.tags
+        kind = f"{MACHINE_PREFIX}isa"
+        if self.resumed and before.get(kind) and (
+                before[kind], before.get(f"{MACHINE_PREFIX}cpu")) != (
+                record[kind], record[f"{MACHINE_PREFIX}cpu"]):
+            log.warning("search '%s' began on another kind of CPU (%s; %s) than this one "
+                        "(%s; %s): TensorFlow's kernels differ, so the trials run from here "
+                        "on give other figures than they would have there.", self.search_name,
+                        before.get(f"{MACHINE_PREFIX}cpu"), before[kind],
+                        record[f"{MACHINE_PREFIX}cpu"], record[kind])
+        for key, value in record.items():
+            self.client.set_tag(self.parent_run_id, key, value)
 
     def _previous_parent(self) -> str | None:
         if not self._run_file.is_file():
@@ -414,13 +495,28 @@ class SearchTracker(SearchRecord):
         return child_run(self.experiment_id, self.parent_run_id, f"trial-{trial_id}",
                          ROLE_TRIAL, self.data_fingerprint,
                          {TAG_SEARCH: self.search_name, TAG_TRIAL: trial_id,
-                          TAG_ARCH: self.cfg.arch, TAG_TUNER: tuner_id, TAG_FIDELITY: fidelity},
+                          TAG_ARCH: self.cfg.arch, TAG_TUNER: tuner_id, TAG_FIDELITY: fidelity,
+                          TAG_MACHINE: cpu_kind()},
                          {**hyperparameters, **(fidelity_params or {})})
 
     def set_trial_status(self, run_id: str, status: str, candidate: bool = False) -> None:
         """How a trial ended, and whether promote may package it."""
         self.client.set_tag(run_id, TAG_STATUS, status[:500])
         self.client.set_tag(run_id, TAG_CANDIDATE, str(candidate).lower())
+
+    def set_checkpoint_note(self, run_id: str, stage: Any) -> None:
+        """Where the trial's best checkpoint is; a screened trial says why it keeps none (its
+        run's description in the MLflow UI, and a tag)."""
+        if stage.full:
+            self.client.set_tag(run_id, TAG_CHECKPOINT, f"logged model '{TRIAL_MODEL}'")
+            return
+        note = (f"Screened trial: {stage.image_size} px, {stage.train_fraction:.0%} of train, "
+                f"{stage.epochs} epochs. It keeps no checkpoint (a low-fidelity network is "
+                "never promoted); its configuration is trained at full fidelity if it ranks "
+                "among the best of the screening. Its curves, validation confusion matrix "
+                "and ROC are here.")
+        self.client.set_tag(run_id, TAG_CHECKPOINT, "none: a screened trial")
+        self.client.set_tag(run_id, MLFLOW_RUN_NOTE, note)
 
 
 

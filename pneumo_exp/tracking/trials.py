@@ -22,14 +22,15 @@ from pneumo_exp.evaluation.calibration import ECE_BINS, calibration_figures
 from pneumo_exp.evaluation.metrics import binary_metrics
 from pneumo_exp.explain.gradcam import review_figures
 from pneumo_exp.tracking.figures import log_confusion, log_figure
-from pneumo_exp.tracking.names import TRIAL_MODEL, gradcam_plot
+from pneumo_exp.tracking.names import TRIAL_MODEL, VAL_PREDICTIONS, gradcam_plot, rounded
 
 
 def log_epoch_metrics(client: MlflowClient, run_id: str, epoch: int,
                       logs: Mapping[str, Any]) -> None:
     now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, epoch) for k, v in logs.items()
-               if isinstance(v, int | float | np.floating | np.integer)]
+    numbers = {k: v for k, v in logs.items()
+               if isinstance(v, int | float | np.floating | np.integer)}
+    metrics = [Metric(k, v, now, epoch) for k, v in rounded(numbers).items()]
     if metrics:
         client.log_batch(run_id, metrics=metrics)
 
@@ -37,14 +38,15 @@ def log_epoch_metrics(client: MlflowClient, run_id: str, epoch: int,
 def log_classifier(model: keras.Model, data: LabeledImages, history: Mapping[str, Sequence[float]],
                    objective: str, direction: str, initial_epoch: int = 0,
                    log_model: bool = True, title: str = "", gradcam_images: int = 0,
-                   sensitivity_target: float = 0.95, diagnostics: bool = True
+                   sensitivity_target: float = 0.95, reliability: bool = True
                    ) -> dict[str, float]:
     """Into the active run: curves, the figures of the best checkpoint (`best_val_*`, with
-    the calibration error and Brier score) and the epochs trained; with `diagnostics`
-    (not for a screened trial, where a second of matplotlib per figure would be a tenth of
-    the trial) the validation confusion matrix, ROC and reliability diagram; Grad-CAM grids
-    of the `gradcam_images` most confident errors of each kind and of images answered
-    right; and the model with its signature."""
+    the calibration error and Brier score), the epochs trained, its validation
+    probabilities (for the noise of the objective: tracking.noise), the validation
+    confusion matrix and ROC; with `reliability` the reliability diagram (not for a
+    screened trial, whose calibration says little of the trained network); Grad-CAM grids of
+    the `gradcam_images` most confident errors of each kind and of images answered right;
+    and with `log_model` the model with its signature."""
     prob = model.predict(data.images, batch_size=256, verbose=0).ravel()
     figures = binary_metrics(data.labels, prob, prefix="best_val_",
                              sensitivity_target=sensitivity_target)
@@ -54,14 +56,15 @@ def log_classifier(model: keras.Model, data: LabeledImages, history: Mapping[str
     if values:
         pick = np.nanargmin if direction == "min" else np.nanargmax
         figures["best_epoch"] = float(initial_epoch + int(pick(values)))
-    mlflow.log_metrics(figures)
+    mlflow.log_metrics(rounded(figures))
+    mlflow.log_dict({"labels": data.labels.astype(int).tolist(),
+                     "probabilities": [round(float(p), 6) for p in prob]}, VAL_PREDICTIONS)
     what = f"validation, best checkpoint of {title}" if title else "validation"
     log_figure(plots.curves_figure(history, title, initial_epoch, objective, direction),
                "curves")
-    if diagnostics:
-        log_confusion(data.labels, prob, 0.5, "val_confusion_matrix",
-                      f"{what}, threshold 0.5")
-        log_figure(plots.roc_figure(data.labels, prob, f"ROC, {what}", 0.5), "val_roc")
+    log_confusion(data.labels, prob, 0.5, "val_confusion_matrix", f"{what}, threshold 0.5")
+    log_figure(plots.roc_figure(data.labels, prob, f"ROC, {what}", 0.5), "val_roc")
+    if reliability:
         log_figure(plots.reliability_figure(
             data.labels, prob, ECE_BINS,
             f"Reliability, {what}: ECE {figures['best_val_ece']:.3f}"), "val_reliability")

@@ -131,11 +131,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
                             "or --search to pneumo-exp runs.")
         print(runs_table(client))
         return 0
-    from pneumo_exp.tracking.search_runs import SearchRecord, format_table, trials_table
+    from pneumo_exp.tracking.search_runs import SearchRecord, format_table
 
     record = SearchRecord.from_parent(client, find_search(client, args.search))
     print(f"Trials of search '{record.search_name}' ({record.cfg.arch}):")
-    print(format_table(trials_table(record.rows())))
+    print(format_table(record.table()))
     if args.importance:
         imp = record.log_importance()
         print()
