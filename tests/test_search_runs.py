@@ -14,7 +14,13 @@ from pneumo_exp.config import load_config
 from pneumo_exp.data.dataset import TrainingData
 from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.data.sources import SplitData
-from pneumo_exp.tracking.names import TAG_BEST_RUN, TAG_BEST_TRIAL, TAG_DATA, TAG_STATUS
+from pneumo_exp.tracking.names import (
+    TAG_BEST_RUN,
+    TAG_BEST_TRIAL,
+    TAG_DATA,
+    TAG_STATUS,
+    VAL_PREDICTIONS,
+)
 from pneumo_exp.tracking.search_runs import SearchTracker, format_table, trials_table
 
 
@@ -27,8 +33,12 @@ def _data(root: Path) -> TrainingData:
 
 
 def _trial(tracker: SearchTracker, trial_id: str, auc: float, curve: list[float],
-           status: str, params: dict[str, object]) -> str:
+           status: str, params: dict[str, object],
+           predictions: tuple[np.ndarray, np.ndarray] | None = None) -> str:
     with tracker.trial_run(trial_id, params, "chief") as run_id:
+        if predictions is not None:  # as tracking.trials.log_classifier keeps them
+            mlflow.log_dict({"labels": predictions[0].tolist(),
+                             "probabilities": predictions[1].tolist()}, VAL_PREDICTIONS)
         for step, value in enumerate(curve):
             mlflow.log_metric("val_auc", value, step=step)
         mlflow.log_metrics({"best_val_auc": auc, "best_val_sensitivity": 0.9,
@@ -144,6 +154,45 @@ def test_compare_two_searches(tracker: SearchTracker, workdir: Path) -> None:
     assert table[2].startswith("other") and "0.9700" in table[2]
     fig = compare_figure(searches)
     assert len(fig.axes[0].get_lines()) == 2 and len(fig.axes[1].get_lines()) == 2
+
+
+def _scores(rng: np.random.Generator, labels: np.ndarray, signal: float) -> np.ndarray:
+    return 1 / (1 + np.exp(-(signal * (2 * labels - 1) + rng.normal(0, 1, len(labels)))))
+
+
+def test_noise_marks_and_compare_verdicts(tracker: SearchTracker, workdir: Path) -> None:
+    """Best trials a hair apart are within the validation noise; a good one and a guess are
+    not. The table marks the near-best trials, and compare says which pairs differ."""
+    from pneumo_exp.evaluation.noise import Scored, difference
+    from pneumo_exp.tracking.compare import noise_verdicts, summarize
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 140 + [1] * 400)
+    good = _scores(rng, labels, 2.0)
+    near = np.clip(good + rng.normal(0, 0.01, len(good)), 0, 1)  # the same ranking, nearly
+    guess = rng.uniform(0, 1, len(labels))
+    figures = {name: difference("val_auc", Scored(labels, p), Scored(labels, good), True).a
+               for name, p in (("good", good), ("near", near), ("guess", guess))}
+    for trial, name, p in (("0", "good", good), ("1", "near", near), ("2", "guess", guess)):
+        _trial(tracker, trial, figures[name], [figures[name]], "completed",
+               {"lr": trial}, (labels, p))
+    vs_best = tracker.vs_best()
+    best = max(("0", "1"), key=lambda t: figures[{"0": "good", "1": "near"}[t]])
+    assert vs_best[best] == "best"
+    assert vs_best[{"0": "1", "1": "0"}[best]] == "≈ best" and vs_best.get("2", "") == ""
+    assert "within the validation noise of the best" in format_table(tracker.table())
+    tracker.end(None, {"trials": 3})
+    searches = [summarize(tracker.client, tracker.client.get_run(tracker.parent_run_id))]
+    for name, p in (("alike", near), ("guessing", guess)):
+        other = SearchTracker(tracker.cfg, name, workdir / ".pneumo" / "tuner" / name)
+        other.begin(_data(workdir), {})
+        _trial(other, "0", figures["near" if name == "alike" else "guess"], [0.5],
+               "completed", {"lr": 1}, (labels, p))
+        other.end(None, {"trials": 1})
+        searches.append(summarize(tracker.client, tracker.client.get_run(other.parent_run_id)))
+    alike, guessing = noise_verdicts(searches)
+    assert "vs alike" in alike and "within the validation noise" in alike and "paired" in alike
+    assert "vs guessing" in guessing and "more than the validation noise" in guessing
 
 
 def test_importance_finds_what_moved_the_objective() -> None:

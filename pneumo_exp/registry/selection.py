@@ -28,12 +28,11 @@ from pneumo_exp.tracking.names import (
     TAG_SOURCES,
     TAG_STATUS,
     TAG_TRIAL,
+    VALIDATION_PARAMS,
 )
 from pneumo_exp.tracking.runs import parent_config
 
 log = logging.getLogger(__name__)
-
-VALIDATION_PARAMS = ("data.source", "data.validation", "data.val_fraction", "search.seed")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Searches side by side (`pneumo-exp compare`): the best full-fidelity objective so far
-against wall time and against trials, and each search's best trial's figures. Any searches
-of the store: of one architecture and configuration under different tuners, or of
-different architectures."""
+against wall time and against trials, each search's best trial's figures, and whether the
+best trials differ by more than the validation noise. Any searches of the store: of one
+architecture and configuration under different tuners, or of different architectures."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from matplotlib.figure import Figure
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from pneumo_exp.evaluation.noise import Scored, difference
 from pneumo_exp.evaluation.plots import plt
 from pneumo_exp.text import text_table
-from pneumo_exp.tracking.names import FULL
+from pneumo_exp.tracking.names import FULL, TAG_DATA, VALIDATION_PARAMS
 from pneumo_exp.tracking.search_runs import SearchRecord
 
 
@@ -28,6 +30,13 @@ class SearchSummary:
     direction: str
     rows: list[dict[str, Any]]  # SearchRecord.rows, in the order the trials ended
     wall_time_s: float
+    record: SearchRecord
+    validation: tuple[str | None, ...]  # what decides its validation images
+
+    def best_predictions(self) -> Scored | None:
+        """The best full-fidelity trial's validation probabilities."""
+        best = self.best
+        return self.record.validation_predictions(best["run_id"]) if best else None
 
     def curve(self) -> list[tuple[float, int, float]]:
         """(minutes, trials ended, best full-fidelity objective so far) after each trial."""
@@ -56,10 +65,32 @@ class SearchSummary:
 def summarize(client: MlflowClient, parent: Run) -> SearchSummary:
     record = SearchRecord.from_parent(client, parent)
     rows = sorted(record.rows(), key=lambda r: r["ended_s"])
+    validation = (*(parent.data.params.get(k) for k in VALIDATION_PARAMS),
+                  parent.data.tags.get(TAG_DATA))
     return SearchSummary(record.search_name, record.cfg.arch, record.cfg.search.objective,
                          record.cfg.search.direction, rows,
                          float(parent.data.metrics.get("wall_time_s", rows[-1]["ended_s"]
-                                                       if rows else 0.0)))
+                                                       if rows else 0.0)), record, validation)
+
+
+def noise_verdicts(searches: Sequence[SearchSummary]) -> list[str]:
+    """Whether each search's best full-fidelity trial differs from the first search's by
+    more than the validation noise (evaluation.noise), in the first search's objective."""
+    first, lines = searches[0], []
+    target = first.record.cfg.search.sensitivity_target
+    a = first.best_predictions()
+    for other in searches[1:]:
+        b = other.best_predictions()
+        what = f"{first.name} vs {other.name}"
+        if a is None or b is None:
+            lines.append(f"{what}: no validation probabilities logged for a best trial "
+                         "(a search older than this record, or none finished), so no "
+                         "verdict on the noise.")
+            continue
+        paired = first.validation == other.validation and np.array_equal(a.labels, b.labels)
+        d = difference(first.objective, a, b, paired, sensitivity_target=target)
+        lines.append(f"{what}: {d.describe()}.")
+    return lines
 
 
 def compare_table(searches: Sequence[SearchSummary]) -> str:

@@ -45,6 +45,9 @@ TAG_STATUS = "pneumo.trial_status"  # how a trial ended: completed, early stoppe
 STATUS_CUT = "cut by the time budget"  # the start of the status of a trial the budget cut
 TAG_FAILURE = "pneumo.failure"  # why a run failed
 TAG_FOLD = "pneumo.fold"
+# The params of a search's parent run that decide its validation images: searches alike in
+# them validated on the same images, in the same order.
+VALIDATION_PARAMS = ("data.source", "data.validation", "data.val_fraction", "search.seed")
 TAG_FIDELITY = "pneumo.fidelity"  # SCREEN or FULL: the stage of a multi-fidelity search
 SCREEN, FULL = "screen", "full"
 FIDELITY_PARAM = "fidelity."  # prefix of a trial's params that say its fidelity

@@ -147,12 +147,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Searches side by side: their best so far against time and trials, their best."""
     from pneumo_exp.evaluation.plots import close
-    from pneumo_exp.tracking.compare import compare_figure, compare_table, summarize
+    from pneumo_exp.tracking.compare import (
+        compare_figure,
+        compare_table,
+        noise_verdicts,
+        summarize,
+    )
     from pneumo_exp.tracking.listing import find_search
 
     client = connect()
     searches = [summarize(client, find_search(client, s)) for s in args.searches]
     print(compare_table(searches))
+    if len(searches) > 1:
+        print("\nBest against best, by the validation noise (a bootstrap of the objective over "
+              "the validation images, 95%):")
+        for line in noise_verdicts(searches):
+            print(f"  {line}")
     fig = compare_figure(searches)
     fig.savefig(args.out, dpi=110)
     close(fig)
