@@ -349,7 +349,8 @@ class SearchTracker(SearchRecord):
                  key_params: Sequence[str] = ()) -> None:
         client = connect()
         super().__init__(client, cfg, search_name,
-                         experiment_id(client, cfg.experiment_name, key_params))
+                         experiment_id(client, cfg.experiment_name, key_params,
+                                       cfg.search.objective))
         self._run_file = project_dir / "mlflow_parent_run.json"
         self.resumed = False
         self._started = time.time()

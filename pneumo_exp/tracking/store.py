@@ -22,6 +22,8 @@ from mlflow.tracking import MlflowClient
 from pneumo_exp import __version__
 from pneumo_exp.config import REPO_ROOT, tracking_uri
 from pneumo_exp.tracking.names import (
+    FULL,
+    SCREEN,
     TAG_CODE_VERSION,
     TAG_DATA,
     TAG_FIDELITY,
@@ -70,37 +72,53 @@ def init_sqlite_store(db: Path) -> None:
 
 
 # The MLflow UI (3.17) opens in its GenAI view unless told otherwise: the experiment kind
-# tag says these are model-training experiments (MLflow's own demos set it), and the link
-# of `ui_url` opens the model-training view's runs table on a shared view state (the UI's
-# "Share" feature, an experiment tag) with the trials' key columns, best first.
+# tag says these are model-training experiments (MLflow's own demos set it). Its runs table
+# shows no metric until columns are chosen, and only a saved view (an experiment tag the UI
+# lists under "Views", and opens from a link) carries columns from the server: each
+# experiment gets two, the full-fidelity trials (the link a search prints) and the
+# screened ones. MLflow opens a view from a link as a shared view, with a banner offering
+# to keep it ("Override saved view") as the browser's own.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-VIEW_KEY = "pneumo-exp"
-VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # the UI's saved views
+VIEWS = {FULL: ("pneumo-exp-trials", "pneumo-exp: full-fidelity trials, best first"),
+         SCREEN: ("pneumo-exp-screened", "pneumo-exp: screened trials, best first")}
+LEGACY_VIEW_TAG = f"{VIEW_TAG_PREFIX}pneumo-exp"  # the single shared view of before
 COMMON_PARAMS = ("learning_rate", "optimizer", "dropout", "class_weight")
+CLINICAL_METRICS = ("best_val_sensitivity", "best_val_specificity", "best_val_spec_at_sens",
+                    "best_val_auc")
 
 
-def runs_view(key_params: Sequence[str] = ()) -> str:
-    """The runs table of the shared view: the best checkpoint's validation figures, the
-    fidelity it was judged at, how each trial ended, and the main hyperparameters (the
-    architecture's own, then the common ones), best validation AUC first."""
-    metrics = ("best_val_auc", "best_val_sensitivity", "best_val_specificity", "epochs",
-               "wall_time_s")
-    params = (*key_params, *COMMON_PARAMS)
-    columns = ["attributes.`Duration`", *(f"metrics.`{m}`" for m in metrics),
-               f"tags.`{TAG_FIDELITY}`", f"tags.`{TAG_STATUS}`",
-               *(f"params.`{p}`" for p in params)]
-    return json.dumps({"orderByKey": "metrics.`best_val_auc`", "orderByAsc": False,
-                       "selectedColumns": columns})
+def runs_view(fidelity: str, key_params: Sequence[str] = (), objective: str = "val_auc",
+              created_ms: int = 0) -> str:
+    """A saved view of the runs table (the UI's envelope: name, times, state): the trials
+    of one fidelity, best objective first; their fidelity, epochs and clinical figures
+    (sensitivity and specificity at 0.5, specificity at the sensitivity target, AUC) as the
+    first columns, then how each ended and the main hyperparameters."""
+    metrics = dict.fromkeys((*CLINICAL_METRICS, f"best_{objective}", "best_val_ece"))
+    columns = [f"tags.`{TAG_FIDELITY}`", "metrics.`epochs`",
+               *(f"metrics.`{m}`" for m in metrics), f"tags.`{TAG_STATUS}`",
+               "attributes.`Duration`",
+               *(f"params.`{p}`" for p in dict.fromkeys((*key_params, *COMMON_PARAMS)))]
+    state = {"searchFilter": f"tags.`{TAG_FIDELITY}` = '{fidelity}'",
+             "orderByKey": f"metrics.`best_{objective}`", "orderByAsc": "loss" in objective,
+             "selectedColumns": columns, "columnOrder": columns}
+    # listed newest first: the full-fidelity view on top
+    created = created_ms + (1 if fidelity == FULL else 0)
+    return json.dumps({"name": VIEWS[fidelity][1], "createdAt": created, "updatedAt": created,
+                       "state": json.dumps(state)})
 
 
-def ui_url(host: str, port: int, experiment: str) -> str:
+def ui_url(host: str, port: int, experiment: str, fidelity: str = FULL) -> str:
+    """The experiment's runs table on its saved view of the trials of `fidelity`."""
     return (f"http://{host}:{port}/#/experiments/{experiment}/runs?workflowType="
-            f"machine_learning&viewStateShareKey={VIEW_KEY}")
+            f"machine_learning&viewStateShareKey={VIEWS[fidelity][0]}")
 
 
-def experiment_id(client: MlflowClient, name: str, key_params: Sequence[str] = ()) -> str:
-    """The experiment's id, created (or restored) if need be, set up for the MLflow UI with
-    `key_params` (the architecture's main hyperparameters) as columns."""
+def experiment_id(client: MlflowClient, name: str, key_params: Sequence[str] = (),
+                  objective: str = "val_auc") -> str:
+    """The experiment's id, created (or restored) if need be, set up for the MLflow UI: its
+    saved views of the trials, with `key_params` (the architecture's main hyperparameters)
+    as columns, sorted by `objective`."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
@@ -112,7 +130,14 @@ def experiment_id(client: MlflowClient, name: str, key_params: Sequence[str] = (
         except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent search
             experiment = client.get_experiment_by_name(name).experiment_id
     tags = exp.tags if exp is not None else {}
-    for key, value in {**EXPERIMENT_KIND, VIEW_TAG: runs_view(key_params)}.items():
+    created = exp.creation_time if exp is not None else client.get_experiment(
+        experiment).creation_time
+    views = {f"{VIEW_TAG_PREFIX}{key}": runs_view(fidelity, key_params, objective, created or 0)
+             for fidelity, (key, _) in VIEWS.items()}
+    if LEGACY_VIEW_TAG in tags:
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            client.delete_experiment_tag(experiment, LEGACY_VIEW_TAG)
+    for key, value in {**EXPERIMENT_KIND, **views}.items():
         if tags.get(key) != value:
             try:
                 client.set_experiment_tag(experiment, key, value)

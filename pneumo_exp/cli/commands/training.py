@@ -75,7 +75,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"  Validation: {figures}.")
     print(f"MLflow: experiment '{cfg.experiment_name}' (id {result.experiment_id}), parent run "
           f"{result.parent_run_id}; best trial run {result.best_run_id}.")
-    print(f"Browse it: make ui, then {ui_url(LOCALHOST, UI_PORT, result.experiment_id)}")
+    print(f"Browse it: make ui, then {ui_url(LOCALHOST, UI_PORT, result.experiment_id)} (its "
+          "full-fidelity trials; Views lists the screened ones; 'Override saved view' keeps "
+          "the view as this browser's own)")
     return 0
 
 
