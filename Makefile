@@ -14,7 +14,7 @@ RUN        := $(BIN)/pneumo-exp --make
 
 .DEFAULT_GOAL := help
 .PHONY: help vars install bench data search cv promote adapt evaluate predict explain serve \
-        server ui runs compare models delete-search test test-slow test-all lint clean
+        server ui runs compare models delete-search cache test test-slow test-all lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ models: $(STAMP) ## List the registered versions with aliases and figures
 
 delete-search: $(STAMP) ## Delete the search NAME= (its runs and tuner state) [YES=1]
 	$(RUN) delete-search
+
+cache: $(STAMP) ## What the state folder keeps, where, how large [CLEAR=images|pacs|all OLDER_THAN=days]
+	$(RUN) cache
 
 test: $(STAMP) ## Run the tests, but the slow end-to-end ones [PYTEST_ARGS=, e.g. "-n 0 -k registry"]
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)

@@ -2,7 +2,8 @@
 bench/new_site.py in a folder of its own, then one table of every seed and their mean.
 
     .venv/bin/python bench/seeds.py --data ../shared/data/chest_xray --seeds 42 1 2 \
-        [--arch aug_cnn] [--set KEY=VALUE ...] [--top K] [--work bench-seeds/NAME]
+        [--arch aug_cnn] [--set KEY=VALUE ...] [--top K] [--work bench-seeds/NAME] \
+        [--min-sensitivity 0.9 ...]
 
 A seed changes the validation split, the tuner's draws and every network's weights and
 augmentation, so the spread over seeds is what one user's run may give; a difference
@@ -52,23 +53,31 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict:
     sets = [x for item in args.set for x in ("--set", item)]
     search_s = run([*cli, "search", args.arch, "--data", str(args.data.resolve()), "--seed",
                     str(seed), *sets], work, "search.log")
-    run([*cli, "promote", args.arch, *(["--top", str(args.top)] if args.top else [])], work,
-        "promote.log")
-    bench = Path(__file__).resolve().parent
-    run([sys.executable, str(bench / "new_site.py")], work, "new_site.log")
-
     from mlflow.tracking import MlflowClient
 
     from pneumo_exp.tracking.names import CHAMPION, TAG_MEMBERS, TAG_NEW_SITE, TAG_THRESHOLD
 
     client = MlflowClient(env_store["MLFLOW_TRACKING_URI"])
-    version = client.get_model_version_by_alias("pneumonia-classifier", CHAMPION)
-    new_site = json.loads(version.tags[TAG_NEW_SITE])
-    result = {"seed": seed, "search_s": round(search_s, 1),
-              "members": int(version.tags[TAG_MEMBERS]),
-              "threshold": float(version.tags[TAG_THRESHOLD]),
-              "val_auc": float(version.tags["pneumo.val_auc"]),
-              "as registered": new_site["as registered"], "adapted": new_site["adapted"]}
+    bench = Path(__file__).resolve().parent
+    result: dict = {"seed": seed, "search_s": round(search_s, 1)}
+    # the configured operating point first, then each --min-sensitivity as a model of its own
+    for i, target in enumerate([None, *args.min_sensitivity]):
+        name = "pneumonia-classifier" if target is None else f"operating-point-{target}"
+        run([*cli, "promote", args.arch, *(["--top", str(args.top)] if args.top else []),
+             *(["--model-name", name, "--min-sensitivity", str(target)] if target else [])],
+            work, f"promote{i}.log")
+        run([sys.executable, str(bench / "new_site.py"), "--model", f"models:/{name}@{CHAMPION}"],
+            work, f"new_site{i}.log")
+        version = client.get_model_version_by_alias(name, CHAMPION)
+        new_site = json.loads(version.tags[TAG_NEW_SITE])
+        figures = {"members": int(version.tags[TAG_MEMBERS]),
+                   "threshold": float(version.tags[TAG_THRESHOLD]),
+                   "val_auc": float(version.tags["pneumo.val_auc"]),
+                   "as registered": new_site["as registered"], "adapted": new_site["adapted"]}
+        if target is None:
+            result.update(figures)
+        else:
+            result.setdefault("operating points", {})[str(target)] = figures
     (work / RESULT).write_text(json.dumps(result, indent=1))
     return result
 
@@ -87,6 +96,9 @@ def main() -> None:
     parser.add_argument("--top", type=int, help="promote's TOP (default registry.top)")
     parser.add_argument("--work", type=Path, default=Path("bench-seeds"),
                         help="a folder per seed under it")
+    parser.add_argument("--min-sensitivity", type=float, nargs="*", default=[],
+                        help="other operating points: the same trials promoted again with "
+                        "the threshold keeping this validation sensitivity")
     args = parser.parse_args()
     results = [one_seed(s, args) for s in args.seeds]
     print(f"{args.arch} {' '.join(args.set) or '(the configured default)'}; figures on the "
@@ -106,6 +118,17 @@ def main() -> None:
     low = {k: min(r["adapted"][k] for r in results) for k in FIGURES}
     high = {k: max(r["adapted"][k] for r in results) for k in FIGURES}
     print(f"\nadapted, lowest / highest seed: {cells(low)} / {cells(high)}")
+    for target in args.min_sensitivity:
+        points = [r.get("operating points", {}).get(str(target)) for r in results]
+        if None in points:
+            continue
+        print(f"\nthreshold keeping validation sensitivity >= {target}:")
+        for r, p in zip(results, points, strict=True):
+            print(f"| {r['seed']} | {p['threshold']:.3f} | {cells(p['as registered'])} | "
+                  f"{cells(p['adapted'])} |")
+        mean = {kind: {k: float(np.mean([p[kind][k] for p in points])) for k in FIGURES}
+                for kind in ("as registered", "adapted")}
+        print(f"| mean | | {cells(mean['as registered'])} | {cells(mean['adapted'])} |")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ FULL_DATA_DIR = Path("data") / "chest_xray"  # used when present and no DATA is 
 
 # Generated state, relative to the working directory (the repository for make targets).
 STATE_DIR = Path(os.environ.get("PNEUMO_EXP_HOME", ".pneumo"))
-CACHE_DIR = STATE_DIR / "cache"
+CACHE_DIR = STATE_DIR / "cache"  # decoded images
+PACS_DIR = STATE_DIR / "dicomweb"  # instances pulled from a PACS, de-identified
 TUNER_DIR = STATE_DIR / "tuner"
 MLRUNS_DIR = Path("mlruns")  # SQLite database + artifacts: the Model Registry works locally
 DATASET_SETTINGS = "pneumo-exp.yaml"  # settings that fit a dataset folder, over experiments/

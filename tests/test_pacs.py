@@ -106,10 +106,10 @@ def test_predict_from_the_pacs_equals_predict_from_the_files(
     studies = ",".join(s for _, s, _ in loaded["test"])
     args = ["predict", "--model", "models:/pacs/1", "--format", "json"]
     assert main([*args, "--dicomweb", loaded["url"], "--study", studies]) == 0
-    from_pacs = {Path(r["file"]).name: r["probability"]
+    from_pacs = {r["file"]: r["probability"]  # named by SOP Instance UID
                  for r in json.loads(capsys.readouterr().out)}
     assert main([*args, str(loaded["local"] / "test")]) == 0
-    from_disk = {Path(r["file"]).name: r["probability"]
+    from_disk = {Path(r["file"]).name.removesuffix(".dcm"): r["probability"]
                  for r in json.loads(capsys.readouterr().out)}
     assert len(from_pacs) == len(loaded["test"]) and from_pacs.keys() == from_disk.keys()
     for name, p in from_disk.items():
@@ -137,6 +137,39 @@ def test_evaluate_and_adapt_from_the_pacs(loaded: dict[str, Any], searched: dict
                  "--site", "north"]) == 0
     assert _versions(searched) == before + 1
     assert "Alias: site-north" in capsys.readouterr().out
+
+
+def test_no_patient_identity_at_rest_after_pull_evaluate_and_adapt(
+        loaded: dict[str, Any], searched: dict[str, Any], tmp_path: Path,
+        capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
+    """Every instance of the PACS names its patient: after a pull, evaluate and adapt, a byte
+    search of the state folder, the store, the reports and the console finds none of it,
+    and the state folder is its user's alone."""
+    import logging
+    import stat
+
+    from pneumo_exp.cli import main
+
+    caplog.set_level(logging.INFO)
+    assert main(["evaluate", "--model", "models:/pacs/1", "--dicomweb", loaded["url"],
+                 "--labels", str(loaded["labels"]), "--out", str(tmp_path / "reports")]) == 0
+    assert main(["adapt", "--model", "models:/pacs/1", "--dicomweb", loaded["url"],
+                 "--modality", "DX", "--site", "private"]) == 0
+    printed = capsys.readouterr()
+    console = (printed.out + printed.err + caplog.text).encode()
+    root = searched["root"]
+    state = root / ".pneumo"
+    pulled = list((state / "dicomweb").rglob("*.dcm"))
+    assert len(pulled) >= len(loaded["test"]) + len(loaded["train"])
+    secrets = [v.encode() for v in PHI.values()]
+    places = [*state.rglob("*"), *(root / "mlruns").rglob("*"), *(tmp_path / "reports").rglob("*")]
+    found = {(str(p), s.decode()) for p in places if p.is_file()
+             for s in secrets if s in p.read_bytes()}
+    found |= {("console", s.decode()) for s in secrets if s in console}
+    assert not found, f"patient identity at rest: {sorted(found)[:5]}"
+    for path in [state, *state.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
 
 
 @pytest.mark.parametrize("case", ["down", "wrong-url", "refused", "unknown-study", "report"])

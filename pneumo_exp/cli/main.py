@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from pneumo_exp.cli import commands, options
-from pneumo_exp.config import FULL_DATA_DIR, SAMPLE_DIR
+from pneumo_exp.config import FULL_DATA_DIR, SAMPLE_DIR, STATE_DIR
 from pneumo_exp.errors import UserError, exit_code
+from pneumo_exp.fileio import keep_private
 from pneumo_exp.search import interrupts
 
 log = logging.getLogger("pneumo_exp")
@@ -52,6 +53,10 @@ COMMANDS = {
                commands.cmd_models),
     "delete-search": ("delete one search: its MLflow runs and its tuner state", None,
                       commands.cmd_delete_search),
+    "cache": ("list what is kept in the state folder (decoded images, PACS instances, tuner "
+              "state), where and how large; --clear deletes it",
+              "List what pneumo-exp keeps besides the MLflow store, or delete it with --clear "
+              "(--older-than DAYS: what no command used for that long).", commands.cmd_cache),
     "serve": ("serve a registered model over HTTP on 127.0.0.1 (mlflow models serve)", None,
               commands.cmd_serve),
 }
@@ -149,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_in, make_command = _with_make_variables(list(sys.argv[1:] if argv is None else argv))
     args = build_parser(make_command).parse_args(args_in)
     interrupts.install()
+    keep_private(STATE_DIR)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("mlflow", "alembic", "absl", "tensorflow", "dicomweb_client"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -98,6 +98,8 @@ OPTIONS: tuple[Option, ...] = (
            flag_only=True),
     Option("--model-name", "registered model name (default registry.model_name, "
            "pneumonia-classifier)", ("promote",)),
+    Option("--min-sensitivity", "the decision threshold keeps this sensitivity on validation "
+           "(default registry.min_sensitivity)", ("promote",), type=float),
     Option("--model", "registered model URI (default models:/pneumonia-classifier@champion)",
            MODEL_COMMANDS),
     Option("paths", "image files or folders", ("predict", "explain"), nargs="*",
@@ -155,6 +157,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("--out", "the comparison plot (default compare.png)", ("compare",),
            default="compare.png"),
     Option("--yes", "do not ask for confirmation", ("delete-search",), flag_only=True),
+    Option("--clear", "delete what is kept: images (decoded), pacs (pulled instances) or all "
+           "of both; tuner state stays (delete-search)", ("cache",),
+           choices=("images", "pacs", "all")),
+    Option("--older-than", "with --clear: only what no command used for this many days",
+           ("cache",), type=float),
 )
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from pneumo_exp.config import CACHE_DIR
 from pneumo_exp.data.labeled import LabeledImages
-from pneumo_exp.fileio import atomic_path
+from pneumo_exp.fileio import atomic_path, touch
 
 CACHE_FORMAT = 3  # bump when decoding changes, to invalidate old caches (3: no JPEG draft)
 
@@ -46,6 +46,7 @@ def load(path: Path) -> tuple[LabeledImages, list[tuple[str, str]]] | None:
                                strict=True))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
+    touch(path)
     return data, skipped
 
 

@@ -1,6 +1,8 @@
 """A PACS as a data source, over DICOMweb: QIDO-RS finds the instances of a study, a series or
 a query (modality, study date), WADO-RS retrieves them as stored, and each is kept under
-.pneumo/dicomweb/ by its SOP Instance UID, so a second pull reads the disk.
+.pneumo/dicomweb/ de-identified on arrival (deidentify.py: what decoding needs, the patient
+as a salted hash), named by a digest of its SOP Instance UID, so a second pull reads the
+disk. `pneumo-exp cache` lists and clears what is kept.
 
 Credentials come from PNEUMO_EXP_DICOMWEB_USERNAME and PNEUMO_EXP_DICOMWEB_PASSWORD (HTTP
 basic authentication), never from the command line. Every failure is a DataError with one
@@ -22,14 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from pneumo_exp.config import CLASS_NAMES, STATE_DIR
+from pneumo_exp.config import CLASS_NAMES, PACS_DIR
+from pneumo_exp.data.deidentify import deidentified, kept_name
 from pneumo_exp.errors import DataError
-from pneumo_exp.fileio import atomic_path
+from pneumo_exp.fileio import atomic_path, touch
 
 log = logging.getLogger(__name__)
 
 USER_ENV, PASSWORD_ENV = "PNEUMO_EXP_DICOMWEB_USERNAME", "PNEUMO_EXP_DICOMWEB_PASSWORD"
-CACHE_DIR = STATE_DIR / "dicomweb"
 UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 STUDY, SERIES, INSTANCE = "0020000D", "0020000E", "00080018"  # QIDO-RS JSON tags
 PROGRESS_SECONDS = 5.0
@@ -67,11 +69,13 @@ class PacsQuery:
 
 @dataclass
 class Pulled:
-    """Image instances on disk, each with its study; the instances that hold no image (a
-    structured report, a presentation state) with the reason; what came from the cache."""
+    """Image instances on disk (de-identified), each with its study and SOP Instance UID;
+    the instances that hold no image (a structured report, a presentation state) with the
+    reason; what came from the cache."""
 
     files: list[Path] = field(default_factory=list)
     studies: list[str] = field(default_factory=list)
+    instances: list[str] = field(default_factory=list)
     not_images: list[tuple[str, str]] = field(default_factory=list)  # (SOP UID, reason)
     from_cache: int = 0
     seconds: float = 0.0
@@ -89,17 +93,19 @@ def pull(query: PacsQuery, cache_dir: Path | None = None) -> Pulled:
     if not found:
         raise DataError(f"the PACS at {query.where} has no instance matching "
                         f"{_describe(query)}.")
-    folder = (cache_dir or CACHE_DIR) / hashlib.sha256(query.where.encode()).hexdigest()[:12]
+    folder = (cache_dir or PACS_DIR) / hashlib.sha256(query.where.encode()).hexdigest()[:12]
+    _forget_whole_instances(folder)
     pulled, last_report, size = Pulled(), time.time(), 0
     for i, (study, series, instance) in enumerate(found, 1):
-        path = folder / f"{instance}.dcm"
+        path = folder / kept_name(instance)
         if path.is_file():
             pulled.from_cache += 1
+            touch(path)
         else:
             dataset = _call(query, lambda s=study, r=series, o=instance: client.retrieve_instance(
                 s, r, o, media_types=(("application/dicom", "*"),)))  # as stored
             with atomic_path(path) as tmp:
-                dataset.save_as(tmp, enforce_file_format=True)
+                deidentified(dataset).save_as(tmp, enforce_file_format=True)
         size += path.stat().st_size
         reason = _not_an_image(path)
         if reason:
@@ -107,6 +113,7 @@ def pull(query: PacsQuery, cache_dir: Path | None = None) -> Pulled:
         else:
             pulled.files.append(path)
             pulled.studies.append(study)
+            pulled.instances.append(instance)
         if time.time() - last_report > PROGRESS_SECONDS or i == len(found):
             log.info("Pulled %d of %d instances (%.1f MB; %d from the cache) from %s.", i,
                      len(found), size / 1e6, pulled.from_cache, query.where)
@@ -154,6 +161,20 @@ def labelled(pulled: Pulled, labels: dict[str, int]) -> tuple[list[Path], np.nda
         raise DataError("none of the pulled studies is in the labels file.")
     return [pulled.files[i] for i in keep], np.array([labels[pulled.studies[i]]
                                                       for i in keep])
+
+
+def _forget_whole_instances(folder: Path) -> None:
+    """Instances an earlier version kept whole (named by their SOP Instance UID, with every
+    header): deleted, so no patient identity stays at rest. They are pulled again,
+    de-identified, when asked for."""
+    if not folder.is_dir():
+        return
+    whole = [f for f in folder.glob("*.dcm") if UID.match(f.stem)]
+    for f in whole:
+        f.unlink(missing_ok=True)
+    if whole:
+        log.info("Deleted %d PACS instances an earlier version kept whole in %s; they are "
+                 "pulled again, de-identified, when needed.", len(whole), folder)
 
 
 def _not_an_image(path: Path) -> str | None:

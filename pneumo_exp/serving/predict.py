@@ -52,13 +52,14 @@ def load(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
                         "registered models in the MLflow UI (make ui), or run make promote.") from e
 
 
-def predict_files(model: mlflow.pyfunc.PyFuncModel, files: Sequence[Path]) -> pd.DataFrame:
-    """file, probability of PNEUMONIA, label at the model's threshold ('unreadable' for files
-    that are not images)."""
+def predict_files(model: mlflow.pyfunc.PyFuncModel, files: Sequence[Path],
+                  names: Sequence[str] | None = None) -> pd.DataFrame:
+    """file (or `names`), probability of PNEUMONIA, label at the model's threshold
+    ('unreadable' for files that are not images)."""
     parts = [model.predict(images_frame(files[i:i + CHUNK])) for i in range(0, len(files), CHUNK)]
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         {"probability": [], "label": []})
-    out.insert(0, "file", [str(f) for f in files])
+    out.insert(0, "file", list(names) if names is not None else [str(f) for f in files])
     return out
 
 

@@ -11,6 +11,7 @@ from pneumo_exp.cli.commands.models import (
     cmd_serve,
 )
 from pneumo_exp.cli.commands.store import (
+    cmd_cache,
     cmd_compare,
     cmd_delete_search,
     cmd_runs,
@@ -20,7 +21,7 @@ from pneumo_exp.cli.commands.store import (
 )
 from pneumo_exp.cli.commands.training import cmd_cv, cmd_data_fetch, cmd_data_sample, cmd_search
 
-__all__ = ["cmd_adapt", "cmd_compare", "cmd_cv", "cmd_data_fetch", "cmd_data_sample",
+__all__ = ["cmd_adapt", "cmd_cache", "cmd_compare", "cmd_cv", "cmd_data_fetch", "cmd_data_sample",
            "cmd_delete_search", "cmd_evaluate", "cmd_explain", "cmd_models", "cmd_predict",
            "cmd_promote", "cmd_runs", "cmd_search", "cmd_serve", "cmd_server", "cmd_ui",
            "cmd_users"]

@@ -53,8 +53,10 @@ def _use_it(args: argparse.Namespace, uri: str) -> str:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    cfg = load_config(args.arch or "aug_cnn", {"registry.model_name": args.model_name}
-                      if args.model_name else {})
+    overrides = {"registry.model_name": args.model_name,
+                 "registry.min_sensitivity": args.min_sensitivity}
+    cfg = load_config(args.arch or "aug_cnn",
+                      {k: v for k, v in overrides.items() if v is not None})
     import_tensorflow()
     from pneumo_exp.registry.promote import promote
 
@@ -102,16 +104,29 @@ def _pacs(args: argparse.Namespace) -> PacsQuery | None:
                      comma_list(args.modality), args.study_date)
 
 
-def _images(args: argparse.Namespace, paths: list[str]) -> tuple[list[Path], Path, str]:
-    """The image files under `paths`, or pulled from the PACS of --dicomweb; the folder
-    they lie under; where they came from, in words."""
+@dataclasses.dataclass(frozen=True)
+class Images:
+    """Image files to read, what to call each of them, the folder they lie under, and
+    where they came from, in words."""
+
+    files: list[Path]
+    names: list[str]
+    root: Path
+    source: str
+
+
+def _images(args: argparse.Namespace, paths: list[str]) -> Images:
+    """The image files under `paths`, or pulled from the PACS of --dicomweb (named by their
+    SOP Instance UIDs: the files kept are de-identified and named by digests)."""
     from pneumo_exp.data.images import image_files
 
     query = _pacs(args)
     if query is None:
-        return image_files(paths), Path(paths[0]), " ".join(map(str, paths))
+        files = image_files(paths)
+        return Images(files, [str(f) for f in files], Path(paths[0]), " ".join(map(str, paths)))
     pulled = pull(query)
-    return pulled.files, pulled.files[0].parent, f"{query.where} ({len(pulled.files)} instances)"
+    return Images(pulled.files, pulled.instances, pulled.files[0].parent,
+                  f"{query.where} ({len(pulled.files)} instances)")
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
@@ -121,11 +136,12 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         if not Path(args.data).is_dir():
             raise DataError(f"{args.data} is not a folder of images: give DATA=folder (any "
                             "layout below it; labels are not read), or DICOMWEB=.")
-    files, root, source = _images(args, [args.data])
+    images = _images(args, [args.data])
+    source = images.source
     import_tensorflow()
     from pneumo_exp.adaptation.site import adapt
 
-    a = adapt(_model_uri(args), files, root, source, args.site)
+    a = adapt(_model_uri(args), images.files, images.root, source, args.site)
     v = a.version
     print(f"Registered {v.name} version {v.version}: version {a.source.version} adapted to "
           f"site '{args.site}' on {a.images} images of {source}"
@@ -138,13 +154,13 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     if not args.dicomweb:
         _need(args.paths, "no image files or folders to predict", "", "FILES", "'a.jpeg dir/'")
-    files, _, _ = _images(args, args.paths)
+    images = _images(args, args.paths)
     import_tensorflow()
     from pneumo_exp.serving.predict import load, predict_files
     from pneumo_exp.tracking.listing import describe_version
 
     uri = _model_uri(args)
-    table = predict_files(load(uri), files)
+    table = predict_files(load(uri), images.files, images.names)
     if args.format == "csv":
         print(table.to_csv(index=False), end="")
         return 0

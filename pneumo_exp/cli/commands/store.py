@@ -200,3 +200,33 @@ def cmd_delete_search(args: argparse.Namespace) -> int:
         shutil.rmtree(state)
     print(f"Deleted {what}. (MLflow keeps deleted runs until `mlflow gc`.)")
     return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """What the state folder keeps, or --clear it."""
+    import time
+
+    from pneumo_exp.data.kept import CLEARABLE, SALT_FILE, clear, inventory
+
+    if args.older_than is not None and not args.clear:
+        raise UserError("--older-than needs --clear (CLEAR=images, pacs or all).")
+    if args.clear:
+        kinds = CLEARABLE if args.clear == "all" else (args.clear,)
+        count, size = clear(kinds, args.older_than)
+        when = f" not used for {args.older_than:g} days" if args.older_than is not None else ""
+        print(f"Deleted {count} files ({size / 1e6:.1f} MB) of {', '.join(kinds)}{when}.")
+        return 0
+    print(f"Kept in {STATE_DIR.resolve()} (private to its user; the MLflow store is "
+          f"{MLRUNS_DIR}/):")
+
+    def day(t: float | None) -> str:
+        return time.strftime("%Y-%m-%d", time.localtime(t)) if t else "-"
+
+    for k in inventory():
+        print(f"  {k.name:<7} {k.files:>6} files {k.bytes / 1e6:>9.1f} MB  last used "
+              f"{day(k.oldest)} .. {day(k.newest)}  {k.folder}: {k.what}")
+    print(f"  salt    {'kept' if SALT_FILE.is_file() else 'none'}: {SALT_FILE} (the secret of "
+          "the hashed patient keys; not cleared)")
+    print("Delete: pneumo-exp cache --clear images|pacs|all [--older-than DAYS] "
+          "(make cache CLEAR=all OLDER_THAN=30).")
+    return 0

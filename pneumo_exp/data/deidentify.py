@@ -1,0 +1,62 @@
+"""DICOM objects as pneumo-exp keeps them at rest: only what decoding needs.
+
+What a PACS sends carries the patient's name, id, birth date, accession number, the
+institution and much more (DICOM PS3.15 Annex E lists them: the Basic Application Level
+Confidentiality Profile). An instance pulled over DICOMweb is kept (under .pneumo/dicomweb/)
+as a new object built from an allow-list instead: the image pixel module (pixels,
+photometric interpretation, bits), the modality and VOI LUTs (rescale, window), what
+tells a chest radiograph from other objects (SOP class, modality, body part, view), and
+the patient's grouping key as its salted hash (dicom.patient_key). Everything else, private
+tags included, is left behind, and the object says so (Patient Identity Removed YES, with
+the method) as the profile asks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from pneumo_exp.data.dicom import patient_key
+
+KEPT = (
+    # what the object is, and whether it is a chest radiograph
+    "SOPClassUID", "Modality", "BodyPartExamined", "ViewPosition", "ImageType",
+    # image pixel module
+    "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration", "Rows", "Columns",
+    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "NumberOfFrames",
+    "PixelPaddingValue", "PixelData",
+    # modality LUT, VOI LUT and presentation
+    "RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence",
+    "WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence", "PresentationLUTShape",
+)
+METHOD = "pneumo-exp allow-list (PS3.15 Annex E); PatientID hashed"  # LO: 64 characters
+
+
+def kept_name(sop_instance_uid: str) -> str:
+    """The file name an instance is kept under: a digest of its UID, which is not kept."""
+    return hashlib.sha256(sop_instance_uid.encode()).hexdigest()[:32] + ".dcm"
+
+
+def deidentified(ds: Any) -> Any:
+    """A new pydicom Dataset with only KEPT of `ds`, the patient as a salted hash, and the
+    de-identification recorded; the transfer syntax (and so the pixel data's encoding) as
+    it came."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import generate_uid
+
+    out = Dataset()
+    for keyword in KEPT:
+        if keyword in ds:
+            out[keyword] = ds[keyword]
+    patient = str(ds.get("PatientID", "") or "").strip()
+    if patient:
+        out.PatientID = patient_key(patient)
+    out.PatientIdentityRemoved = "YES"
+    out.DeidentificationMethod = METHOD
+    uid = str(ds.get("SOPInstanceUID", "") or generate_uid())
+    out.SOPInstanceUID = generate_uid(entropy_srcs=[uid])  # stable, and not the original
+    out.file_meta = FileMetaDataset()
+    out.file_meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
+    out.file_meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", "1.2.840.10008.5.1.4.1.1.7")
+    out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+    return out
