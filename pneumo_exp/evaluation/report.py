@@ -1,9 +1,10 @@
 """A site's verdict on a registered version from its own labelled cases, on one page: the
 ROC with the stored operating point, the confusion matrix and the reliability diagram at
 that point, sensitivity and specificity with exact (Clopper-Pearson) intervals, and whether
-the sensitivity the version was promoted for holds here. A PNG, and an HTML page that
-embeds it (opened in any browser, no server). The threshold is never re-chosen here: a
-small local sample verifies a threshold, it does not tune one.
+both hold what the version validated at its stored threshold (a site that keeps the
+sensitivity but flags a third of its normal studies is told so). A PNG, and an HTML page
+that embeds it (opened in any browser, no server). The threshold is never re-chosen here:
+a small local sample verifies a threshold, it does not tune one.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pneumo_exp.evaluation.calibration import ECE_BINS, expected_calibration_err
 from pneumo_exp.evaluation.plots import plt
 
 CONFIDENCE = 0.95
+RELIABILITY_BINS = 10  # equal-count bins of the reliability panel
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,25 @@ class Proportion:
 
 
 @dataclass(frozen=True)
+class Validated:
+    """What the version showed on its own validation set at the stored threshold: counts
+    (so intervals), or for a version registered before they were kept, the figures."""
+
+    sensitivity: Proportion | float | None = None
+    specificity: Proportion | float | None = None
+
+    @staticmethod
+    def value(figure: Proportion | float | None) -> float | None:
+        return figure.value if isinstance(figure, Proportion) else figure
+
+    @staticmethod
+    def text(figure: Proportion | float | None) -> str:
+        if isinstance(figure, Proportion):
+            return figure.text()
+        return "-" if figure is None else f"{figure:.3f}"
+
+
+@dataclass(frozen=True)
 class SiteReport:
     sensitivity: Proportion
     specificity: Proportion
@@ -55,27 +76,51 @@ class SiteReport:
     ece: float
     threshold: float
     target: float  # the validation sensitivity the version was promoted for
+    validated: Validated = Validated()
+
+    def shortfalls(self) -> list[str]:
+        """Each side whose interval at this site lies wholly below what the version
+        validated (sensitivity: at least the target it was promoted for)."""
+        out = []
+        v = self.validated
+        sides = (("sensitivity", self.sensitivity, Validated.value(v.sensitivity) or self.target,
+                  "PNEUMONIA", "missed"),
+                 ("specificity", self.specificity, Validated.value(v.specificity), "NORMAL",
+                  "flagged"))
+        for name, site, reference, cases, what in sides:
+            if reference is None or not site.total or site.interval[1] >= reference:
+                continue
+            wrong = site.total - site.hits
+            out.append(f"{name} {site.text()} is below the {reference:.2f} validated: {wrong} "
+                       f"of {site.total} {cases} studies {what}")
+        return out
 
     @property
     def verdict(self) -> str:
-        low, high = self.sensitivity.interval
-        s, t = self.sensitivity, self.target
-        if low >= t:
-            return (f"meets the target: sensitivity {s.text()} is at least {t:.2f} with "
-                    f"{CONFIDENCE:.0%} confidence at the stored threshold.")
-        if high < t:
-            return (f"falls short: sensitivity {s.text()} is below the {t:.2f} the version "
-                    "was promoted for, even at the interval's top. Do not use it here at "
-                    "this threshold.")
+        """One sentence, its first words the verdict: worse than validated, holds, or not
+        shown (yet)."""
+        short = self.shortfalls()
+        if short:
+            advice = ("do not use it here at this threshold" if short[0].startswith(
+                "sensitivity") else "adapt it to this site first (pneumo-exp adapt), then "
+                "evaluate again")
+            return f"worse than validated: {'; '.join(short)}; {advice}."
+        s, t, v = self.sensitivity, self.target, self.validated
+        both = (f"sensitivity {s.text()} (validated {Validated.text(v.sensitivity)}) and "
+                f"specificity {self.specificity.text()} (validated "
+                f"{Validated.text(v.specificity)})")
+        if s.interval[0] >= t:
+            return (f"holds: {both} at the stored threshold; sensitivity is at least {t:.2f} "
+                    f"with {CONFIDENCE:.0%} confidence.")
         needed = cases_needed(s.value, t)
-        more = (f"about {needed} PNEUMONIA cases at this sensitivity would show it"
-                if needed else "at this sensitivity no number of cases would show it")
-        return (f"not shown: the interval of sensitivity {s.text()} holds the target "
-                f"{t:.2f}; {more}.")
+        more = (f"about {needed} PNEUMONIA cases at this sensitivity would show it reaches "
+                f"{t:.2f}" if needed else f"at this sensitivity no number of cases would show "
+                f"it reaches {t:.2f}")
+        return f"not shown: {both} are within what was validated; {more}."
 
 
-def site_report(y_true: np.ndarray, prob: np.ndarray, threshold: float,
-                target: float) -> SiteReport:
+def site_report(y_true: np.ndarray, prob: np.ndarray, threshold: float, target: float,
+                validated: Validated | None = None) -> SiteReport:
     y_true, prob = np.asarray(y_true).astype(int), np.asarray(prob, dtype=np.float64)
     pred = prob >= threshold
     positives, negatives = y_true == 1, y_true == 0
@@ -83,7 +128,8 @@ def site_report(y_true: np.ndarray, prob: np.ndarray, threshold: float,
            else float("nan"))
     return SiteReport(Proportion(int((pred & positives).sum()), int(positives.sum())),
                       Proportion(int((~pred & negatives).sum()), int(negatives.sum())),
-                      auc, expected_calibration_error(y_true, prob), threshold, target)
+                      auc, expected_calibration_error(y_true, prob), threshold, target,
+                      validated or Validated())
 
 
 def cases_needed(sensitivity: float, target: float, limit: int = 10000) -> int | None:
@@ -119,16 +165,22 @@ def report_figure(y_true: np.ndarray, prob: np.ndarray, report: SiteReport,
         y_true, (prob >= report.threshold).astype(int), labels=[0, 1],
         display_labels=list(CLASS_NAMES), ax=cm_ax, colorbar=False, cmap="Blues")
     cm_ax.set_title(f"At the stored threshold {report.threshold:.3f}", fontsize=10)
-    edges = np.linspace(0, 1, ECE_BINS + 1)
-    which = np.clip(np.digitize(prob, edges[1:-1]), 0, ECE_BINS - 1)
-    filled = [b for b in range(ECE_BINS) if np.any(which == b)]
+    # equal-count bins, each with its count: a site's few hundred studies crowd the
+    # confident ends, and fixed-width bins leave the middle ones a handful each
+    bins = [b for b in np.array_split(np.argsort(prob, kind="stable"),
+                                      max(1, min(RELIABILITY_BINS, len(prob) // 10))) if len(b)]
+    x = [float(prob[b].mean()) for b in bins]
+    y = [float(y_true[b].mean()) for b in bins]
     rel_ax.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
-    rel_ax.plot([prob[which == b].mean() for b in filled],
-                [y_true[which == b].mean() for b in filled], "o-", label="this site")
+    rel_ax.plot(x, y, "o-", label=f"this site: {len(bins)} bins of ~{len(prob) // len(bins)} "
+                "studies")
+    for xi, yi, b in zip(x, y, bins, strict=True):
+        rel_ax.annotate(str(len(b)), (xi, yi), textcoords="offset points", xytext=(4, -10),
+                        fontsize=7, color="dimgrey")
     rel_ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability of PNEUMONIA",
                ylabel="fraction PNEUMONIA")
     rel_ax.legend(fontsize=8)
-    rel_ax.set_title(f"Reliability (ECE {report.ece:.3f})", fontsize=10)
+    rel_ax.set_title(f"Reliability (ECE {report.ece:.3f}, {ECE_BINS} fixed bins)", fontsize=10)
     text_ax.axis("off")
     text_ax.text(0, 1, "\n".join(_lines(report)), va="top", fontsize=10, wrap=True,
                  family="monospace")
@@ -140,10 +192,13 @@ def report_figure(y_true: np.ndarray, prob: np.ndarray, report: SiteReport,
 def _lines(report: SiteReport) -> list[str]:
     import textwrap
 
+    v = report.validated
     return [f"PNEUMONIA cases   {report.sensitivity.total}",
             f"NORMAL cases      {report.specificity.total}",
             f"sensitivity       {report.sensitivity.text()}",
+            f"  validated       {Validated.text(v.sensitivity)}",
             f"specificity       {report.specificity.text()}",
+            f"  validated       {Validated.text(v.specificity)}",
             f"AUC               {report.auc:.3f}",
             f"target            sensitivity >= {report.target:.2f}",
             "", *textwrap.wrap("Verdict: " + report.verdict, 52),
@@ -165,7 +220,11 @@ def report_html(report: SiteReport, png: bytes, title: str, about: dict[str, str
                                 "PNEUMONIA cases": str(report.sensitivity.total),
                                 "NORMAL cases": str(report.specificity.total),
                                 "sensitivity [95% exact]": report.sensitivity.text(),
+                                "sensitivity validated": Validated.text(
+                                    report.validated.sensitivity),
                                 "specificity [95% exact]": report.specificity.text(),
+                                "specificity validated": Validated.text(
+                                    report.validated.specificity),
                                 "AUC": f"{report.auc:.3f}",
                                 "calibration error (ECE)": f"{report.ece:.3f}",
                                 "threshold (stored)": f"{report.threshold:.3f}",

@@ -65,6 +65,7 @@ from pneumo_exp.tracking.names import (
     TAG_SOURCES,
     TAG_TEMPERATURE,
     TAG_THRESHOLD,
+    TAG_VALIDATED,
     figure_tag,
     rounded,
 )
@@ -134,7 +135,7 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
     evaluation_run, test_figures, model_uri = evaluate_and_package(
         candidates, members, calibration, val_figures, test, registry)
     version = register(name, model_uri, candidates, calibration, val_figures, evaluation_run,
-                       registry.min_sensitivity)
+                       registry.min_sensitivity, validated_counts(val, calibration))
     card = model_card.for_promotion(name, str(version.version), candidates, val_figures,
                                     test_figures, calibration.threshold,
                                     calibration.temperature, registry)
@@ -271,9 +272,18 @@ def evaluate_and_package(candidates: Sequence[Candidate], members: Sequence[Memb
     return run.info.run_id, figures, logged.model_uri
 
 
+def validated_counts(val: Scores, calibration: Calibration) -> dict[str, list[int]]:
+    """[hits, total] of the validation sensitivity and specificity at the threshold: what a
+    site's report is judged against, with its interval."""
+    f = binary_metrics(val.labels, calibration.apply(val), calibration.threshold)
+    return {"sensitivity": [int(f["tp"]), int(f["tp"] + f["fn"])],
+            "specificity": [int(f["tn"]), int(f["tn"] + f["fp"])]}
+
+
 def register(name: str, model_uri: str, candidates: Sequence[Candidate],
              calibration: Calibration, val_figures: Mapping[str, float],
-             evaluation_run: str, min_sensitivity: float) -> ModelVersion:
+             evaluation_run: str, min_sensitivity: float,
+             validated: Mapping[str, list[int]]) -> ModelVersion:
     """A new version of `name` with its lineage and validation figures as tags."""
     first = candidates[0]
     objective = first.cfg.search.objective
@@ -285,7 +295,7 @@ def register(name: str, model_uri: str, candidates: Sequence[Candidate],
         TAG_SEARCH_RUNS: ",".join(dict.fromkeys(c.search.info.run_id for c in candidates)),
         TAG_ARCH: _arch(candidates), TAG_DATA: first.search.data.tags.get(TAG_DATA, ""),
         TAG_THRESHOLD: f"{calibration.threshold:.6f}",
-        TAG_MIN_SENSITIVITY: str(min_sensitivity),
+        TAG_MIN_SENSITIVITY: str(min_sensitivity), TAG_VALIDATED: json.dumps(validated),
         TAG_TEMPERATURE: f"{calibration.temperature:.6f}",
         TAG_OBJECTIVE: objective, TAG_OBJECTIVE_VALUE: str(val_figures[objective]),
         TAG_HYPERPARAMETERS: json.dumps(hyperparameters, sort_keys=True)[:5000],

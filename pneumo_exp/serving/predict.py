@@ -4,6 +4,7 @@ Everything goes through the pyfunc model, i.e. exactly what a server runs."""
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from collections.abc import Sequence
@@ -20,7 +21,9 @@ from pneumo_exp.data.images import files_fingerprint, image_files
 from pneumo_exp.errors import DataError, UserError
 from pneumo_exp.evaluation import plots
 from pneumo_exp.evaluation.report import (
+    Proportion,
     SiteReport,
+    Validated,
     png_bytes,
     report_figure,
     report_html,
@@ -36,6 +39,8 @@ from pneumo_exp.tracking.names import (
     SITE_REPORT_PNG,
     TAG_MIN_SENSITIVITY,
     TAG_MODEL_URI,
+    TAG_VALIDATED,
+    figure_tag,
 )
 from pneumo_exp.tracking.runs import start_run
 from pneumo_exp.tracking.store import connect, experiment_id
@@ -116,7 +121,8 @@ def evaluate(model_uri: str, labelled: LabelledSet, out: Path,
     threshold = float(model.model_config["threshold"])
     client = connect()
     y, prob = labels[readable], predictions["probability"].to_numpy(float)[readable]
-    report = site_report(y, prob, threshold, target_sensitivity(client, model_uri))
+    report = site_report(y, prob, threshold, target_sensitivity(client, model_uri),
+                         validated(client, model_uri))
     title = f"{model_uri} on {labelled.name}"
     with start_run(experiment_id(client, EVALUATION_EXPERIMENT), f"evaluate-{labelled.name}",
                    ROLE_EVALUATION, files_fingerprint(labelled.root, labelled.files),
@@ -146,6 +152,25 @@ def evaluate(model_uri: str, labelled: LabelledSet, out: Path,
     (out / f"{stem}.html").write_text(page)
     return Evaluation({**figures, **counts, "eval_unreadable_images": float((~readable).sum())},
                       run.info.run_id, report, out / f"{stem}.html")
+
+
+def validated(client: MlflowClient, model_uri: str) -> Validated:
+    """What the version validated at its threshold: counts (tag pneumo.validated), or the
+    figures of a version registered before them; nothing for a model outside the
+    registry."""
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    if not model_uri.startswith("models:/"):
+        return Validated()
+    try:
+        tags = client.get_model_version(*get_model_name_and_version(client, model_uri)).tags
+    except (mlflow.exceptions.MlflowException, ValueError):
+        return Validated()
+    if TAG_VALIDATED in tags:
+        counts = json.loads(tags[TAG_VALIDATED])
+        return Validated(Proportion(*counts["sensitivity"]), Proportion(*counts["specificity"]))
+    figures = [tags.get(figure_tag(f"val_{k}_at_thr")) for k in ("sensitivity", "specificity")]
+    return Validated(*(float(f) if f else None for f in figures))
 
 
 def target_sensitivity(client: MlflowClient, model_uri: str) -> float:

@@ -69,6 +69,8 @@ TAG_SEARCH_RUNS = "pneumo.search_run_ids"
 TAG_EVALUATION_RUN = "pneumo.evaluation_run_id"
 TAG_THRESHOLD = "pneumo.threshold"
 TAG_MIN_SENSITIVITY = "pneumo.min_sensitivity"  # the validation sensitivity it was promoted for
+TAG_VALIDATED = "pneumo.validated"  # JSON: [hits, total] of its validation sensitivity and
+# specificity at the stored threshold, what a site's report is judged against
 TAG_TEMPERATURE = "pneumo.temperature"
 TAG_OBJECTIVE = "pneumo.objective"
 TAG_OBJECTIVE_VALUE = "pneumo.objective_value"
