@@ -13,7 +13,7 @@ STAMP      := $(VENV)/.installed-$(TF)
 RUN        := $(BIN)/pneumo-exp --make
 
 .DEFAULT_GOAL := help
-.PHONY: help vars install bench data search cv promote adapt evaluate predict explain serve \
+.PHONY: help vars install bench data search cv promote adapt site-check evaluate predict explain serve \
         server ui runs compare models delete-search cache test test-slow test-all lint clean
 
 help: ## List the targets
@@ -45,6 +45,9 @@ promote: $(STAMP) ## Register the best validation trials as one model [ARCH= TOP
 
 adapt: $(STAMP) ## Adapt MODEL= to a site's unlabeled images DATA=, registered as site-SITE
 	$(RUN) adapt
+
+site-check: $(STAMP) ## Before labels: do a site's unlabeled images DATA= look like the training data to MODEL=?
+	$(RUN) site-check
 
 evaluate: $(STAMP) ## Evaluate MODEL= (default the champion) on a labelled folder DATA=
 	$(RUN) evaluate

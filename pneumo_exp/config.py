@@ -311,8 +311,15 @@ def _experiment_files(arch: str, experiments_dir: Path) -> list[Path]:
 
 
 def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
-    """The configuration a run logged (its config.yaml), back as an ExperimentConfig."""
+    """The configuration a run logged (its config.yaml), back as an ExperimentConfig. A
+    screened search logged before full_trials existed counted its full-fidelity trials in
+    max_trials: they become full_trials, and max_trials the two stages' sum."""
     d = dict(d)
+    search = dict(d.get("search") or {})
+    if search.get("screen_trials") and "full_trials" not in search:
+        search["full_trials"] = search.get("max_trials")
+        search["max_trials"] = search["screen_trials"] + (search["full_trials"] or 0)
+        d["search"] = search
     return _build(d.pop("arch"), d)
 
 

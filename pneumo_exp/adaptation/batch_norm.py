@@ -18,24 +18,14 @@ from typing import Any
 import keras
 import numpy as np
 
+from pneumo_exp.serving.shift import batch_norm_layers
+
 # Fewer images than this give per-channel statistics of one or two patients, not of a site.
 MIN_ADAPTATION_IMAGES = 32
 
 
 class NothingToAdaptError(ValueError):
     """The model has no normalization statistics (no BatchNormalization layer)."""
-
-
-def batch_norm_layers(model: keras.Layer) -> list[keras.layers.BatchNormalization]:
-    """The model's BatchNormalization layers in network order, nested models included
-    (a functional model lists its layers in topological order)."""
-    found: list[keras.layers.BatchNormalization] = []
-    for layer in getattr(model, "layers", []):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            found.append(layer)
-        elif hasattr(layer, "layers"):
-            found += batch_norm_layers(layer)
-    return found
 
 
 class _Moments:

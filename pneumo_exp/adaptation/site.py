@@ -50,6 +50,7 @@ from pneumo_exp.tracking.names import (
     TAG_SOURCES,
     TAG_TEMPERATURE,
     TAG_THRESHOLD,
+    TAG_VALIDATED,
     site_alias,
 )
 from pneumo_exp.tracking.runs import start_run
@@ -60,7 +61,7 @@ log = logging.getLogger(__name__)
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,60}$")
 KEPT_TAGS = (TAG_ARCH, TAG_SOURCES, TAG_MEMBERS, TAG_SEARCH_RUNS, TAG_DATA, TAG_THRESHOLD,
              TAG_MIN_SENSITIVITY, TAG_TEMPERATURE, TAG_OBJECTIVE,
-             TAG_HYPERPARAMETERS)  # the source version's
+             TAG_HYPERPARAMETERS, TAG_VALIDATED)  # the source version's
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,8 @@ def adapt(model_uri: str, files: list[Path], root: Path, images_from: str,
                            "images": len(files), "skipped_files": skipped,
                            "fingerprint": digest, "images_from": images_from,
                            "batch_norm_layers": layers})
-        logged = log_packaged_model(model.members, model.threshold, model.temperature)
+        logged = log_packaged_model(model.members, model.threshold, model.temperature,
+                                    getattr(model, "reference", None))  # the source's
     tags = {k: v for k, v in source.tags.items() if k in KEPT_TAGS}
     tags.update({TAG_SITE: site, TAG_ADAPTED_FROM_VERSION: str(number),
                  TAG_ADAPTATION_IMAGES: str(len(files)), TAG_ADAPTATION_FINGERPRINT: digest,

@@ -41,6 +41,13 @@ COMMANDS = {
                 commands.cmd_predict),
     "evaluate": ("evaluate a registered model on a labelled folder", None,
                  commands.cmd_evaluate),
+    "site-check": ("before labels: does a site's unlabeled images look like the training "
+                   "data to a registered model?",
+                   "Compare a site's unlabeled images (a folder, or a PACS query) with the "
+                   "version's validation images: its scores, its share called PNEUMONIA and its "
+                   "batch-normalization statistics, as registered and adapted to the site (in "
+                   "memory); one verdict line and a one-page figure, logged as an evaluation "
+                   "run.", commands.cmd_site_check),
     "explain": ("Grad-CAM overlays of a registered model on image files",
                 "Write an overlay per image: where the model looked for pneumonia (Grad-CAM "
                 "on its last convolutional feature map; the mean over an ensemble's members),"
@@ -158,6 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("mlflow", "alembic", "absl", "tensorflow", "dicomweb_client"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pydicom logs each decoder's failure with its traceback, and every irregular element;
+    # the file's one line (skipped, unreadable, not a chest radiograph) already says why
+    # (a filter: pydicom sets its logger's level when it is imported)
+    for reader in ("pydicom", "PIL"):
+        logging.getLogger(reader).addFilter(lambda record: bool(args.debug))
     # Each trial's models trace their own predict functions; TensorFlow calls it retracing.
     logging.getLogger("tensorflow").addFilter(lambda r: "retracing" not in r.getMessage())
     try:

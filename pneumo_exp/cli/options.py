@@ -19,8 +19,8 @@ from typing import Any
 from pneumo_exp.config import LOCALHOST, SERVE_PORT, UI_PORT
 
 CONFIG_COMMANDS = ("search", "cv")
-MODEL_COMMANDS = ("predict", "evaluate", "serve", "adapt", "explain")
-PACS_COMMANDS = ("predict", "evaluate", "adapt")  # read images from a PACS over DICOMweb
+MODEL_COMMANDS = ("predict", "evaluate", "serve", "adapt", "explain", "site-check")
+PACS_COMMANDS = ("predict", "evaluate", "adapt", "site-check")  # read images from a PACS
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--data", "labelled folder (NORMAL/ and PNEUMONIA/ inside), or a dataset root "
            "(its test/ split)", ("evaluate",)),
     Option("--data", "folder of the site's images, any layout below it (labels are not read)",
-           ("adapt",)),
+           ("adapt", "site-check")),
     Option("--dicomweb", "DICOMweb root of a PACS, e.g. http://pacs:8042/dicom-web: read the "
            "images from it (credentials: $PNEUMO_EXP_DICOMWEB_USERNAME and _PASSWORD)",
            PACS_COMMANDS),
@@ -122,6 +122,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--out", "folder for the site report, PNG and HTML (default reports/)",
            ("evaluate",), default="reports"),
     Option("--site", "site name; the new version gets the alias site-<name>", ("adapt",)),
+    Option("--site", "site name, for the run and the page (default: the folder's name)",
+           ("site-check",)),
+    Option("--out", "folder for the site check's page, PNG and HTML (default reports/)",
+           ("site-check",), default="reports"),
     Option("--out", "folder for the overlays (default explanations/)", ("explain",),
            default="explanations"),
     Option("--format", "output: table (default), csv or json", ("predict",), default="table",

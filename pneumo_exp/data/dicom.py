@@ -43,6 +43,21 @@ class DicomError(Exception):
     """A DICOM object that gives no image; the message says why, without header values."""
 
 
+class NotAChestRadiograph(DicomError):
+    """An image that is not a chest radiograph by its own header: another modality (CT, MR,
+    ultrasound, ...) or another body part. The model has nothing to say about it."""
+
+
+# DICOM modalities of a projection radiograph: computed, digital, and (retired) general.
+RADIOGRAPHY = ("CR", "DX", "RG")
+CHEST_WORDS = ("CHEST", "THORAX", "LUNG")  # BodyPartExamined of a chest (any of them in it)
+MODALITY_NAMES = {"CT": "a CT image", "MR": "an MR image", "US": "an ultrasound image",
+                  "NM": "a nuclear medicine image", "PT": "a PET image",
+                  "MG": "a mammogram", "XA": "an angiogram", "RF": "a fluoroscopy image",
+                  "OT": "an 'other' (OT) image", "SC": "a secondary capture",
+                  "SEG": "a segmentation", "RTDOSE": "an RT dose"}
+
+
 def is_dicom(head: bytes) -> bool:
     """Whether these first bytes of a file are a DICOM preamble."""
     return head[PREAMBLE:PREAMBLE + len(MAGIC)] == MAGIC
@@ -62,9 +77,24 @@ def read_dicom(source: str | Path | BinaryIO) -> tuple[np.ndarray, str | None]:
         if "PixelData" not in ds:
             kind = getattr(ds.get("SOPClassUID"), "name", "an unknown SOP class")
             raise DicomError(f"a DICOM object without pixel data ({kind})")
+        check_chest_radiograph(ds)
         pixels = _decode(ds)
         patient = str(ds.get("PatientID", "") or "").strip() or None
     return pixels, patient
+
+
+def check_chest_radiograph(ds: object) -> None:
+    """Refuse an object whose Modality is not a radiograph's, or whose BodyPartExamined is
+    not a chest. (Both are often missing: then the pixels decide, through the shift check
+    of the model that reads them.)"""
+    modality = str(getattr(ds, "get", lambda *_: "")("Modality", "") or "").strip().upper()
+    if modality and modality not in RADIOGRAPHY:
+        what = MODALITY_NAMES.get(modality, f"modality {modality}")
+        raise NotAChestRadiograph(f"not a chest radiograph: {what} (Modality {modality}; "
+                                  f"a radiograph is {' or '.join(RADIOGRAPHY[:2])})")
+    part = str(getattr(ds, "get", lambda *_: "")("BodyPartExamined", "") or "").strip().upper()
+    if part and not any(word in part for word in CHEST_WORDS):
+        raise NotAChestRadiograph(f"not a chest radiograph: BodyPartExamined is {part}")
 
 
 def _decode(ds: object) -> np.ndarray:

@@ -14,20 +14,31 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from pneumo_exp.data.dicom import DicomError, is_dicom, read_dicom
+from pneumo_exp.data.dicom import DicomError, NotAChestRadiograph, is_dicom, read_dicom
 from pneumo_exp.errors import DataError
+
+UNREADABLE = "unreadable"  # the label of an input that gives no image
+REFUSED = "not a chest radiograph"  # the label of a DICOM image of another kind
 
 
 class UnreadableImageError(Exception):
     """The file is not an image that can be decoded (not an image, corrupt, truncated,
     empty, a DICOM object without pixels or whose compression no installed plugin reads)."""
+
+    label = UNREADABLE
+
+
+class RefusedImageError(UnreadableImageError):
+    """An image that says it is not a chest radiograph (DICOM Modality, BodyPartExamined)."""
+
+    label = REFUSED
 
 
 def decode_image(path: str | Path | BinaryIO, image_size: int, channels: int) -> np.ndarray:
@@ -42,6 +53,8 @@ def read_image(path: str | Path | BinaryIO, image_size: int,
     if _starts_as_dicom(path):
         try:
             pixels, patient = read_dicom(path)
+        except NotAChestRadiograph as e:
+            raise RefusedImageError(str(e)) from e
         except DicomError as e:
             raise UnreadableImageError(str(e)) from e
         return resize(Image.fromarray(pixels), image_size, channels), patient
@@ -109,6 +122,7 @@ class Decoded:
     arrays: dict[Preprocessing, np.ndarray]  # (N, size, size, channels) uint8 per key
     readable: list[int]  # positions of the decoded inputs, in order
     skipped: list[tuple[int, str]]  # (position, reason) of the inputs that are no image
+    labels: dict[int, str] = field(default_factory=dict)  # position -> UNREADABLE or REFUSED
 
 
 def decode_many(inputs: Sequence[str | Path | BinaryIO],
@@ -119,16 +133,18 @@ def decode_many(inputs: Sequence[str | Path | BinaryIO],
     arrays: dict[Preprocessing, list[np.ndarray]] = {key: [] for key in keys}
     readable: list[int] = []
     skipped: list[tuple[int, str]] = []
+    labels: dict[int, str] = {}
     for i, item in enumerate(inputs):
         try:
             decoded = {key: decode_image(_rewound(item), *key) for key in keys}
         except UnreadableImageError as e:
             skipped.append((i, str(e)))
+            labels[i] = e.label
             continue
         for key, array in decoded.items():
             arrays[key].append(array)
         readable.append(i)
-    return Decoded({k: np.stack(v) for k, v in arrays.items() if v}, readable, skipped)
+    return Decoded({k: np.stack(v) for k, v in arrays.items() if v}, readable, skipped, labels)
 
 
 def _rewound(item: str | Path | BinaryIO) -> str | Path | BinaryIO:

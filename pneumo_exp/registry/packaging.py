@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import keras
 import mlflow
@@ -19,9 +20,11 @@ from pneumo_exp.tracking.names import PACKAGED_MODEL
 
 
 def log_packaged_model(members: Sequence[Member], threshold: float,
-                       temperature: float = 1.0) -> mlflow.models.model.ModelInfo:
-    """Into the active run: the members' Keras files, their preprocessing, the temperature
-    and the threshold, as one pyfunc model that averages the members' probabilities."""
+                       temperature: float = 1.0, reference: Mapping[str, Any] | None = None
+                       ) -> mlflow.models.model.ModelInfo:
+    """Into the active run: the members' Keras files, their preprocessing, the temperature,
+    the threshold and what validation looked like to it (`reference`, see
+    validation_reference), as one pyfunc model that averages the members' probabilities."""
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*input example was not provided")
         artifacts = {}
@@ -34,7 +37,33 @@ def log_packaged_model(members: Sequence[Member], threshold: float,
             code_paths=[str(Path(pneumo_exp.__file__).parent)],
             model_config={"members": [{"image_size": m.image_size, "channels": m.channels}
                                       for m in members],
-                          "threshold": float(threshold), "temperature": float(temperature)},
+                          "threshold": float(threshold), "temperature": float(temperature),
+                          "reference": dict(reference or {})},
             signature=signature(),
             pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}",
                               f"mlflow=={mlflow.__version__}", "pillow", "pandas"])
+
+
+def validation_reference(members: Sequence[Member], arrays: Sequence[Any], prob: Any,
+                         threshold: float) -> dict[str, Any]:
+    """What the validation images looked like to a version, for judging a site's images
+    without labels (`pneumo-exp site-check`) and flagging single images (`check`): the
+    99th percentile and median of their shift (shift.py), the shift of them all together
+    and per layer, the share called PNEUMONIA at the threshold, and the calibrated scores'
+    quantiles (every 5%)."""
+    import numpy as np
+
+    from pneumo_exp.serving.model import SHIFT_LIMIT
+    from pneumo_exp.serving.shift import shift
+
+    prob = np.asarray(prob, dtype=np.float64)
+    reference: dict[str, Any] = {
+        "images": len(prob), "positive_share": float(np.mean(prob >= threshold)),
+        "score_quantiles": [float(q) for q in np.quantile(prob, np.linspace(0, 1, 21))]}
+    found = shift([m.model for m in members], list(arrays))
+    if found is not None:
+        reference.update({SHIFT_LIMIT: float(np.percentile(found.images, 99)),
+                          "shift_median": float(np.median(found.images)),
+                          "site_shift": found.site,
+                          "layer_shift": [float(x) for x in found.layers]})
+    return reference

@@ -16,6 +16,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -36,7 +37,7 @@ from pneumo_exp.evaluation.calibration import (
 from pneumo_exp.evaluation.metrics import binary_metrics, bootstrap_ci
 from pneumo_exp.evaluation.thresholds import choose_threshold
 from pneumo_exp.registry import model_card
-from pneumo_exp.registry.packaging import log_packaged_model
+from pneumo_exp.registry.packaging import log_packaged_model, validation_reference
 from pneumo_exp.registry.selection import (
     Candidate,
     alias_version,
@@ -132,8 +133,10 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
     val_figures = validation_figures(val, calibration, registry.bootstrap,
                                      candidates[0].cfg.search.sensitivity_target)
     test = score(members, test_sets(candidates))
+    reference = validation_reference(members, [st.images for st in sets], calibration.apply(val),
+                                     calibration.threshold)
     evaluation_run, test_figures, model_uri = evaluate_and_package(
-        candidates, members, calibration, val_figures, test, registry)
+        candidates, members, calibration, val_figures, test, registry, reference)
     version = register(name, model_uri, candidates, calibration, val_figures, evaluation_run,
                        registry.min_sensitivity, validated_counts(val, calibration))
     card = model_card.for_promotion(name, str(version.version), candidates, val_figures,
@@ -247,8 +250,8 @@ def _arch(candidates: Sequence[Candidate]) -> str:
 
 def evaluate_and_package(candidates: Sequence[Candidate], members: Sequence[Member],
                          calibration: Calibration, val_figures: Mapping[str, float],
-                         test: Scores, registry: RegistryConfig) -> tuple[
-                             str, dict[str, float], str]:
+                         test: Scores, registry: RegistryConfig,
+                         reference: Mapping[str, Any]) -> tuple[str, dict[str, float], str]:
     """The evaluation run: the test figures (the only read of the test split) and the
     packaged model. Returns the run's id, the test figures and the model's URI."""
     first = candidates[0]
@@ -268,7 +271,8 @@ def evaluate_and_package(candidates: Sequence[Candidate], members: Sequence[Memb
         figures = log_evaluation(test.labels, calibration.apply(test), calibration.threshold,
                                  "test", registry.bootstrap, title=f"{title}, test split",
                                  uncalibrated=test.raw)
-        logged = log_packaged_model(members, calibration.threshold, calibration.temperature)
+        logged = log_packaged_model(members, calibration.threshold, calibration.temperature,
+                                    reference)
     return run.info.run_id, figures, logged.model_uri
 
 

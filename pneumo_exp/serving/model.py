@@ -4,8 +4,12 @@ A registered version is an MLflow pyfunc model logged from code (`mlflow_model.p
 pickle). Its artifacts are one or more Keras models (loaded in Keras' safe mode): one for
 a promoted trial, k for an ensemble of the k best. Its config holds each member's
 preprocessing (image size, channels), the temperature that calibrates the members' mean
-probability, and the decision threshold chosen on validation. Images are decoded with
-`decode_image`, exactly as in training, once per distinct preprocessing.
+probability, the decision threshold chosen on validation, and what its validation images
+looked like to it (`reference`: shift.py's measure, the scores). Images are decoded with
+`decode_image`, exactly as in training, once per distinct preprocessing. An image gets no
+probability when it cannot be read or says it is not a chest radiograph (`reason` tells
+which), and is flagged (`check`) when it lies farther from the training images than any
+but 1% of validation's.
 """
 
 from __future__ import annotations
@@ -22,12 +26,12 @@ import numpy as np
 import pandas as pd
 
 from pneumo_exp.config import CLASS_NAMES
-from pneumo_exp.data.images import Decoded, Preprocessing, decode_many
+from pneumo_exp.data.images import UNREADABLE, Decoded, Preprocessing, decode_many
 from pneumo_exp.evaluation.calibration import apply_temperature
 
 IMAGE_COLUMN = "image"
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
-UNREADABLE = "unreadable"
+SHIFT_LIMIT = "shift_limit"  # reference: the 99th percentile of validation's image shift
 
 
 def member_artifact(i: int) -> str:
@@ -73,6 +77,7 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
             for i, spec in enumerate(config["members"])]
         self.threshold = float(config["threshold"])
         self.temperature = float(config.get("temperature", 1.0))
+        self.reference: dict[str, Any] = dict(config.get("reference") or {})
 
     def decode(self, images: Sequence[Any]) -> Decoded:
         """The readable images (bytes or base64 text) decoded for each member's
@@ -84,18 +89,38 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
         """The calibrated mean of the members' probabilities of PNEUMONIA."""
         return ensemble_probability(self.members, arrays, self.temperature)
 
+    def image_shift(self, arrays: Mapping[Preprocessing, np.ndarray]) -> np.ndarray | None:
+        """Each image's shift from the training images (shift.py), the members' mean; None
+        without batch normalization."""
+        from pneumo_exp.serving.shift import shift
+
+        found = shift([m.model for m in self.members],
+                      [arrays[m.preprocessing] for m in self.members])
+        return None if found is None else found.images
+
     def predict(self, context: Any, model_input: pd.DataFrame,
                 params: Mapping[str, Any] | None = None) -> pd.DataFrame:
         images = list(model_input[IMAGE_COLUMN])
         decoded = self.decode(images)
         prob: list[float | None] = [None] * len(images)
+        reason: list[str | None] = [None] * len(images)
+        check: list[str | None] = [None] * len(images)
+        labels = [UNREADABLE] * len(images)
+        for i, why in decoded.skipped:
+            reason[i], labels[i] = why, decoded.labels.get(i, UNREADABLE)
         if decoded.readable:
-            for i, p in zip(decoded.readable, self.probabilities(decoded.arrays), strict=True):
-                prob[i] = float(p)
-        labels = [UNREADABLE if p is None else CLASS_NAMES[int(p >= self.threshold)]
-                  for p in prob]
+            limit = self.reference.get(SHIFT_LIMIT)
+            shifts = self.image_shift(decoded.arrays) if limit else None
+            for k, (i, p) in enumerate(zip(decoded.readable,
+                                           self.probabilities(decoded.arrays), strict=True)):
+                prob[i], labels[i] = float(p), CLASS_NAMES[int(p >= self.threshold)]
+                if shifts is not None and shifts[k] > limit:
+                    check[i] = (f"unlike the training images: shift {shifts[k]:.2f}, above "
+                                f"the {limit:.2f} of all but 1% of validation's")
         # object dtype: an unreadable file is None, i.e. null in JSON, not NaN
-        return pd.DataFrame({"probability": pd.Series(prob, dtype=object), "label": labels})
+        return pd.DataFrame({"probability": pd.Series(prob, dtype=object), "label": labels,
+                             "reason": pd.Series(reason, dtype=object),
+                             "check": pd.Series(check, dtype=object)})
 
 
 def _as_file(value: Any) -> io.BytesIO:
@@ -116,7 +141,9 @@ def signature() -> mlflow.models.ModelSignature:
     return mlflow.models.ModelSignature(
         inputs=Schema([ColSpec("binary", IMAGE_COLUMN)]),
         outputs=Schema([ColSpec("double", "probability", required=False),
-                        ColSpec("string", "label")]))
+                        ColSpec("string", "label"),
+                        ColSpec("string", "reason", required=False),
+                        ColSpec("string", "check", required=False)]))
 
 
 def classifier(model: mlflow.pyfunc.PyFuncModel) -> PneumoniaClassifier:

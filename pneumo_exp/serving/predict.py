@@ -29,7 +29,7 @@ from pneumo_exp.evaluation.report import (
     report_html,
     site_report,
 )
-from pneumo_exp.serving.model import UNREADABLE, images_frame
+from pneumo_exp.serving.model import images_frame
 from pneumo_exp.tracking.figures import log_evaluation
 from pneumo_exp.tracking.names import (
     EVALUATION_EXPERIMENT,
@@ -60,10 +60,14 @@ def load(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
 def predict_files(model: mlflow.pyfunc.PyFuncModel, files: Sequence[Path],
                   names: Sequence[str] | None = None) -> pd.DataFrame:
     """file (or `names`), probability of PNEUMONIA, label at the model's threshold
-    ('unreadable' for files that are not images)."""
+    ('unreadable' for files that are not images, 'not a chest radiograph' for DICOM images
+    of another kind), the reason for no probability, and the shift check."""
     parts = [model.predict(images_frame(files[i:i + CHUNK])) for i in range(0, len(files), CHUNK)]
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         {"probability": [], "label": []})
+    for column in ("reason", "check"):  # a version made before them has neither
+        if column not in out:
+            out[column] = pd.Series([None] * len(out), dtype=object)
     out.insert(0, "file", list(names) if names is not None else [str(f) for f in files])
     return out
 
@@ -114,7 +118,7 @@ def evaluate(model_uri: str, labelled: LabelledSet, out: Path,
     model = load(model_uri)
     predictions = predict_files(model, labelled.files)
     labels = labelled.labels
-    readable = (predictions["label"] != UNREADABLE).to_numpy()
+    readable = predictions["probability"].notna().to_numpy()
     if not readable.any():
         raise DataError(f"none of the {len(labelled.files)} files of {labelled.source} is a "
                         "readable image.")

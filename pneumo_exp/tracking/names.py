@@ -112,6 +112,7 @@ PACKAGED_MODEL = "classifier"  # the pyfunc model of a promotion or adaptation r
 MODEL_CARD = "model_card.md"
 PREDICTIONS = "predictions.json"
 SITE_REPORT_PNG, SITE_REPORT_HTML = "report/site_report.png", "report/site_report.html"
+SITE_CHECK_PNG, SITE_CHECK_HTML = "report/site_check.png", "report/site_check.html"
 
 
 def plot(name: str) -> str:

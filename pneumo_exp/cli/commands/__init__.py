@@ -9,6 +9,7 @@ from pneumo_exp.cli.commands.models import (
     cmd_predict,
     cmd_promote,
     cmd_serve,
+    cmd_site_check,
 )
 from pneumo_exp.cli.commands.store import (
     cmd_cache,
@@ -23,5 +24,6 @@ from pneumo_exp.cli.commands.training import cmd_cv, cmd_data_fetch, cmd_data_sa
 
 __all__ = ["cmd_adapt", "cmd_cache", "cmd_compare", "cmd_cv", "cmd_data_fetch", "cmd_data_sample",
            "cmd_delete_search", "cmd_evaluate", "cmd_explain", "cmd_models", "cmd_predict",
-           "cmd_promote", "cmd_runs", "cmd_search", "cmd_serve", "cmd_server", "cmd_ui",
+           "cmd_promote", "cmd_runs", "cmd_search", "cmd_serve", "cmd_server", "cmd_site_check",
+           "cmd_ui",
            "cmd_users"]

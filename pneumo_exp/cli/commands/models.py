@@ -15,6 +15,7 @@ from pneumo_exp.cli.processes import run_server
 from pneumo_exp.cli.tf_import import import_tensorflow
 from pneumo_exp.config import LOCALHOST, load_config, tracking_uri
 from pneumo_exp.data.dicomweb import PacsQuery, comma_list, labelled, pull, read_labels
+from pneumo_exp.data.images import REFUSED, UNREADABLE
 from pneumo_exp.errors import DataError, UserError
 from pneumo_exp.tracking.names import (
     CHAMPION,
@@ -151,6 +152,36 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_site_check(args: argparse.Namespace) -> int:
+    if not args.dicomweb:
+        _need(args.data, "no folder of the site's images", "--data", "DATA", "folder")
+        if not Path(args.data).is_dir():
+            raise DataError(f"{args.data} is not a folder of images: give DATA=folder (any "
+                            "layout below it; labels are not read), or DICOMWEB=.")
+    images = _images(args, [args.data])
+    import_tensorflow()
+    from pneumo_exp.adaptation.site_check import run_site_check
+    from pneumo_exp.tracking.listing import describe_version
+
+    uri = _model_uri(args)
+    name = args.site or ("pacs" if args.dicomweb else Path(args.data).resolve().name)
+    check, page, run_id = run_site_check(uri, images.files, images.root, images.source, name,
+                                         Path(args.out))
+    s, ref = check.source, check.reference
+    print(f"{describe_version(uri)} on {images.source}: {check.images} images read"
+          f"{f', {check.skipped} skipped' if check.skipped else ''}; no label read.")
+    print(f"  as registered: shift {s.site_shift:.3f} (validation {ref['site_shift']:.3f}), "
+          f"{s.flagged_share:.1%} of the images beyond validation's 99th percentile, "
+          f"{s.positive_share:.1%} called PNEUMONIA (validation {ref['positive_share']:.1%}), "
+          f"scores' distance from validation's {check.ks:.3f} (KS)")
+    if check.adapted is not None:
+        a = check.adapted
+        print(f"  adapted to it: shift {a.site_shift:.3f}, {a.flagged_share:.1%} beyond, "
+              f"{a.positive_share:.1%} called PNEUMONIA")
+    print(f"  page: {page} (and in evaluation run {run_id}). Verdict: {check.verdict}")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     if not args.dicomweb:
         _need(args.paths, "no image files or folders to predict", "", "FILES", "'a.jpeg dir/'")
@@ -168,13 +199,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps(table.to_dict(orient="records"), indent=1))
         return 0
     print(f"# {describe_version(uri)}")
-    print("file\tprobability of PNEUMONIA\tlabel")
+    print("file\tprobability of PNEUMONIA\tlabel\tnote")
     for row in table.itertuples():
         p = "-" if row.probability is None else f"{row.probability:.6f}"
-        print(f"{row.file}\t{p}\t{row.label}")
+        print(f"{row.file}\t{p}\t{row.label}\t{row.reason or row.check or ''}")
     counts = table["label"].value_counts()
+    flagged = int(table["check"].notna().sum())
     print(f"# {len(table)} files: " + ", ".join(f"{counts.get(label, 0)} {label}" for label in
-                                              ("NORMAL", "PNEUMONIA", "unreadable")))
+                                              ("NORMAL", "PNEUMONIA", UNREADABLE, REFUSED))
+          + (f"; {flagged} unlike the training images (see the note)" if flagged else ""))
     return 0
 
 
