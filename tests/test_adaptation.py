@@ -208,3 +208,130 @@ def test_adapt_bad_input_registers_nothing(sites: dict[str, Any], searched: dict
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
     assert {n: _versions(client, n) for n in ("sites", "plain")} == before
+
+
+# ---- how far images sit from the training ones (serving.shift), site-check ------------------
+
+def test_the_shift_flags_images_unlike_the_training_ones(trained: Any) -> None:
+    """In-distribution images stay near the stored statistics; a scanner that quarters the
+    contrast, or plain noise, sits far out; adapted on them, the site's shift vanishes."""
+    from pneumo_exp.serving.shift import shift
+
+    model, rng = trained
+    x, _ = _square_images(rng, 200)
+    near = shift([model], [x])
+    limit = float(np.percentile(near.images, 99))
+    faint = np.clip(x.astype(float) * 0.25 + 150, 0, 255).astype(np.uint8)
+    far = shift([model], [faint])
+    assert np.mean(far.images > limit) > 0.9
+    assert far.site > 3 * near.site
+    site = keras.models.clone_model(model)
+    site.set_weights(model.get_weights())
+    adapt_batch_norm(site, faint)
+    assert shift([site], [faint]).site < 0.05 < near.site
+
+
+def test_ks_distance_and_the_site_check_verdict() -> None:
+    from pneumo_exp.adaptation.site_check import (
+        FLAGGED_SHARE,
+        SITE_SHIFT_RATIO,
+        Look,
+        SiteCheck,
+        ks_distance,
+    )
+
+    quantiles = list(np.linspace(0, 1, 21))  # validation's scores: uniform
+    rng = np.random.default_rng(0)
+    assert ks_distance(rng.uniform(0, 1, 2000), quantiles) < 0.05
+    assert ks_distance(np.full(100, 0.99), quantiles) > 0.9
+    reference = {"site_shift": 0.2, "shift_limit": 0.7, "score_quantiles": quantiles,
+                 "positive_share": 0.7, "layer_shift": [0.2]}
+
+    def check(site_shift: float, flagged: float) -> SiteCheck:
+        look = Look(np.zeros(10), 0.5, np.zeros(10), np.array([site_shift]), flagged)
+        return SiteCheck(10, 0, reference, look, None, 0.1)
+
+    assert check(0.21, 0.0).verdict.startswith("looks like the training data")
+    assert check(0.2 * SITE_SHIFT_RATIO + 0.01, 0.0).verdict.startswith("shifted")
+    assert check(0.1, FLAGGED_SHARE + 0.01).verdict.startswith("shifted")
+    assert "pneumo-exp adapt" in check(0.9, 0.5).verdict
+
+
+def test_site_check_before_labels(sites: dict[str, Any], searched: dict[str, Any],
+                                  tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Each check prints the site's figures as registered and adapted, and its verdict, and
+    is logged as an evaluation run with its page; nothing is registered. (Whether the
+    verdict is right needs a network trained longer than the session's two epochs, whose
+    statistics still lag its weights: test_the_shift_flags_images_unlike_the_training_ones
+    and the verdict's rules above.)"""
+    from PIL import Image
+
+    from pneumo_exp.cli import main
+
+    client = searched["client"]
+    before = _versions(client, "sites")
+    assert main(["site-check", "--model", "models:/sites/1", "--data", str(sites["folder"]),
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "40 images read" in out and "adapted to it" in out and "Verdict: " in out
+    pages = list(tmp_path.glob("*site-check.html"))
+    assert len(pages) == 1 and "Site check" in pages[0].read_text()
+    other = tmp_path / "other_scanner"
+    other.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(40):  # bright, flat, noisy: nothing like the session's X-rays
+        Image.fromarray(rng.integers(200, 256, (60, 60), dtype=np.uint8)).save(
+            other / f"{i}.png")
+    assert main(["site-check", "--model", "models:/sites/1", "--data", str(other),
+                 "--site", "elsewhere", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Verdict: " in out and "on " + str(other) in out
+    runs = client.search_runs([client.get_experiment_by_name(
+        "pneumo-exp/evaluations").experiment_id], "attributes.run_name = 'site-check-elsewhere'")
+    assert runs and runs[0].data.metrics["site_shift"] > 0
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "report")} == {
+        "report/site_check.html", "report/site_check.png"}
+    assert _versions(client, "sites") == before
+
+
+def test_predict_says_why_an_image_gets_no_probability(sites: dict[str, Any], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """A CT slice and a head radiograph are refused by their headers, a text file is
+    unreadable, and an image unlike the training ones is flagged; each says so in the
+    table and in CSV."""
+    import csv
+    import io
+
+    from dicom_copies import write_dicom
+    from PIL import Image
+    from pydicom import dcmread
+
+    from pneumo_exp.cli import main
+
+    xray = next(sites["folder"].rglob("*.jpeg"))
+    pixels = np.asarray(Image.open(xray).convert("L"))
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name, modality, part in (("ct.dcm", "CT", ""), ("head.dcm", "DX", "HEAD"),
+                                 ("chest.dcm", "DX", "CHEST")):
+        path = write_dicom(pixels, folder / name)
+        ds = dcmread(path)
+        ds.Modality = modality
+        if part:
+            ds.BodyPartExamined = part
+        ds.save_as(path, enforce_file_format=True)
+    (folder / "notes.txt").write_text("not an image")
+    Image.fromarray(np.full((60, 60), 250, np.uint8)).save(folder / "blank.png")
+    assert main(["predict", "--model", "models:/sites/1", "--format", "csv", str(folder)]) == 0
+    rows = {Path(r["file"]).name: r for r in csv.DictReader(io.StringIO(
+        capsys.readouterr().out))}
+    assert rows["ct.dcm"]["label"] == "not a chest radiograph" and not rows["ct.dcm"][
+        "probability"]
+    assert "Modality CT" in rows["ct.dcm"]["reason"]
+    assert "BodyPartExamined is HEAD" in rows["head.dcm"]["reason"]
+    assert rows["chest.dcm"]["label"] in ("NORMAL", "PNEUMONIA")
+    assert rows["notes.txt"]["label"] == "unreadable" and rows["notes.txt"]["reason"]
+    assert "unlike the training images" in rows["blank.png"]["check"]
+    assert main(["predict", "--model", "models:/sites/1", str(folder)]) == 0
+    table = capsys.readouterr().out
+    assert "1 not a chest radiograph" not in table and "2 not a chest radiograph" in table

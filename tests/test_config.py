@@ -164,3 +164,14 @@ def test_the_cosine_schedule_anneals_a_trial_to_zero_over_its_epochs() -> None:
     model.fit(np.zeros((8, 2)), np.zeros(8), epochs=4, verbose=0, callbacks=[cosine, rates])
     assert seen == pytest.approx([2e-3, 2e-3 * 0.5 * (1 + np.cos(np.pi / 4)), 1e-3,
                                   2e-3 * 0.5 * (1 + np.cos(3 * np.pi / 4))])
+
+
+def test_a_screened_search_logged_before_full_trials_loads() -> None:
+    """Its max_trials counted the full-fidelity trials only."""
+    from pneumo_exp.config import config_from_dict
+
+    old = load_config("aug_cnn").to_dict()
+    old["search"].pop("full_trials")
+    old["search"].update(screen_trials=12, max_trials=3)
+    cfg = config_from_dict(old)
+    assert (cfg.search.full_trials, cfg.search.max_trials, cfg.search.split) == (3, 15, (12, 3))

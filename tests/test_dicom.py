@@ -98,18 +98,25 @@ def test_pydicom_s_test_files_decode_or_are_skipped_with_a_reason() -> None:
 
     files = sorted(p for p in (Path(pydicom.data.__file__).parent / "test_files").rglob("*")
                    if p.is_file())
-    decoded, reasons = 0, []
+    from pneumo_exp.data.images import RefusedImageError
+
+    decoded, refused, reasons = 0, 0, []
     for f in files:
         try:
             image, _ = read_image(f, 32, 1)
+        except RefusedImageError as e:  # CT, MR, ...: decodable, but not a chest radiograph
+            refused += 1
+            reasons.append(str(e))
+            continue
         except UnreadableImageError as e:
             reasons.append(str(e))
             continue
         assert image.shape == (32, 32, 1) and image.dtype == np.uint8
         decoded += 1
-    assert len(files) > 100 and decoded > 50
+    assert len(files) > 100 and decoded + refused > 50 and refused > 40
     assert all(r and "\n" not in r for r in reasons)
     assert any("without pixel data" in r for r in reasons)  # structured reports and stubs
+    assert any("not a chest radiograph: a CT image" in r for r in reasons)
 
 
 def test_a_syntax_without_a_decoder_is_named(tmp_path: Path) -> None:
@@ -172,3 +179,28 @@ def test_patients_group_by_hashed_patient_id(workdir: Path) -> None:
     assert all(g.startswith("patient-") and "PX-" not in g for g in every)
     cached = b"".join(p.read_bytes() for p in (workdir / ".pneumo" / "cache").glob("*.npz"))
     assert b"PX-" not in cached and b"DOE" not in cached
+
+
+@pytest.mark.parametrize(("modality", "part", "refused"), [
+    ("CT", "", "Modality CT"), ("MR", "CHEST", "Modality MR"), ("DX", "HEAD", "HEAD"),
+    ("CR", "SKULL", "SKULL"), ("DX", "CHEST", None), ("CR", "PORTABLE CHEST", None),
+    ("", "", None)])
+def test_a_dicom_that_is_not_a_chest_radiograph_is_refused(tmp_path: Path, modality: str,
+                                                           part: str, refused: str | None) -> None:
+    from pydicom import dcmread
+
+    from pneumo_exp.data.images import REFUSED, RefusedImageError
+
+    path = write_dicom(np.asarray(Image.open(PNGS[0]).convert("L")), tmp_path / "x.dcm")
+    ds = dcmread(path)
+    ds.Modality = modality
+    if part:
+        ds.BodyPartExamined = part
+    ds.save_as(path, enforce_file_format=True)
+    if refused is None:
+        assert decode_image(path, 32, 1).shape == (32, 32, 1)
+        return
+    with pytest.raises(RefusedImageError, match=refused):
+        decode_image(path, 32, 1)
+    decoded = decode_many([path, PNGS[0]], [(32, 1)])
+    assert decoded.readable == [1] and decoded.labels == {0: REFUSED}
