@@ -11,7 +11,8 @@ on the *other* half's images, labels unread, and scored on this half; then the h
 Every figure is at the version's stored threshold; "pooled" scores both halves' adapted
 predictions together. The unadapted version is scored on the same halves beside it, and
 so is every --compare version. The pooled figures are saved on each version (tag
-pneumo.new_site) and in its model card. Prints a markdown table.
+pneumo.new_site) and in its model card. Prints a markdown table, and each half's site
+shift (pneumo_exp.serving.shift) as registered and adapted, against validation's.
 """
 
 from __future__ import annotations
@@ -38,14 +39,16 @@ def halves(labels: np.ndarray, groups: np.ndarray, seed: int) -> list[np.ndarray
 
 
 def score(uri: str, images: list[bytes], parts: list[np.ndarray], adapt: bool) -> tuple[
-        np.ndarray, float]:
+        np.ndarray, float, list[float | None]]:
     """Probabilities of every test image, each half scored by the version (adapted on the
-    other half if `adapt`), and the version's threshold."""
+    other half if `adapt`), the version's threshold, and each half's site shift
+    (pneumo_exp.serving.shift; None without batch normalization)."""
     from pneumo_exp.adaptation.batch_norm import adapt_batch_norm
     from pneumo_exp.serving.model import classifier
     from pneumo_exp.serving.predict import load
+    from pneumo_exp.serving.shift import shift
 
-    prob = np.zeros(len(images))
+    prob, shifts = np.zeros(len(images)), []
     for i, part in enumerate(parts):
         model = classifier(load(uri))  # a fresh copy for each site
         if adapt:
@@ -55,7 +58,10 @@ def score(uri: str, images: list[bytes], parts: list[np.ndarray], adapt: bool) -
         decoded = model.decode([images[j] for j in part])
         assert len(decoded.readable) == len(part), "a test image became unreadable"
         prob[part] = model.probabilities(decoded.arrays)
-    return prob, model.threshold
+        found = shift([m.model for m in model.members],
+                      [decoded.arrays[m.preprocessing] for m in model.members])
+        shifts.append(None if found is None else found.site)
+    return prob, model.threshold, shifts
 
 
 def main() -> None:
@@ -72,6 +78,8 @@ def main() -> None:
     from pneumo_exp.data.sources import load_split, open_source
     from pneumo_exp.evaluation.metrics import binary_metrics
     from pneumo_exp.registry import model_card
+    from pneumo_exp.serving.model import classifier
+    from pneumo_exp.serving.predict import load
     from pneumo_exp.tracking.names import TAG_NEW_SITE, TAG_SEARCH_RUNS
     from pneumo_exp.tracking.store import connect
     import_tensorflow()
@@ -94,9 +102,10 @@ def main() -> None:
     for uri in [args.model, *args.compare]:
         name, number = get_model_name_and_version(client, uri)
         pooled: dict[str, dict[str, float]] = {}
+        site_shift: dict[bool, list[float | None]] = {}
         for adapt in (False, True):
             try:
-                prob, threshold = score(uri, images, parts, adapt)
+                prob, threshold, shifts = score(uri, images, parts, adapt)
             except ValueError as e:  # nothing to adapt (no batch normalization)
                 if not adapt:
                     raise
@@ -108,8 +117,17 @@ def main() -> None:
                 cells.append(" / ".join(f"{f[k]:.3f}" for k in FIGURES))
             f = binary_metrics(labels, prob, threshold)
             pooled["adapted" if adapt else "as registered"] = {k: f[k] for k in FIGURES}
+            site_shift[adapt] = shifts
             print(f"| {uri} (v{number}) | {'yes' if adapt else 'no'} | " + " | ".join(cells)
                   + " |", flush=True)
+        reference = getattr(classifier(load(uri)), "reference", {})
+        if all(x is not None for x in site_shift.get(False, [None])):
+            print(f"\nSite shift of halves A / B (serving.shift; validation's "
+                  f"{reference.get('site_shift', float('nan')):.3f}): as registered "
+                  + " / ".join(f"{x:.3f}" for x in site_shift[False])
+                  + (", adapted on the other half " + " / ".join(
+                      f"{x:.3f}" for x in site_shift[True]) if True in site_shift else "")
+                  + "\n", flush=True)
         client.set_model_version_tag(name, number, TAG_NEW_SITE,
                                      json.dumps({"seed": args.seed, **pooled}))
         v = client.get_model_version(name, number)
