@@ -21,8 +21,6 @@ networks lose specificity, shift no more than validation's); only labelled cases
 
 from __future__ import annotations
 
-import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ from pneumo_exp.evaluation import plots
 from pneumo_exp.evaluation.plots import plt
 from pneumo_exp.evaluation.report import png_bytes
 from pneumo_exp.serving.model import SHIFT_LIMIT, PneumoniaClassifier, classifier
-from pneumo_exp.serving.predict import load
+from pneumo_exp.serving.predict import keep_page, load
 from pneumo_exp.serving.shift import shift
 from pneumo_exp.tracking.names import (
     EVALUATION_EXPERIMENT,
@@ -241,14 +239,6 @@ def run_site_check(model_uri: str, files: list[Path], root: Path, images_from: s
         mlflow.log_metrics(rounded(metrics))
         page = check_html(check, png, title, {"model": model_uri, "data": images_from,
                                               "evaluation run": run.info.run_id})
-        mlflow.log_text(page, SITE_CHECK_HTML)
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / Path(SITE_CHECK_PNG).name).write_bytes(png)
-            mlflow.log_artifact(str(Path(tmp) / Path(SITE_CHECK_PNG).name),
-                                str(Path(SITE_CHECK_PNG).parent))
-    out.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model_uri.removeprefix('models:/')}-{name}-"
-                                               "site-check").strip("-")
-    (out / f"{stem}.png").write_bytes(png)
-    (out / f"{stem}.html").write_text(page)
-    return check, out / f"{stem}.html", run.info.run_id
+        html = keep_page(png, page, (SITE_CHECK_PNG, SITE_CHECK_HTML), out,
+                         f"{model_uri.removeprefix('models:/')}-{name}-site-check")
+    return check, html, run.info.run_id

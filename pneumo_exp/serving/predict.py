@@ -144,18 +144,27 @@ def evaluate(model_uri: str, labelled: LabelledSet, out: Path,
         page = report_html(report, png, f"Site report: {title}",
                            {"model": model_uri, "data": labelled.source,
                             "evaluation run": run.info.run_id})
-        mlflow.log_text(page, SITE_REPORT_HTML)
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / Path(SITE_REPORT_PNG).name).write_bytes(png)
-            mlflow.log_artifact(str(Path(tmp) / Path(SITE_REPORT_PNG).name),
-                                str(Path(SITE_REPORT_PNG).parent))
+        html = keep_page(png, page, (SITE_REPORT_PNG, SITE_REPORT_HTML), out,
+                         f"{model_uri.removeprefix('models:/')}-{labelled.name}")
+    return Evaluation({**figures, **counts, "eval_unreadable_images": float((~readable).sum())},
+                      run.info.run_id, report, html)
+
+
+def keep_page(png: bytes, page: str, artifacts: tuple[str, str], out: Path,
+              name: str) -> Path:
+    """A one-page report into the active run (`artifacts`: its PNG and HTML paths) and into
+    the folder `out` as <name>.png and .html; the HTML's path."""
+    png_artifact, html_artifact = artifacts
+    mlflow.log_text(page, html_artifact)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / Path(png_artifact).name).write_bytes(png)
+        mlflow.log_artifact(str(Path(tmp) / Path(png_artifact).name),
+                            str(Path(png_artifact).parent))
     out.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model_uri.removeprefix('models:/')}-"
-                                               f"{labelled.name}").strip("-")
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
     (out / f"{stem}.png").write_bytes(png)
     (out / f"{stem}.html").write_text(page)
-    return Evaluation({**figures, **counts, "eval_unreadable_images": float((~readable).sum())},
-                      run.info.run_id, report, out / f"{stem}.html")
+    return out / f"{stem}.html"
 
 
 def validated(client: MlflowClient, model_uri: str) -> Validated:

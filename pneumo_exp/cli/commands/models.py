@@ -130,14 +130,19 @@ def _images(args: argparse.Namespace, paths: list[str]) -> Images:
                   f"{query.where} ({len(pulled.files)} instances)")
 
 
-def cmd_adapt(args: argparse.Namespace) -> int:
-    _need(args.site, "no site name", "--site", "SITE", "name")
+def _site_images(args: argparse.Namespace) -> Images:
+    """A site's unlabeled images: the folder --data (any layout below it), or a PACS."""
     if not args.dicomweb:
         _need(args.data, "no folder of the site's images", "--data", "DATA", "folder")
         if not Path(args.data).is_dir():
             raise DataError(f"{args.data} is not a folder of images: give DATA=folder (any "
                             "layout below it; labels are not read), or DICOMWEB=.")
-    images = _images(args, [args.data])
+    return _images(args, [args.data])
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    _need(args.site, "no site name", "--site", "SITE", "name")
+    images = _site_images(args)
     source = images.source
     import_tensorflow()
     from pneumo_exp.adaptation.site import adapt
@@ -153,12 +158,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def cmd_site_check(args: argparse.Namespace) -> int:
-    if not args.dicomweb:
-        _need(args.data, "no folder of the site's images", "--data", "DATA", "folder")
-        if not Path(args.data).is_dir():
-            raise DataError(f"{args.data} is not a folder of images: give DATA=folder (any "
-                            "layout below it; labels are not read), or DICOMWEB=.")
-    images = _images(args, [args.data])
+    images = _site_images(args)
     import_tensorflow()
     from pneumo_exp.adaptation.site_check import run_site_check
     from pneumo_exp.tracking.listing import describe_version
