@@ -1,5 +1,6 @@
-"""promote never packs a weak member: an ensemble only when it validates at least as well
-as its best member, and only trials that ran their course at full fidelity."""
+"""promote never packs a weak member: an ensemble unless it validates worse than its best
+member beyond the validation noise, and only trials that ran their course at full
+fidelity."""
 
 from __future__ import annotations
 
@@ -41,24 +42,28 @@ def _set(n: int) -> LabeledImages:
 
 
 @pytest.mark.parametrize("weak", [True, False])
-def test_the_ensemble_only_when_it_validates_at_least_its_best_member(weak: bool) -> None:
+def test_the_ensemble_unless_it_validates_worse_than_its_best_member_beyond_noise(
+        weak: bool) -> None:
+    """Two members alike: their mean is kept, whichever validates a hair higher. A member no
+    better than chance pulls the mean down beyond the noise: the good one alone."""
     rng = np.random.default_rng(0)
-    val = _set(60)
+    val = _set(400)
     y = val.labels
-    good = np.clip(y * 0.6 + rng.random(60) * 0.4, 0, 1)
-    other = (np.clip(y * 0.6 + rng.random(60) * 0.4, 0, 1) if not weak
-             else rng.random(60))  # no better than chance
+    good = np.clip(y * 0.4 + rng.random(400) * 0.6, 0, 1)
+    other = (np.clip(y * 0.4 + rng.random(400) * 0.6, 0, 1) if not weak
+             else rng.random(400))  # no better than chance
     cfg = load_config("aug_cnn")
     candidates = [Candidate(cfg, "aug_cnn trial 3"), Candidate(cfg, "aug_cnn trial 7")]
     members = [Member(Scores(good), 1, 1), Member(Scores(other), 1, 1)]
     keep, why = ensemble_or_best(candidates, members, [val, val])
-    together = roc_auc_score(y, (good + other) / 2)
-    best = max(roc_auc_score(y, good), roc_auc_score(y, other))
-    assert (together >= best) == (keep == [0, 1])
     if weak:
-        assert keep == [0] and "below its best member's" in why and "trial 3 alone" in why
+        assert keep == [0] and "worse beyond the validation noise" in why
+        assert "aug_cnn trial 3" in why
     else:
-        assert "at least its best member's" in why
+        together = roc_auc_score(y, (good + other) / 2)
+        best = max(roc_auc_score(y, good), roc_auc_score(y, other))
+        assert keep == [0, 1] and "within the validation noise or better" in why
+        assert abs(together - best) < 0.05  # alike, either way
 
 
 @pytest.mark.parametrize(("status", "candidate"), [

@@ -35,6 +35,7 @@ from pneumo_exp.evaluation.calibration import (
     fit_temperature,
 )
 from pneumo_exp.evaluation.metrics import binary_metrics, bootstrap_ci
+from pneumo_exp.evaluation.noise import Scored, difference, figure_function
 from pneumo_exp.evaluation.thresholds import choose_threshold
 from pneumo_exp.registry import model_card
 from pneumo_exp.registry.packaging import log_packaged_model, validation_reference
@@ -160,30 +161,33 @@ def select_trials(client: MlflowClient, arch: str | None, run_id: str | None,
 
 def ensemble_or_best(candidates: Sequence[Candidate], members: Sequence[Member],
                      sets: Sequence[LabeledImages]) -> tuple[list[int], str]:
-    """Which members to package, and why: all of them when their mean probability
-    validates at least as well as the best of them alone (by the search's objective),
-    else that best member alone."""
+    """Which members to package, and why: all of them, unless their mean probability
+    validates worse than the best of them alone (by the search's objective) by more than
+    the validation noise (evaluation.noise: a paired bootstrap over the validation images),
+    then that best member alone. Members the validation images cannot tell apart are
+    averaged: which of them validates a hair higher is chance, and a mean of several
+    networks varies less from one set of patients to the next than any one of them; a weak
+    member pulls the mean down beyond the noise and is left out with the others."""
     if len(members) == 1:
         return [0], ""
     objective = candidates[0].cfg.search.objective
     direction = candidates[0].cfg.search.direction
     target = candidates[0].cfg.search.sensitivity_target
-    name = objective.removeprefix("val_")
     arrays = {m.preprocessing: s.images for m, s in zip(members, sets, strict=True)}
     y = sets[0].labels
-    alone = [binary_metrics(y, ensemble_probability([m], arrays, batch_size=256),
-                            sensitivity_target=target)[name] for m in members]
-    together = binary_metrics(y, ensemble_probability(members, arrays, batch_size=256),
-                              sensitivity_target=target)[name]
-    best = int(np.argmax(alone) if direction == "max" else np.argmin(alone))
-    better = together >= alone[best] if direction == "max" else together <= alone[best]
-    if better:
-        return list(range(len(members))), (
-            f"the ensemble of {len(members)} validates at {objective} {together:.4f}, at least "
-            f"its best member's {alone[best]:.4f} ({candidates[best].label})")
-    return [best], (f"the ensemble of {len(members)} validates at {objective} {together:.4f}, "
-                    f"below its best member's {alone[best]:.4f}: {candidates[best].label} "
-                    "alone is registered")
+    alone = [Scored(y, ensemble_probability([m], arrays, batch_size=256)) for m in members]
+    figure = figure_function(objective, target)
+    values = [figure(y, a.prob) for a in alone]
+    best = int(np.argmax(values) if direction == "max" else np.argmin(values))
+    together = Scored(y, ensemble_probability(members, arrays, batch_size=256))
+    d = difference(objective, together, alone[best], paired=True, sensitivity_target=target)
+    worse = d.high < 0 if direction == "max" else d.low > 0
+    what = (f"the ensemble of {len(members)} validates at {objective} {d.a:.4f} against its "
+            f"best member's {d.b:.4f} ({candidates[best].label}; difference {d.value:+.4f}, "
+            f"95% interval [{d.low:+.4f}, {d.high:+.4f}])")
+    if worse:
+        return [best], f"{what}: worse beyond the validation noise, so that member alone"
+    return list(range(len(members))), f"{what}: within the validation noise or better"
 
 
 def validation_sets(candidates: Sequence[Candidate]) -> list[LabeledImages]:
