@@ -101,7 +101,9 @@ def runs_view(fidelity: str, key_params: Sequence[str] = (), objective: str = "v
                *(f"params.`{p}`" for p in dict.fromkeys((*key_params, *COMMON_PARAMS)))]
     state = {"searchFilter": f"tags.`{TAG_FIDELITY}` = '{fidelity}'",
              "orderByKey": f"metrics.`best_{objective}`", "orderByAsc": "loss" in objective,
-             "selectedColumns": columns, "columnOrder": columns}
+             "selectedColumns": columns, "columnOrder": columns,
+             "columnWidths": {c: 8 * len(c.split("`")[1]) + 40 for c in columns
+                              if c.startswith(("metrics.", "tags."))}}  # names in full
     # listed newest first: the full-fidelity view on top
     created = created_ms + (1 if fidelity == FULL else 0)
     return json.dumps({"name": VIEWS[fidelity][1], "createdAt": created, "updatedAt": created,
