@@ -47,7 +47,7 @@ def make_folder_dataset(root: Path, counts: dict[str, tuple[int, int]] | None = 
                         else f"person{patient}_bacteria_{i}.jpeg")
                 Image.fromarray(_xray(rng, label, size)).save(folder / name, quality=95)
     # the settings that fit a dataset this small, as the bundled sample carries its own:
-    # every trial at full fidelity (experiments/aug_cnn.yaml screens 12 first)
+    # every trial at full fidelity (a user's --set may turn screening on)
     if settings:
         (root / "pneumo-exp.yaml").write_text("search:\n  screen_trials: 0\n")
     return root

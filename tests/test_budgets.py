@@ -29,12 +29,13 @@ def _trials(work: Path) -> list:
 
 
 def test_make_max_trials_and_epochs_bound_a_screened_search(tmp_path: Path) -> None:
-    """The sample screens 5 and trains 2 (of 7): MAX_TRIALS=3 keeps that share, 2 screened
-    and 1 full, and EPOCHS=1 caps the screening's 2 epochs too."""
+    """A search named 5 screened and 2 full (of 7): MAX_TRIALS=3 keeps that share, 2
+    screened and 1 full, and EPOCHS=1 caps the screening's 2 epochs too."""
+    split = "search.screen_trials=5 search.full_trials=2 search.screen_epochs=2"
     proc = subprocess.run(["make", "-s", "-f", str(REPO / "Makefile"), "search", "ARCH=aug_cnn",
                            f"VENV={sys.prefix}", "STAMP=", "MAX_TRIALS=3", "EPOCHS=1",
-                           f"SET={QUICK}"], cwd=tmp_path, env=_env(), capture_output=True,
-                          text=True, timeout=600)
+                           f"SET={QUICK} {split}"], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     console = proc.stdout + proc.stderr
     assert "Plan: 3 trials: 2 configurations screened" in console
@@ -64,10 +65,12 @@ def test_make_max_trials_and_epochs_bound_a_screened_search(tmp_path: Path) -> N
 @pytest.mark.parametrize(("arch", "max_trials"), [("baseline", 1), ("aug_cnn", 2)])
 def test_the_console_script_runs_exactly_max_trials(tmp_path: Path, arch: str,
                                                     max_trials: int) -> None:
-    """Too few trials to screen: all of them at full fidelity, for EPOCHS epochs each."""
+    """Too few trials to screen (the split 12 : 3): all of them at full fidelity, for EPOCHS
+    epochs each."""
+    split = "search.screen_trials=12 search.full_trials=3"
     proc = subprocess.run([str(Path(sys.executable).parent / "pneumo-exp"), "search", arch,
                            "--max-trials", str(max_trials), "--epochs", "1",
-                           *[x for item in QUICK.split() for x in ("--set", item)]],
+                           *[x for item in f"{QUICK} {split}".split() for x in ("--set", item)]],
                           cwd=tmp_path, env=_env(), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

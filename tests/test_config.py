@@ -51,10 +51,12 @@ def test_digest_ignores_budgets_only() -> None:
                                                     "search.max_trials": 99}).digest()
     assert base.digest() != load_config("aug_cnn", {"train.epochs": 3}).digest()
     # a search that screens is named by its split: its stages number the trials after it
-    screened = load_config("aug_cnn", {"data.root": "/x"})
-    assert screened.digest() == load_config("aug_cnn", {"data.root": "/x",
+    split = {"data.root": "/x", "search.screen_trials": 12, "search.full_trials": 3,
+             "search.max_trials": 15}
+    screened = load_config("aug_cnn", split)
+    assert screened.digest() == load_config("aug_cnn", {**split,
                                                         "search.time_budget_min": 5}).digest()
-    assert screened.digest() != load_config("aug_cnn", {"data.root": "/x",
+    assert screened.digest() != load_config("aug_cnn", {**split,
                                                         "search.max_trials": 30}).digest()
 
 
@@ -81,7 +83,8 @@ def test_epochs_cap_the_screening_too() -> None:
     assert [(st.name, st.trials, st.epochs) for st in stages(cfg)] == [
         ("screen", 12, 2), ("full", 3, 2)]
     assert "12 configurations screened" in describe_plan(cfg)
-    one = load_config("aug_cnn", {"data.root": "/x", "search.max_trials": 1})
+    one = load_config("aug_cnn", {"data.root": "/x", "search.max_trials": 1,
+                                  "search.screen_trials": 12, "search.full_trials": 3})
     assert [(st.name, st.trials) for st in stages(one)] == [("full", 1)]
     assert "too few to screen" in describe_plan(one)
 
