@@ -1,19 +1,32 @@
-"""The multi-fidelity search, Bayesian optimization, random search and Hyperband under the
-same wall-time cap.
+"""The default search against the other ways to spend its time: multi-fidelity screening,
+one-stage Bayesian optimization, Hyperband, random search; judged on validation and on
+patients of another block (bench/new_site.py).
 
-    .venv/bin/python bench/tuners.py --data ../shared/data/chest_xray --minutes 15 \
-        [--arch aug_cnn] [--tuners screened bayesian hyperband] [--out bench/tuners.png]
+    .venv/bin/python bench/tuners.py --data ../shared/data/chest_xray \
+        [--tuners default screened bayesian hyperband] [--minutes M] [--seed 42] \
+        [--new-site] [--set KEY=VALUE ...] [--out bench/tuners.png]
 
-Each tuner runs `pneumo-exp search` on the same configuration (experiments/<arch>.yaml,
-search.time_budget_min = the budget, a trial budget it cannot reach), one after the other,
-each a search of its own name in the working directory's store; then `pneumo-exp compare`
-prints their best trials side by side and plots the best objective so far against time and
-against trials.
+Each runs `pneumo-exp search` in the working directory's store, one after the other, as a
+search of its own name:
+
+- default: experiments/<arch>.yaml as it is (its own trial budget, no clock);
+- screened: the same space, 12 configurations screened at 48 px on a third of train for 3
+  epochs, the best 3 trained at full fidelity;
+- bayesian, random: one stage, every trial at full fidelity, as many as fit;
+- hyperband: Hyperband's rounds at full resolution, as many as fit.
+
+All but the default stop at --minutes (default: the default search's own wall time, so
+each gets what it took). Then `pneumo-exp compare` prints their best trials side by side,
+whether they differ by more than the validation noise, and plots the best objective so far
+against time and trials; with --new-site, each search's best trials are promoted as
+promote does (TOP=3, the noise rule) under a model of its own and scored by
+bench/new_site.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -22,16 +35,21 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+SCREENED = ["--set", "search.screen_trials=12", "--set", "search.full_trials=3",
+            "--set", "search.max_trials=15"]
+ONE_STAGE = ["--max-trials", "100", "--set", "search.screen_trials=0"]
+HOW = {"default": [], "screened": SCREENED, "bayesian": ["--tuner", "bayesian", *ONE_STAGE],
+       "random": ["--tuner", "random", *ONE_STAGE],
+       "hyperband": ["--tuner", "hyperband", *ONE_STAGE]}
 
-def run(tuner: str, args: argparse.Namespace) -> str:
-    """One search: `screened` is the experiment as configured (its screening, then its
-    full-fidelity trials); a tuner's name runs every trial at full fidelity with it."""
-    name = f"bench-{tuner}-{args.minutes:g}min-seed{args.seed}"
-    how = ([] if tuner == "screened" else
-           ["--tuner", tuner, "--max-trials", "100", "--set", "search.screen_trials=0"])
-    cmd = [sys.executable, "-m", "pneumo_exp.cli", "search", args.arch, *how,
-           "--name", name, "--time-budget", str(args.minutes),
-           "--seed", str(args.seed), "--fresh", *(["--data", args.data] if args.data else []),
+
+def run(tuner: str, args: argparse.Namespace, minutes: float | None) -> tuple[str, float]:
+    """One search; its name and wall time in minutes."""
+    name = f"bench-{tuner}-seed{args.seed}"
+    cmd = [sys.executable, "-m", "pneumo_exp.cli", "search", args.arch, *HOW[tuner],
+           "--name", name, "--seed", str(args.seed), "--fresh",
+           *(["--time-budget", f"{minutes:.2f}"] if minutes else []),
+           *(["--data", args.data] if args.data else []),
            *[x for item in args.set for x in ("--set", item)]]
     started = time.time()
     log = Path(f"bench-{tuner}.log")
@@ -39,27 +57,61 @@ def run(tuner: str, args: argparse.Namespace) -> str:
         code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
     if code:
         raise SystemExit(f"{tuner}: pneumo-exp search exited with {code}; see {log}")
-    print(f"{tuner}: {time.time() - started:.0f} s (log {log})", file=sys.stderr)
-    return name
+    took = (time.time() - started) / 60
+    print(f"{tuner}: {took:.1f} min (log {log})", file=sys.stderr)
+    return name, took
+
+
+def new_site(tuner: str, name: str) -> dict:
+    """Promote the search's best trials under a model of its own; score it on new patients."""
+    model = f"bench-{tuner}"
+    cli = [sys.executable, "-m", "pneumo_exp.cli"]
+    subprocess.check_call([*cli, "promote", "--search", name, "--model-name", model],
+                          stdout=subprocess.DEVNULL)
+    subprocess.check_call([sys.executable, str(Path(__file__).with_name("new_site.py")),
+                           "--model", f"models:/{model}@champion"], stdout=subprocess.DEVNULL)
+    from mlflow.tracking import MlflowClient
+
+    from pneumo_exp.tracking.names import CHAMPION, TAG_MEMBERS, TAG_NEW_SITE
+    from pneumo_exp.tracking.store import connect
+
+    client: MlflowClient = connect()
+    version = client.get_model_version_by_alias(model, CHAMPION)
+    return {"members": version.tags[TAG_MEMBERS], **json.loads(version.tags[TAG_NEW_SITE])}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="dataset (default: as pneumo-exp search)")
     parser.add_argument("--arch", default="aug_cnn")
-    parser.add_argument("--minutes", type=float, default=15.0, help="budget of each tuner")
-    parser.add_argument("--tuners", nargs="+", default=["screened", "bayesian", "hyperband"],
-                        help="screened (the experiment's multi-fidelity search), random, "
-                        "bayesian, hyperband")
+    parser.add_argument("--minutes", type=float, help="budget of each capped search (default: "
+                        "the default search's wall time)")
+    parser.add_argument("--tuners", nargs="+", default=["default", "screened", "bayesian",
+                                                        "hyperband"], choices=list(HOW))
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--new-site", action="store_true",
+                        help="promote each search's best and score it on new patients")
     parser.add_argument("--out", default="bench/tuners.png", help="the plot")
     args = parser.parse_args()
-    names = [run(tuner, args) for tuner in args.tuners]
-    # the comparison is pneumo-exp's own: a table of the best trials, a plot of the best
-    # so far against time and against trials
-    subprocess.check_call([sys.executable, "-m", "pneumo_exp.cli", "compare", *names,
+    minutes, names = args.minutes, {}
+    for tuner in sorted(args.tuners, key=lambda t: t != "default"):  # the default first
+        names[tuner], took = run(tuner, args, None if tuner == "default" else minutes)
+        if tuner == "default" and minutes is None:
+            minutes = took
+    # the comparison is pneumo-exp's own: a table of the best trials, the noise verdicts,
+    # a plot of the best so far against time and against trials
+    subprocess.check_call([sys.executable, "-m", "pneumo_exp.cli", "compare", *names.values(),
                            "--out", args.out])
+    if args.new_site:
+        print("\n| search | members | as registered acc / sens / spec / AUC | adapted |")
+        print("|---|---|---|---|")
+        for tuner, name in names.items():
+            r = new_site(tuner, name)
+            cells = [" / ".join(f"{r[k][f]:.3f}" for f in ("accuracy", "sensitivity",
+                                                           "specificity", "auc"))
+                     for k in ("as registered", "adapted")]
+            print(f"| {tuner} | {r['members']} | {cells[0]} | {cells[1]} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--top", "package the up to k best trials validated alike as one ensemble "
            "(default registry.top: 3; 1: the best trial alone)", ("promote",), type=int),
     Option("--run", "promote this trial run instead of the best", ("promote",)),
+    Option("--search", "promote the best trials of this search only (its name)", ("promote",),
+           make="NAME"),
     Option("--any-trial", "consider every finished full-fidelity trial, also those stopped "
            "by a rule or cut by the time budget", ("promote",),
            flag_only=True),

@@ -107,13 +107,15 @@ class Calibration:
 
 
 def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | None = None,
-            top: int | None = None, any_trial: bool = False) -> Promotion:
+            top: int | None = None, any_trial: bool = False,
+            search: str | None = None) -> Promotion:
     """Register the ensemble of the up to `top` (registry.top) best candidate trials
-    validated alike (`any_trial`: of every finished trial), or the one trial `run_id`; the
-    best member alone when the ensemble validates worse than it."""
+    validated alike (`any_trial`: of every finished trial; `search`: of that search only),
+    or the one trial `run_id`; the best member alone when the ensemble validates worse than
+    it beyond the noise."""
     client = connect()
     trials = select_trials(client, arch, run_id, registry.top if top is None else top,
-                           any_trial)
+                           any_trial, search)
     name = registry.model_name
     existing = versions_of_runs(client, name, [t.info.run_id for t in trials])
     if existing:
@@ -151,12 +153,12 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
 
 
 def select_trials(client: MlflowClient, arch: str | None, run_id: str | None,
-                  top: int, any_trial: bool = False) -> list[Run]:
-    """The one trial `run_id`, or the up to `top` best validated alike."""
+                  top: int, any_trial: bool = False, search: str | None = None) -> list[Run]:
+    """The one trial `run_id`, or the up to `top` best validated alike (of `search`)."""
     if top < 1:
         raise ConfigError(f"TOP must be an integer >= 1; got {top}.")
     return ([trial_run(client, run_id)] if run_id
-            else best_trial_runs(client, arch, top, any_trial))
+            else best_trial_runs(client, arch, top, any_trial, search))
 
 
 def ensemble_or_best(candidates: Sequence[Candidate], members: Sequence[Member],

@@ -62,7 +62,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from pneumo_exp.registry.promote import promote
 
     p = promote(cfg.registry, arch=args.arch, run_id=args.run, top=args.top,
-                any_trial=args.any_trial)
+                any_trial=args.any_trial, search=args.search)
     if p.why:
         print(f"Members: {p.why}.")
     v, name = p.version, cfg.registry.model_name
