@@ -10,8 +10,9 @@ version's validation images, as the version saw them (its `reference`, kept at p
   together, against validation's, and the share of its images beyond the 99th percentile
   of validation's image shift. These decide the verdict;
 
-and the same for the version adapted to these images in memory (AdaBN, nothing
-registered), which shows what `pneumo-exp adapt` would change. The answer is one line
+and the same for the version adapted to these images in memory (batch_norm.py, nothing
+registered), which shows what `pneumo-exp adapt` would change: a shifted site comes back
+near validation's shift. The answer is one line
 (looks like the training data, or shifted: adapt, then verify on labelled cases) and a
 one-page figure, logged as an evaluation run like the site report. What it cannot see: a
 shift the normalization statistics do not show (the test split's patients, on which the
@@ -90,7 +91,7 @@ class SiteCheck:
         figures = (f"shift {s.site_shift:.2f} against validation's {ref['site_shift']:.2f}, "
                    f"{s.flagged_share:.0%} of the images beyond all but 1% of validation's")
         if self.shifted:
-            after = (f"; adapted on them, the shift falls to {self.adapted.site_shift:.2f}"
+            after = (f"; adapted on them, it is {self.adapted.site_shift:.2f}"
                      if self.adapted else "")
             return (f"shifted: {figures}{after}. Adapt it to this site (pneumo-exp adapt), "
                     "then verify on labelled cases (pneumo-exp evaluate).")

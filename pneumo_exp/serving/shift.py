@@ -9,10 +9,11 @@ squares, averaged over the layers. An image's shift uses its own means and varia
 site's uses those of all its images together, as adaptation would re-estimate them. On the
 full data's validation images the image shift stays below about 0.7 (its 99th percentile,
 kept with each version); a CT slice, an MR slice or a colour test pattern mostly lies far
-beyond. It tells how unlike the training images the pixels are, not whether the answers
-on them are right: the test split's patients, on which the networks lose specificity,
-shift no more than validation's, and adaptation (AdaBN) sets the stored statistics to the
-site's, so an adapted network's site shift is near zero whatever its accuracy there.
+beyond. The stored statistics are training's, estimated on augmented batches, so even
+validation's plain images lie at some distance (0.2-0.3 for the default); a site is judged
+against that. It tells how unlike the training images the pixels are, not whether the
+answers on them are right: the test split's patients, on which the networks lose
+specificity, shift no more than validation's.
 """
 
 from __future__ import annotations
