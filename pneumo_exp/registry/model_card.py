@@ -95,7 +95,8 @@ train by patient; the test split was read once, for the figures below.
 
 **Threshold rule.** {threshold:.3f}: the highest specificity whose sensitivity on the
 calibrated validation probabilities is at least {registry.min_sensitivity} (a missed
-pneumonia is the costly error).
+pneumonia is the costly error; validation is cut from the training data, whose labels are
+less checked than a reviewed test set's, so a site's sensitivity is usually higher).
 
 **Calibration.** Temperature {temperature:.3f}, fitted on validation (Guo et al. 2017).
 Expected calibration error (15 bins) on validation {_pct(val.get('val_uncalibrated_ece'))}
