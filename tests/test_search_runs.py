@@ -214,3 +214,17 @@ def test_importance_finds_what_moved_the_objective() -> None:
     few = estimate(rows[:MEANINGFUL - 1], "val_auc", "max", "screen")
     assert few is not None and "too few" in few.caveat
     assert estimate(rows[:2], "val_auc", "max", "screen") is None
+
+
+def test_promote_can_take_one_search_s_trials(tracker: SearchTracker, workdir: Path) -> None:
+    from pneumo_exp.registry.selection import best_trial_runs
+
+    _trial(tracker, "0", 0.99, [0.99], "completed", {"lr": 1})
+    other = SearchTracker(tracker.cfg, "other", workdir / ".pneumo" / "tuner" / "other")
+    other.begin(_data(workdir), {})
+    mine = [_trial(other, str(t), auc, [auc], "completed", {"lr": t})
+            for t, auc in enumerate((0.90, 0.95))]
+    every = best_trial_runs(tracker.client, "aug_cnn", top=3, any_trial=True)
+    assert every[0].data.metrics["best_val_auc"] == 0.99  # the best of the experiment
+    only = best_trial_runs(tracker.client, "aug_cnn", top=3, any_trial=True, search="other")
+    assert [r.info.run_id for r in only] == [mine[1], mine[0]]
