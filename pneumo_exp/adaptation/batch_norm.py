@@ -15,8 +15,9 @@ network in training mode, in batches of training's size, a few times over (fresh
 augmentation each pass), and each layer's stored mean and variance become the average of
 its batch means and variances. Estimated instead on the plain images in inference mode,
 the statistics lie where the network never normalized during training: on the test
-split's patient halves that lowered the AUC from 0.979-0.982 to 0.972-0.973, where the
-training regime kept 0.978-0.981 (docs/results.md, "How the default was decided").
+split's patient halves (three seeds of the default) that ranked new patients worse (AUC
+0.976 against 0.981 on average; 0.972-0.973 against 0.978-0.981 for two seeds, alike for
+the third), at about the same specificity (docs/results.md, "How the default was decided").
 """
 
 from __future__ import annotations
