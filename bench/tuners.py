@@ -66,10 +66,10 @@ def new_site(tuner: str, name: str) -> dict:
     """Promote the search's best trials under a model of its own; score it on new patients."""
     model = f"bench-{tuner}"
     cli = [sys.executable, "-m", "pneumo_exp.cli"]
-    subprocess.check_call([*cli, "promote", "--search", name, "--model-name", model],
-                          stdout=subprocess.DEVNULL)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    subprocess.check_call([*cli, "promote", "--search", name, "--model-name", model], **quiet)
     subprocess.check_call([sys.executable, str(Path(__file__).with_name("new_site.py")),
-                           "--model", f"models:/{model}@champion"], stdout=subprocess.DEVNULL)
+                           "--model", f"models:/{model}@champion"], **quiet)
     from mlflow.tracking import MlflowClient
 
     from pneumo_exp.tracking.names import CHAMPION, TAG_MEMBERS, TAG_NEW_SITE
