@@ -90,20 +90,12 @@ class Promotion:
 
 
 @dataclass(frozen=True)
-class Scores:
-    """The ensemble's mean probability on one labelled set, before calibration."""
-
-    labels: np.ndarray
-    raw: np.ndarray
-
-
-@dataclass(frozen=True)
 class Calibration:
     temperature: float
     threshold: float
 
-    def apply(self, scores: Scores) -> np.ndarray:
-        return apply_temperature(scores.raw, self.temperature)
+    def apply(self, scores: Scored) -> np.ndarray:
+        return apply_temperature(scores.prob, self.temperature)
 
 
 def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | None = None,
@@ -218,21 +210,22 @@ def test_sets(candidates: Sequence[Candidate]) -> list[LabeledImages]:
                        c.cfg.data.image_size, c.cfg.data.channels).data for c in candidates]
 
 
-def score(members: Sequence[Member], sets: Sequence[LabeledImages]) -> Scores:
-    """The members' mean probability, each on its own set (the same images)."""
+def score(members: Sequence[Member], sets: Sequence[LabeledImages]) -> Scored:
+    """The members' mean probability before calibration, each on its own set (the same
+    images)."""
     arrays = {m.preprocessing: s.images for m, s in zip(members, sets, strict=True)}
-    return Scores(sets[0].labels, ensemble_probability(members, arrays, batch_size=256))
+    return Scored(sets[0].labels, ensemble_probability(members, arrays, batch_size=256))
 
 
-def calibrate(val: Scores, min_sensitivity: float) -> Calibration:
+def calibrate(val: Scored, min_sensitivity: float) -> Calibration:
     """A temperature fitted on validation, then the threshold on the calibrated
     validation probabilities."""
-    temperature = fit_temperature(val.labels, val.raw)
-    prob = apply_temperature(val.raw, temperature)
+    temperature = fit_temperature(val.labels, val.prob)
+    prob = apply_temperature(val.prob, temperature)
     return Calibration(temperature, choose_threshold(val.labels, prob, min_sensitivity))
 
 
-def validation_figures(val: Scores, calibration: Calibration, n_bootstrap: int,
+def validation_figures(val: Scored, calibration: Calibration, n_bootstrap: int,
                        sensitivity_target: float = 0.95) -> dict[str, float]:
     """The calibrated validation figures at 0.5 and at the threshold, with intervals, and
     the calibration error before and after."""
@@ -242,8 +235,8 @@ def validation_figures(val: Scores, calibration: Calibration, n_bootstrap: int,
     figures.update({f"val_{k}_at_thr": v for k, v in binary_metrics(y, prob, threshold).items()
                     if k in ("sensitivity", "specificity", "accuracy")})
     figures.update(calibration_figures(y, prob, "val_"))
-    figures.update(calibration_figures(y, val.raw, "val_uncalibrated_"))
-    figures["val_uncalibrated_loss"] = binary_metrics(y, val.raw)["loss"]
+    figures.update(calibration_figures(y, val.prob, "val_uncalibrated_"))
+    figures["val_uncalibrated_loss"] = binary_metrics(y, val.prob)["loss"]
     for key, (low, high) in bootstrap_ci(y, prob, threshold, n_bootstrap).items():
         figures[f"val_{key}_ci_low"], figures[f"val_{key}_ci_high"] = low, high
     return figures
@@ -256,7 +249,7 @@ def _arch(candidates: Sequence[Candidate]) -> str:
 
 def evaluate_and_package(candidates: Sequence[Candidate], members: Sequence[Member],
                          calibration: Calibration, val_figures: Mapping[str, float],
-                         test: Scores, registry: RegistryConfig,
+                         test: Scored, registry: RegistryConfig,
                          reference: Mapping[str, Any]) -> tuple[str, dict[str, float], str]:
     """The evaluation run: the test figures (the only read of the test split) and the
     packaged model. Returns the run's id, the test figures and the model's URI."""
@@ -276,13 +269,13 @@ def evaluate_and_package(candidates: Sequence[Candidate], members: Sequence[Memb
         mlflow.log_metrics(rounded(val_figures))
         figures = log_evaluation(test.labels, calibration.apply(test), calibration.threshold,
                                  "test", registry.bootstrap, title=f"{title}, test split",
-                                 uncalibrated=test.raw)
+                                 uncalibrated=test.prob)
         logged = log_packaged_model(members, calibration.threshold, calibration.temperature,
                                     reference)
     return run.info.run_id, figures, logged.model_uri
 
 
-def validated_counts(val: Scores, calibration: Calibration) -> dict[str, list[int]]:
+def validated_counts(val: Scored, calibration: Calibration) -> dict[str, list[int]]:
     """[hits, total] of the validation sensitivity and specificity at the threshold: what a
     site's report is judged against, with its interval."""
     f = binary_metrics(val.labels, calibration.apply(val), calibration.threshold)
