@@ -1,6 +1,6 @@
-"""Reading X-rays as files and from a PACS: decode throughput of PNG against DICOM
-(uncompressed, JPEG Lossless, JPEG 2000), predict time on each, and the round trip through
-Orthanc's DICOMweb.
+"""Reading X-rays as files and from a PACS: decode throughput of PNG against the source
+JPEGs and DICOM (uncompressed, JPEG Lossless, JPEG 2000), predict time on each, and the
+round trip through Orthanc's DICOMweb.
 
     .venv/bin/python bench/decode.py --data ../shared/data/chest_xray/test \
         [--model models:/pneumonia-classifier@champion] [--size 96] [--rounds 3]
@@ -29,13 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dicom_copies import copy_folder
 from PIL import Image
 
-FORMATS = {"PNG": None, "DICOM uncompressed": "mono2", "DICOM JPEG Lossless": "jpeg-lossless",
-           "DICOM JPEG 2000": "j2k"}
+SOURCE = "source"  # the files under --data as they are
+FORMATS = {"PNG": None, "JPEG (the source files)": SOURCE, "DICOM uncompressed": "mono2",
+           "DICOM JPEG Lossless": "jpeg-lossless", "DICOM JPEG 2000": "j2k"}
 
 
 def convert(src: Path, work: Path) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {}
     for name, variant in FORMATS.items():
+        if variant == SOURCE:
+            out[name] = sorted(p for p in src.rglob("*") if p.is_file())
+            continue
         folder = work / name.replace(" ", "_")
         if not folder.is_dir():
             if variant is None:
@@ -74,7 +78,8 @@ def main() -> None:
     from pneumo_exp.data.images import decode_image
 
     print(f"{n} images of {args.data}, decoded to {args.size} px, best of {args.rounds}\n")
-    print("| format | MB | decode, images/s | predict, s | vs PNG |\n|---|---|---|---|---|")
+    print("| format | MB | decode, images/s | predict, s | vs PNG | largest |p - p(PNG)| |\n"
+          "|---|---|---|---|---|---|")
     model = None
     if args.model:
         from pneumo_exp.cli.tf_import import import_tensorflow
@@ -83,18 +88,23 @@ def main() -> None:
         model = load(args.model)
         predict_files(model, files["PNG"][:8])  # warm-up: the first call traces
     predict_png = None
+    probability_png: dict[tuple[str, str], float] = {}
     for name, paths in files.items():
         seconds = best_of(args.rounds, lambda p=paths: [decode_image(f, args.size, 1)
                                                        for f in p])
         mb = sum(f.stat().st_size for f in paths) / 1e6
-        predict = ""
-        ratio = ""
+        predict = ratio = gap = ""
         if model is not None:
             t = best_of(args.rounds, lambda p=paths: predict_files(model, p))
             predict_png = predict_png or t
             predict, ratio = f"{t:.2f}", f"{t / predict_png:.2f}x"
-        print(f"| {name} | {mb:.1f} | {len(paths) / seconds:.0f} | {predict} | {ratio} |",
-              flush=True)
+            # the same X-ray in every container: its class folder and file stem
+            found = dict(zip(((f.parent.name, f.stem) for f in paths),
+                             predict_files(model, paths)["probability"], strict=True))
+            probability_png = probability_png or found
+            gap = f"{max(abs(found[k] - p) for k, p in probability_png.items()):.4f}"
+        print(f"| {name} | {mb:.1f} | {len(paths) / seconds:.0f} | {predict} | {ratio} | "
+              f"{gap} |", flush=True)
     if model is not None and shutil.which("Orthanc"):
         pacs_round_trip(files["DICOM JPEG Lossless"], args.model, args.rounds)
 
