@@ -116,7 +116,7 @@ def test_the_site_statistics_are_estimated_as_training_estimated_them(trained: A
     for a, b in zip(*copies, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     second = batch_norm_layers(site)[1]
-    total = keras.Model(site.inputs, second.input)(x.astype(np.float32), training=True)
+    total = keras.Model(site.inputs, second.input)([x.astype(np.float32)], training=True)
     assert np.all(second.moving_variance.numpy()
                   <= keras.ops.convert_to_numpy(total).var(axis=(0, 1, 2)) * 1.05)
 
