@@ -76,8 +76,8 @@ def init_sqlite_store(db: Path) -> None:
 # shows no metric until columns are chosen, and only a saved view (an experiment tag the UI
 # lists under "Views", and opens from a link) carries columns from the server: each
 # experiment gets two, the full-fidelity trials (the link a search prints) and the
-# screened ones. MLflow opens a view from a link as a shared view, with a banner offering
-# to keep it ("Override saved view") as the browser's own.
+# screened ones. MLflow opens a view as a shared view, from a link or from its own Views
+# list alike, with a banner offering to keep it ("Override saved view") as the browser's own.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # the UI's saved views
 VIEWS = {FULL: ("pneumo-exp-trials", "pneumo-exp: full-fidelity trials, best first"),
