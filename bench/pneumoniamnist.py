@@ -19,13 +19,14 @@ import numpy as np
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
-CLASSES = ("NORMAL", "PNEUMONIA")
+from pneumo_exp.config import CLASS_NAMES
+
 SIZE = 28
 
 
 def load(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
-    for label, name in enumerate(CLASSES):
+    for label, name in enumerate(CLASS_NAMES):
         for path in sorted((folder / name).iterdir()):
             with Image.open(path) as im:
                 im = im.convert("L")
