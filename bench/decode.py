@@ -38,19 +38,23 @@ def convert(src: Path, work: Path) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {}
     for name, variant in FORMATS.items():
         if variant == SOURCE:
-            out[name] = sorted(p for p in src.rglob("*") if p.is_file())
+            out[name] = files_under(src)
             continue
         folder = work / name.replace(" ", "_")
         if not folder.is_dir():
             if variant is None:
-                for f in sorted(p for p in src.rglob("*") if p.is_file()):
+                for f in files_under(src):
                     target = folder / f.relative_to(src).with_suffix(".png")
                     target.parent.mkdir(parents=True, exist_ok=True)
                     Image.open(f).convert("L").save(target)
             else:
                 copy_folder(src, folder, variant)
-        out[name] = sorted(p for p in folder.rglob("*") if p.is_file())
+        out[name] = files_under(folder)
     return out
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
 def best_of(rounds: int, run: object) -> float:
