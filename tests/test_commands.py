@@ -89,7 +89,7 @@ def test_predict_evaluate_explain(project: dict[str, Any]) -> None:
     assert "# 7 files:" in out
     csv = console(work, "predict", "--model", "models:/pneumonia-classifier/1", "--format",
                   "csv", str(normal[0]))
-    assert csv.splitlines()[0] == "file,probability,label"
+    assert csv.splitlines()[0] == "file,probability,label,reason,check"
     out = make(work, "evaluate", DATA=str(data))
     assert f"on {data / 'test'} (6 NORMAL, 6 PNEUMONIA)" in out
     out = make(work, "explain", FILES=str(normal[0]), OUT="overlays")

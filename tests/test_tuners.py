@@ -117,20 +117,22 @@ def test_a_collapsed_trial_is_stopped_and_named(tmp_path: Path,
     from pneumo_exp.hypermodels.aug_cnn import AugCNN
     from pneumo_exp.search.run import run_search
 
+    monkeypatch.chdir(tmp_path)
+    data = make_folder_dataset(tmp_path / "data")
+    cfg = load_config("aug_cnn", {**OVERRIDES, "data.root": str(data), "train.epochs": 5,
+                                  "train.patience": 5})
+    first_rate = cfg.search.initial_points[0]["learning_rate"]  # trial 0, the given point
+
     class Collapsing(AugCNN):
         def build(self, hp: kt.HyperParameters) -> keras.Model:
             model = super().build(hp)
-            if hp.values.get("learning_rate") == 0.001:  # the first trial's: it collapses
+            if hp.values.get("learning_rate") == first_rate:  # the first trial: it collapses
                 head = model.get_layer("pneumonia")
                 head.kernel.assign(np.zeros(head.kernel.shape))
                 model.optimizer.learning_rate.assign(0.0)
             return model
 
     monkeypatch.setitem(hypermodels.HYPERMODELS, "aug_cnn", Collapsing)
-    monkeypatch.chdir(tmp_path)
-    data = make_folder_dataset(tmp_path / "data")
-    cfg = load_config("aug_cnn", {**OVERRIDES, "data.root": str(data), "train.epochs": 5,
-                                  "train.patience": 5})
     result = run_search(cfg, verbose=0)
     by_trial = {row["trial"]: row for row in result.table}
     assert by_trial["0"]["status"] == "constant output (stopped after 2 epochs)"
