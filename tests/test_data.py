@@ -49,11 +49,13 @@ def test_cache_hit_then_invalidation(tiny_dataset: Path, tmp_path: Path) -> None
     victim = next((tiny_dataset / "train" / "NORMAL").glob("*.jpeg"))
     stat = victim.stat()
     os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    changed = load_split(source, "train", 32, 1, cache)
-    assert not changed.from_cache and changed.fingerprint != first.fingerprint
+    touched = load_split(source, "train", 32, 1, cache)
+    assert not touched.from_cache and touched.fingerprint != first.fingerprint
+    assert touched.data.digest() == first.data.digest()  # the same pixels: the same data
 
     victim.unlink()
-    assert len(load_split(source, "train", 32, 1, cache).data) == 59
+    fewer = load_split(source, "train", 32, 1, cache).data
+    assert len(fewer) == 59 and fewer.digest() != first.data.digest()
 
 
 def test_corrupt_cache_file_is_rebuilt(tiny_dataset: Path, tmp_path: Path) -> None:

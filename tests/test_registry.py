@@ -193,6 +193,31 @@ def test_top_k_packages_up_to_k_trials_validated_alike(searched: dict[str, Any])
         _trials(searched), key=lambda r: -r.data.metrics["best_val_auc"])]
 
 
+def test_promote_reads_the_pixels_not_the_file_times(searched: dict[str, Any]) -> None:
+    """A dataset copied afresh (every modification time new, the same bytes) still rebuilds
+    a search's validation set; an image whose pixels changed does not, and says so."""
+    from pneumo_exp.errors import UserError
+
+    data = Path(searched["cfg"].data.root)
+    files = sorted(p for p in data.rglob("*") if p.is_file())
+    for p in files:
+        os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
+    best = searched["result"].best_run_id
+    moved = promote(RegistryConfig(model_name="copied-data"), run_id=best)
+    assert moved.created and moved.version.tags["pneumo.data_fingerprint"] == (
+        searched["result"].data.fingerprint)
+
+    victim = next((data / "train" / "PNEUMONIA").glob("*.jpeg"))
+    original = victim.read_bytes()
+    try:
+        with Image.open(victim) as im:
+            Image.eval(im, lambda v: 255 - v).save(victim, format="JPEG")
+        with pytest.raises(UserError, match="changed since it ran"):
+            promote(RegistryConfig(model_name="changed-data"), run_id=best)
+    finally:
+        victim.write_bytes(original)
+
+
 def test_threshold_keeps_sensitivity_with_best_specificity_and_a_margin() -> None:
     from pneumo_exp.evaluation.calibration import logit
     from pneumo_exp.evaluation.metrics import binary_metrics

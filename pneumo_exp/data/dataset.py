@@ -60,9 +60,18 @@ class TrainingData:
     def skipped(self) -> list[tuple[str, str]]:
         return [s for split in self.loads.values() for s in split.skipped]
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """Digest of the decoded splits used (files, sizes, mtimes, preprocessing)."""
+        """Digest of the decoded splits used (names, labels, patients, pixels at the
+        preprocessing): what a search trained and validated on, wherever the files lie
+        and whatever their modification times."""
+        joined = ",".join(f"{k}:{v.data.digest()}" for k, v in sorted(self.loads.items()))
+        return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+    @property
+    def file_stats_fingerprint(self) -> str:
+        """The digest searches recorded before `fingerprint` read the pixels: of the files'
+        sizes and modification times (the cache keys); promote still accepts it."""
         joined = ",".join(f"{k}:{v.fingerprint}" for k, v in sorted(self.loads.items()))
         return hashlib.sha256(joined.encode()).hexdigest()[:16]
 

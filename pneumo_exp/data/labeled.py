@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,16 @@ class LabeledImages:
     def subset(self, index: np.ndarray) -> LabeledImages:
         return LabeledImages(self.images[index], self.labels[index], self.names[index],
                              self.groups[index])
+
+    def digest(self) -> str:
+        """Digest of what was decoded: names, labels, patients and pixels. The same files
+        copied elsewhere, with other modification times, give the same digest."""
+        h = hashlib.sha256()
+        for part in (self.names, self.labels, self.groups):
+            h.update("\n".join(map(str, part)).encode())
+        h.update(str(self.images.shape).encode())
+        h.update(np.ascontiguousarray(self.images).data)
+        return h.hexdigest()[:16]
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(CLASS_NAMES))

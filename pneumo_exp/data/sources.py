@@ -43,7 +43,7 @@ class Source(Protocol):
 class SplitData:
     data: LabeledImages
     skipped: list[Skipped]
-    fingerprint: str
+    fingerprint: str  # the cache key: the files' names, sizes, modification times; preprocessing
     from_cache: bool
     seconds: float
 

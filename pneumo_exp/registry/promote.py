@@ -189,7 +189,8 @@ def validation_sets(candidates: Sequence[Candidate]) -> list[LabeledImages]:
     sets = []
     for c in candidates:
         data = load_training_data(c.cfg.data, c.cfg.search.seed)
-        if data.fingerprint != c.search.data.tags.get(TAG_DATA):
+        if c.search.data.tags.get(TAG_DATA) not in (data.fingerprint,
+                                                    data.file_stats_fingerprint):
             raise UserError(f"the data of search {c.search.info.run_name} ({data.root}) "
                             "changed since it ran (its fingerprint differs), so its validation "
                             "set cannot be rebuilt to choose the threshold. Search again, then "
