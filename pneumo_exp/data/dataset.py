@@ -65,15 +65,13 @@ class TrainingData:
         """Digest of the decoded splits used (names, labels, patients, pixels at the
         preprocessing): what a search trained and validated on, wherever the files lie
         and whatever their modification times."""
-        joined = ",".join(f"{k}:{v.data.digest()}" for k, v in sorted(self.loads.items()))
-        return hashlib.sha256(joined.encode()).hexdigest()[:16]
+        return _joined({k: v.data.digest() for k, v in self.loads.items()})
 
     @property
     def file_stats_fingerprint(self) -> str:
         """The digest searches recorded before `fingerprint` read the pixels: of the files'
         sizes and modification times (the cache keys); promote still accepts it."""
-        joined = ",".join(f"{k}:{v.fingerprint}" for k, v in sorted(self.loads.items()))
-        return hashlib.sha256(joined.encode()).hexdigest()[:16]
+        return _joined({k: v.fingerprint for k, v in self.loads.items()})
 
     @property
     def load_seconds(self) -> float:
@@ -82,6 +80,12 @@ class TrainingData:
     @property
     def from_cache(self) -> bool:
         return all(s.from_cache for s in self.loads.values())
+
+
+def _joined(digests: dict[str, str]) -> str:
+    """One digest of the splits' digests, in split order."""
+    joined = ",".join(f"{k}:{v}" for k, v in sorted(digests.items()))
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 
 def load_training_data(cfg: DataConfig, seed: int, cache_dir: Path | None = None) -> TrainingData:
