@@ -206,6 +206,8 @@ class RegistryConfig:
     min_sensitivity: float = 0.90  # the decision threshold keeps this sensitivity on validation
     bootstrap: int = 1000  # resamples for the test confidence intervals
     top: int = 3  # promote packages up to this many best trials as one ensemble
+    # test-time augmentation: each image scored as these views, the mean kept (data/views.py)
+    views: list[str] = field(default_factory=lambda: ["original"])
 
     def __post_init__(self) -> None:
         _check(bool(self.model_name), "registry.model_name", self.model_name, "a name")
@@ -213,6 +215,9 @@ class RegistryConfig:
         _check(0 < self.min_sensitivity <= 1, "registry.min_sensitivity", self.min_sensitivity,
                "a fraction in (0, 1]")
         _check(self.bootstrap >= 100, "registry.bootstrap", self.bootstrap, "an integer >= 100")
+        _check(isinstance(self.views, list) and bool(self.views)
+               and all(isinstance(v, str) for v in self.views), "registry.views", self.views,
+               "a list of views, e.g. [original, crop 0.9] (pneumo_exp/data/views.py)")
 
 
 @dataclass(frozen=True)

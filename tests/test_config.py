@@ -99,6 +99,8 @@ def test_epochs_cap_the_screening_too() -> None:
     ("search.full_trials", 0, "search.full_trials"),
     ("search.max_trial", 3, "search.max_trial"),
     ("data.val_fraction", 0.9, "data.val_fraction"),
+    ("registry.views", [], "registry.views"),
+    ("registry.views", "original", "registry.views"),
 ])
 def test_bad_values_name_the_key_and_value(key: str, value: object, needle: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from pneumo_exp.config import RegistryConfig
+from pneumo_exp.evaluation.calibration import apply_temperature
 from pneumo_exp.evaluation.metrics import bootstrap_ci
 from pneumo_exp.evaluation.thresholds import choose_threshold
 from pneumo_exp.registry.promote import move_aliases, promote
@@ -216,6 +217,29 @@ def test_promote_reads_the_pixels_not_the_file_times(searched: dict[str, Any]) -
             promote(RegistryConfig(model_name="changed-data"), run_id=best)
     finally:
         victim.write_bytes(original)
+
+
+def test_promote_chooses_the_threshold_on_the_views_it_packages(
+        searched: dict[str, Any]) -> None:
+    """registry.views: the validation scores that set the threshold are the mean over the
+    views, and the version keeps the views, so it answers as it was validated."""
+    from pneumo_exp.data.views import view_images
+    from pneumo_exp.registry.selection import trial_model
+
+    views = ["original", "crop 0.8", "shift 0 0.1"]
+    best = searched["result"].best_run_id
+    p = promote(RegistryConfig(model_name="viewed", views=views), run_id=best)
+    model = mlflow.pyfunc.load_model(f"models:/viewed/{p.version.version}")
+    assert model.model_config["views"] == views
+    run = searched["client"].get_run(p.version.tags["pneumo.evaluation_run_id"])
+    assert run.data.params["views"] == str(views)  # the packaged model's config, as params
+    val = searched["result"].data.val
+    network = trial_model(searched["client"].get_run(best))
+    prob = np.mean([network.predict(view_images(val.images, v), verbose=0).ravel()
+                    for v in views], axis=0)
+    temperature = float(p.version.tags["pneumo.temperature"])
+    assert float(p.version.tags["pneumo.threshold"]) == pytest.approx(
+        choose_threshold(val.labels, apply_temperature(prob, temperature), 0.90), abs=1e-5)
 
 
 def test_threshold_keeps_sensitivity_with_best_specificity_and_a_margin() -> None:

@@ -27,6 +27,7 @@ from pneumo_exp.adaptation.batch_norm import (
     batch_norm_layers,
 )
 from pneumo_exp.data.images import Preprocessing, decode_many, files_fingerprint
+from pneumo_exp.data.views import ORIGINAL
 from pneumo_exp.errors import ConfigError, DataError, UserError
 from pneumo_exp.registry import model_card
 from pneumo_exp.registry.packaging import log_packaged_model
@@ -125,7 +126,8 @@ def adapt(model_uri: str, files: list[Path], root: Path, images_from: str,
                            "fingerprint": digest, "images_from": images_from,
                            "batch_norm_layers": layers})
         logged = log_packaged_model(model.members, model.threshold, model.temperature,
-                                    getattr(model, "reference", None))  # the source's
+                                    getattr(model, "reference", None),  # the source's
+                                    getattr(model, "views", [ORIGINAL]))
     tags = {k: v for k, v in source.tags.items() if k in KEPT_TAGS}
     tags.update({TAG_SITE: site, TAG_ADAPTED_FROM_VERSION: str(number),
                  TAG_ADAPTATION_IMAGES: str(len(files)), TAG_ADAPTATION_FINGERPRINT: digest,

@@ -12,6 +12,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from pneumo_exp.data.views import ORIGINAL
 from pneumo_exp.text import describe
 from pneumo_exp.tracking.names import MODEL_CARD, SITE_REPORT_HTML, TAG_DATA
 
@@ -32,6 +33,12 @@ operating point: models score the new site's NORMAL images as more pneumonia-lik
 specificity at the threshold falls. `pneumo-exp adapt` re-estimates the normalization
 statistics on a site's unlabeled images (for models with batch normalization); measure
 what a site gets with `bench/new_site.py` before use."""
+
+def _views(views: list[str]) -> str:
+    if views == [ORIGINAL]:
+        return "it is (no test-time views)"
+    return f"{len(views)} views ({', '.join(views)})"
+
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
@@ -97,6 +104,7 @@ train by patient; the test split was read once, for the figures below.
 calibrated validation probabilities is at least {registry.min_sensitivity} (a missed
 pneumonia is the costly error; validation is cut from the training data, whose labels are
 less checked than a reviewed test set's, so a site's sensitivity is usually higher).
+Each image is scored as {_views(registry.views)}, the probabilities averaged.
 
 **Calibration.** Temperature {temperature:.3f}, fitted on validation (Guo et al. 2017).
 Expected calibration error (15 bins) on validation {_pct(val.get('val_uncalibrated_ece'))}

@@ -1,6 +1,6 @@
-"""A registered version's model: Keras members + preprocessing + temperature + threshold,
-logged as an MLflow pyfunc model from code (pneumo_exp.serving.model), no pickle, with a
-snapshot of the package's code, so that the version loads as it was made."""
+"""A registered version's model: Keras members + preprocessing + views + temperature +
+threshold, logged as an MLflow pyfunc model from code (pneumo_exp.serving.model), no
+pickle, with a snapshot of the package's code, so that the version loads as it was made."""
 
 from __future__ import annotations
 
@@ -15,16 +15,18 @@ import mlflow
 import tensorflow as tf
 
 import pneumo_exp
+from pneumo_exp.data.views import ORIGINAL
 from pneumo_exp.serving.model import MODEL_CODE, Member, member_artifact, signature
 from pneumo_exp.tracking.names import PACKAGED_MODEL
 
 
 def log_packaged_model(members: Sequence[Member], threshold: float,
-                       temperature: float = 1.0, reference: Mapping[str, Any] | None = None
-                       ) -> mlflow.models.model.ModelInfo:
-    """Into the active run: the members' Keras files, their preprocessing, the temperature,
-    the threshold and what validation looked like to it (`reference`, see
-    validation_reference), as one pyfunc model that averages the members' probabilities."""
+                       temperature: float = 1.0, reference: Mapping[str, Any] | None = None,
+                       views: Sequence[str] = (ORIGINAL,)) -> mlflow.models.model.ModelInfo:
+    """Into the active run: the members' Keras files, their preprocessing, the views, the
+    temperature, the threshold and what validation looked like to it (`reference`, see
+    validation_reference), as one pyfunc model that averages the members' probabilities
+    over the views."""
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*input example was not provided")
         artifacts = {}
@@ -37,7 +39,8 @@ def log_packaged_model(members: Sequence[Member], threshold: float,
             code_paths=[str(Path(pneumo_exp.__file__).parent)],
             model_config={"members": [{"image_size": m.image_size, "channels": m.channels}
                                       for m in members],
-                          "threshold": float(threshold), "temperature": float(temperature),
+                          "views": list(views), "threshold": float(threshold),
+                          "temperature": float(temperature),
                           "reference": dict(reference or {})},
             signature=signature(),
             pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}",

@@ -28,6 +28,7 @@ from pneumo_exp.config import RegistryConfig
 from pneumo_exp.data.dataset import load_training_data
 from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.data.sources import load_split, open_source
+from pneumo_exp.data.views import ORIGINAL, check_views
 from pneumo_exp.errors import ConfigError, UserError
 from pneumo_exp.evaluation.calibration import (
     apply_temperature,
@@ -105,6 +106,7 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
     validated alike (`any_trial`: of every finished trial; `search`: of that search only),
     or the one trial `run_id`; the best member alone when the ensemble validates worse than
     it beyond the noise."""
+    check_views(registry.views)
     client = connect()
     trials = select_trials(client, arch, run_id, registry.top if top is None else top,
                            any_trial, search)
@@ -116,18 +118,18 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
     members = [Member(trial_model(c.trial), c.cfg.data.image_size, c.cfg.data.channels)
                for c in candidates]
     sets = validation_sets(candidates)
-    keep, why = ensemble_or_best(candidates, members, sets)
+    keep, why = ensemble_or_best(candidates, members, sets, registry.views)
     if len(keep) < len(candidates):
         candidates, members, sets = ([x[i] for i in keep] for x in (candidates, members, sets))
         existing = versions_of_runs(client, name, [c.trial.info.run_id for c in candidates])
         if existing:
             return Promotion(existing[0], False,
                              alias_version(client, name, CHAMPION) or "-", {}, why)
-    val = score(members, sets)
+    val = score(members, sets, registry.views)
     calibration = calibrate(val, registry.min_sensitivity)
     val_figures = validation_figures(val, calibration, registry.bootstrap,
                                      candidates[0].cfg.search.sensitivity_target)
-    test = score(members, test_sets(candidates))
+    test = score(members, test_sets(candidates), registry.views)
     reference = validation_reference(members, [st.images for st in sets], calibration.apply(val),
                                      calibration.threshold)
     evaluation_run, test_figures, model_uri = evaluate_and_package(
@@ -154,7 +156,8 @@ def select_trials(client: MlflowClient, arch: str | None, run_id: str | None,
 
 
 def ensemble_or_best(candidates: Sequence[Candidate], members: Sequence[Member],
-                     sets: Sequence[LabeledImages]) -> tuple[list[int], str]:
+                     sets: Sequence[LabeledImages], views: Sequence[str] = (ORIGINAL,)
+                     ) -> tuple[list[int], str]:
     """Which members to package, and why: all of them, unless their mean probability
     validates worse than the best of them alone (by the search's objective) by more than
     the validation noise (evaluation.noise: a paired bootstrap over the validation images),
@@ -169,11 +172,12 @@ def ensemble_or_best(candidates: Sequence[Candidate], members: Sequence[Member],
     target = candidates[0].cfg.search.sensitivity_target
     arrays = {m.preprocessing: s.images for m, s in zip(members, sets, strict=True)}
     y = sets[0].labels
-    alone = [Scored(y, ensemble_probability([m], arrays, batch_size=256)) for m in members]
+    alone = [Scored(y, ensemble_probability([m], arrays, batch_size=256, views=views))
+             for m in members]
     figure = figure_function(objective, target)
     values = [figure(y, a.prob) for a in alone]
     best = int(np.argmax(values) if direction == "max" else np.argmin(values))
-    together = Scored(y, ensemble_probability(members, arrays, batch_size=256))
+    together = Scored(y, ensemble_probability(members, arrays, batch_size=256, views=views))
     d = difference(objective, together, alone[best], paired=True, sensitivity_target=target)
     worse = d.high < 0 if direction == "max" else d.low > 0
     what = (f"the ensemble of {len(members)} validates at {objective} {d.a:.4f} against its "
@@ -211,11 +215,13 @@ def test_sets(candidates: Sequence[Candidate]) -> list[LabeledImages]:
                        c.cfg.data.image_size, c.cfg.data.channels).data for c in candidates]
 
 
-def score(members: Sequence[Member], sets: Sequence[LabeledImages]) -> Scored:
-    """The members' mean probability before calibration, each on its own set (the same
-    images)."""
+def score(members: Sequence[Member], sets: Sequence[LabeledImages],
+          views: Sequence[str] = (ORIGINAL,)) -> Scored:
+    """The members' mean probability over the views before calibration, each on its own
+    set (the same images)."""
     arrays = {m.preprocessing: s.images for m, s in zip(members, sets, strict=True)}
-    return Scored(sets[0].labels, ensemble_probability(members, arrays, batch_size=256))
+    return Scored(sets[0].labels,
+                  ensemble_probability(members, arrays, batch_size=256, views=views))
 
 
 def calibrate(val: Scored, min_sensitivity: float) -> Calibration:
@@ -272,7 +278,7 @@ def evaluate_and_package(candidates: Sequence[Candidate], members: Sequence[Memb
                                  "test", registry.bootstrap, title=f"{title}, test split",
                                  uncalibrated=test.prob)
         logged = log_packaged_model(members, calibration.threshold, calibration.temperature,
-                                    reference)
+                                    reference, registry.views)
     return run.info.run_id, figures, logged.model_uri
 
 

@@ -3,8 +3,9 @@
 A registered version is an MLflow pyfunc model logged from code (`mlflow_model.py`, no
 pickle). Its artifacts are one or more Keras models (loaded in Keras' safe mode): one for
 a promoted trial, k for an ensemble of the k best. Its config holds each member's
-preprocessing (image size, channels), the temperature that calibrates the members' mean
-probability, the decision threshold chosen on validation, and what its validation images
+preprocessing (image size, channels), the views each image is scored as (test-time
+augmentation, data/views.py), the temperature that calibrates the members' mean probability,
+the decision threshold chosen on validation, and what its validation images
 looked like to it (`reference`: shift.py's measure, the scores). Images are decoded with
 `decode_image`, exactly as in training, once per distinct preprocessing. An image gets no
 probability when it cannot be read or says it is not a chest radiograph (`reason` tells
@@ -27,6 +28,7 @@ import pandas as pd
 
 from pneumo_exp.config import CLASS_NAMES
 from pneumo_exp.data.images import UNREADABLE, Decoded, Preprocessing, decode_many
+from pneumo_exp.data.views import ORIGINAL, view_images
 from pneumo_exp.evaluation.calibration import apply_temperature
 
 IMAGE_COLUMN = "image"
@@ -52,12 +54,14 @@ class Member:
 
 
 def ensemble_probability(members: Sequence[Member], arrays: Mapping[Preprocessing, np.ndarray],
-                         temperature: float = 1.0, batch_size: int = 64) -> np.ndarray:
-    """The members' mean probability of PNEUMONIA, each on the images decoded at its own
-    preprocessing, calibrated by `temperature`."""
-    prob = np.mean([m.model.predict(arrays[m.preprocessing].astype(np.float32),
+                         temperature: float = 1.0, batch_size: int = 64,
+                         views: Sequence[str] = (ORIGINAL,)) -> np.ndarray:
+    """The members' mean probability of PNEUMONIA over the `views` of each image (test-time
+    augmentation, data/views.py), each member on the images decoded at its own preprocessing,
+    calibrated by `temperature`."""
+    prob = np.mean([m.model.predict(view_images(arrays[m.preprocessing], view),
                                     batch_size=batch_size, verbose=0).ravel()
-                    for m in members], axis=0)
+                    for m in members for view in views], axis=0)
     return apply_temperature(prob, temperature)
 
 
@@ -77,6 +81,7 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
             for i, spec in enumerate(config["members"])]
         self.threshold = float(config["threshold"])
         self.temperature = float(config.get("temperature", 1.0))
+        self.views = list(config.get("views") or [ORIGINAL])  # none before views were kept
         self.reference: dict[str, Any] = dict(config.get("reference") or {})
 
     def decode(self, images: Sequence[Any]) -> Decoded:
@@ -86,8 +91,8 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
                            [m.preprocessing for m in self.members])
 
     def probabilities(self, arrays: Mapping[Preprocessing, np.ndarray]) -> np.ndarray:
-        """The calibrated mean of the members' probabilities of PNEUMONIA."""
-        return ensemble_probability(self.members, arrays, self.temperature)
+        """The calibrated mean of the members' probabilities of PNEUMONIA over the views."""
+        return ensemble_probability(self.members, arrays, self.temperature, views=self.views)
 
     def image_shift(self, arrays: Mapping[Preprocessing, np.ndarray]) -> np.ndarray | None:
         """Each image's shift from the training images (shift.py), the members' mean; None

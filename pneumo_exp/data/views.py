@@ -1,0 +1,86 @@
+"""Test-time augmentation: each image scored as a few views (tighter and looser framings,
+small shifts) and the probabilities averaged.
+
+A hospital frames its chests tighter or looser and centres them differently from the
+training images; one view's score then moves with the framing, and the threshold set on
+validation with it. The mean over framings the network was trained to accept varies less
+(docs/results.md, "Test-time views"). A view is text, kept in a version's config:
+
+    original        the image as decoded
+    crop F          the central F of each side, resized back (0 < F < 1: zoomed in)
+    pad F           F of each side added at every edge, edge pixels repeated, resized back
+                    (zoomed out; the fill the training augmentation uses)
+    shift DY DX     moved down DY and right DX (fractions of the side, negative: up, left),
+                    edge pixels repeated
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from pneumo_exp.errors import ConfigError
+
+ORIGINAL = "original"
+View = Callable[[np.ndarray], np.ndarray]  # (N, H, W, C) -> (N, H, W, C), float32
+
+
+def parse_view(spec: str) -> View:
+    """The function of a view's text; ValueError naming the grammar if it is none."""
+    name, *numbers = spec.split()
+    try:
+        args = [float(x) for x in numbers]
+    except ValueError:
+        args = []
+        numbers = ["?"]
+    if name == ORIGINAL and not numbers:
+        return lambda x: x
+    if name == "crop" and len(args) == 1 and 0 < args[0] < 1:
+        return lambda x: _crop(x, args[0])
+    if name == "pad" and len(args) == 1 and 0 < args[0] < 1:
+        return lambda x: _pad(x, args[0])
+    if name == "shift" and len(args) == 2 and all(abs(a) < 0.5 for a in args):
+        return lambda x: _shift(x, args[0], args[1])
+    raise ValueError(f"{spec!r} is not a view: 'original', 'crop F' or 'pad F' (0 < F < 1), "
+                     "or 'shift DY DX' (fractions of the side below 0.5)")
+
+
+def check_views(views: Sequence[str], key: str = "registry.views") -> None:
+    """ConfigError naming `key` unless every view parses (before any image is scored)."""
+    for spec in views:
+        try:
+            parse_view(spec)
+        except ValueError as e:
+            raise ConfigError(f"'{key}': {e}.") from None
+
+
+def view_images(images: np.ndarray, spec: str) -> np.ndarray:
+    """`images` (N, H, W, C) as the view `spec`, float32 on the same grey scale."""
+    return parse_view(spec)(np.asarray(images, dtype=np.float32))
+
+
+def _resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    import keras
+
+    return np.asarray(keras.ops.image.resize(x, size, interpolation="bilinear"))
+
+
+def _crop(x: np.ndarray, fraction: float) -> np.ndarray:
+    h, w = x.shape[1:3]
+    dh, dw = int(h * (1 - fraction) / 2), int(w * (1 - fraction) / 2)  # as tf.image's
+    return _resize(x[:, dh:h - dh, dw:w - dw], (h, w))
+
+
+def _pad(x: np.ndarray, fraction: float) -> np.ndarray:
+    h, w = x.shape[1:3]
+    ph, pw = round(h * fraction), round(w * fraction)
+    return _resize(np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), mode="edge"), (h, w))
+
+
+def _shift(x: np.ndarray, down: float, right: float) -> np.ndarray:
+    h, w = x.shape[1:3]
+    dy, dx = round(h * down), round(w * right)
+    padded = np.pad(x, ((0, 0), (abs(dy), abs(dy)), (abs(dx), abs(dx)), (0, 0)), mode="edge")
+    top, left = abs(dy) - dy, abs(dx) - dx
+    return padded[:, top:top + h, left:left + w]

@@ -1,0 +1,92 @@
+"""Test-time views: what each view does to an image, and that a packaged version averages
+its members over its views."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumo_exp.data.views import ORIGINAL, parse_view, view_images
+
+
+def _square(size: int = 20) -> np.ndarray:
+    """One image: black, with a white square in its central half."""
+    x = np.zeros((1, size, size, 1), np.uint8)
+    x[:, size // 4:3 * size // 4, size // 4:3 * size // 4] = 255
+    return x
+
+
+def test_crop_zooms_in_and_pad_zooms_out() -> None:
+    x = _square()
+    white = float((x > 127).mean())
+    assert np.array_equal(view_images(x, ORIGINAL), x.astype(np.float32))
+    tighter, looser = view_images(x, "crop 0.5"), view_images(x, "pad 0.25")
+    assert tighter.shape == looser.shape == x.shape and tighter.dtype == np.float32
+    assert (tighter > 127).mean() > 0.9 > white  # the central half fills the image
+    assert (looser > 127).mean() < white  # framed looser, the square is smaller
+    assert looser[0, 0, 0, 0] == 0  # edge pixels repeated, not mirrored content
+
+
+def test_shift_moves_the_image_and_repeats_its_edge() -> None:
+    x = np.arange(100, dtype=np.uint8).reshape(1, 10, 10, 1)
+    down = view_images(x, "shift 0.2 0")[0, :, :, 0]
+    assert np.array_equal(down[2:], x[0, :8, :, 0])  # moved down two rows
+    assert np.array_equal(down[0], x[0, 0, :, 0]) and np.array_equal(down[1], x[0, 0, :, 0])
+    left = view_images(x, "shift 0 -0.3")[0, :, :, 0]
+    assert np.array_equal(left[:, :7], x[0, :, 3:, 0])
+    assert np.array_equal(left[:, 9], x[0, :, 9, 0])
+
+
+@pytest.mark.parametrize("spec", ["flip", "crop", "crop 1.2", "pad -0.1", "shift 0.6 0",
+                                  "shift 0.1", "original 1", "crop x"])
+def test_a_bad_view_names_the_grammar(spec: str) -> None:
+    with pytest.raises(ValueError, match="is not a view: 'original'"):
+        parse_view(spec)
+
+
+def test_promote_refuses_a_bad_view_before_reading_anything(workdir: Path) -> None:
+    from pneumo_exp.config import RegistryConfig
+    from pneumo_exp.errors import ConfigError
+    from pneumo_exp.registry.promote import promote
+
+    with pytest.raises(ConfigError, match=r"'registry\.views': 'crop 1\.5' is not a view"):
+        promote(RegistryConfig(views=["original", "crop 1.5"]))
+
+
+def _tiny_model() -> keras.Model:
+    """A model whose score depends on where the image is bright (the views must matter)."""
+    inputs = keras.Input((16, 16, 1))
+    hidden = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    dense = keras.layers.Dense(1, activation="sigmoid",
+                               kernel_initializer=keras.initializers.RandomNormal(seed=1))
+    return keras.Model(inputs, dense(hidden))
+
+
+def test_a_version_averages_its_members_over_its_views(workdir: Path) -> None:
+    from pneumo_exp.registry.packaging import log_packaged_model
+    from pneumo_exp.serving.model import Member, classifier, images_frame
+
+    views = [ORIGINAL, "crop 0.8", "shift 0.1 0"]
+    models = [_tiny_model(), _tiny_model()]
+    path = workdir / "scan.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(path)
+    with mlflow.start_run():
+        with_views = log_packaged_model([Member(m, 16, 1) for m in models], 0.5, 1.0,
+                                        views=views).model_uri
+        one_view = log_packaged_model([Member(m, 16, 1) for m in models], 0.5).model_uri
+    loaded = mlflow.pyfunc.load_model(with_views)
+    assert loaded.model_config["views"] == views
+    inner = classifier(loaded)
+    arrays = inner.decode([path.read_bytes()]).arrays[(16, 1)]
+    expected = np.mean([m.predict(view_images(arrays, v), verbose=0).ravel()
+                        for m in models for v in views])
+    got = loaded.predict(images_frame([path]))["probability"][0]
+    assert got == pytest.approx(float(expected), abs=1e-6)
+    plain = mlflow.pyfunc.load_model(one_view).predict(images_frame([path]))["probability"][0]
+    assert abs(plain - got) > 1e-4  # the views changed the score
