@@ -53,6 +53,10 @@ def _use_it(args: argparse.Namespace, uri: str) -> str:
     return f"Use it: pneumo-exp predict --model {uri} scan.jpeg"
 
 
+def _over_views(views: list[str]) -> str:
+    return "" if len(views) == 1 else f", each image the mean of {len(views)} views"
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     overrides = {"registry.model_name": args.model_name,
                  "registry.min_sensitivity": args.min_sensitivity}
@@ -82,7 +86,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
           f"temperature {float(t[TAG_TEMPERATURE]):.3f} (calibration error "
           f"{t[figure_tag('val_uncalibrated_ece')]} -> {t[figure_tag('val_ece')]}); threshold "
           f"{f['test_threshold']:.3f} (highest specificity with validation sensitivity >= "
-          f"{cfg.registry.min_sensitivity})")
+          f"{cfg.registry.min_sensitivity}{_over_views(cfg.registry.views)})")
     print(f"  test, threshold 0.5: accuracy {f['test_accuracy']:.4f} "
           f"[{f['test_accuracy_ci_low']:.3f}, {f['test_accuracy_ci_high']:.3f}], AUC "
           f"{f['test_auc']:.4f} [{f['test_auc_ci_low']:.3f}, {f['test_auc_ci_high']:.3f}], "
