@@ -43,7 +43,7 @@ def test_shift_moves_the_image_and_repeats_its_edge() -> None:
 
 
 @pytest.mark.parametrize("spec", ["flip", "crop", "crop 1.2", "pad -0.1", "shift 0.6 0",
-                                  "shift 0.1", "original 1", "crop x"])
+                                  "shift 0.1", "original 1", "crop x", "shift x 0", ""])
 def test_a_bad_view_names_the_grammar(spec: str) -> None:
     with pytest.raises(ValueError, match="is not a view: 'original'"):
         parse_view(spec)

@@ -4,7 +4,8 @@ small shifts) and the probabilities averaged.
 A hospital frames its chests tighter or looser and centres them differently from the
 training images; one view's score then moves with the framing, and the threshold set on
 validation with it. The mean over framings the network was trained to accept varies less
-(docs/results.md, "Test-time views"). A view is text, kept in a version's config:
+(docs/results.md, "The default: three trials, promoted over eight test-time views"). A
+view is text, kept in a version's config:
 
     original        the image as decoded
     crop F          the central F of each side, resized back (0 < F < 1: zoomed in)
@@ -28,13 +29,12 @@ View = Callable[[np.ndarray], np.ndarray]  # (N, H, W, C) -> (N, H, W, C), float
 
 def parse_view(spec: str) -> View:
     """The function of a view's text; ValueError naming the grammar if it is none."""
-    name, *numbers = spec.split()
+    name, *words = spec.split() or [""]
     try:
-        args = [float(x) for x in numbers]
+        args = [float(w) for w in words]
     except ValueError:
-        args = []
-        numbers = ["?"]
-    if name == ORIGINAL and not numbers:
+        args = [float("nan")]  # matches no rule below
+    if name == ORIGINAL and not words:
         return lambda x: x
     if name == "crop" and len(args) == 1 and 0 < args[0] < 1:
         return lambda x: _crop(x, args[0])
