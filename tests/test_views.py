@@ -90,3 +90,13 @@ def test_a_version_averages_its_members_over_its_views(workdir: Path) -> None:
     assert got == pytest.approx(float(expected), abs=1e-6)
     plain = mlflow.pyfunc.load_model(one_view).predict(images_frame([path]))["probability"][0]
     assert abs(plain - got) > 1e-4  # the views changed the score
+
+
+def test_promote_takes_its_views_from_the_command_line(workdir: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """`--set registry.views=...` (make promote SET=...) reaches promote: a bad view is named
+    before any run is read."""
+    from pneumo_exp.cli import main
+
+    assert main(["promote", "--set", "registry.views=[original, crop 2]"]) != 0
+    assert "'crop 2' is not a view" in capsys.readouterr().err

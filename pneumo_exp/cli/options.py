@@ -87,8 +87,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--from", "default: the study's configuration; best: the latest search's best "
            "trial", ("cv",), make="FROM", default="default", choices=("default", "best"),
            name="source"),
-    Option("--set", "any configuration key, e.g. --set space.dropout=0.2 (repeatable)",
-           CONFIG_COMMANDS, make="SET"),
+    Option("--set", "any configuration key, e.g. --set space.dropout=0.2 (repeatable; "
+           "promote reads registry.*, e.g. --set 'registry.views=[original]')",
+           (*CONFIG_COMMANDS, "promote"), make="SET"),
     Option("arch", "only this architecture (default: all)", ("promote",), nargs="?"),
     Option("--top", "package the up to k best trials validated alike as one ensemble "
            "(default registry.top: 3; 1: the best trial alone)", ("promote",), type=int),

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from pneumo_exp.cli.processes import run_server
 from pneumo_exp.cli.tf_import import import_tensorflow
-from pneumo_exp.config import LOCALHOST, load_config, tracking_uri
+from pneumo_exp.config import LOCALHOST, load_config, parse_override, tracking_uri
 from pneumo_exp.data.dicomweb import PacsQuery, comma_list, labelled, pull, read_labels
 from pneumo_exp.data.images import REFUSED, UNREADABLE
 from pneumo_exp.errors import DataError, UserError
@@ -60,6 +60,7 @@ def _over_views(views: list[str]) -> str:
 def cmd_promote(args: argparse.Namespace) -> int:
     overrides = {"registry.model_name": args.model_name,
                  "registry.min_sensitivity": args.min_sensitivity}
+    overrides.update(parse_override(item) for item in args.set)
     cfg = load_config(args.arch or "aug_cnn",
                       {k: v for k, v in overrides.items() if v is not None})
     import_tensorflow()
