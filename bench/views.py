@@ -16,6 +16,7 @@ and scored on the halves, pooled. The members' scores are kept in each seed fold
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -119,6 +120,8 @@ def main() -> None:
     args = parser.parse_args()
     from pneumo_exp.cli.tf_import import import_tensorflow
     import_tensorflow()
+    # every member and view traces its own predict function; TensorFlow calls it retracing
+    logging.getLogger("tensorflow").addFilter(lambda r: "retracing" not in r.getMessage())
 
     seeds = sorted((d for w in args.work for d in w.glob("seed-*") if (d / "mlruns").is_dir()),
                    key=lambda d: (str(d.parent), int(d.name.split("-")[1])))
