@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from pneumo_exp.config import load_config
 from pneumo_exp.data.labeled import LabeledImages
-from pneumo_exp.registry.promote import ensemble_or_best
+from pneumo_exp.registry.promote import ensemble_or_best, member_scores
 from pneumo_exp.search.callbacks import promotable
 from pneumo_exp.serving.model import Member
 
@@ -55,7 +55,7 @@ def test_the_ensemble_unless_it_validates_worse_than_its_best_member_beyond_nois
     cfg = load_config("aug_cnn")
     candidates = [Candidate(cfg, "aug_cnn trial 3"), Candidate(cfg, "aug_cnn trial 7")]
     members = [Member(Scores(good), 1, 1), Member(Scores(other), 1, 1)]
-    keep, why = ensemble_or_best(candidates, members, [val, val])
+    keep, why = ensemble_or_best(candidates, member_scores(members, [val, val]))
     if weak:
         assert keep == [0] and "worse beyond the validation noise" in why
         assert "aug_cnn trial 3" in why

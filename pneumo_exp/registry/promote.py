@@ -50,7 +50,7 @@ from pneumo_exp.registry.selection import (
     trial_run,
     versions_of_runs,
 )
-from pneumo_exp.serving.model import Member, ensemble_probability
+from pneumo_exp.serving.model import Member, member_probability
 from pneumo_exp.tracking.figures import log_evaluation
 from pneumo_exp.tracking.names import (
     CHALLENGER,
@@ -118,18 +118,20 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
     members = [Member(trial_model(c.trial), c.cfg.data.image_size, c.cfg.data.channels)
                for c in candidates]
     sets = validation_sets(candidates)
-    keep, why = ensemble_or_best(candidates, members, sets, registry.views)
+    alone = member_scores(members, sets, registry.views)  # validation, scored once
+    keep, why = ensemble_or_best(candidates, alone)
     if len(keep) < len(candidates):
-        candidates, members, sets = ([x[i] for i in keep] for x in (candidates, members, sets))
+        candidates, members, sets, alone = ([x[i] for i in keep]
+                                            for x in (candidates, members, sets, alone))
         existing = versions_of_runs(client, name, [c.trial.info.run_id for c in candidates])
         if existing:
             return Promotion(existing[0], False,
                              alias_version(client, name, CHAMPION) or "-", {}, why)
-    val = score(members, sets, registry.views)
+    val = mean_score(alone)
     calibration = calibrate(val, registry.min_sensitivity)
     val_figures = validation_figures(val, calibration, registry.bootstrap,
                                      candidates[0].cfg.search.sensitivity_target)
-    test = score(members, test_sets(candidates), registry.views)
+    test = mean_score(member_scores(members, test_sets(candidates), registry.views))
     reference = validation_reference(members, [st.images for st in sets], calibration.apply(val),
                                      calibration.threshold)
     evaluation_run, test_figures, model_uri = evaluate_and_package(
@@ -155,37 +157,34 @@ def select_trials(client: MlflowClient, arch: str | None, run_id: str | None,
             else best_trial_runs(client, arch, top, any_trial, search))
 
 
-def ensemble_or_best(candidates: Sequence[Candidate], members: Sequence[Member],
-                     sets: Sequence[LabeledImages], views: Sequence[str] = (ORIGINAL,)
+def ensemble_or_best(candidates: Sequence[Candidate], alone: Sequence[Scored]
                      ) -> tuple[list[int], str]:
-    """Which members to package, and why: all of them, unless their mean probability
+    """Which members to package, given each one's validation scores (`alone`,
+    member_scores), and why: all of them, unless their mean probability
     validates worse than the best of them alone (by the search's objective) by more than
     the validation noise (evaluation.noise: a paired bootstrap over the validation images),
     then that best member alone. Members the validation images cannot tell apart are
     averaged: which of them validates a hair higher is chance, and a mean of several
     networks varies less from one set of patients to the next than any one of them; a weak
     member pulls the mean down beyond the noise and is left out with the others."""
-    if len(members) == 1:
+    if len(alone) == 1:
         return [0], ""
     objective = candidates[0].cfg.search.objective
     direction = candidates[0].cfg.search.direction
     target = candidates[0].cfg.search.sensitivity_target
-    arrays = {m.preprocessing: s.images for m, s in zip(members, sets, strict=True)}
-    y = sets[0].labels
-    alone = [Scored(y, ensemble_probability([m], arrays, batch_size=256, views=views))
-             for m in members]
+    y = alone[0].labels
     figure = figure_function(objective, target)
     values = [figure(y, a.prob) for a in alone]
     best = int(np.argmax(values) if direction == "max" else np.argmin(values))
-    together = Scored(y, ensemble_probability(members, arrays, batch_size=256, views=views))
+    together = mean_score(alone)
     d = difference(objective, together, alone[best], paired=True, sensitivity_target=target)
     worse = d.high < 0 if direction == "max" else d.low > 0
-    what = (f"the ensemble of {len(members)} validates at {objective} {d.a:.4f} against its "
+    what = (f"the ensemble of {len(alone)} validates at {objective} {d.a:.4f} against its "
             f"best member's {d.b:.4f} ({candidates[best].label}; difference {d.value:+.4f}, "
             f"95% interval [{d.low:+.4f}, {d.high:+.4f}])")
     if worse:
         return [best], f"{what}: worse beyond the validation noise, so that member alone"
-    return list(range(len(members))), f"{what}: within the validation noise or better"
+    return list(range(len(alone))), f"{what}: within the validation noise or better"
 
 
 def validation_sets(candidates: Sequence[Candidate]) -> list[LabeledImages]:
@@ -215,13 +214,18 @@ def test_sets(candidates: Sequence[Candidate]) -> list[LabeledImages]:
                        c.cfg.data.image_size, c.cfg.data.channels).data for c in candidates]
 
 
-def score(members: Sequence[Member], sets: Sequence[LabeledImages],
-          views: Sequence[str] = (ORIGINAL,)) -> Scored:
-    """The members' mean probability over the views before calibration, each on its own
-    set (the same images)."""
+def member_scores(members: Sequence[Member], sets: Sequence[LabeledImages],
+                  views: Sequence[str] = (ORIGINAL,)) -> list[Scored]:
+    """Each member's probability over the views before calibration, each on its own set
+    (the same images)."""
     arrays = {m.preprocessing: s.images for m, s in zip(members, sets, strict=True)}
-    return Scored(sets[0].labels,
-                  ensemble_probability(members, arrays, batch_size=256, views=views))
+    return [Scored(sets[0].labels, member_probability(m, arrays, 256, views))
+            for m in members]
+
+
+def mean_score(scores: Sequence[Scored]) -> Scored:
+    """The members' mean probability: the ensemble's, before calibration."""
+    return Scored(scores[0].labels, np.mean([s.prob for s in scores], axis=0))
 
 
 def calibrate(val: Scored, min_sensitivity: float) -> Calibration:

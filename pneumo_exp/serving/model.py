@@ -53,15 +53,21 @@ class Member:
         return self.image_size, self.channels
 
 
+def member_probability(member: Member, arrays: Mapping[Preprocessing, np.ndarray],
+                       batch_size: int = 64, views: Sequence[str] = (ORIGINAL,)) -> np.ndarray:
+    """One member's mean probability of PNEUMONIA over the `views` of each image (test-time
+    augmentation, data/views.py), on the images decoded at its own preprocessing."""
+    return np.mean([member.model.predict(view_images(arrays[member.preprocessing], view),
+                                         batch_size=batch_size, verbose=0).ravel()
+                    for view in views], axis=0)
+
+
 def ensemble_probability(members: Sequence[Member], arrays: Mapping[Preprocessing, np.ndarray],
                          temperature: float = 1.0, batch_size: int = 64,
                          views: Sequence[str] = (ORIGINAL,)) -> np.ndarray:
-    """The members' mean probability of PNEUMONIA over the `views` of each image (test-time
-    augmentation, data/views.py), each member on the images decoded at its own preprocessing,
-    calibrated by `temperature`."""
-    prob = np.mean([m.model.predict(view_images(arrays[m.preprocessing], view),
-                                    batch_size=batch_size, verbose=0).ravel()
-                    for m in members for view in views], axis=0)
+    """The mean of the members' probabilities (member_probability), calibrated by
+    `temperature`."""
+    prob = np.mean([member_probability(m, arrays, batch_size, views) for m in members], axis=0)
     return apply_temperature(prob, temperature)
 
 
