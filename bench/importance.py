@@ -38,7 +38,7 @@ def main() -> None:
         from pneumo_exp.data.dataset import TrainingData
         from pneumo_exp.data.labeled import LabeledImages
         from pneumo_exp.data.sources import SplitData
-        from pneumo_exp.tracking.search_runs import SearchTracker
+        from pneumo_exp.tracking.search_tracker import SearchTracker
 
         names = np.array([f"train/x/{i}.png" for i in range(4)])
         part = LabeledImages(np.zeros((4, 8, 8, 1), np.uint8), np.array([0, 0, 1, 1]),

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from pneumo_exp.errors import ConfigError
+from pneumo_exp.grammar import check_space, read_view
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # label 0, label 1
 SPLITS = ("train", "val", "test")
@@ -45,8 +46,6 @@ VALIDATION_FIGURES = ("loss", "accuracy", "auc", "sensitivity", "specificity", "
                       "balanced_accuracy", "spec_at_sens")
 VALIDATION_MODES = ("split", "official")
 LR_SCHEDULES = ("constant", "cosine")  # train.lr_schedule: the rate per epoch
-
-
 def tracking_uri() -> str:
     """MLflow store: $MLFLOW_TRACKING_URI, else SQLite + artifacts under ./mlruns/."""
     return (os.environ.get("MLFLOW_TRACKING_URI")
@@ -218,6 +217,11 @@ class RegistryConfig:
         _check(isinstance(self.views, list) and bool(self.views)
                and all(isinstance(v, str) for v in self.views), "registry.views", self.views,
                "a list of views, e.g. [original, crop 0.9] (pneumo_exp/data/views.py)")
+        for view in self.views:
+            try:
+                read_view(view)
+            except ValueError as e:
+                raise ConfigError(f"'registry.views': {e}.") from None
 
 
 @dataclass(frozen=True)
@@ -358,6 +362,7 @@ def _build(arch: str, merged: dict[str, Any]) -> ExperimentConfig:
         if not isinstance(value, dict):
             raise ConfigError(f"'{name}' must be a mapping of keys; got {value!r}.")
         sections[name] = value
+    check_space(sections["space"])
     return ExperimentConfig(arch=arch, **sections)
 
 

@@ -134,15 +134,14 @@ def test_nothing_to_adapt_and_too_few_images() -> None:
 
 def _register_plain_model(searched: dict[str, Any]) -> None:
     """'plain' v1: a packaged model without batch normalization."""
-    from pneumo_exp.registry.packaging import log_packaged_model
-    from pneumo_exp.serving.model import Member
+    from pneumo_exp.registry.packaging import write_version
+    from pneumo_exp.serving.contract import VersionContract
 
     inputs = keras.Input((48, 48, 1))
     hidden = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
     model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden))
     with mlflow.start_run(experiment_id=searched["result"].experiment_id):
-        info = log_packaged_model([Member(model, 48, 1)], threshold=0.5)
-    mlflow.register_model(info.model_uri, "plain")
+        write_version("plain", VersionContract(((48, 1),), threshold=0.5), [model], {})
 
 
 @pytest.fixture

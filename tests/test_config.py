@@ -180,3 +180,13 @@ def test_a_screened_search_logged_before_full_trials_loads() -> None:
     old["search"].update(screen_trials=12, max_trials=3)
     cfg = config_from_dict(old)
     assert (cfg.search.full_trials, cfg.search.max_trials, cfg.search.split) == (3, 15, (12, 3))
+
+
+@pytest.mark.parametrize("entry, said", [({"min": 0.5}, "mapping with min and max"),
+                                         ({"min": 0.5, "max": 0.1}, "min must not exceed"),
+                                         ({"min": 0.1, "max": 0.5, "sampling": "cube"},
+                                          "sampling must be"),
+                                         ([], "at least one value")])
+def test_a_bad_space_entry_stops_when_the_settings_are_read(entry: object, said: str) -> None:
+    with pytest.raises(ConfigError, match=rf"'space\.dropout'.*{said}"):
+        load_config("aug_cnn", {"space.dropout": entry})

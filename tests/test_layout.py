@@ -73,9 +73,48 @@ def test_the_checker_sees_a_late_import(tmp_path: Path) -> None:
 
 def test_command_line_and_tracking_load_no_tensorflow() -> None:
     modules = ("pneumo_exp.cli", "pneumo_exp.cli.commands", "pneumo_exp.tracking.store",
-               "pneumo_exp.tracking.listing", "pneumo_exp.tracking.search_runs")
+               "pneumo_exp.tracking.listing", "pneumo_exp.tracking.search_record",
+               "pneumo_exp.tracking.search_tracker")
     code = (f"import sys, {', '.join(modules)}; "
             "print(sorted(m for m in ('tensorflow', 'keras', 'keras_tuner') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True).stdout.strip()
     assert out == "[]"
+
+
+# Calls that write a registered version: only its producer makes them.
+VERSION_WRITERS = {"register_model", "create_model_version"}
+PRODUCER = PACKAGE / "registry" / "packaging.py"
+
+
+def _version_writes(path: Path) -> list[str]:
+    """The calls in `path` that write a version: register_model, create_model_version, or
+    a pyfunc model logged (mlflow.pyfunc.log_model)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            name, owner = node.func.attr, node.func.value
+            pyfunc = isinstance(owner, ast.Attribute) and owner.attr == "pyfunc"
+            if name in VERSION_WRITERS or (name == "log_model" and pyfunc):
+                found.append(f"{path}:{node.lineno} {name}")
+    return found
+
+
+def test_only_the_contracts_producer_writes_a_version() -> None:
+    writes = [w for _, path in _modules() if path != PRODUCER for w in _version_writes(path)]
+    assert not writes, ("a version is written through registry/packaging.py's write_version "
+                        "only:\n" + "\n".join(writes))
+    assert _version_writes(PRODUCER), "the producer writes no version: the rule checks nothing"
+
+
+def test_the_writer_rule_sees_a_write(tmp_path: Path) -> None:
+    bad = tmp_path / "writer.py"
+    bad.write_text("import mlflow\nmlflow.register_model('runs:/x/m', 'name')\n"
+                   "mlflow.pyfunc.log_model(name='m')\nmlflow.keras.log_model(m, name='m')\n")
+    assert len(_version_writes(bad)) == 2  # a trial's Keras model is no version
+
+
+def test_no_module_is_longer_than_450_lines() -> None:
+    long = [f"{path.relative_to(PACKAGE.parent)}: {n}" for _, path in _modules()
+            if (n := len(path.read_text().splitlines())) > 450]
+    assert not long, "split these modules:\n" + "\n".join(long)

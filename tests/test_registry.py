@@ -379,7 +379,8 @@ def test_predict_table_names_the_version_and_counts(promoted: dict[str, Any],
 
 def test_evaluate_a_labelled_folder(promoted: dict[str, Any], searched: dict[str, Any],
                                     tmp_path: Path) -> None:
-    from pneumo_exp.serving.predict import evaluate, labelled_folder
+    from pneumo_exp.data.inputs import labelled_folder
+    from pneumo_exp.serving.predict import evaluate
     e = evaluate("models:/acceptance@champion",
                  labelled_folder(Path(searched["cfg"].data.root) / "test"), tmp_path,
                  n_bootstrap=200)

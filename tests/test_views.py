@@ -49,13 +49,15 @@ def test_a_bad_view_names_the_grammar(spec: str) -> None:
         parse_view(spec)
 
 
-def test_promote_refuses_a_bad_view_before_reading_anything(workdir: Path) -> None:
-    from pneumo_exp.config import RegistryConfig
+def test_a_bad_view_stops_when_the_settings_are_read() -> None:
+    """Before any search or promote: the search's configuration carries the views too."""
+    from pneumo_exp.config import RegistryConfig, load_config
     from pneumo_exp.errors import ConfigError
-    from pneumo_exp.registry.promote import promote
 
     with pytest.raises(ConfigError, match=r"'registry\.views': 'crop 1\.5' is not a view"):
-        promote(RegistryConfig(views=["original", "crop 1.5"]))
+        RegistryConfig(views=["original", "crop 1.5"])
+    with pytest.raises(ConfigError, match=r"'registry\.views': 'crop 2' is not a view"):
+        load_config("aug_cnn", {"registry.views": ["original", "crop 2"]})
 
 
 def _tiny_model() -> keras.Model:
@@ -68,8 +70,9 @@ def _tiny_model() -> keras.Model:
 
 
 def test_a_version_averages_its_members_over_its_views(workdir: Path) -> None:
-    from pneumo_exp.registry.packaging import log_packaged_model
-    from pneumo_exp.serving.model import Member, classifier, images_frame
+    from pneumo_exp.registry.packaging import write_version
+    from pneumo_exp.serving.contract import VersionContract
+    from pneumo_exp.serving.model import classifier, images_frame
 
     views = [ORIGINAL, "crop 0.8", "shift 0.1 0"]
     models = [_tiny_model(), _tiny_model()]
@@ -77,9 +80,10 @@ def test_a_version_averages_its_members_over_its_views(workdir: Path) -> None:
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(path)
     with mlflow.start_run():
-        with_views = log_packaged_model([Member(m, 16, 1) for m in models], 0.5, 1.0,
-                                        views=views).model_uri
-        one_view = log_packaged_model([Member(m, 16, 1) for m in models], 0.5).model_uri
+        contract = VersionContract(((16, 1), (16, 1)), threshold=0.5)
+        with_views = write_version("views", contract.with_changes(views=tuple(views)),
+                                   models, {}).source
+        one_view = write_version("one-view", contract, models, {}).source
     loaded = mlflow.pyfunc.load_model(with_views)
     assert loaded.model_config["views"] == views
     inner = classifier(loaded)

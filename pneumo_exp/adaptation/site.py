@@ -1,5 +1,6 @@
 """`pneumo-exp adapt`: a registered version adapted to a new site's unlabeled images,
-registered as a new version of the same model with the alias `site-<name>`.
+registered as a new version of the same model with the alias `site-<name>`, with the
+source version's contract (threshold, temperature, views, reference) unchanged.
 
 The images are the files given: every image under a folder, whatever the layout (class
 folders, if any, are ignored: no label is read), or the instances pulled from a PACS. Each
@@ -27,12 +28,11 @@ from pneumo_exp.adaptation.batch_norm import (
     batch_norm_layers,
 )
 from pneumo_exp.data.images import Preprocessing, decode_many, files_fingerprint
-from pneumo_exp.data.views import ORIGINAL
 from pneumo_exp.errors import ConfigError, DataError, UserError
 from pneumo_exp.registry import model_card
-from pneumo_exp.registry.packaging import log_packaged_model
+from pneumo_exp.registry.packaging import write_version
 from pneumo_exp.serving.model import classifier
-from pneumo_exp.serving.predict import load
+from pneumo_exp.serving.predict import load, version_contract
 from pneumo_exp.tracking.names import (
     ROLE_ADAPTATION,
     TAG_ADAPTATION_FINGERPRINT,
@@ -44,14 +44,10 @@ from pneumo_exp.tracking.names import (
     TAG_DATA,
     TAG_HYPERPARAMETERS,
     TAG_MEMBERS,
-    TAG_MIN_SENSITIVITY,
     TAG_OBJECTIVE,
     TAG_SEARCH_RUNS,
     TAG_SITE,
     TAG_SOURCES,
-    TAG_TEMPERATURE,
-    TAG_THRESHOLD,
-    TAG_VALIDATED,
     site_alias,
 )
 from pneumo_exp.tracking.runs import start_run
@@ -60,9 +56,8 @@ from pneumo_exp.tracking.store import connect
 log = logging.getLogger(__name__)
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,60}$")
-KEPT_TAGS = (TAG_ARCH, TAG_SOURCES, TAG_MEMBERS, TAG_SEARCH_RUNS, TAG_DATA, TAG_THRESHOLD,
-             TAG_MIN_SENSITIVITY, TAG_TEMPERATURE, TAG_OBJECTIVE,
-             TAG_HYPERPARAMETERS, TAG_VALIDATED)  # the source version's
+LINEAGE_TAGS = (TAG_ARCH, TAG_SOURCES, TAG_MEMBERS, TAG_SEARCH_RUNS, TAG_DATA, TAG_OBJECTIVE,
+                TAG_HYPERPARAMETERS)  # the source version's, kept by the adapted one
 
 
 @dataclass(frozen=True)
@@ -102,7 +97,8 @@ def adapt(model_uri: str, files: list[Path], root: Path, images_from: str,
     except (mlflow.exceptions.MlflowException, ValueError) as e:
         raise UserError(f"no registered model version {model_uri}: "
                         f"{str(e).splitlines()[0]}. List them with `pneumo-exp models`.") from e
-    model = classifier(load(model_uri))
+    loaded = load(model_uri)
+    model = classifier(loaded)
     layers = sum(len(batch_norm_layers(m.model)) for m in model.members)
     if not all(batch_norm_layers(m.model) for m in model.members):
         raise UserError(f"{model_uri} has nothing to adapt: "
@@ -118,6 +114,9 @@ def adapt(model_uri: str, files: list[Path], root: Path, images_from: str,
         raise UserError(str(e)) from e
     digest = files_fingerprint(root, files)
     source_run = client.get_run(source.run_id)
+    lineage = {k: v for k, v in source.tags.items() if k in LINEAGE_TAGS}
+    lineage.update({TAG_SITE: site, TAG_ADAPTED_FROM_VERSION: str(number),
+                    TAG_ADAPTATION_IMAGES: str(len(files)), TAG_ADAPTATION_FINGERPRINT: digest})
     with start_run(source_run.info.experiment_id, f"adaptation-{site}-of-v{number}",
                    ROLE_ADAPTATION, digest,
                    {TAG_SITE: site, TAG_ADAPTED_FROM: f"{name}/{number}"}) as run:
@@ -125,14 +124,10 @@ def adapt(model_uri: str, files: list[Path], root: Path, images_from: str,
                            "images": len(files), "skipped_files": skipped,
                            "fingerprint": digest, "images_from": images_from,
                            "batch_norm_layers": layers})
-        logged = log_packaged_model(model.members, model.threshold, model.temperature,
-                                    getattr(model, "reference", None),  # the source's
-                                    getattr(model, "views", [ORIGINAL]))
-    tags = {k: v for k, v in source.tags.items() if k in KEPT_TAGS}
-    tags.update({TAG_SITE: site, TAG_ADAPTED_FROM_VERSION: str(number),
-                 TAG_ADAPTATION_IMAGES: str(len(files)), TAG_ADAPTATION_FINGERPRINT: digest,
-                 TAG_ADAPTATION_RUN: run.info.run_id})
-    version = mlflow.register_model(logged.model_uri, name, tags=tags)
+        # the source's contract: only the normalization statistics changed
+        version = write_version(name, version_contract(loaded, source.tags),
+                                [m.model for m in model.members],
+                                {**lineage, TAG_ADAPTATION_RUN: run.info.run_id})
     card = model_card.for_adaptation(source.description or "", name, str(version.version),
                                      str(number), site, len(files), digest, layers)
     model_card.publish(client, name, str(version.version), card, run.info.run_id)

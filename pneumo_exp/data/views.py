@@ -17,42 +17,27 @@ view is text, kept in a version's config:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
-from pneumo_exp.errors import ConfigError
+from pneumo_exp.grammar import ORIGINAL, read_view
 
-ORIGINAL = "original"
+__all__ = ["ORIGINAL", "View", "parse_view", "view_images"]
 View = Callable[[np.ndarray], np.ndarray]  # (N, H, W, C) -> (N, H, W, C), float32
 
 
 def parse_view(spec: str) -> View:
-    """The function of a view's text; ValueError naming the grammar if it is none."""
-    name, *words = spec.split() or [""]
-    try:
-        args = [float(w) for w in words]
-    except ValueError:
-        args = [float("nan")]  # matches no rule below
-    if name == ORIGINAL and not words:
-        return lambda x: x
-    if name == "crop" and len(args) == 1 and 0 < args[0] < 1:
+    """The function of a view's text; ValueError naming the grammar if it is none (the
+    grammar is grammar.read_view's, so a bad view stops when the settings are read)."""
+    name, args = read_view(spec)
+    if name == "crop":
         return lambda x: _crop(x, args[0])
-    if name == "pad" and len(args) == 1 and 0 < args[0] < 1:
+    if name == "pad":
         return lambda x: _pad(x, args[0])
-    if name == "shift" and len(args) == 2 and all(abs(a) < 0.5 for a in args):
+    if name == "shift":
         return lambda x: _shift(x, args[0], args[1])
-    raise ValueError(f"{spec!r} is not a view: 'original', 'crop F' or 'pad F' (0 < F < 1), "
-                     "or 'shift DY DX' (fractions of the side below 0.5)")
-
-
-def check_views(views: Sequence[str], key: str = "registry.views") -> None:
-    """ConfigError naming `key` unless every view parses (before any image is scored)."""
-    for spec in views:
-        try:
-            parse_view(spec)
-        except ValueError as e:
-            raise ConfigError(f"'{key}': {e}.") from None
+    return lambda x: x
 
 
 def view_images(images: np.ndarray, spec: str) -> np.ndarray:

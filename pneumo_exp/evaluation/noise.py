@@ -20,6 +20,14 @@ from pneumo_exp.evaluation.metrics import CI_LEVEL, binary_metrics, spec_at_sens
 
 RESAMPLES = 1000
 
+# The verdicts' words, everywhere they are printed: the trials table, compare, promote.
+NOISE = "the validation noise"
+WITHIN, BEYOND = f"within {NOISE}", f"more than {NOISE}"
+BEST, NEAR_BEST = "best", "≈ best"  # the trials table's vs_best column
+NOISE_NOTE = (f"{NEAR_BEST}: {WITHIN} of the best trial of its fidelity (a paired bootstrap "
+              "of the objective over the validation images, 95%): the data cannot rank "
+              "them.")
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -52,8 +60,8 @@ class Difference:
     def describe(self) -> str:
         how = "paired, the same validation images" if self.paired else (
             "each on its own validation images")
-        verdict = ("within the validation noise: the data cannot tell them apart"
-                   if self.within_noise else "more than the validation noise")
+        verdict = (f"{WITHIN}: the data cannot tell them apart" if self.within_noise
+                   else BEYOND)
         return (f"{self.name} {self.a:.4f} vs {self.b:.4f}: difference {self.value:+.4f}, "
                 f"{CI_LEVEL:.0%} interval [{self.low:+.4f}, {self.high:+.4f}] ({how}): "
                 f"{verdict}")

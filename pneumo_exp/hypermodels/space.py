@@ -17,8 +17,7 @@ from typing import Any
 import keras_tuner as kt
 
 from pneumo_exp.errors import ConfigError
-
-_RANGE_KEYS = {"min", "max", "step", "sampling", "default"}
+from pneumo_exp.grammar import check_space
 
 
 class Space:
@@ -26,6 +25,7 @@ class Space:
 
     def __init__(self, overrides: Mapping[str, Any] | None = None) -> None:
         self.overrides = dict(overrides or {})
+        check_space(self.overrides)
 
     def choice(self, hp: kt.HyperParameters, name: str, values: Sequence[Any],
                default: Any) -> Any:
@@ -45,8 +45,9 @@ class Space:
         return self._get(hp, name, {"values": [True, False], "default": default})
 
     def _get(self, hp: kt.HyperParameters, name: str, spec: dict[str, Any]) -> Any:
+        """The hyperparameter `name`: the hypermodel's range `spec`, or the configured
+        entry (its grammar checked when the configuration was read: grammar.check_space)."""
         override = self.overrides.get(name, spec)
-        key = f"space.{name}"
         if isinstance(override, list):
             override = {"values": override, "default": spec.get("default")}
         if not isinstance(override, dict):
@@ -54,16 +55,10 @@ class Space:
         try:
             if "values" in override:
                 values = list(override["values"])
-                if not values:
-                    raise ConfigError(f"'{key}' needs at least one value; got [].")
                 default = override.get("default")
                 if all(isinstance(v, bool) for v in values) and len(values) == 2:
                     return hp.Boolean(name, default=bool(default))
                 return hp.Choice(name, values, default=default if default in values else values[0])
-            unknown = set(override) - _RANGE_KEYS
-            if unknown or not {"min", "max"} <= set(override):
-                raise ConfigError(f"'{key}' must be a value, a list of values, or a mapping "
-                                  f"with min and max (and step, sampling); got {override!r}.")
             lo, hi = override["min"], override["max"]
             default = override.get("default", spec.get("default"))
             default = default if default is not None and lo <= default <= hi else lo
@@ -75,4 +70,4 @@ class Space:
             return hp.Float(name, float(lo), float(hi), step=override.get("step"),
                             sampling=sampling, default=float(default))
         except (ValueError, TypeError) as e:
-            raise ConfigError(f"'{key}': {e}; got {override!r}.") from e
+            raise ConfigError(f"'space.{name}': {e}; got {override!r}.") from e

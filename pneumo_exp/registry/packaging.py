@@ -1,6 +1,8 @@
-"""A registered version's model: Keras members + preprocessing + views + temperature +
-threshold, logged as an MLflow pyfunc model from code (pneumo_exp.serving.model), no
-pickle, with a snapshot of the package's code, so that the version loads as it was made."""
+"""The one producer of a registered version: Keras members and their contract
+(serving/contract.py) logged as an MLflow pyfunc model from code (pneumo_exp.serving.model),
+no pickle, with a snapshot of the package's code, so that the version loads as it was made;
+then registered with the tags derived from the contract and the lineage its caller gives.
+Promotion, adaptation and a site's search all write versions through `write_version`."""
 
 from __future__ import annotations
 
@@ -13,38 +15,38 @@ from typing import Any
 import keras
 import mlflow
 import tensorflow as tf
+from mlflow.entities.model_registry import ModelVersion
 
 import pneumo_exp
-from pneumo_exp.data.views import ORIGINAL
+from pneumo_exp.serving.contract import VersionContract
 from pneumo_exp.serving.model import MODEL_CODE, Member, member_artifact, signature
 from pneumo_exp.tracking.names import PACKAGED_MODEL
 
 
-def log_packaged_model(members: Sequence[Member], threshold: float,
-                       temperature: float = 1.0, reference: Mapping[str, Any] | None = None,
-                       views: Sequence[str] = (ORIGINAL,)) -> mlflow.models.model.ModelInfo:
-    """Into the active run: the members' Keras files, their preprocessing, the views, the
-    temperature, the threshold and what validation looked like to it (`reference`, see
-    validation_reference), as one pyfunc model that averages the members' probabilities
-    over the views."""
+def write_version(name: str, contract: VersionContract, models: Sequence[Any],
+                  lineage: Mapping[str, str]) -> ModelVersion:
+    """Into the active run: the Keras `models` (one per member of `contract`, in order) and
+    the contract, as one pyfunc model that averages the members' probabilities over the
+    views; then a new version of the registered model `name`, tagged with `lineage` (where
+    it came from) and the contract's own tags."""
+    if len(models) != len(contract.members):
+        raise ValueError(f"{len(models)} networks for a contract of "
+                         f"{len(contract.members)} members")
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*input example was not provided")
         artifacts = {}
-        for i, member in enumerate(members):
+        for i, model in enumerate(models):
             path = Path(tmp) / f"member_{i}.keras"
-            member.model.save(path)
+            model.save(path)
             artifacts[member_artifact(i)] = str(path)
-        return mlflow.pyfunc.log_model(
+        logged = mlflow.pyfunc.log_model(
             name=PACKAGED_MODEL, python_model=str(MODEL_CODE), artifacts=artifacts,
             code_paths=[str(Path(pneumo_exp.__file__).parent)],
-            model_config={"members": [{"image_size": m.image_size, "channels": m.channels}
-                                      for m in members],
-                          "views": list(views), "threshold": float(threshold),
-                          "temperature": float(temperature),
-                          "reference": dict(reference or {})},
-            signature=signature(),
+            model_config=contract.to_dict(), signature=signature(),
             pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}",
                               f"mlflow=={mlflow.__version__}", "pillow", "pandas"])
+    return mlflow.register_model(logged.model_uri, name,
+                                 tags={**lineage, **contract.tags()})
 
 
 def validation_reference(members: Sequence[Member], arrays: Sequence[Any], prob: Any,

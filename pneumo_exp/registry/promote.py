@@ -16,7 +16,6 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import mlflow
 import numpy as np
@@ -28,7 +27,7 @@ from pneumo_exp.config import RegistryConfig
 from pneumo_exp.data.dataset import load_training_data
 from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.data.sources import load_split, open_source
-from pneumo_exp.data.views import ORIGINAL, check_views
+from pneumo_exp.data.views import ORIGINAL
 from pneumo_exp.errors import ConfigError, UserError
 from pneumo_exp.evaluation.calibration import (
     apply_temperature,
@@ -36,10 +35,10 @@ from pneumo_exp.evaluation.calibration import (
     fit_temperature,
 )
 from pneumo_exp.evaluation.metrics import binary_metrics, bootstrap_ci
-from pneumo_exp.evaluation.noise import Scored, difference, figure_function
+from pneumo_exp.evaluation.noise import NOISE, WITHIN, Scored, difference, figure_function
 from pneumo_exp.evaluation.thresholds import choose_threshold
 from pneumo_exp.registry import model_card
-from pneumo_exp.registry.packaging import log_packaged_model, validation_reference
+from pneumo_exp.registry.packaging import validation_reference, write_version
 from pneumo_exp.registry.selection import (
     Candidate,
     alias_version,
@@ -50,6 +49,7 @@ from pneumo_exp.registry.selection import (
     trial_run,
     versions_of_runs,
 )
+from pneumo_exp.serving.contract import VersionContract
 from pneumo_exp.serving.model import Member, member_probability
 from pneumo_exp.tracking.figures import log_evaluation
 from pneumo_exp.tracking.names import (
@@ -61,14 +61,10 @@ from pneumo_exp.tracking.names import (
     TAG_EVALUATION_RUN,
     TAG_HYPERPARAMETERS,
     TAG_MEMBERS,
-    TAG_MIN_SENSITIVITY,
     TAG_OBJECTIVE,
     TAG_OBJECTIVE_VALUE,
     TAG_SEARCH_RUNS,
     TAG_SOURCES,
-    TAG_TEMPERATURE,
-    TAG_THRESHOLD,
-    TAG_VALIDATED,
     figure_tag,
     rounded,
 )
@@ -106,7 +102,6 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
     validated alike (`any_trial`: of every finished trial; `search`: of that search only),
     or the one trial `run_id`; the best member alone when the ensemble validates worse than
     it beyond the noise."""
-    check_views(registry.views)
     client = connect()
     trials = select_trials(client, arch, run_id, registry.top if top is None else top,
                            any_trial, search)
@@ -132,12 +127,14 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
     val_figures = validation_figures(val, calibration, registry.bootstrap,
                                      candidates[0].cfg.search.sensitivity_target)
     test = mean_score(member_scores(members, test_sets(candidates), registry.views))
-    reference = validation_reference(members, [st.images for st in sets], calibration.apply(val),
-                                     calibration.threshold)
-    evaluation_run, test_figures, model_uri = evaluate_and_package(
-        candidates, members, calibration, val_figures, test, registry, reference)
-    version = register(name, model_uri, candidates, calibration, val_figures, evaluation_run,
-                       registry.min_sensitivity, validated_counts(val, calibration))
+    contract = VersionContract(
+        members=tuple(m.preprocessing for m in members), threshold=calibration.threshold,
+        temperature=calibration.temperature, views=tuple(registry.views),
+        min_sensitivity=registry.min_sensitivity, validated=validated_counts(val, calibration),
+        reference=validation_reference(members, [st.images for st in sets],
+                                       calibration.apply(val), calibration.threshold))
+    version, evaluation_run, test_figures = evaluate_and_register(
+        name, candidates, members, contract, val_figures, test, registry)
     card = model_card.for_promotion(name, str(version.version), candidates, val_figures,
                                     test_figures, calibration.threshold,
                                     calibration.temperature, registry)
@@ -183,8 +180,8 @@ def ensemble_or_best(candidates: Sequence[Candidate], alone: Sequence[Scored]
             f"best member's {d.b:.4f} ({candidates[best].label}; difference {d.value:+.4f}, "
             f"95% interval [{d.low:+.4f}, {d.high:+.4f}])")
     if worse:
-        return [best], f"{what}: worse beyond the validation noise, so that member alone"
-    return list(range(len(alone))), f"{what}: within the validation noise or better"
+        return [best], f"{what}: worse beyond {NOISE}, so that member alone"
+    return list(range(len(alone))), f"{what}: {WITHIN} or better"
 
 
 def validation_sets(candidates: Sequence[Candidate]) -> list[LabeledImages]:
@@ -258,16 +255,18 @@ def _arch(candidates: Sequence[Candidate]) -> str:
                                   for c in candidates))
 
 
-def evaluate_and_package(candidates: Sequence[Candidate], members: Sequence[Member],
-                         calibration: Calibration, val_figures: Mapping[str, float],
-                         test: Scored, registry: RegistryConfig,
-                         reference: Mapping[str, Any]) -> tuple[str, dict[str, float], str]:
-    """The evaluation run: the test figures (the only read of the test split) and the
-    packaged model. Returns the run's id, the test figures and the model's URI."""
+def evaluate_and_register(name: str, candidates: Sequence[Candidate], members: Sequence[Member],
+                          contract: VersionContract, val_figures: Mapping[str, float],
+                          test: Scored, registry: RegistryConfig
+                          ) -> tuple[ModelVersion, str, dict[str, float]]:
+    """The evaluation run: the test figures (the only read of the test split), and the
+    version written into it with its lineage. Returns the version, the run's id and the
+    test figures."""
     first = candidates[0]
     title = (first.label if len(candidates) == 1 else f"ensemble of {len(candidates)}: "
              + ", ".join(c.label for c in candidates))
     sources = [c.trial.info.run_id for c in candidates]
+    calibration = Calibration(contract.temperature, contract.threshold)
     with start_run(first.trial.info.experiment_id,
                    "evaluation-" + title.replace(" ", "-").replace(",", ""), ROLE_EVALUATION,
                    first.search.data.tags.get(TAG_DATA, ""),
@@ -281,41 +280,35 @@ def evaluate_and_package(candidates: Sequence[Candidate], members: Sequence[Memb
         figures = log_evaluation(test.labels, calibration.apply(test), calibration.threshold,
                                  "test", registry.bootstrap, title=f"{title}, test split",
                                  uncalibrated=test.prob)
-        logged = log_packaged_model(members, calibration.threshold, calibration.temperature,
-                                    reference, registry.views)
-    return run.info.run_id, figures, logged.model_uri
+        version = write_version(name, contract, [m.model for m in members],
+                                lineage(candidates, val_figures, run.info.run_id))
+    return version, run.info.run_id, figures
 
 
-def validated_counts(val: Scored, calibration: Calibration) -> dict[str, list[int]]:
-    """[hits, total] of the validation sensitivity and specificity at the threshold: what a
+def validated_counts(val: Scored, calibration: Calibration) -> dict[str, tuple[int, int]]:
+    """(hits, total) of the validation sensitivity and specificity at the threshold: what a
     site's report is judged against, with its interval."""
     f = binary_metrics(val.labels, calibration.apply(val), calibration.threshold)
-    return {"sensitivity": [int(f["tp"]), int(f["tp"] + f["fn"])],
-            "specificity": [int(f["tn"]), int(f["tn"] + f["fp"])]}
+    return {"sensitivity": (int(f["tp"]), int(f["tp"] + f["fn"])),
+            "specificity": (int(f["tn"]), int(f["tn"] + f["fp"]))}
 
 
-def register(name: str, model_uri: str, candidates: Sequence[Candidate],
-             calibration: Calibration, val_figures: Mapping[str, float],
-             evaluation_run: str, min_sensitivity: float,
-             validated: Mapping[str, list[int]]) -> ModelVersion:
-    """A new version of `name` with its lineage and validation figures as tags."""
+def lineage(candidates: Sequence[Candidate], val_figures: Mapping[str, float],
+            evaluation_run: str) -> dict[str, str]:
+    """Where a promoted version comes from, and its validation figures, as tags."""
     first = candidates[0]
     objective = first.cfg.search.objective
     hyperparameters = ([c.trial.data.params for c in candidates] if len(candidates) > 1
                        else first.trial.data.params)
-    tags = {
+    return {
         TAG_SOURCES: sources_key([c.trial.info.run_id for c in candidates]),
         TAG_MEMBERS: str(len(candidates)), TAG_EVALUATION_RUN: evaluation_run,
         TAG_SEARCH_RUNS: ",".join(dict.fromkeys(c.search.info.run_id for c in candidates)),
         TAG_ARCH: _arch(candidates), TAG_DATA: first.search.data.tags.get(TAG_DATA, ""),
-        TAG_THRESHOLD: f"{calibration.threshold:.6f}",
-        TAG_MIN_SENSITIVITY: str(min_sensitivity), TAG_VALIDATED: json.dumps(validated),
-        TAG_TEMPERATURE: f"{calibration.temperature:.6f}",
         TAG_OBJECTIVE: objective, TAG_OBJECTIVE_VALUE: str(val_figures[objective]),
         TAG_HYPERPARAMETERS: json.dumps(hyperparameters, sort_keys=True)[:5000],
         **{figure_tag(k): f"{val_figures[k]:.4f}" for k in VERSION_FIGURES},
     }
-    return mlflow.register_model(model_uri, name, tags=tags)
 
 
 def move_aliases(client: MlflowClient, name: str, version: str, direction: str) -> str:

@@ -1,6 +1,6 @@
 """What a search shows while it runs: a line as each trial begins and ends (trial i of n,
 elapsed time, an estimate of what remains). Plain text from plain values; the trials table
-is tracking.search_runs.format_table."""
+is tracking.search_record.format_table."""
 
 from __future__ import annotations
 

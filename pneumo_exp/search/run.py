@@ -1,7 +1,7 @@
 """A Keras Tuner search of one architecture, tracked in MLflow: `run_search`.
 
 The data, the hypermodel, the tuner (tuners.py) and the search's MLflow runs
-(tracking.search_runs) are put together here, once per stage (fidelity.py); the oracles'
+(tracking.search_tracker) are put together here, once per stage (fidelity.py); the oracles'
 state under .pneumo/tuner/<arch>/<search>/ makes an interrupted search resume where it
 stopped. Trial and epoch budgets decide what a search finds; a time budget only caps it.
 """
@@ -38,7 +38,7 @@ from pneumo_exp.search.fidelity import (
 from pneumo_exp.search.threads import pin_threads
 from pneumo_exp.search.tuners import TrackedTuner, make_tuner, stop_new_trials
 from pneumo_exp.tracking.names import FULL, STATUS_CUT
-from pneumo_exp.tracking.search_runs import SearchTracker
+from pneumo_exp.tracking.search_tracker import SearchTracker
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class SearchResult:
     best_metrics: dict[str, float]
     trials: dict[str, int]
     data: TrainingData
-    table: list[dict[str, Any]]  # a row per trial (tracking.search_runs.trials_table)
+    table: list[dict[str, Any]]  # a row per trial (tracking.search_record.trials_table)
 
 
 def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = False,

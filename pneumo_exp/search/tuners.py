@@ -30,7 +30,7 @@ from pneumo_exp.search.callbacks import (
 from pneumo_exp.search.fidelity import Stage
 from pneumo_exp.search.kt_internals import GivenPointsFirst, TunerMixin, allows, set_debug
 from pneumo_exp.tracking.names import STATUS_CUT
-from pneumo_exp.tracking.search_runs import SearchTracker
+from pneumo_exp.tracking.search_tracker import SearchTracker
 from pneumo_exp.tracking.trials import log_classifier, log_epoch_metrics
 
 log = logging.getLogger(__name__)

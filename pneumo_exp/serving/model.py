@@ -2,11 +2,10 @@
 
 A registered version is an MLflow pyfunc model logged from code (`mlflow_model.py`, no
 pickle). Its artifacts are one or more Keras models (loaded in Keras' safe mode): one for
-a promoted trial, k for an ensemble of the k best. Its config holds each member's
-preprocessing (image size, channels), the views each image is scored as (test-time
-augmentation, data/views.py), the temperature that calibrates the members' mean probability,
-the decision threshold chosen on validation, and what its validation images
-looked like to it (`reference`: shift.py's measure, the scores). Images are decoded with
+a promoted trial, k for an ensemble of the k best. Its config is its contract
+(contract.py): each member's preprocessing, the views each image is scored as (test-time
+augmentation, data/views.py), the temperature, the threshold, and what its validation
+images looked like to it (`reference`: shift.py's measure, the scores). Images are decoded with
 `decode_image`, exactly as in training, once per distinct preprocessing. An image gets no
 probability when it cannot be read or says it is not a chest radiograph (`reason` tells
 which), and is flagged (`check`) when it lies farther from the training images than any
@@ -30,6 +29,7 @@ from pneumo_exp.config import CLASS_NAMES
 from pneumo_exp.data.images import UNREADABLE, Decoded, Preprocessing, decode_many
 from pneumo_exp.data.views import ORIGINAL, view_images
 from pneumo_exp.evaluation.calibration import apply_temperature
+from pneumo_exp.serving.contract import VersionContract
 
 IMAGE_COLUMN = "image"
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
@@ -79,16 +79,27 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         import keras
 
-        config = context.model_config
+        self.contract = VersionContract.from_dict(context.model_config)
         self.members = [
             Member(keras.saving.load_model(context.artifacts[member_artifact(i)],
-                                           compile=False, safe_mode=True),
-                   int(spec["image_size"]), int(spec["channels"]))
-            for i, spec in enumerate(config["members"])]
-        self.threshold = float(config["threshold"])
-        self.temperature = float(config.get("temperature", 1.0))
-        self.views = list(config.get("views") or [ORIGINAL])  # none before views were kept
-        self.reference: dict[str, Any] = dict(config.get("reference") or {})
+                                           compile=False, safe_mode=True), size, channels)
+            for i, (size, channels) in enumerate(self.contract.members)]
+
+    @property
+    def threshold(self) -> float:
+        return self.contract.threshold
+
+    @property
+    def temperature(self) -> float:
+        return self.contract.temperature
+
+    @property
+    def views(self) -> list[str]:
+        return list(self.contract.views)
+
+    @property
+    def reference(self) -> dict[str, Any]:
+        return dict(self.contract.reference)
 
     def decode(self, images: Sequence[Any]) -> Decoded:
         """The readable images (bytes or base64 text) decoded for each member's

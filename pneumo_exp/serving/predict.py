@@ -4,31 +4,29 @@ Everything goes through the pyfunc model, i.e. exactly what a server runs."""
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from pneumo_exp.config import CLASS_NAMES, RegistryConfig
-from pneumo_exp.data.images import files_fingerprint, image_files
+from pneumo_exp.data.images import files_fingerprint
+from pneumo_exp.data.inputs import LabelledSet
 from pneumo_exp.errors import DataError, UserError
 from pneumo_exp.evaluation import plots
 from pneumo_exp.evaluation.report import (
-    Proportion,
     SiteReport,
-    Validated,
     png_bytes,
     report_figure,
     report_html,
     site_report,
 )
+from pneumo_exp.serving.contract import VersionContract
 from pneumo_exp.serving.model import images_frame
 from pneumo_exp.tracking.figures import log_evaluation
 from pneumo_exp.tracking.names import (
@@ -37,10 +35,7 @@ from pneumo_exp.tracking.names import (
     ROLE_EVALUATION,
     SITE_REPORT_HTML,
     SITE_REPORT_PNG,
-    TAG_MIN_SENSITIVITY,
     TAG_MODEL_URI,
-    TAG_VALIDATED,
-    figure_tag,
 )
 from pneumo_exp.tracking.runs import start_run
 from pneumo_exp.tracking.store import connect, experiment_id
@@ -72,37 +67,6 @@ def predict_files(model: mlflow.pyfunc.PyFuncModel, files: Sequence[Path],
     return out
 
 
-def labelled_root(folder: Path) -> Path:
-    """FOLDER if it holds NORMAL/, else FOLDER/test (a dataset root)."""
-    return folder if (folder / CLASS_NAMES[0]).is_dir() else folder / "test"
-
-
-@dataclass(frozen=True)
-class LabelledSet:
-    """Files with their labels, where they came from, and the folder they lie under."""
-
-    files: list[Path]
-    labels: np.ndarray
-    root: Path  # the files lie under it (their fingerprint is relative to it)
-    source: str  # a folder, or a PACS and its query, for the run and the report
-    name: str  # short, for the run's name
-
-
-def labelled_folder(folder: Path) -> LabelledSet:
-    """FOLDER/{NORMAL,PNEUMONIA}/ or FOLDER/test/{NORMAL,PNEUMONIA}/."""
-    root = labelled_root(folder)
-    files, labels = [], []
-    for label, name in enumerate(CLASS_NAMES):
-        class_dir = root / name
-        if not class_dir.is_dir():
-            raise DataError(f"{class_dir} is missing: give a folder with NORMAL/ and PNEUMONIA/ "
-                            "(or a dataset root with test/NORMAL and test/PNEUMONIA).")
-        found = image_files([class_dir])
-        files += found
-        labels += [label] * len(found)
-    return LabelledSet(files, np.array(labels), root, str(root), folder.name)
-
-
 @dataclass(frozen=True)
 class Evaluation:
     figures: dict[str, float]
@@ -122,11 +86,13 @@ def evaluate(model_uri: str, labelled: LabelledSet, out: Path,
     if not readable.any():
         raise DataError(f"none of the {len(labelled.files)} files of {labelled.source} is a "
                         "readable image.")
-    threshold = float(model.model_config["threshold"])
     client = connect()
+    tags = registry_tags(client, model_uri)
+    contract = version_contract(model, tags)
+    threshold = contract.threshold
     y, prob = labels[readable], predictions["probability"].to_numpy(float)[readable]
-    report = site_report(y, prob, threshold, target_sensitivity(client, model_uri),
-                         validated(client, model_uri))
+    target = contract.min_sensitivity or RegistryConfig().min_sensitivity  # or the default
+    report = site_report(y, prob, threshold, target, contract.validated_figures(tags))
     title = f"{model_uri} on {labelled.name}"
     with start_run(experiment_id(client, EVALUATION_EXPERIMENT), f"evaluate-{labelled.name}",
                    ROLE_EVALUATION, files_fingerprint(labelled.root, labelled.files),
@@ -167,35 +133,21 @@ def keep_page(png: bytes, page: str, artifacts: tuple[str, str], out: Path,
     return out / f"{stem}.html"
 
 
-def validated(client: MlflowClient, model_uri: str) -> Validated:
-    """What the version validated at its threshold: counts (tag pneumo.validated), or the
-    figures of a version registered before them; nothing for a model outside the
-    registry."""
+def version_contract(model: mlflow.pyfunc.PyFuncModel, tags: Mapping[str, str]
+                     ) -> VersionContract:
+    """The contract of a loaded version (serving/contract.py); its registry `tags` complete
+    that of a version registered before the contract."""
+    return VersionContract.from_dict(model.model_config, tags)
+
+
+def registry_tags(client: MlflowClient, model_uri: str) -> dict[str, str]:
+    """A registered version's tags; none for a model outside the registry."""
     from mlflow.store.artifact.utils.models import get_model_name_and_version
 
     if not model_uri.startswith("models:/"):
-        return Validated()
+        return {}
     try:
-        tags = client.get_model_version(*get_model_name_and_version(client, model_uri)).tags
+        return dict(client.get_model_version(
+            *get_model_name_and_version(client, model_uri)).tags)
     except (mlflow.exceptions.MlflowException, ValueError):
-        return Validated()
-    if TAG_VALIDATED in tags:
-        counts = json.loads(tags[TAG_VALIDATED])
-        return Validated(Proportion(*counts["sensitivity"]), Proportion(*counts["specificity"]))
-    figures = [tags.get(figure_tag(f"val_{k}_at_thr")) for k in ("sensitivity", "specificity")]
-    return Validated(*(float(f) if f else None for f in figures))
-
-
-def target_sensitivity(client: MlflowClient, model_uri: str) -> float:
-    """The validation sensitivity the version's threshold was chosen for (its tag; the
-    default for a version registered before the tag, or a model outside the registry)."""
-    from mlflow.store.artifact.utils.models import get_model_name_and_version
-
-    if model_uri.startswith("models:/"):
-        try:
-            version = client.get_model_version(*get_model_name_and_version(client, model_uri))
-            if TAG_MIN_SENSITIVITY in version.tags:
-                return float(version.tags[TAG_MIN_SENSITIVITY])
-        except (mlflow.exceptions.MlflowException, ValueError):
-            pass
-    return RegistryConfig().min_sensitivity
+        return {}

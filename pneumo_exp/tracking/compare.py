@@ -19,7 +19,7 @@ from pneumo_exp.evaluation.noise import Scored, difference
 from pneumo_exp.evaluation.plots import plt
 from pneumo_exp.text import text_table
 from pneumo_exp.tracking.names import FULL, TAG_DATA, VALIDATION_PARAMS
-from pneumo_exp.tracking.search_runs import SearchRecord
+from pneumo_exp.tracking.search_record import SearchRecord
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """What a trained classifier (a trial, a fold) records in its run: per-epoch metrics, its
 validation figures, plots, Grad-CAM grids and the model. TensorFlow; the search's run
-bookkeeping without it is in search_runs.py."""
+bookkeeping without it is in search_tracker.py."""
 
 from __future__ import annotations
 

@@ -4,19 +4,25 @@ predict, evaluate and adapt read files and folders, or studies pulled from a PAC
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pneumo_exp.cli.processes import run_server
 from pneumo_exp.cli.tf_import import import_tensorflow
 from pneumo_exp.config import LOCALHOST, load_config, parse_override, tracking_uri
-from pneumo_exp.data.dicomweb import PacsQuery, comma_list, labelled, pull, read_labels
+from pneumo_exp.data.dicomweb import PacsQuery, comma_list
 from pneumo_exp.data.images import REFUSED, UNREADABLE
-from pneumo_exp.errors import DataError, UserError
+from pneumo_exp.data.inputs import (
+    Images,
+    LabelledSet,
+    image_inputs,
+    labelled_folder,
+    labelled_pacs,
+    site_images,
+)
+from pneumo_exp.errors import UserError
 from pneumo_exp.tracking.names import (
     CHAMPION,
     TAG_ARCH,
@@ -30,9 +36,6 @@ from pneumo_exp.tracking.names import (
     site_alias,
 )
 from pneumo_exp.tracking.store import connect
-
-if TYPE_CHECKING:
-    from pneumo_exp.serving.predict import LabelledSet
 
 
 def _model_uri(args: argparse.Namespace) -> str:
@@ -110,39 +113,11 @@ def _pacs(args: argparse.Namespace) -> PacsQuery | None:
                      comma_list(args.modality), args.study_date)
 
 
-@dataclasses.dataclass(frozen=True)
-class Images:
-    """Image files to read, what to call each of them, the folder they lie under, and
-    where they came from, in words."""
-
-    files: list[Path]
-    names: list[str]
-    root: Path
-    source: str
-
-
-def _images(args: argparse.Namespace, paths: list[str]) -> Images:
-    """The image files under `paths`, or pulled from the PACS of --dicomweb (named by their
-    SOP Instance UIDs: the files kept are de-identified and named by digests)."""
-    from pneumo_exp.data.images import image_files
-
-    query = _pacs(args)
-    if query is None:
-        files = image_files(paths)
-        return Images(files, [str(f) for f in files], Path(paths[0]), " ".join(map(str, paths)))
-    pulled = pull(query)
-    return Images(pulled.files, pulled.instances, pulled.files[0].parent,
-                  f"{query.where} ({len(pulled.files)} instances)")
-
-
 def _site_images(args: argparse.Namespace) -> Images:
-    """A site's unlabeled images: the folder --data (any layout below it), or a PACS."""
+    """A site's unlabeled images: the folder --data, or a PACS."""
     if not args.dicomweb:
         _need(args.data, "no folder of the site's images", "--data", "DATA", "folder")
-        if not Path(args.data).is_dir():
-            raise DataError(f"{args.data} is not a folder of images: give DATA=folder (any "
-                            "layout below it; labels are not read), or DICOMWEB=.")
-    return _images(args, [args.data])
+    return site_images(args.data, _pacs(args))
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
@@ -190,7 +165,7 @@ def cmd_site_check(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     if not args.dicomweb:
         _need(args.paths, "no image files or folders to predict", "", "FILES", "'a.jpeg dir/'")
-    images = _images(args, args.paths)
+    images = image_inputs(args.paths, _pacs(args))
     import_tensorflow()
     from pneumo_exp.serving.predict import load, predict_files
     from pneumo_exp.tracking.listing import describe_version
@@ -218,20 +193,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _labelled(args: argparse.Namespace) -> LabelledSet:
     """A labelled folder, or the labelled studies of a PACS (labels from a CSV)."""
-    from pneumo_exp.serving.predict import LabelledSet, labelled_folder
-
     query = _pacs(args)
     if query is None:
         _need(args.data, "no labelled folder to evaluate on", "--data", "DATA", "folder")
         return labelled_folder(Path(args.data))
     _need(args.labels, "no labels for the PACS studies", "--labels", "LABELS", "labels.csv")
-    labels = read_labels(Path(args.labels))
-    if not query.studies:
-        query = dataclasses.replace(query, studies=tuple(sorted(labels)))
-    pulled = pull(query)
-    files, y = labelled(pulled, labels)
-    return LabelledSet(files, y, files[0].parent, f"{query.where}, {len(set(pulled.studies))} "
-                       f"studies labelled in {args.labels}", "pacs")
+    return labelled_pacs(query, Path(args.labels))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

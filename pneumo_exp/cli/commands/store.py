@@ -131,13 +131,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
                             "or --search to pneumo-exp runs.")
         print(runs_table(client))
         return 0
-    from pneumo_exp.tracking.search_runs import SearchRecord, format_table
+    from pneumo_exp.tracking.search_record import SearchRecord, format_table
+    from pneumo_exp.tracking.search_tracker import log_importance
 
     record = SearchRecord.from_parent(client, find_search(client, args.search))
     print(f"Trials of search '{record.search_name}' ({record.cfg.arch}):")
     print(format_table(record.table()))
     if args.importance:
-        imp = record.log_importance()
+        imp = log_importance(record)
         print()
         print(imp.table() if imp else "Too few finished trials (or nothing varied) for "
               "hyperparameter importance.")

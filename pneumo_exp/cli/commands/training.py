@@ -49,7 +49,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         return run_local(options.argv(args, "search", skip=own), args.workers, args.debug)
     import_tensorflow()
     from pneumo_exp.search.run import run_search
-    from pneumo_exp.tracking.search_runs import format_table
+    from pneumo_exp.tracking.search_record import format_table
 
     result = run_search(cfg, name=args.name, fresh=args.fresh,
                         verbose=_keras_verbosity(), role=role, debug=args.debug)

@@ -1,4 +1,4 @@
-"""The search's MLflow bookkeeping (tracking.search_runs.SearchTracker), without training:
+"""The search's MLflow bookkeeping (tracking.search_tracker.SearchTracker), without training:
 trial rows, the best so far, the time left, the trials table, the summary, and resuming."""
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pneumo_exp.tracking.names import (
     TAG_STATUS,
     VAL_PREDICTIONS,
 )
-from pneumo_exp.tracking.search_runs import SearchTracker, format_table, trials_table
+from pneumo_exp.tracking.search_record import format_table, trials_table
+from pneumo_exp.tracking.search_tracker import SearchTracker
 
 
 def _data(root: Path) -> TrainingData:

@@ -1,0 +1,254 @@
+"""What one search's runs tell, read from MLflow: a row per trial, the objective's curves
+for the median rule, the best trial, an estimate of the time left, the trials table with
+its noise marks, and the importance of the hyperparameters (`SearchRecord`). The writing
+side, the parent run and the trial runs, is search_tracker.py.
+
+MLflow is the record every process of a search shares, a distributed one included, so the
+console, the summary table and the parent's `best_run_id` are all read from it; so are the
+searches of the store afterwards (`pneumo-exp runs`, `compare`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from pneumo_exp.config import VALIDATION_FIGURES, ExperimentConfig
+from pneumo_exp.evaluation.noise import BEST, NEAR_BEST, NOISE_NOTE, Scored, difference
+from pneumo_exp.text import describe, text_table
+from pneumo_exp.tracking.names import (
+    FIDELITY_PARAM,
+    FULL,
+    SCREEN,
+    STATUS_CUT,
+    TAG_CANDIDATE,
+    TAG_FIDELITY,
+    TAG_SEARCH,
+    TAG_STATUS,
+    TAG_TRIAL,
+    VAL_PREDICTIONS,
+)
+from pneumo_exp.tracking.runs import (
+    parent_config,
+)
+
+log = logging.getLogger(__name__)
+
+ROW_FIGURES = tuple(f"val_{f}" for f in VALIDATION_FIGURES)
+COLUMNS = ("trial", "fidelity", "val_auc", "vs_best", "val_sensitivity", "val_specificity",
+           "epochs", "seconds", "status", "changed")  # the hyperparameters last: the longest
+HEADS = {"trial": "trial", "fidelity": "fidelity", "changed": "hyperparameters that differ",
+         "val_auc": "val AUC", "vs_best": "vs best", "val_sensitivity": "sens",
+         "val_specificity": "spec", "epochs": "epochs", "seconds": "s", "status": "status"}
+def progress_kind(row: Mapping[str, Any]) -> str:
+    """How the progress plot draws a trial (plots.PROGRESS_KINDS)."""
+    if row["status"].startswith(STATUS_CUT):
+        return "cut"
+    if row["fidelity"] == SCREEN:
+        return "screened"
+    return "completed" if row["candidate"] or row["status"] in ("completed", "") else "stopped"
+
+
+def changed_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The hyperparameters whose values differ between the trials."""
+    names: list[str] = []
+    for row in rows:
+        names += [k for k in row.get("params", {}) if k not in names and not k.startswith("tuner/")]
+    return [n for n in names
+            if len({str(r.get("params", {}).get(n)) for r in rows}) > 1]
+
+
+def trials_table(rows: Sequence[Mapping[str, Any]],
+                 vs_best: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """One flat record per trial: id, the hyperparameters that differ, figures, status, and
+    (`vs_best`, by trial id) whether it is the best of its fidelity or within the noise of
+    it."""
+    varying = changed_columns(rows)
+    table = []
+    for row in rows:
+        params = row.get("params", {})
+        record = {k: row.get(k) for k in COLUMNS}
+        record["vs_best"] = (vs_best or {}).get(row["trial"], "")
+        record["changed"] = describe({n: params[n] for n in varying if n in params})
+        table.append(record)
+    return table
+
+
+def format_table(table: Sequence[Mapping[str, Any]]) -> str:
+    """Fixed-width text of `trials_table` (the fidelity column when some were screened)."""
+    columns = [c for c in COLUMNS
+               if c != "fidelity" or any(r.get("fidelity") == SCREEN for r in table)]
+
+    def fmt(column: int, value: Any) -> str:
+        key = columns[column]
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "-"
+        if key == "seconds":
+            return f"{value:.0f}"
+        if isinstance(value, float):
+            return f"{value:.4f}" if key == "val_auc" else f"{value:.3f}"
+        return str(value)
+
+    text = text_table([HEADS[k] for k in columns],
+                      [[r.get(k) for k in columns] for r in table], fmt)
+    if any(r.get("vs_best") == NEAR_BEST for r in table):
+        text += "\n" + NOISE_NOTE
+    return text
+
+
+class SearchRecord:
+    """What one search's runs tell: a row per trial, the objective's curves, the best
+    trial, the time left, the trials table and the importance of its hyperparameters. Read
+    from MLflow, so it is the same for every process of a search, and for any search of
+    the store afterwards (`from_parent`)."""
+
+    def __init__(self, client: MlflowClient, cfg: ExperimentConfig, search_name: str,
+                 experiment: str, parent_run_id: str | None = None) -> None:
+        self.client, self.cfg, self.search_name = client, cfg, search_name
+        self.experiment_id, self.parent_run_id = experiment, parent_run_id
+
+    @classmethod
+    def from_parent(cls, client: MlflowClient, parent: Run) -> SearchRecord:
+        """The record of a search's parent run, its configuration from its config.yaml."""
+        return cls(client, parent_config(parent),
+                   parent.data.tags.get(TAG_SEARCH, parent.info.run_name),
+                   parent.info.experiment_id, parent.info.run_id)
+
+    def validation_predictions(self, run_id: str) -> Scored | None:
+        """A trial's best checkpoint on its validation images (None for a trial logged
+        before they were kept)."""
+        try:
+            d = mlflow.artifacts.load_dict(
+                f"{self.client.get_run(run_id).info.artifact_uri}/{VAL_PREDICTIONS}")
+        except (mlflow.exceptions.MlflowException, OSError):
+            return None
+        return Scored(np.asarray(d["labels"]), np.asarray(d["probabilities"]))
+
+    def vs_best(self, rows: Sequence[Mapping[str, Any]] | None = None) -> dict[str, str]:
+        """By trial id: the best finished trial of each fidelity, and the trials whose
+        objective lies within the validation noise of it."""
+        rows = self.rows() if rows is None else rows
+        name, s = self.cfg.search.objective, self.cfg.search
+        out: dict[str, str] = {}
+        for fidelity in (SCREEN, FULL):
+            best = self.best_so_far(fidelity, rows)
+            if best is None:
+                continue
+            out[best[0]] = BEST
+            top = self.validation_predictions(self.trial_run_id(best[0], rows) or "")
+            for r in rows:
+                if (r["trial"] == best[0] or r["fidelity"] != fidelity or not r["finished"]
+                        or top is None):
+                    continue
+                other = self.validation_predictions(r["run_id"])
+                if other is not None and np.array_equal(other.labels, top.labels) and \
+                        difference(name, top, other, paired=True,
+                                   sensitivity_target=s.sensitivity_target).within_noise:
+                    out[r["trial"]] = NEAR_BEST
+        return out
+
+    def table(self) -> list[dict[str, Any]]:
+        """The trials table with the noise column (`trials_table`)."""
+        rows = self.rows()
+        return trials_table(rows, self.vs_best(rows))
+
+    def best_figures(self, run_id: str) -> dict[str, float]:
+        """The `best_val_*` figures a trial's run logged for its best checkpoint."""
+        return {k: v for k, v in self.client.get_run(run_id).data.metrics.items()
+                if k.startswith("best_val_")}
+
+    def _trial_runs(self) -> list[Run]:
+        """The latest run of each trial (a killed run's trial runs again), by trial id."""
+        runs = self.client.search_runs(
+            [self.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
+            order_by=["attributes.start_time ASC"])
+        latest = {r.data.tags.get(TAG_TRIAL, ""): r for r in runs}
+        return [latest[k] for k in sorted(latest, key=lambda t: int(t) if t.isdigit() else -1)]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per trial: id, hyperparameters, the best checkpoint's figures, epochs,
+        seconds, how it ended, and when it ended (seconds into the search)."""
+        start = self.client.get_run(self.parent_run_id).info.start_time
+        return [self._row(run, start) for run in self._trial_runs()]
+
+    def _row(self, run: Run, search_start: int) -> dict[str, Any]:
+        m, info = run.data.metrics, run.info
+        status = run.data.tags.get(TAG_STATUS) or {"FAILED": "failed", "KILLED": "killed",
+                                                    "RUNNING": "running"}.get(info.status, "")
+        end = info.end_time or int(time.time() * 1000)
+        return {"trial": run.data.tags.get(TAG_TRIAL, "?"), "run_id": info.run_id,
+                "fidelity": run.data.tags.get(TAG_FIDELITY, FULL),
+                "candidate": run.data.tags.get(TAG_CANDIDATE) == "true",
+                "params": {k: v for k, v in run.data.params.items()
+                           if not k.startswith(FIDELITY_PARAM)},
+                **{k: m.get(f"best_{k}") for k in ROW_FIGURES},
+                "epochs": int(m["epochs"]) if "epochs" in m else None,
+                "seconds": (end - info.start_time) / 1000, "status": status,
+                "ended_s": (end - search_start) / 1000, "finished": info.status == "FINISHED"}
+
+    def trial_row(self, trial_id: str) -> dict[str, Any] | None:
+        start = self.client.get_run(self.parent_run_id).info.start_time
+        runs = [r for r in self._trial_runs() if r.data.tags.get(TAG_TRIAL) == trial_id]
+        return self._row(runs[0], start) if runs else None
+
+    def objective_curves(self, fidelity: str = FULL) -> list[list[float]]:
+        """The objective per epoch of every finished trial of a fidelity, for the median
+        stopping rule."""
+        name = self.cfg.search.objective
+        curves = []
+        for run in self._trial_runs():
+            if run.info.status == "FINISHED" and run.data.tags.get(TAG_FIDELITY,
+                                                                   FULL) == fidelity:
+                history = self.client.get_metric_history(run.info.run_id, name)
+                values = [h.value for h in sorted(history, key=lambda h: h.step)]
+                curves.append([v for v in values if not math.isnan(v)])
+        return curves
+
+    def best_so_far(self, fidelity: str = FULL, rows: Sequence[Mapping[str, Any]] | None = None
+                    ) -> tuple[str, float] | None:
+        """(trial id, objective) of the best finished trial of a fidelity."""
+        name, sign = self.cfg.search.objective, (1 if self.cfg.search.direction == "max"
+                                                 else -1)
+        scored = [(r["trial"], r[name]) for r in (self.rows() if rows is None else rows)
+                  if r["finished"] and r["fidelity"] == fidelity and r.get(name) is not None
+                  and not math.isnan(r[name])]
+        return max(scored, key=lambda t: sign * t[1]) if scored else None
+
+    def remaining_estimate(self, deadline: float | None) -> float | None:
+        """Seconds the rest of the search should take, about: each trial left at the mean
+        time of the trials of its fidelity so far (a full-fidelity trial not yet timed
+        costs a screened one's times its more data and epochs; not its larger images, which
+        at these sizes cost little more per step), no more than the time budget leaves."""
+        s, rows = self.cfg.search, self.rows()
+        done = [r for r in rows if r["status"] != "running"]
+        if not done:
+            return None
+        mean = {f: sum(r["seconds"] for r in done if r["fidelity"] == f)
+                / max(1, sum(r["fidelity"] == f for r in done)) for f in (SCREEN, FULL)}
+        screened, trained = s.split
+        if not any(r["fidelity"] == FULL for r in done) and screened:
+            mean[FULL] = (mean[SCREEN] / s.screen_fraction * self.cfg.train.epochs
+                          / min(s.screen_epochs, self.cfg.train.epochs))
+        left = {SCREEN: screened - sum(r["fidelity"] == SCREEN for r in rows),
+                FULL: trained - sum(r["fidelity"] == FULL for r in rows)}
+        estimate = sum(max(0, left[f]) * mean[f] for f in left)
+        if deadline:
+            estimate = min(estimate, max(0.0, deadline - time.time()))
+        return estimate
+
+    def trial_run_id(self, trial_id: str, rows: Sequence[Mapping[str, Any]] | None = None
+                     ) -> str | None:
+        """The finished run of a trial of this search."""
+        for row in (self.rows() if rows is None else rows):
+            if row["trial"] == trial_id and row["finished"]:
+                return row["run_id"]
+        return None
