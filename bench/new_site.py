@@ -14,8 +14,7 @@ so is every --compare version. The pooled figures are saved on each version (tag
 pneumo.new_site) and in its model card. The last column, the best specificity any
 threshold gives at sensitivity >= 0.95 on the pooled halves, reads the labels and is no
 operating point: it says whether the ranking or the stored threshold limits specificity.
-Prints a markdown table, and each half's site shift (pneumo_exp.serving.shift) as
-registered and adapted, against validation's.
+Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -44,16 +43,14 @@ def halves(labels: np.ndarray, groups: np.ndarray, seed: int) -> list[np.ndarray
 
 
 def score(uri: str, images: list[bytes], parts: list[np.ndarray], adapt: bool) -> tuple[
-        np.ndarray, float, list[float | None]]:
+        np.ndarray, float]:
     """Probabilities of every test image, each half scored by the version (adapted on the
-    other half if `adapt`), the version's threshold, and each half's site shift
-    (pneumo_exp.serving.shift; None without batch normalization)."""
-    from pneumo_exp.adaptation.batch_norm import adapt_batch_norm
+    other half if `adapt`), and the version's threshold."""
+    from pneumo_exp.serving.batch_norm import adapt_batch_norm
     from pneumo_exp.serving.model import classifier
     from pneumo_exp.serving.predict import load
-    from pneumo_exp.serving.shift import shift
 
-    prob, shifts = np.zeros(len(images)), []
+    prob = np.zeros(len(images))
     for i, part in enumerate(parts):
         model = classifier(load(uri))  # a fresh copy for each site
         if adapt:
@@ -63,10 +60,7 @@ def score(uri: str, images: list[bytes], parts: list[np.ndarray], adapt: bool) -
         decoded = model.decode([images[j] for j in part])
         assert len(decoded.readable) == len(part), "a test image became unreadable"
         prob[part] = model.probabilities(decoded.arrays)
-        found = shift([m.model for m in model.members],
-                      [decoded.arrays[m.preprocessing] for m in model.members])
-        shifts.append(None if found is None else found.site)
-    return prob, model.threshold, shifts
+    return prob, model.threshold
 
 
 def main() -> None:
@@ -83,8 +77,6 @@ def main() -> None:
     from pneumo_exp.data.sources import load_split, open_source
     from pneumo_exp.evaluation.metrics import binary_metrics, spec_at_sens
     from pneumo_exp.registry import model_card
-    from pneumo_exp.serving.model import classifier
-    from pneumo_exp.serving.predict import load
     from pneumo_exp.tracking.names import TAG_NEW_SITE, TAG_SEARCH_RUNS
     from pneumo_exp.tracking.store import connect
     import_tensorflow()
@@ -108,10 +100,9 @@ def main() -> None:
     for uri in [args.model, *args.compare]:
         name, number = get_model_name_and_version(client, uri)
         pooled: dict[str, dict[str, float]] = {}
-        site_shift: dict[bool, list[float | None]] = {}
         for adapt in (False, True):
             try:
-                prob, threshold, shifts = score(uri, images, parts, adapt)
+                prob, threshold = score(uri, images, parts, adapt)
             except ValueError as e:  # nothing to adapt (no batch normalization)
                 if not adapt:
                     raise
@@ -126,17 +117,8 @@ def main() -> None:
             cells.append(f"{ceiling:.3f}")
             pooled["adapted" if adapt else "as registered"] = {
                 **{k: f[k] for k in FIGURES}, CEILING: round(ceiling, 4)}
-            site_shift[adapt] = shifts
             print(f"| {uri} (v{number}) | {'yes' if adapt else 'no'} | " + " | ".join(cells)
                   + " |", flush=True)
-        reference = getattr(classifier(load(uri)), "reference", {})
-        if all(x is not None for x in site_shift.get(False, [None])):
-            print(f"\nSite shift of halves A / B (serving.shift; validation's "
-                  f"{reference.get('site_shift', float('nan')):.3f}): as registered "
-                  + " / ".join(f"{x:.3f}" for x in site_shift[False])
-                  + (", adapted on the other half " + " / ".join(
-                      f"{x:.3f}" for x in site_shift[True]) if True in site_shift else "")
-                  + "\n", flush=True)
         client.set_model_version_tag(name, number, TAG_NEW_SITE,
                                      json.dumps({"seed": args.seed, **pooled}))
         v = client.get_model_version(name, number)

@@ -48,11 +48,11 @@ def member_scores(seed_dir: Path) -> dict[str, np.ndarray]:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{seed_dir.resolve() / 'mlruns' / 'mlflow.db'}"
     from mlflow.store.artifact.utils.models import get_model_name_and_version
 
-    from pneumo_exp.adaptation.batch_norm import adapt_batch_norm
     from pneumo_exp.data.dataset import load_training_data
     from pneumo_exp.data.sources import load_split, open_source
     from pneumo_exp.data.views import view_images
     from pneumo_exp.registry.selection import candidate
+    from pneumo_exp.serving.batch_norm import adapt_batch_norm
     from pneumo_exp.serving.model import classifier
     from pneumo_exp.serving.predict import load
     from pneumo_exp.tracking.names import TAG_SOURCES

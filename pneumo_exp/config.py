@@ -224,6 +224,32 @@ class RegistryConfig:
                 raise ConfigError(f"'registry.views': {e}.") from None
 
 
+OUTSIDE_POLICIES = ("flag", "refuse")  # population.outside
+
+
+@dataclass(frozen=True)
+class PopulationConfig:
+    """Whom the training data's patients were, so whom a version is for; the version
+    carries it, and a DICOM image outside it (by its PatientAge and ViewPosition) is
+    flagged or refused (serving/population.py)."""
+
+    description: str = ""  # in words, for the model card
+    min_age: float | None = None  # years; None: no bound
+    max_age: float | None = None
+    views: list[str] = field(default_factory=list)  # DICOM ViewPosition values; []: any
+    outside: str = "flag"  # flag: a probability and a note; refuse: no probability
+
+    def __post_init__(self) -> None:
+        _check(self.outside in OUTSIDE_POLICIES, "population.outside", self.outside,
+               " or ".join(OUTSIDE_POLICIES))
+        _check(isinstance(self.views, list) and all(isinstance(v, str) for v in self.views),
+               "population.views", self.views, "a list of DICOM ViewPosition values, e.g. "
+               "[PA, AP]")
+        _check(self.min_age is None or self.max_age is None or self.min_age <= self.max_age,
+               "population.min_age", self.min_age, f"at most population.max_age "
+               f"({self.max_age})")
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     arch: str
@@ -234,6 +260,7 @@ class ExperimentConfig:
     space: dict[str, Any] = field(default_factory=dict)  # overrides of its search space
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    population: PopulationConfig = field(default_factory=PopulationConfig)
 
     @property
     def experiment_name(self) -> str:
@@ -258,12 +285,14 @@ class ExperimentConfig:
         if screened:
             d["search"]["split"] = list(self.search.split)
         d.pop("registry")
+        d.pop("population")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 BUDGETS = ("max_trials", "time_budget_min")  # a search with larger budgets is the same search
 _SECTIONS = {"data": DataConfig, "search": SearchConfig, "train": TrainConfig,
-             "tracking": TrackingConfig, "registry": RegistryConfig}
+             "tracking": TrackingConfig, "registry": RegistryConfig,
+             "population": PopulationConfig}
 
 
 def architectures() -> list[str]:
@@ -345,7 +374,8 @@ def _build(arch: str, merged: dict[str, Any]) -> ExperimentConfig:
     unknown = set(merged) - {*_SECTIONS, "model", "space"}
     if unknown:
         raise ConfigError(f"unknown configuration section '{sorted(unknown)[0]}'; known: "
-                          "data, search, train, model, space, tracking, registry.")
+                          "data, search, train, model, space, tracking, registry, "
+                          "population.")
     sections: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
         values = merged.get(name) or {}

@@ -44,6 +44,9 @@ def test_a_kept_instance_has_no_identity_and_the_same_pixels(tmp_path: Path,
     again = dcmread(kept)
     assert again.PatientIdentityRemoved == "YES" and "Annex E" in again.DeidentificationMethod
     assert again.PatientID.startswith("patient-") and again.Modality == "DX"
+    # the age in years, computed on arrival from the birth and study dates, neither kept
+    assert again.PatientAge == "004Y" and b"20240115" not in data
+    assert "PatientBirthDate" not in again and "StudyDate" not in again
     for size in (32, 64):
         assert (decode_image(kept, size, 1) == decode_image(original, size, 1)).all()
     # the same patient, the same key: grouping by patient still works on kept objects

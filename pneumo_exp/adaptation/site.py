@@ -21,16 +21,16 @@ import numpy as np
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.store.artifact.utils.models import get_model_name_and_version
 
-from pneumo_exp.adaptation.batch_norm import (
+from pneumo_exp.data.images import Preprocessing, decode_many, files_fingerprint
+from pneumo_exp.errors import ConfigError, DataError, UserError
+from pneumo_exp.registry import model_card
+from pneumo_exp.registry.packaging import write_version
+from pneumo_exp.serving.batch_norm import (
     MIN_ADAPTATION_IMAGES,
     NothingToAdaptError,
     adapt_batch_norm,
     batch_norm_layers,
 )
-from pneumo_exp.data.images import Preprocessing, decode_many, files_fingerprint
-from pneumo_exp.errors import ConfigError, DataError, UserError
-from pneumo_exp.registry import model_card
-from pneumo_exp.registry.packaging import write_version
 from pneumo_exp.serving.model import classifier
 from pneumo_exp.serving.predict import load, version_contract
 from pneumo_exp.tracking.names import (
@@ -124,9 +124,12 @@ def adapt(model_uri: str, files: list[Path], root: Path, images_from: str,
                            "images": len(files), "skipped_files": skipped,
                            "fingerprint": digest, "images_from": images_from,
                            "batch_norm_layers": layers})
-        # the source's contract: only the normalization statistics changed
-        version = write_version(name, version_contract(loaded, source.tags),
-                                [m.model for m in model.members],
+        # the source's contract, but for the features it is now judged by: validation as
+        # the network sees it once adapted (only the normalization statistics changed)
+        contract = version_contract(loaded, source.tags)
+        if contract.features_adapted is not None:
+            contract = contract.with_changes(features=contract.features_adapted)
+        version = write_version(name, contract, [m.model for m in model.members],
                                 {**lineage, TAG_ADAPTATION_RUN: run.info.run_id})
     card = model_card.for_adaptation(source.description or "", name, str(version.version),
                                      str(number), site, len(files), digest, layers)

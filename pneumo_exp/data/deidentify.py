@@ -5,10 +5,11 @@ institution and much more (DICOM PS3.15 Annex E lists them: the Basic Applicatio
 Confidentiality Profile). An instance pulled over DICOMweb is kept (under .pneumo/dicomweb/)
 as a new object built from an allow-list instead: the image pixel module (pixels,
 photometric interpretation, bits), the modality and VOI LUTs (rescale, window), what
-tells a chest radiograph from other objects (SOP class, modality, body part, view), and
-the patient's grouping key as its salted hash (dicom.patient_key). Everything else, private
-tags included, is left behind, and the object says so (Patient Identity Removed YES, with
-the method) as the profile asks.
+tells a chest radiograph from other objects (SOP class, modality, body part, view), the
+patient's age in years (PatientAge, or computed on arrival from the birth and study dates,
+which are not kept), and the patient's grouping key as its salted hash
+(dicom.patient_key). Everything else, private tags included, is left behind, and the object
+says so (Patient Identity Removed YES, with the method) as the profile asks.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from pneumo_exp.data.dicom import patient_key
+from pneumo_exp.data.dicom import age_string, patient_age, patient_key
 
 KEPT = (
     # what the object is, and whether it is a chest radiograph
@@ -48,6 +49,9 @@ def deidentified(ds: Any) -> Any:
     for keyword in KEPT:
         if keyword in ds:
             out[keyword] = ds[keyword]
+    age, _ = patient_age(ds)
+    if age is not None:
+        out.PatientAge = age_string(age)
     patient = str(ds.get("PatientID", "") or "").strip()
     if patient:
         out.PatientID = patient_key(patient)

@@ -14,8 +14,11 @@ JPEG-LS, JPEG 2000, RLE), its pylibjpeg plugins. The one rule from stored values
    its stored bits);
 5. a multi-frame object gives its first frame.
 
-The patient id is read for grouping only; `patient_key` turns it into a salted hash, which
-is all that is kept. No other header value leaves this module.
+What the header says of the image (`ImageFacts`): the patient id, read for grouping only
+(`patient_key` turns it into a salted hash, which is all that is kept); the patient's age
+in years (PatientAge, or the years between PatientBirthDate and the study's date, which
+are not kept), and the ViewPosition, for the population a version is for
+(serving/population.py). No other header value leaves this module.
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ import contextlib
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import tempfile
 import warnings
+from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import BinaryIO
 
@@ -58,13 +64,56 @@ MODALITY_NAMES = {"CT": "a CT image", "MR": "an MR image", "US": "an ultrasound 
                   "SEG": "a segmentation", "RTDOSE": "an RT dose"}
 
 
+AGE = re.compile(r"^(\d{1,3})([DWMY])$")  # DICOM's age string: 006M, 045Y
+AGE_UNITS = {"D": 365.25, "W": 365.25 / 7, "M": 12.0, "Y": 1.0}  # per year
+STUDY_DATES = ("StudyDate", "AcquisitionDate", "ContentDate", "SeriesDate")
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What a DICOM header says of whom an image shows and how it was taken."""
+
+    patient: str | None = None  # PatientID: for grouping only, hashed before it is kept
+    age: float | None = None  # years
+    age_missing: str | None = None  # why there is no age: missing or unreadable
+    view: str | None = None  # ViewPosition: PA, AP, LL, ...
+
+
+def patient_age(ds: object) -> tuple[float | None, str | None]:
+    """The patient's age in years from PatientAge, else from the birth and study dates;
+    or None and why not."""
+    get = getattr(ds, "get", lambda *_: None)
+    text = str(get("PatientAge", "") or "").strip().upper()
+    if text:
+        match = AGE.match(text)
+        if match:
+            return int(match.group(1)) / AGE_UNITS[match.group(2)], None
+        return None, "its PatientAge is unreadable"
+    birth = str(get("PatientBirthDate", "") or "").strip()
+    study = next((str(get(k)) for k in STUDY_DATES if str(get(k, "") or "").strip()), "")
+    if not birth or not study:
+        return None, "it has no PatientAge, nor a birth date and a study date"
+    try:
+        born, seen = (date(int(d[:4]), int(d[4:6]), int(d[6:8])) for d in (birth, study))
+    except ValueError:
+        return None, "its birth or study date is unreadable"
+    if seen < born:
+        return None, "its study date is before its birth date"
+    return (seen - born).days / 365.25, None
+
+
+def age_string(years: float) -> str:
+    """DICOM's age string of an age in years: months below 2 years, else years."""
+    return f"{int(years * 12):03d}M" if years < 2 else f"{min(int(years), 999):03d}Y"
+
+
 def is_dicom(head: bytes) -> bool:
     """Whether these first bytes of a file are a DICOM preamble."""
     return head[PREAMBLE:PREAMBLE + len(MAGIC)] == MAGIC
 
 
-def read_dicom(source: str | Path | BinaryIO) -> tuple[np.ndarray, str | None]:
-    """(uint8 pixels, H x W or H x W x 3, by the rule above; the PatientID or None)."""
+def read_dicom(source: str | Path | BinaryIO) -> tuple[np.ndarray, ImageFacts]:
+    """(uint8 pixels, H x W or H x W x 3, by the rule above; what the header says)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -79,13 +128,15 @@ def read_dicom(source: str | Path | BinaryIO) -> tuple[np.ndarray, str | None]:
             raise DicomError(f"a DICOM object without pixel data ({kind})")
         check_chest_radiograph(ds)
         pixels = _decode(ds)
-        patient = str(ds.get("PatientID", "") or "").strip() or None
-    return pixels, patient
+        age, missing = patient_age(ds)
+        facts = ImageFacts(str(ds.get("PatientID", "") or "").strip() or None, age, missing,
+                           str(ds.get("ViewPosition", "") or "").strip().upper() or None)
+    return pixels, facts
 
 
 def check_chest_radiograph(ds: object) -> None:
     """Refuse an object whose Modality is not a radiograph's, or whose BodyPartExamined is
-    not a chest. (Both are often missing: then the pixels decide, through the shift check
+    not a chest. (Both are often missing: then the pixels decide, through the feature check
     of the model that reads them.)"""
     modality = str(getattr(ds, "get", lambda *_: "")("Modality", "") or "").strip().upper()
     if modality and modality not in RADIOGRAPHY:

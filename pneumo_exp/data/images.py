@@ -21,11 +21,18 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-from pneumo_exp.data.dicom import DicomError, NotAChestRadiograph, is_dicom, read_dicom
+from pneumo_exp.data.dicom import (
+    DicomError,
+    ImageFacts,
+    NotAChestRadiograph,
+    is_dicom,
+    read_dicom,
+)
 from pneumo_exp.errors import DataError
 
 UNREADABLE = "unreadable"  # the label of an input that gives no image
 REFUSED = "not a chest radiograph"  # the label of a DICOM image of another kind
+OUTSIDE = "outside the intended population"  # of a DICOM image of whom a version is not for
 
 
 class UnreadableImageError(Exception):
@@ -47,17 +54,18 @@ def decode_image(path: str | Path | BinaryIO, image_size: int, channels: int) ->
 
 
 def read_image(path: str | Path | BinaryIO, image_size: int,
-               channels: int) -> tuple[np.ndarray, str | None]:
-    """`decode_image`'s array, and the patient id a DICOM object names (None otherwise):
-    for grouping only, to be hashed (dicom.patient_key) before it is kept."""
+               channels: int) -> tuple[np.ndarray, ImageFacts | None]:
+    """`decode_image`'s array, and what a DICOM object's header says (None for other
+    files): its patient id for grouping only, to be hashed (dicom.patient_key) before it is
+    kept; the age and view for the population check."""
     if _starts_as_dicom(path):
         try:
-            pixels, patient = read_dicom(path)
+            pixels, facts = read_dicom(path)
         except NotAChestRadiograph as e:
             raise RefusedImageError(str(e)) from e
         except DicomError as e:
             raise UnreadableImageError(str(e)) from e
-        return resize(Image.fromarray(pixels), image_size, channels), patient
+        return resize(Image.fromarray(pixels), image_size, channels), facts
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -123,6 +131,7 @@ class Decoded:
     readable: list[int]  # positions of the decoded inputs, in order
     skipped: list[tuple[int, str]]  # (position, reason) of the inputs that are no image
     labels: dict[int, str] = field(default_factory=dict)  # position -> UNREADABLE or REFUSED
+    facts: dict[int, ImageFacts] = field(default_factory=dict)  # position -> a DICOM's header
 
 
 def decode_many(inputs: Sequence[str | Path | BinaryIO],
@@ -134,17 +143,21 @@ def decode_many(inputs: Sequence[str | Path | BinaryIO],
     readable: list[int] = []
     skipped: list[tuple[int, str]] = []
     labels: dict[int, str] = {}
+    facts: dict[int, ImageFacts] = {}
     for i, item in enumerate(inputs):
         try:
-            decoded = {key: decode_image(_rewound(item), *key) for key in keys}
+            found = {key: read_image(_rewound(item), *key) for key in keys}
         except UnreadableImageError as e:
             skipped.append((i, str(e)))
             labels[i] = e.label
             continue
-        for key, array in decoded.items():
+        for key, (array, header) in found.items():
             arrays[key].append(array)
+            if header is not None:
+                facts[i] = header
         readable.append(i)
-    return Decoded({k: np.stack(v) for k, v in arrays.items() if v}, readable, skipped, labels)
+    return Decoded({k: np.stack(v) for k, v in arrays.items() if v}, readable, skipped, labels,
+                   facts)
 
 
 def _rewound(item: str | Path | BinaryIO) -> str | Path | BinaryIO:

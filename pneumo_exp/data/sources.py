@@ -128,10 +128,10 @@ class FolderSource:
 
         def one(rel: str) -> tuple[np.ndarray, str] | str:
             try:
-                image, patient = read_image(self.root / rel, image_size, channels)
+                image, facts = read_image(self.root / rel, image_size, channels)
             except UnreadableImageError as e:
                 return str(e)
-            return image, (patient_key(patient) if patient
+            return image, (patient_key(facts.patient) if facts and facts.patient
                            else patient_id(rel.rsplit("/", 1)[-1]))
 
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:

@@ -10,12 +10,14 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 _PERSON = re.compile(r"^(person\d+)_")  # person1946_bacteria_4874 -> person1946
 _NUMBERED = re.compile(r"^(.+)-\d+$")  # IM-0115-0001 -> IM-0115, NORMAL2-IM-1427-0001 -> ...
+_FOLLOW_UP = re.compile(r"^(\d+)_\d+$")  # NIH ChestX-ray8: 00001300_000 -> 00001300
 
 
 def patient_id(name: str) -> str:
-    """The Kermany file names carry the patient: several images of one patient share it."""
+    """The patient in a file name, where the name carries one (the Kermany names, the NIH
+    ChestX-ray8 image indexes): several images of one patient share it. Else the name."""
     stem = PurePath(name).stem
-    for pattern in (_PERSON, _NUMBERED):
+    for pattern in (_PERSON, _NUMBERED, _FOLLOW_UP):
         match = pattern.match(stem)
         if match:
             return match.group(1)

@@ -12,19 +12,42 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from pneumo_exp.config import PopulationConfig
 from pneumo_exp.data.views import ORIGINAL
+from pneumo_exp.serving.contract import VersionContract
 from pneumo_exp.text import describe
 from pneumo_exp.tracking.names import MODEL_CARD, SITE_REPORT_HTML, TAG_DATA
 
 INTENDED_USE = """\
 **Intended use.** Research and teaching on machine learning for chest radiographs, and as a
-starting point for models validated at a site: it scores a frontal pediatric chest X-ray
-(children aged 1-5, as in Kermany et al. 2018) for signs of pneumonia, as a probability and
-a NORMAL / PNEUMONIA label at the threshold below.
+starting point for models validated at a site: it scores a chest X-ray for signs of
+pneumonia, as a probability and a NORMAL / PNEUMONIA label at the threshold below."""
 
+NOT_FOR = """\
 **Not for.** Diagnosis or triage of patients without a clinician's reading and a local
-validation; adults, lateral views, other modalities or body parts; telling bacterial from
-viral pneumonia, or pneumonia from other opacities. It has not been evaluated prospectively."""
+validation; patients outside the population below, other modalities or body parts; telling
+bacterial from viral pneumonia, or pneumonia from other opacities. It has not been
+evaluated prospectively."""
+
+
+def population_text(population: PopulationConfig | None) -> str:
+    """Whom the version is for, and what it does with a DICOM image of someone else."""
+    if population is None or not (population.description or population.views
+                                  or population.min_age is not None
+                                  or population.max_age is not None):
+        return "**Intended population.** Not stated by its training data."
+    bounds = []
+    if population.min_age is not None or population.max_age is not None:
+        bounds.append(f"ages {population.min_age if population.min_age is not None else 0:g}"
+                      f"-{population.max_age if population.max_age is not None else 'any'} "
+                      "(DICOM PatientAge)")
+    if population.views:
+        bounds.append(f"views {', '.join(population.views)} (ViewPosition)")
+    action = ("refused (no probability)" if population.outside == "refuse"
+              else "flagged (a probability, and a note)")
+    return (f"**Intended population.** {population.description or 'as stated below'}. A DICOM "
+            f"image outside {' and '.join(bounds) or 'it'} is {action}; one with no age is "
+            "flagged saying so.")
 
 LIMITATIONS = """\
 **Known limitations.** The training images come from one hospital system. On other
@@ -68,9 +91,10 @@ def _params(params: Mapping[str, str]) -> str:
 
 
 def for_promotion(name: str, version: str, candidates: Sequence[Any],
-                  val: Mapping[str, float], test: Mapping[str, float], threshold: float,
-                  temperature: float, registry: Any) -> str:
+                  val: Mapping[str, float], test: Mapping[str, float],
+                  contract: VersionContract, registry: Any) -> str:
     """The card of a promoted version (one trial, or an ensemble of trials)."""
+    threshold, temperature = contract.threshold, contract.temperature
     search = candidates[0].search
     objective = candidates[0].cfg.search.objective
     p = search.data.params
@@ -88,6 +112,10 @@ def for_promotion(name: str, version: str, candidates: Sequence[Any],
 {kind.capitalize()}, promoted by its validation {objective} ({val[objective]:.4f}).
 
 {INTENDED_USE}
+
+{population_text(contract.population)}
+
+{NOT_FOR}
 
 **Training data.** {p.get('data.source', '?')} (fingerprint
 `{search.data.tags.get(TAG_DATA, '?')}`): {counts}. Validation is cut from

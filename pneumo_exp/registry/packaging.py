@@ -19,7 +19,7 @@ from mlflow.entities.model_registry import ModelVersion
 
 import pneumo_exp
 from pneumo_exp.serving.contract import VersionContract
-from pneumo_exp.serving.model import MODEL_CODE, Member, member_artifact, signature
+from pneumo_exp.serving.model import MODEL_CODE, member_artifact, signature
 from pneumo_exp.tracking.names import PACKAGED_MODEL
 
 
@@ -39,6 +39,7 @@ def write_version(name: str, contract: VersionContract, models: Sequence[Any],
             path = Path(tmp) / f"member_{i}.keras"
             model.save(path)
             artifacts[member_artifact(i)] = str(path)
+        artifacts.update(contract.artifact_files(Path(tmp)))
         logged = mlflow.pyfunc.log_model(
             name=PACKAGED_MODEL, python_model=str(MODEL_CODE), artifacts=artifacts,
             code_paths=[str(Path(pneumo_exp.__file__).parent)],
@@ -47,28 +48,3 @@ def write_version(name: str, contract: VersionContract, models: Sequence[Any],
                               f"mlflow=={mlflow.__version__}", "pillow", "pandas"])
     return mlflow.register_model(logged.model_uri, name,
                                  tags={**lineage, **contract.tags()})
-
-
-def validation_reference(members: Sequence[Member], arrays: Sequence[Any], prob: Any,
-                         threshold: float) -> dict[str, Any]:
-    """What the validation images looked like to a version, for judging a site's images
-    without labels (`pneumo-exp site-check`) and flagging single images (`check`): the
-    99th percentile and median of their shift (shift.py), the shift of them all together
-    and per layer, the share called PNEUMONIA at the threshold, and the calibrated scores'
-    quantiles (every 5%)."""
-    import numpy as np
-
-    from pneumo_exp.serving.model import SHIFT_LIMIT
-    from pneumo_exp.serving.shift import shift
-
-    prob = np.asarray(prob, dtype=np.float64)
-    reference: dict[str, Any] = {
-        "images": len(prob), "positive_share": float(np.mean(prob >= threshold)),
-        "score_quantiles": [float(q) for q in np.quantile(prob, np.linspace(0, 1, 21))]}
-    found = shift([m.model for m in members], list(arrays))
-    if found is not None:
-        reference.update({SHIFT_LIMIT: float(np.percentile(found.images, 99)),
-                          "shift_median": float(np.median(found.images)),
-                          "site_shift": found.site,
-                          "layer_shift": [float(x) for x in found.layers]})
-    return reference

@@ -16,6 +16,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -38,7 +39,7 @@ from pneumo_exp.evaluation.metrics import binary_metrics, bootstrap_ci
 from pneumo_exp.evaluation.noise import NOISE, WITHIN, Scored, difference, figure_function
 from pneumo_exp.evaluation.thresholds import choose_threshold
 from pneumo_exp.registry import model_card
-from pneumo_exp.registry.packaging import validation_reference, write_version
+from pneumo_exp.registry.packaging import write_version
 from pneumo_exp.registry.selection import (
     Candidate,
     alias_version,
@@ -50,6 +51,7 @@ from pneumo_exp.registry.selection import (
     versions_of_runs,
 )
 from pneumo_exp.serving.contract import VersionContract
+from pneumo_exp.serving.features import validation_features
 from pneumo_exp.serving.model import Member, member_probability
 from pneumo_exp.tracking.figures import log_evaluation
 from pneumo_exp.tracking.names import (
@@ -127,17 +129,20 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
     val_figures = validation_figures(val, calibration, registry.bootstrap,
                                      candidates[0].cfg.search.sensitivity_target)
     test = mean_score(member_scores(members, test_sets(candidates), registry.views))
+    scores = calibration.apply(val)
+    features, features_adapted = validation_features(
+        [m.model for m in members], [st.images for st in sets], val.labels, sets[0].groups,
+        scores)
     contract = VersionContract(
         members=tuple(m.preprocessing for m in members), threshold=calibration.threshold,
         temperature=calibration.temperature, views=tuple(registry.views),
         min_sensitivity=registry.min_sensitivity, validated=validated_counts(val, calibration),
-        reference=validation_reference(members, [st.images for st in sets],
-                                       calibration.apply(val), calibration.threshold))
+        reference=score_summary(scores, calibration.threshold), features=features,
+        features_adapted=features_adapted, population=candidates[0].cfg.population)
     version, evaluation_run, test_figures = evaluate_and_register(
         name, candidates, members, contract, val_figures, test, registry)
     card = model_card.for_promotion(name, str(version.version), candidates, val_figures,
-                                    test_figures, calibration.threshold,
-                                    calibration.temperature, registry)
+                                    test_figures, contract, registry)
     model_card.publish(client, name, str(version.version), card, evaluation_run)
     champion = move_aliases(client, name, str(version.version),
                             candidates[0].cfg.search.direction)
@@ -283,6 +288,13 @@ def evaluate_and_register(name: str, candidates: Sequence[Candidate], members: S
         version = write_version(name, contract, [m.model for m in members],
                                 lineage(candidates, val_figures, run.info.run_id))
     return version, run.info.run_id, figures
+
+
+def score_summary(scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    """What validation's calibrated scores looked like: how many, the share called
+    PNEUMONIA at the threshold, the quantiles every 5% (the site check's page)."""
+    return {"images": len(scores), "positive_share": float(np.mean(scores >= threshold)),
+            "score_quantiles": [float(q) for q in np.quantile(scores, np.linspace(0, 1, 21))]}
 
 
 def validated_counts(val: Scored, calibration: Calibration) -> dict[str, tuple[int, int]]:

@@ -3,27 +3,33 @@
 A version is a pyfunc model whose config is a `VersionContract`: each member's
 preprocessing, the views each image is scored as, the temperature, the decision threshold
 and the validation sensitivity it was chosen for, what validation showed at it (counts, for
-a site's report), and what the validation images looked like to it (`reference`, for the
-site check and the per-image check). registry/packaging.py is its one producer; serving/,
-registry/ and adaptation/ read it through `from_dict`, which also reads the configs of
-versions registered before the contract (schema 1: a flat dict, some keys missing, the
-validated figures in tags). The tags a version gets for searching in the MLflow UI are
-derived from it (`tags`).
+a site's report), whom it is for (`population`), and what the validation images looked
+like to it: their scores (`reference`) and their features (`features`, `features_adapted`:
+arrays, kept as .npz artifacts of the version beside the config), for the site check and
+the per-image check.
+registry/packaging.py is its one producer; serving/, registry/ and adaptation/ read it
+through `from_dict`, which also reads the configs of versions registered before the
+contract (schema 1: a flat dict, some keys missing, the validated figures in tags). The
+tags a version gets for searching in the MLflow UI are derived from it (`tags`).
 
 Adding a field: give it a default here (what a version registered before it means), write
-it in `to_dict`, read it in `from_dict`, and set it where promote builds the contract.
+it in `to_dict` (or, for arrays, `artifact_files`), read it in `from_dict`, and set it where
+promote builds the contract.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from pneumo_exp.config import PopulationConfig
 from pneumo_exp.data.images import Preprocessing
 from pneumo_exp.data.views import ORIGINAL
 from pneumo_exp.evaluation.report import Proportion, Validated
+from pneumo_exp.serving.features import FeatureReference
 from pneumo_exp.tracking.names import (
     TAG_MIN_SENSITIVITY,
     TAG_TEMPERATURE,
@@ -33,6 +39,8 @@ from pneumo_exp.tracking.names import (
 )
 
 SCHEMA = 2  # 1: the flat config of versions registered before the contract
+FEATURE_ARTIFACTS = {"features": "feature_reference",  # field -> artifact name
+                     "features_adapted": "feature_reference_adapted"}
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,11 @@ class VersionContract:
     min_sensitivity: float | None = None  # the validation sensitivity the threshold keeps
     validated: Mapping[str, tuple[int, int]] | None = None  # {sensitivity, specificity}:
     # (hits, total) on validation at the threshold
-    reference: Mapping[str, Any] = field(default_factory=dict)  # validation as it saw it
+    reference: Mapping[str, Any] = field(default_factory=dict)  # validation's scores
+    features: FeatureReference | None = field(default=None, compare=False)  # as registered
+    features_adapted: FeatureReference | None = field(default=None, compare=False)  # the
+    # network adapted to validation (what a site adapted to is compared with)
+    population: PopulationConfig | None = None  # whom it is for (serving/population.py)
     schema: int = SCHEMA
 
     def __post_init__(self) -> None:
@@ -64,14 +76,32 @@ class VersionContract:
                 "views": list(self.views), "min_sensitivity": self.min_sensitivity,
                 "validated": ({k: list(v) for k, v in self.validated.items()}
                               if self.validated else None),
-                "reference": dict(self.reference)}
+                "reference": dict(self.reference),
+                "features": [name for name in FEATURE_ARTIFACTS if getattr(self, name)],
+                "population": asdict(self.population) if self.population else None}
+
+    def artifact_files(self, folder: Path) -> dict[str, str]:
+        """The arrays of the contract written into `folder`, by artifact name."""
+        files = {}
+        for name, artifact in FEATURE_ARTIFACTS.items():
+            found = getattr(self, name)
+            if found is not None:
+                path = folder / f"{artifact}.npz"
+                path.write_bytes(found.to_bytes())
+                files[artifact] = str(path)
+        return files
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any],
-                  tags: Mapping[str, str] | None = None) -> VersionContract:
-        """A version's contract from its config; for a version registered before the
-        contract, the figures it kept in its registry `tags` fill what its config lacks."""
-        tags = tags or {}
+    def from_dict(cls, config: Mapping[str, Any], tags: Mapping[str, str] | None = None,
+                  artifacts: Mapping[str, str] | None = None) -> VersionContract:
+        """A version's contract from its config and, for its arrays, its `artifacts` (local
+        paths by name; without them the arrays are left out); for a version registered
+        before the contract, the figures it kept in its registry `tags` fill what its
+        config lacks."""
+        tags, artifacts = tags or {}, artifacts or {}
+        arrays = {name: FeatureReference.load(artifacts[artifact])
+                  for name, artifact in FEATURE_ARTIFACTS.items()
+                  if name in (config.get("features") or []) and artifact in artifacts}
         validated = config.get("validated")
         if validated is None and TAG_VALIDATED in tags:
             validated = json.loads(tags[TAG_VALIDATED])
@@ -87,7 +117,9 @@ class VersionContract:
             min_sensitivity=None if min_sensitivity is None else float(min_sensitivity),
             validated=({k: (int(v[0]), int(v[1])) for k, v in validated.items()}
                        if validated else None),
-            reference=dict(config.get("reference") or {}),
+            reference=dict(config.get("reference") or {}), **arrays,
+            population=(PopulationConfig(**config["population"])
+                        if config.get("population") else None),
             schema=int(config.get("schema", 1)))
 
     def with_changes(self, **changes: Any) -> VersionContract:

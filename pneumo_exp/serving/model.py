@@ -5,11 +5,13 @@ pickle). Its artifacts are one or more Keras models (loaded in Keras' safe mode)
 a promoted trial, k for an ensemble of the k best. Its config is its contract
 (contract.py): each member's preprocessing, the views each image is scored as (test-time
 augmentation, data/views.py), the temperature, the threshold, and what its validation
-images looked like to it (`reference`: shift.py's measure, the scores). Images are decoded with
+images looked like to it (their scores and features: features.py). Images are decoded with
 `decode_image`, exactly as in training, once per distinct preprocessing. An image gets no
 probability when it cannot be read or says it is not a chest radiograph (`reason` tells
-which), and is flagged (`check`) when it lies farther from the training images than any
-but 1% of validation's.
+which, or that it shows a patient outside the population the version is for, under a
+`refuse` policy: population.py), and is flagged (`check`) when it lies outside that
+population under a `flag` policy, or when its features lie farther from validation's than
+those of all but 1% of validation's held-out images.
 """
 
 from __future__ import annotations
@@ -26,14 +28,15 @@ import numpy as np
 import pandas as pd
 
 from pneumo_exp.config import CLASS_NAMES
-from pneumo_exp.data.images import UNREADABLE, Decoded, Preprocessing, decode_many
+from pneumo_exp.data.images import OUTSIDE, UNREADABLE, Decoded, Preprocessing, decode_many
 from pneumo_exp.data.views import ORIGINAL, view_images
 from pneumo_exp.evaluation.calibration import apply_temperature
 from pneumo_exp.serving.contract import VersionContract
+from pneumo_exp.serving.features import pooled_features
+from pneumo_exp.serving.population import judge
 
 IMAGE_COLUMN = "image"
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
-SHIFT_LIMIT = "shift_limit"  # reference: the 99th percentile of validation's image shift
 
 
 def member_artifact(i: int) -> str:
@@ -79,7 +82,8 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         import keras
 
-        self.contract = VersionContract.from_dict(context.model_config)
+        self.contract = VersionContract.from_dict(context.model_config,
+                                                  artifacts=context.artifacts)
         self.members = [
             Member(keras.saving.load_model(context.artifacts[member_artifact(i)],
                                            compile=False, safe_mode=True), size, channels)
@@ -111,14 +115,10 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
         """The calibrated mean of the members' probabilities of PNEUMONIA over the views."""
         return ensemble_probability(self.members, arrays, self.temperature, views=self.views)
 
-    def image_shift(self, arrays: Mapping[Preprocessing, np.ndarray]) -> np.ndarray | None:
-        """Each image's shift from the training images (shift.py), the members' mean; None
-        without batch normalization."""
-        from pneumo_exp.serving.shift import shift
-
-        found = shift([m.model for m in self.members],
-                      [arrays[m.preprocessing] for m in self.members])
-        return None if found is None else found.images
+    def features(self, arrays: Mapping[Preprocessing, np.ndarray]) -> np.ndarray:
+        """The members' pooled features of each image as decoded (features.py)."""
+        return pooled_features([m.model for m in self.members],
+                               [arrays[m.preprocessing] for m in self.members])
 
     def predict(self, context: Any, model_input: pd.DataFrame,
                 params: Mapping[str, Any] | None = None) -> pd.DataFrame:
@@ -131,14 +131,24 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
         for i, why in decoded.skipped:
             reason[i], labels[i] = why, decoded.labels.get(i, UNREADABLE)
         if decoded.readable:
-            limit = self.reference.get(SHIFT_LIMIT)
-            shifts = self.image_shift(decoded.arrays) if limit else None
+            reference = self.contract.features
+            distances = (None if reference is None
+                         else reference.distance(self.features(decoded.arrays)))
             for k, (i, p) in enumerate(zip(decoded.readable,
                                            self.probabilities(decoded.arrays), strict=True)):
+                notes = []
+                population = judge(self.contract.population, decoded.facts.get(i))
+                if population is not None and population.refuse:
+                    reason[i], labels[i] = population.reason, OUTSIDE
+                    continue
                 prob[i], labels[i] = float(p), CLASS_NAMES[int(p >= self.threshold)]
-                if shifts is not None and shifts[k] > limit:
-                    check[i] = (f"unlike the training images: shift {shifts[k]:.2f}, above "
-                                f"the {limit:.2f} of all but 1% of validation's")
+                if population is not None:
+                    notes.append(population.reason)
+                if distances is not None and distances[k] > reference.limit:
+                    notes.append(f"unlike the training images: its features lie at "
+                                 f"{distances[k]:.1f} from validation's, beyond the "
+                                 f"{reference.limit:.1f} of all but 1% of them")
+                check[i] = "; ".join(notes) or None
         # object dtype: an unreadable file is None, i.e. null in JSON, not NaN
         return pd.DataFrame({"probability": pd.Series(prob, dtype=object), "label": labels,
                              "reason": pd.Series(reason, dtype=object),

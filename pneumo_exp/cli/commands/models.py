@@ -13,7 +13,7 @@ from pneumo_exp.cli.processes import run_server
 from pneumo_exp.cli.tf_import import import_tensorflow
 from pneumo_exp.config import LOCALHOST, load_config, parse_override, tracking_uri
 from pneumo_exp.data.dicomweb import PacsQuery, comma_list
-from pneumo_exp.data.images import REFUSED, UNREADABLE
+from pneumo_exp.data.images import OUTSIDE, REFUSED, UNREADABLE
 from pneumo_exp.data.inputs import (
     Images,
     LabelledSet,
@@ -147,17 +147,16 @@ def cmd_site_check(args: argparse.Namespace) -> int:
     name = args.site or ("pacs" if args.dicomweb else Path(args.data).resolve().name)
     check, page, run_id = run_site_check(uri, images.files, images.root, images.source, name,
                                          Path(args.out))
-    s, ref = check.source, check.reference
     print(f"{describe_version(uri)} on {images.source}: {check.images} images read"
           f"{f', {check.skipped} skipped' if check.skipped else ''}; no label read.")
-    print(f"  as registered: shift {s.site_shift:.3f} (validation {ref['site_shift']:.3f}), "
-          f"{s.flagged_share:.1%} of the images beyond validation's 99th percentile, "
-          f"{s.positive_share:.1%} called PNEUMONIA (validation {ref['positive_share']:.1%}), "
-          f"scores' distance from validation's {check.ks:.3f} (KS)")
-    if check.adapted is not None:
-        a = check.adapted
-        print(f"  adapted to it: shift {a.site_shift:.3f}, {a.flagged_share:.1%} beyond, "
-              f"{a.positive_share:.1%} called PNEUMONIA")
+    for what, look in (("as registered", check.source), ("adapted to it", check.adapted)):
+        if look is not None:
+            print(f"  {what}: a classifier tells them from validation's at AUC {look.auc:.3f} "
+                  f"(MMD p = {look.mmd.p_value:.3f}); {look.flagged_share:.1%} of the images "
+                  "beyond all but 1% of validation's")
+    print(f"  scores: {check.positive_share:.1%} called PNEUMONIA (validation "
+          f"{check.validation.get('positive_share', float('nan')):.1%}), KS {check.ks:.3f} "
+          "against validation's (they move with prevalence: they do not decide)")
     print(f"  page: {page} (and in evaluation run {run_id}). Verdict: {check.verdict}")
     return 0
 
@@ -186,8 +185,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     counts = table["label"].value_counts()
     flagged = int(table["check"].notna().sum())
     print(f"# {len(table)} files: " + ", ".join(f"{counts.get(label, 0)} {label}" for label in
-                                              ("NORMAL", "PNEUMONIA", UNREADABLE, REFUSED))
-          + (f"; {flagged} unlike the training images (see the note)" if flagged else ""))
+                                              ("NORMAL", "PNEUMONIA", UNREADABLE, REFUSED,
+                                               OUTSIDE))
+          + (f"; {flagged} flagged (see the note)" if flagged else ""))
     return 0
 
 

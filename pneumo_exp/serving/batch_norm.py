@@ -22,15 +22,29 @@ the third), at about the same specificity (docs/results.md, "How the default was
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
 import keras
 import numpy as np
-
-from pneumo_exp.serving.shift import batch_norm_layers
 
 # Fewer images than this give per-channel statistics of one or two patients, not of a site.
 MIN_ADAPTATION_IMAGES = 32
 TRAINING_BATCH = 32  # train.batch_size: a batch's statistics depend on its size
 PASSES = 3  # times the site's images go through, each with fresh augmentation
+
+
+def batch_norm_layers(model: Any) -> list[Any]:
+    """The model's BatchNormalization layers in network order, nested models included
+    (a functional model lists its layers in topological order)."""
+    found: list[Any] = []
+    for layer in getattr(model, "layers", []):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif hasattr(layer, "layers"):
+            found += batch_norm_layers(layer)
+    return found
 
 
 class NothingToAdaptError(ValueError):
@@ -72,3 +86,28 @@ def adapt_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int = T
         layer.moving_mean.assign(np.mean(m, axis=0).astype(np.float32))
         layer.moving_variance.assign(np.mean(v, axis=0).astype(np.float32))
     return len(layers)
+
+
+def can_adapt(models: Sequence[keras.Model], arrays: Sequence[np.ndarray]) -> bool:
+    """Whether every member has normalization statistics and its images are enough."""
+    return all(batch_norm_layers(m) for m in models) and all(
+        len(a) >= MIN_ADAPTATION_IMAGES for a in arrays)
+
+
+@contextlib.contextmanager
+def adapted(models: Sequence[keras.Model], arrays: Sequence[np.ndarray]
+            ) -> Iterator[Sequence[keras.Model]]:
+    """The members adapted to their `arrays` (adapt_batch_norm) for the time of the block,
+    their statistics put back after: what `pneumo-exp adapt` would make of them, without a
+    copy of the networks."""
+    saved = [[(layer.moving_mean.numpy().copy(), layer.moving_variance.numpy().copy())
+              for layer in batch_norm_layers(m)] for m in models]
+    try:
+        for model, images in zip(models, arrays, strict=True):
+            adapt_batch_norm(model, images)
+        yield models
+    finally:
+        for model, stats in zip(models, saved, strict=True):
+            for layer, (mean, variance) in zip(batch_norm_layers(model), stats, strict=True):
+                layer.moving_mean.assign(mean)
+                layer.moving_variance.assign(variance)

@@ -1,0 +1,161 @@
+"""What the network sees: each image's pooled features, and the picture of validation's that
+a version carries to tell the training population from another, without labels.
+
+The features are what the classifier head reads: the output of a member's global pooling
+layer (or, for a flatten head, the input of its last layer), the members' side by side.
+A version keeps a summary of its validation images' features (`FeatureReference`):
+
+- a projection (standardized, then the 32 principal components of the reference part) and
+  the projected features of validation, split by patient into a reference part and a
+  held-out part;
+- validation's calibrated scores.
+
+It keeps two: as the network sees validation, and as a copy of it sees validation once its
+normalization statistics are re-estimated on validation itself (batch_norm.py, as `adapt`
+does on a site), so that a site adapted to is compared with validation adapted to.
+
+No image, name or id: a few numbers per image that no one can read a patient from.
+
+One image is flagged (`check`) when its distance from the reference (Mahalanobis, with
+Ledoit-Wolf's covariance) exceeds that of all but 1% of the held-out part. A site as a
+whole is compared by two-sample tests (evaluation/two_sample.py; adaptation/site_check.py).
+"""
+
+from __future__ import annotations
+
+import io
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.covariance import LedoitWolf
+
+from pneumo_exp.data.split import group_codes, group_kfold
+from pneumo_exp.serving.batch_norm import adapted, can_adapt
+
+COMPONENTS = 32  # principal components kept: what separates sites, at a few numbers an image
+HELD_OUT_FOLDS = 3  # one third of validation's patients held out of the reference
+FLAG_QUANTILE = 99.0  # an image beyond this percentile of held-out validation is flagged
+
+
+def feature_layer(model: Any) -> Any:
+    """The layer whose output a member's head reads: its last global pooling layer, or the
+    input of its last layer."""
+    import keras
+
+    pooled = [layer for layer in model.layers
+              if isinstance(layer, keras.layers.GlobalAveragePooling2D
+                            | keras.layers.GlobalMaxPooling2D)]
+    if pooled:
+        return pooled[-1].output
+    return model.layers[-1].input
+
+
+_PROBES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _probe(model: Any) -> Any:
+    """A model from the member's input to its features, built once per member (it shares
+    the member's layers, so adapted statistics reach it)."""
+    import keras
+
+    if model not in _PROBES:
+        _PROBES[model] = keras.Model(model.inputs, feature_layer(model))
+    return _PROBES[model]
+
+
+def pooled_features(models: Sequence[Any], arrays: Sequence[np.ndarray],
+                    batch_size: int = 128) -> np.ndarray:
+    """(images, features) the members' features of the same images (each member on its own
+    preprocessing), side by side."""
+    found = []
+    for model, images in zip(models, arrays, strict=True):
+        features = _probe(model).predict(images, batch_size=batch_size, verbose=0)
+        found.append(np.asarray(features, dtype=np.float64).reshape(len(images), -1))
+    return np.concatenate(found, axis=1)
+
+
+@dataclass(frozen=True)
+class FeatureReference:
+    """Validation as a network sees it (the module's docstring). Arrays only, so it is
+    saved and loaded as one .npz artifact of the version."""
+
+    center: np.ndarray  # (features,) the standardization
+    scale: np.ndarray  # (features,)
+    components: np.ndarray  # (COMPONENTS, features) the projection
+    reference: np.ndarray  # (n, COMPONENTS) validation's reference part
+    held_out: np.ndarray  # (m, COMPONENTS) its held-out part
+    scores: np.ndarray  # validation's calibrated scores
+
+    @classmethod
+    def fit(cls, features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+            scores: np.ndarray, seed: int = 0) -> FeatureReference:
+        """From validation's features, split by patient into the reference and held-out
+        parts; the projection is the reference part's."""
+        keep, held = reference_split(labels, groups, seed)
+        center = features[keep].mean(axis=0)
+        scale = features[keep].std(axis=0)
+        scale = np.where(scale > 1e-8, scale, 1.0)
+        z = (features[keep] - center) / scale
+        _, _, vt = np.linalg.svd(z - z.mean(axis=0), full_matrices=False)
+        empty = np.empty((0, 0))
+        found = cls(center, scale, vt[:COMPONENTS], empty, empty,
+                    np.asarray(scores, dtype=np.float64))
+        return replace(found, reference=found.project(features[keep]),
+                       held_out=found.project(features[held]))
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        return ((features - self.center) / self.scale) @ self.components.T
+
+    def distance(self, features: np.ndarray) -> np.ndarray:
+        """Each image's Mahalanobis distance from the reference part."""
+        return self._distance(self.project(features))
+
+    @cached_property
+    def limit(self) -> float:
+        """The distance beyond which an image is flagged: all but 1% of held-out
+        validation lie within it."""
+        return float(np.percentile(self._distance(self.held_out), FLAG_QUANTILE))
+
+    @cached_property
+    def _covariance(self) -> LedoitWolf:
+        return LedoitWolf().fit(self.reference)
+
+    def _distance(self, projected: np.ndarray) -> np.ndarray:
+        return np.sqrt(self._covariance.mahalanobis(projected))
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **{f.name: getattr(self, f.name) for f in fields(self)})
+        return buffer.getvalue()
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureReference:
+        with np.load(path) as saved:
+            return cls(**{f.name: saved[f.name] for f in fields(cls)})
+
+
+def reference_split(labels: np.ndarray, groups: np.ndarray, seed: int = 0) -> tuple[
+        np.ndarray, np.ndarray]:
+    """Indices of validation's reference part and of its held-out part (a third of its
+    patients, the classes kept)."""
+    fold = group_kfold(HELD_OUT_FOLDS, seed)
+    keep, held = next(fold.split(np.zeros(len(labels)), labels, group_codes(groups)))
+    return keep, held
+
+
+def validation_features(models: Sequence[Any], arrays: Sequence[np.ndarray],
+                        labels: np.ndarray, groups: np.ndarray, scores: np.ndarray
+                        ) -> tuple[FeatureReference, FeatureReference | None]:
+    """Validation's feature references: as the members see it, and as they see it adapted
+    to validation itself (None without batch normalization)."""
+    reference = FeatureReference.fit(pooled_features(models, arrays), labels, groups, scores)
+    if not can_adapt(models, arrays):
+        return reference, None
+    with adapted(models, arrays):
+        return reference, FeatureReference.fit(pooled_features(models, arrays), labels,
+                                               groups, scores)
