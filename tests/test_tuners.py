@@ -46,6 +46,27 @@ def test_gaussian_process_proposes_right_after_the_initial_points(tmp_path: Path
     assert fits[0] == 3 and len(fits) == 3
 
 
+def test_no_draw_repeats_a_tried_point(tmp_path: Path) -> None:
+    """A Gaussian process that keeps proposing the optimum, and random draws, never give a
+    point within 5% of a tried one: each trial is a new configuration."""
+    from pneumo_exp.search.kt_internals import distinct
+
+    space = [kt.engine.hyperparameters.Float("x", 0.0, 1.0),
+             kt.engine.hyperparameters.Choice("c", [1, 2])]
+    assert not distinct({"x": 0.300, "c": 1}, {"x": 0.310, "c": 1}, space)  # 3.2%
+    assert distinct({"x": 0.300, "c": 1}, {"x": 0.330, "c": 1}, space)  # 9%
+    assert distinct({"x": 0.300, "c": 1}, {"x": 0.300, "c": 2}, space)
+    oracle = BayesianOptimizationOracle(kt.Objective("score", "max"), max_trials=12,
+                                        num_initial_points=3, seed=1)
+    oracle.given_points = [{}, {"x": 0.91}]  # the default 0.9, then no new point
+    tuner = Quadratic(oracle=oracle, directory=str(tmp_path), project_name="q")
+    tuner.search(verbose=0)
+    values = [t.hyperparameters.values for t in oracle.trials.values()]
+    assert len(values) == 12 and values[0]["x"] == 0.9 and values[1]["x"] != 0.91
+    one = kt.engine.hyperparameters.Float("x", 0.0, 1.0)
+    assert all(distinct(a, b, [one]) for i, a in enumerate(values) for b in values[:i])
+
+
 class Probabilities(keras.Model):
     """A 'model' that answers the probability it is given, to test figures exactly."""
 

@@ -9,8 +9,9 @@ Keras Tuner has no public hook for these, and each is small:
   keeps each running trial with its process (`reload`, `ongoing_trials`, `_retry_queue`).
 - `GivenPointsFirst`: the first trials are given points (the study's configuration, then
   the configured initial points). `_random_values` is the draw every oracle's random phase
-  makes (Hyperband's brackets included); `_tried_so_far` counts the distinct points drawn
-  and `_duplicate` tells a point already tried.
+  makes (Hyperband's brackets included), and draws again while `_duplicate` tells a point
+  already tried, which here also means one not distinct from a tried one; `_tried_so_far`
+  counts the points drawn.
 - `TunerMixin`: the tuner's state file written atomically too (`_get_tuner_fname`); Keras
   Tuner builds the model once per conditional branch to find every hyperparameter
   (`_populate_initial_space`), and a branch that does not fit the image must not stop the
@@ -102,12 +103,39 @@ def allows(hp: kt.engine.hyperparameters.HyperParameter, value: Any) -> bool:
             and hp.min_value <= value <= hp.max_value)
 
 
+DISTINCT = 0.05  # a continuous value must differ by more than this share to be new
+
+
+def distinct(a: Mapping[str, Any], b: Mapping[str, Any],
+             space: Sequence[kt.engine.hyperparameters.HyperParameter]) -> bool:
+    """Whether two points differ in a categorical or discrete value, or in a continuous one
+    (a float without a step) by more than DISTINCT of its value."""
+    continuous = {hp.name for hp in space if isinstance(hp, kt.engine.hyperparameters.Float)
+                  and not hp.step}
+    for name in set(a) | set(b):
+        x, y = a.get(name), b.get(name)
+        if name in continuous and x is not None and y is not None:
+            if abs(x - y) > DISTINCT * max(abs(x), abs(y)):
+                return True
+        elif x != y:
+            return True
+    return False
+
+
 class GivenPointsFirst(AtomicStateOracle):
     """Oracle mixin: the first points drawn are `given_points` ({hyperparameter: value}
     over the space's defaults; {} is the default point, the study's configuration); then
-    the oracle's own draws."""
+    the oracle's own draws. No draw repeats a tried point: one that is not `distinct` from
+    every trial so far is drawn again (`_duplicate`)."""
 
     given_points: Sequence[Mapping[str, Any]] = ()
+
+    def _duplicate(self, values: Mapping[str, Any]) -> bool:
+        space = self.hyperparameters.space
+        tried = [{k: v for k, v in t.hyperparameters.values.items()
+                  if not k.startswith("tuner/")} for t in self.trials.values()]
+        mine = {k: v for k, v in values.items() if not k.startswith("tuner/")}
+        return super()._duplicate(values) or any(not distinct(mine, t, space) for t in tried)
 
     def _random_values(self) -> dict[str, Any] | None:
         drawn = len(self._tried_so_far)

@@ -41,7 +41,17 @@ class RandomSearchOracle(GivenPointsFirst, kt.oracles.RandomSearchOracle):
 
 
 class BayesianOptimizationOracle(GivenPointsFirst, kt.oracles.BayesianOptimizationOracle):
-    pass
+    def populate_space(self, trial_id: str) -> dict[str, Any]:
+        """The Gaussian process's proposal, unless it is no new point: then a random draw
+        that is (no wasted trial)."""
+        proposed = super().populate_space(trial_id)
+        values = proposed.get("values")
+        if proposed.get("status") == "RUNNING" and values and self._duplicate(values):
+            values = self._random_values()
+            if values is None:
+                return {"status": "STOPPED", "values": None}
+            proposed = {**proposed, "values": values}
+        return proposed
 
 
 class HyperbandOracle(GivenPointsFirst, kt.oracles.HyperbandOracle):
@@ -119,7 +129,8 @@ class TrackedTuner(TunerMixin, kt.Tuner):
                            log_model=stage.full, reliability=stage.full,
                            gradcam_images=cfg.tracking.gradcam_images if stage.full else 0,
                            sensitivity_target=cfg.search.sensitivity_target)
-            planned = values.get("tuner/epochs", cfg.train.epochs) - initial_epoch
+            planned = values.get("tuner/epochs", values.get("epochs", cfg.train.epochs)) - (
+                initial_epoch)  # Hyperband's round, or the trial's own epochs (site.py)
             status = trial_status(
                 history, planned_epochs=planned,
                 constant_epochs=cfg.search.constant_epochs,
