@@ -53,6 +53,22 @@ def make_folder_dataset(root: Path, counts: dict[str, tuple[int, int]] | None = 
     return root
 
 
+def tiny_base(size: int = 32) -> Any:
+    """A small batch-normalized network, as a site search's base member."""
+    import keras
+
+    inputs = keras.Input((size, size, 1))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    for filters in (8, 16):
+        x = keras.layers.Conv2D(filters, 3, use_bias=False)(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.Activation("relu")(x)
+        x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(8, activation="relu")(x)
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+
+
 def add_bad_files(class_dir: Path) -> list[str]:
     """A corrupt JPEG, a .DS_Store and a zero-byte file; returns their names."""
     good = next(class_dir.glob("*.jpeg")).read_bytes()

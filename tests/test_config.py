@@ -20,14 +20,16 @@ def test_initial_points_build_inside_the_configured_space(arch: str) -> None:
     the model must fit the configured image size."""
     import keras_tuner as kt
     import numpy as np
+    from conftest import tiny_base
 
     from pneumo_exp.hypermodels import build_hypermodel
     from pneumo_exp.search.kt_internals import allows
     cfg = load_config(arch)
+    context = ({"base_models": [tiny_base(cfg.data.image_size)]} if arch == "site" else {})
     for point in cfg.search.initial_points:
         hp = kt.HyperParameters()
         hp.values.update(point)
-        build_hypermodel(cfg, np.array([0, 1, 1])).build(hp)
+        build_hypermodel(cfg, np.array([0, 1, 1]), **context).build(hp)
         space = {h.name: h for h in hp.space}
         assert {k: v for k, v in point.items() if not allows(space[k], v)} == {}
 

@@ -54,7 +54,7 @@ def test_every_architecture_has_a_feature_map(arch: str) -> None:
     assert len(layer.output.shape) == 4
     if arch == "transfer":
         assert isinstance(layer, keras.Model)  # the pretrained base's own last map
-    elif arch in ("cnn", "aug_cnn"):
+    elif arch in ("cnn", "aug_cnn", "site"):  # site: from scratch, the aug_cnn family
         assert isinstance(layer, keras.layers.MaxPooling2D)  # the last conv block's output
     else:  # dense networks: the (scaled) image itself, a gradient saliency map
         assert isinstance(layer, keras.layers.Rescaling)

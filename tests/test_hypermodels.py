@@ -66,6 +66,10 @@ def _random_point(hm: StudyHyperModel, seed: int) -> kt.HyperParameters:
 
 
 def _kwargs(arch: str) -> dict:
+    from conftest import tiny_base
+
+    if arch == "site":
+        return {"base_models": [tiny_base(32)]}
     return {"weights": None} if arch == "transfer" else {}
 
 
@@ -146,7 +150,7 @@ def test_diverging_training_fails_the_trial() -> None:
 def test_registry_names_match_experiment_files() -> None:
     from pneumo_exp.config import architectures
     assert sorted(HYPERMODELS) == architectures() == sorted(
-        ["aug_cnn", "baseline", "cnn", "regularized", "transfer"])
+        ["aug_cnn", "baseline", "cnn", "regularized", "transfer", "site"])
 
 
 def test_baseline_default_point_is_the_study_model() -> None:

@@ -12,7 +12,6 @@ member of the version has its normalization statistics re-estimated on them
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from pneumo_exp.serving.batch_norm import (
 )
 from pneumo_exp.serving.model import classifier
 from pneumo_exp.serving.predict import load, version_contract
+from pneumo_exp.settings import SITE_NAME
 from pneumo_exp.tracking.names import (
     ROLE_ADAPTATION,
     TAG_ADAPTATION_FINGERPRINT,
@@ -55,7 +55,6 @@ from pneumo_exp.tracking.store import connect
 
 log = logging.getLogger(__name__)
 
-SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,60}$")
 LINEAGE_TAGS = (TAG_ARCH, TAG_SOURCES, TAG_MEMBERS, TAG_SEARCH_RUNS, TAG_DATA, TAG_OBJECTIVE,
                 TAG_HYPERPARAMETERS)  # the source version's, kept by the adapted one
 

@@ -83,6 +83,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--oracle", "distributed search: HOST:PORT of the chief's oracle", ("search",)),
     Option("--worker-id", "stable id of this worker (default worker-<hostname>); a restarted "
            "worker resumes its trial", ("search",)),
+    Option("--base", "ARCH=site: the registered version a site's search starts from, e.g. "
+           "models:/pneumonia-classifier@champion", ("search",), key="site.base"),
+    Option("--site", "ARCH=site: the site's name (default: the data folder's); its version "
+           "gets the alias site-<name>", ("search",), key="site.name"),
     Option("--folds", "number of folds (default 5)", ("cv",), type=int, default=5),
     Option("--from", "default: the study's configuration; best: the latest search's best "
            "trial", ("cv",), make="FROM", default="default", choices=("default", "best"),
@@ -125,6 +129,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--out", "folder for the site report, PNG and HTML (default reports/)",
            ("evaluate",), default="reports"),
     Option("--site", "site name; the new version gets the alias site-<name>", ("adapt",)),
+    Option("--site", "ARCH=site: promote the best trials of this site's searches; the version "
+           "gets the alias site-<name>, never champion or challenger", ("promote",)),
     Option("--site", "site name, for the run and the page (default: the folder's name)",
            ("site-check",)),
     Option("--out", "folder for the site check's page, PNG and HTML (default reports/)",

@@ -21,6 +21,7 @@ from pneumo_exp.data import cache
 from pneumo_exp.data.dicom import decoders, patient_key
 from pneumo_exp.data.images import UnreadableImageError, read_image
 from pneumo_exp.data.labeled import LabeledImages
+from pneumo_exp.data.site_folder import LABELS_CSV, csv_patients, is_site_folder
 from pneumo_exp.data.split import patient_id
 from pneumo_exp.errors import DataError
 
@@ -85,22 +86,25 @@ def load_split(source: Source, split: str, image_size: int, channels: int,
 
 class FolderSource:
     """ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/ of image files of any size and mode, DICOM
-    objects among them."""
+    objects among them; or a site's labelled folder, ROOT/{NORMAL,PNEUMONIA}/ and perhaps
+    ROOT/labels.csv (site_folder.py), whose images are all train."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        if not (root / "train").is_dir():
+        self.site = is_site_folder(root)
+        if not self.site and not (root / "train").is_dir():
             found = sorted(p.name for p in root.iterdir() if p.is_dir())[:6]
             hint = f" (it holds: {', '.join(found)})" if found else " (it is empty)"
-            raise DataError(f"{root} has no train/ folder{hint}. Expected the layout {LAYOUT}; "
-                            "point DATA at the folder that contains train/.")
+            raise DataError(f"{root} has no train/ folder{hint}. Expected the layout {LAYOUT} "
+                            "(or, for a site's search, ROOT/{NORMAL,PNEUMONIA}/); point DATA at "
+                            "the folder that contains train/.")
 
     def has_split(self, split: str) -> bool:
-        return (self.root / split).is_dir()
+        return split == "train" if self.site else (self.root / split).is_dir()
 
     def _files(self, split: str) -> list[tuple[str, int, os.stat_result]]:
-        split_dir = self.root / split
-        if not split_dir.is_dir():
+        split_dir = self.root if self.site and split == "train" else self.root / split
+        if not self.has_split(split):
             raise DataError(f"{split_dir} is missing. Expected the layout {LAYOUT}.")
         files = []
         for label, name in enumerate(CLASS_NAMES):
@@ -108,29 +112,40 @@ class FolderSource:
             if not class_dir.is_dir():
                 raise DataError(f"{class_dir} is missing: every split needs the class folders "
                                 f"{' and '.join(CLASS_NAMES)} ({LAYOUT}).")
+            prefix = f"{name}/" if self.site else f"{split}/{name}/"
             with os.scandir(class_dir) as it:  # one stat per file: warm loads stay fast
-                found = sorted((f"{split}/{name}/{e.name}", label, e.stat())
+                found = sorted((f"{prefix}{e.name}", label, e.stat())
                                for e in it if e.is_file())
             if not found:
-                raise DataError(f"{class_dir} is empty: every split needs images of both "
-                                "classes.")
+                raise DataError(f"{class_dir} is empty: " + (
+                    "a site's search needs labelled images of both classes, to learn and to "
+                    "validate on each" if self.site else
+                    "every split needs images of both classes") + ".")
             files.extend(found)
         return files
 
     def entries(self, split: str) -> list[tuple[str, int, int]]:
-        return [(rel, st.st_size, st.st_mtime_ns) for rel, _, st in self._files(split)]
+        found = [(rel, st.st_size, st.st_mtime_ns) for rel, _, st in self._files(split)]
+        labels = self.root / LABELS_CSV
+        if self.site and labels.is_file():  # its patients are part of the data
+            found.append((LABELS_CSV, labels.stat().st_size, labels.stat().st_mtime_ns))
+        return found
 
     def decode(self, split: str, image_size: int,
                channels: int) -> tuple[LabeledImages, list[Skipped]]:
         files = self._files(split)
-        log.info("Decoding %d files of %s/%s at %dx%dx%d (once; later runs read the cache)...",
-                 len(files), self.root, split, image_size, image_size, channels)
+        patients = csv_patients(self.root, [rel for rel, _, _ in files]) if self.site else None
+        log.info("Decoding %d files of %s at %dx%dx%d (once; later runs read the cache)...",
+                 len(files), self.root if self.site else self.root / split, image_size,
+                 image_size, channels)
 
         def one(rel: str) -> tuple[np.ndarray, str] | str:
             try:
                 image, facts = read_image(self.root / rel, image_size, channels)
             except UnreadableImageError as e:
                 return str(e)
+            if patients is not None:
+                return image, patients[rel]
             return image, (patient_key(facts.patient) if facts and facts.patient
                            else patient_id(rel.rsplit("/", 1)[-1]))
 

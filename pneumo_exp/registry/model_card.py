@@ -38,14 +38,15 @@ def population_text(population: PopulationConfig | None) -> str:
         return "**Intended population.** Not stated by its training data."
     bounds = []
     if population.min_age is not None or population.max_age is not None:
-        bounds.append(f"ages {population.min_age if population.min_age is not None else 0:g}"
-                      f"-{population.max_age if population.max_age is not None else 'any'} "
-                      "(DICOM PatientAge)")
+        low = "0" if population.min_age is None else f"{population.min_age:g}"
+        high = "any" if population.max_age is None else f"{population.max_age:g}"
+        bounds.append(f"ages {low}-{high} (DICOM PatientAge)")
     if population.views:
         bounds.append(f"views {', '.join(population.views)} (ViewPosition)")
     action = ("refused (no probability)" if population.outside == "refuse"
               else "flagged (a probability, and a note)")
-    return (f"**Intended population.** {population.description or 'as stated below'}. A DICOM "
+    described = population.description or "as stated below"
+    return (f"**Intended population.** {described[0].upper() + described[1:]}. A DICOM "
             f"image outside {' and '.join(bounds) or 'it'} is {action}; one with no age is "
             "flagged saying so.")
 
@@ -143,6 +144,62 @@ before, {_pct(test.get('test_ece'))} after.
 
 **Lineage.** Trial runs {', '.join(f'`{c.trial.info.run_id}`' for c in candidates)}; searches
 {', '.join(dict.fromkeys(f'`{c.search.info.run_id}`' for c in candidates))}.
+"""
+
+
+FORGOT_AUC = 0.01  # a site version below its base's validation AUC by more has forgotten
+
+
+def for_site(name: str, version: str, candidates: Sequence[Any], val: Mapping[str, float],
+             training: Mapping[str, float], contract: VersionContract, registry: Any,
+             site: str, base: str, base_auc: float | None) -> str:
+    """The card of a site version: searched on a site's labelled images from a base
+    version, with its figures on the site's validation and on the training hospital's."""
+    search = candidates[0].search
+    p = search.data.params
+    counts = ", ".join(f"{split} {p.get(f'data.{split}_NORMAL', '?')} NORMAL / "
+                       f"{p.get(f'data.{split}_PNEUMONIA', '?')} PNEUMONIA"
+                       for split in ("train", "val"))
+    members = "\n".join(f"- {c.label} (run `{c.trial.info.run_id}`): "
+                        f"{_params(c.trial.data.params)}" for c in candidates)
+    rows = [("the site's validation", val, "val_")]
+    if training:
+        rows.append(("the training hospital's validation", training, "training_site_"))
+    forgot = ""
+    if training and base_auc is not None:
+        lost = base_auc - training["training_site_auc"]
+        forgot = (f"\n\nOn the training hospital's validation its AUC is "
+                  f"{training['training_site_auc']:.3f}, against its base's {base_auc:.3f}"
+                  + (f": it lost {lost:.3f} there, so it is for this site's patients, not for "
+                     "those its base was made for." if lost > FORGOT_AUC else
+                     ": it still ranks the training hospital's patients as its base did.")
+                  + " (At this site's threshold, the training hospital's sensitivity and "
+                  "specificity are not what its base validated: a threshold is a site's.)")
+    return f"""# {name} version {version} (site {site})
+
+A site version of `{base}`, searched on site `{site}`'s own labelled images: {counts}
+(validation by patient). Its alias is `site-{site}`; it is no candidate for `champion`.
+
+{INTENDED_USE}
+
+{population_text(contract.population)}
+
+{NOT_FOR}
+
+**Trials.**
+{members}
+
+**Figures** (at the decision threshold {contract.threshold:.3f}; the site's validation with
+95% bootstrap intervals):
+
+{_figures_table(rows)}{forgot}
+
+**Threshold rule.** The highest specificity whose sensitivity on the site's calibrated
+validation probabilities is at least {registry.min_sensitivity}; temperature
+{contract.temperature:.3f}. Each image is scored as {_views(list(contract.views))}.
+
+**Lineage.** Base version `{base}`; trial runs
+{', '.join(f'`{c.trial.info.run_id}`' for c in candidates)}; search `{search.info.run_id}`.
 """
 
 

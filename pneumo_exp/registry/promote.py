@@ -38,7 +38,7 @@ from pneumo_exp.evaluation.calibration import (
 from pneumo_exp.evaluation.metrics import binary_metrics, bootstrap_ci
 from pneumo_exp.evaluation.noise import NOISE, WITHIN, Scored, difference, figure_function
 from pneumo_exp.evaluation.thresholds import choose_threshold
-from pneumo_exp.registry import model_card
+from pneumo_exp.registry import model_card, site_version
 from pneumo_exp.registry.packaging import write_version
 from pneumo_exp.registry.selection import (
     Candidate,
@@ -59,6 +59,7 @@ from pneumo_exp.tracking.names import (
     CHAMPION,
     ROLE_EVALUATION,
     TAG_ARCH,
+    TAG_BASE_VERSION,
     TAG_DATA,
     TAG_EVALUATION_RUN,
     TAG_HYPERPARAMETERS,
@@ -66,6 +67,7 @@ from pneumo_exp.tracking.names import (
     TAG_OBJECTIVE,
     TAG_OBJECTIVE_VALUE,
     TAG_SEARCH_RUNS,
+    TAG_SITE,
     TAG_SOURCES,
     figure_tag,
     rounded,
@@ -99,14 +101,15 @@ class Calibration:
 
 def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | None = None,
             top: int | None = None, any_trial: bool = False,
-            search: str | None = None) -> Promotion:
+            search: str | None = None, site: str | None = None) -> Promotion:
     """Register the ensemble of the up to `top` (registry.top) best candidate trials
-    validated alike (`any_trial`: of every finished trial; `search`: of that search only),
-    or the one trial `run_id`; the best member alone when the ensemble validates worse than
-    it beyond the noise."""
+    validated alike (`any_trial`: of every finished trial; `search`: of that search only;
+    `site`: of that site's searches, a site version: site_version.py), or the one trial
+    `run_id`; the best member alone when the ensemble validates worse than it beyond the
+    noise."""
     client = connect()
     trials = select_trials(client, arch, run_id, registry.top if top is None else top,
-                           any_trial, search)
+                           any_trial, search, site)
     name = registry.model_name
     existing = versions_of_runs(client, name, [t.info.run_id for t in trials])
     if existing:
@@ -128,7 +131,8 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
     calibration = calibrate(val, registry.min_sensitivity)
     val_figures = validation_figures(val, calibration, registry.bootstrap,
                                      candidates[0].cfg.search.sensitivity_target)
-    test = mean_score(member_scores(members, test_sets(candidates), registry.views))
+    tests = test_sets(candidates)
+    test = mean_score(member_scores(members, tests, registry.views)) if tests else None
     scores = calibration.apply(val)
     features, features_adapted = validation_features(
         [m.model for m in members], [st.images for st in sets], val.labels, sets[0].groups,
@@ -141,22 +145,29 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
         features_adapted=features_adapted, population=candidates[0].cfg.population)
     version, evaluation_run, test_figures = evaluate_and_register(
         name, candidates, members, contract, val_figures, test, registry)
-    card = model_card.for_promotion(name, str(version.version), candidates, val_figures,
-                                    test_figures, contract, registry)
-    model_card.publish(client, name, str(version.version), card, evaluation_run)
-    champion = move_aliases(client, name, str(version.version),
-                            candidates[0].cfg.search.direction)
-    return Promotion(client.get_model_version(name, version.version), True, champion,
-                     test_figures, why)
+    number = str(version.version)
+    if site is not None:  # a site version: figures on both sites, its own alias only
+        training = site_version.publish(client, name, number, candidates, members, contract,
+                                        val_figures, evaluation_run, registry)
+        return Promotion(client.get_model_version(name, number), True,
+                         alias_version(client, name, CHAMPION) or "-", training, why)
+    card = model_card.for_promotion(name, number, candidates, val_figures, test_figures,
+                                    contract, registry)
+    model_card.publish(client, name, number, card, evaluation_run)
+    champion = move_aliases(client, name, number, candidates[0].cfg.search.direction)
+    return Promotion(client.get_model_version(name, number), True, champion, test_figures,
+                     why)
 
 
 def select_trials(client: MlflowClient, arch: str | None, run_id: str | None,
-                  top: int, any_trial: bool = False, search: str | None = None) -> list[Run]:
-    """The one trial `run_id`, or the up to `top` best validated alike (of `search`)."""
+                  top: int, any_trial: bool = False, search: str | None = None,
+                  site: str | None = None) -> list[Run]:
+    """The one trial `run_id`, or the up to `top` best validated alike (of `search`, of
+    `site`)."""
     if top < 1:
         raise ConfigError(f"TOP must be an integer >= 1; got {top}.")
     return ([trial_run(client, run_id)] if run_id
-            else best_trial_runs(client, arch, top, any_trial, search))
+            else best_trial_runs(client, arch, top, any_trial, search, site))
 
 
 def ensemble_or_best(candidates: Sequence[Candidate], alone: Sequence[Scored]
@@ -210,10 +221,14 @@ def validation_sets(candidates: Sequence[Candidate]) -> list[LabeledImages]:
     return sets
 
 
-def test_sets(candidates: Sequence[Candidate]) -> list[LabeledImages]:
-    """Each member's test images (of the dataset its search used) at its preprocessing."""
-    return [load_split(open_source(c.search.data.params["data.source"]), "test",
-                       c.cfg.data.image_size, c.cfg.data.channels).data for c in candidates]
+def test_sets(candidates: Sequence[Candidate]) -> list[LabeledImages] | None:
+    """Each member's test images (of the dataset its search used) at its preprocessing;
+    None when that dataset has no test split (a site's labelled folder)."""
+    sources = [open_source(c.search.data.params["data.source"]) for c in candidates]
+    if not all(source.has_split("test") for source in sources):
+        return None
+    return [load_split(source, "test", c.cfg.data.image_size, c.cfg.data.channels).data
+            for source, c in zip(sources, candidates, strict=True)]
 
 
 def member_scores(members: Sequence[Member], sets: Sequence[LabeledImages],
@@ -262,11 +277,11 @@ def _arch(candidates: Sequence[Candidate]) -> str:
 
 def evaluate_and_register(name: str, candidates: Sequence[Candidate], members: Sequence[Member],
                           contract: VersionContract, val_figures: Mapping[str, float],
-                          test: Scored, registry: RegistryConfig
+                          test: Scored | None, registry: RegistryConfig
                           ) -> tuple[ModelVersion, str, dict[str, float]]:
-    """The evaluation run: the test figures (the only read of the test split), and the
-    version written into it with its lineage. Returns the version, the run's id and the
-    test figures."""
+    """The evaluation run: the test figures (the only read of the test split; none without
+    one), and the version written into it with its lineage. Returns the version, the run's
+    id and the test figures."""
     first = candidates[0]
     title = (first.label if len(candidates) == 1 else f"ensemble of {len(candidates)}: "
              + ", ".join(c.label for c in candidates))
@@ -280,11 +295,11 @@ def evaluate_and_register(name: str, candidates: Sequence[Candidate], members: S
         mlflow.log_params({"source_run_ids": ",".join(sources),
                            "threshold_rule": f"max specificity with calibrated val "
                                              f"sensitivity >= {registry.min_sensitivity}",
-                           "test_size": len(test.labels)})
+                           "test_size": len(test.labels) if test else 0})
         mlflow.log_metrics(rounded(val_figures))
-        figures = log_evaluation(test.labels, calibration.apply(test), calibration.threshold,
-                                 "test", registry.bootstrap, title=f"{title}, test split",
-                                 uncalibrated=test.prob)
+        figures = {} if test is None else log_evaluation(
+            test.labels, calibration.apply(test), calibration.threshold, "test",
+            registry.bootstrap, title=f"{title}, test split", uncalibrated=test.prob)
         version = write_version(name, contract, [m.model for m in members],
                                 lineage(candidates, val_figures, run.info.run_id))
     return version, run.info.run_id, figures
@@ -312,7 +327,9 @@ def lineage(candidates: Sequence[Candidate], val_figures: Mapping[str, float],
     objective = first.cfg.search.objective
     hyperparameters = ([c.trial.data.params for c in candidates] if len(candidates) > 1
                        else first.trial.data.params)
+    search_tags = first.search.data.tags
     return {
+        **{k: search_tags[k] for k in (TAG_SITE, TAG_BASE_VERSION) if k in search_tags},
         TAG_SOURCES: sources_key([c.trial.info.run_id for c in candidates]),
         TAG_MEMBERS: str(len(candidates)), TAG_EVALUATION_RUN: evaluation_run,
         TAG_SEARCH_RUNS: ",".join(dict.fromkeys(c.search.info.run_id for c in candidates)),

@@ -72,22 +72,25 @@ def is_candidate(run: Run) -> bool:
 
 
 def best_trial_runs(client: MlflowClient, arch: str | None, top: int = 1,
-                    any_trial: bool = False, search: str | None = None) -> list[Run]:
+                    any_trial: bool = False, search: str | None = None,
+                    site: str | None = None) -> list[Run]:
     """The best candidate trial run by `best_<objective>` (each trial's best checkpoint,
     the figure its search's oracle ranked), then the next best validated on the same images
     (the same dataset, validation split and seed), up to `top` in all; of one `search` if
-    given. `any_trial`: every finished full-fidelity trial is a candidate (a screened one
-    has no model to pack)."""
+    given, of a `site`'s searches if given. `any_trial`: every finished full-fidelity trial is
+    a candidate (a screened one has no model to pack)."""
     objective, direction, names = objective_of(arch)
     ids = [e.experiment_id for n in names if (e := client.get_experiment_by_name(n))]
     order = "DESC" if direction == "max" else "ASC"
     of_search = f" and tags.`{TAG_SEARCH}` = '{search}'" if search else ""
+    of_search += f" and tags.`{TAG_SITE}` = '{site}'" if site else ""
     runs = client.search_runs(
         ids, f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}' and attributes.status = 'FINISHED' and "
         f"metrics.best_{objective} > -1e300{of_search}",
         order_by=[f"metrics.best_{objective} {order}"]) if ids else []
     what = f"of {arch} " if arch else ""
     what += f"in search '{search}' " if search else ""
+    what += f"of site '{site}' " if site else ""
     if not runs:
         raise UserError(f"no finished trial {what}to promote: run `make search"
                         f"{' ARCH=' + arch if arch else ''}` first.")

@@ -19,9 +19,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from pneumo_exp.config import VALIDATION_FIGURES, ExperimentConfig
+from pneumo_exp.config import ExperimentConfig
 from pneumo_exp.evaluation.metrics import binary_metrics
 from pneumo_exp.search import interrupts
+from pneumo_exp.settings import VALIDATION_FIGURES
 
 # Probabilities on every validation image within this of each other: the model answers
 # the same whatever the image (it has collapsed, or not begun to learn).

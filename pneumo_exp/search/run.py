@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,13 +62,16 @@ class SearchResult:
 
 
 def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = False,
-               verbose: int = 2, role: Role | None = None, debug: bool = False) -> SearchResult:
+               verbose: int = 2, role: Role | None = None, debug: bool = False,
+               context: Mapping[str, Any] | None = None,
+               lineage: Mapping[str, str] | None = None) -> SearchResult:
     """Search `cfg.arch`, in one stage or, with screening, two (fidelity.py); resume the
     search of the same name where it stopped.
 
     With a `role`, this process is the chief (the oracles and the parent run) or a worker
     (trains trials) of a distributed search (distributed.py). `debug` prints the traceback
-    of a failed trial."""
+    of a failed trial. A site version's search (adaptation/site_search.py) brings the
+    hypermodel's `context` (the base's members, ...) and the `lineage` its runs record."""
     s = cfg.search
     worker = role is not None and not role.is_chief
     pin_threads(cfg.train.threads)
@@ -81,7 +85,8 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
     name = name or f"{s.tuner}-{cfg.digest()}"
     project_dir = TUNER_DIR / cfg.arch / name
     plan = stages(cfg)
-    tracker = SearchTracker(cfg, name, project_dir, HYPERMODELS[cfg.arch].ui_params)
+    tracker = SearchTracker(cfg, name, project_dir, HYPERMODELS[cfg.arch].ui_params,
+                            lineage)
     fresh = fresh and not worker  # only the chief (or a single process) starts over
     if fresh:
         tracker.forget()
@@ -103,7 +108,8 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
         for i, stage in enumerate(plan):
             tuner = _run_stage(cfg, stage, data, tracker, project_dir / stage.folder(
                 len(plan) > 1), fresh, screened, deadline, verbose, debug,
-                dataclasses.replace(role, port=role.port + i) if role else None)
+                dataclasses.replace(role, port=role.port + i) if role else None,
+                context or {})
             if stage.name == SCREEN and not worker:
                 screened = best_configurations(tuner, plan[-1].trials)
     except TimeBudgetSpent:
@@ -137,7 +143,7 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
 def _run_stage(cfg: ExperimentConfig, stage: Stage, data: TrainingData, tracker: SearchTracker,
                project_dir: Path, fresh: bool, screened: list[dict[str, Any]] | None,
                deadline: float | None, verbose: int, debug: bool,
-               role: Role | None) -> TrackedTuner:
+               role: Role | None, context: Mapping[str, Any]) -> TrackedTuner:
     """One stage's Keras Tuner search: its data (resolution, part of train), hypermodel,
     tuner (its own oracle, on the next port in a distributed search) and callbacks."""
     stage_cfg = stage_config(cfg, stage, screened)
@@ -146,7 +152,7 @@ def _run_stage(cfg: ExperimentConfig, stage: Stage, data: TrainingData, tracker:
     train = train_part(data.train, stage.train_fraction, cfg.search.seed)
     if role is not None:
         activate(role)
-    hypermodel = build_hypermodel(stage_cfg, train.labels)
+    hypermodel = build_hypermodel(stage_cfg, train.labels, **context)
     tuner = make_tuner(stage_cfg, hypermodel, tracker, data.val, project_dir, overwrite=fresh,
                        stage=stage, deadline=deadline, fit_verbose=verbose, debug=debug)
     if role is not None and role.is_chief and deadline:  # the chief serves; a timer caps it

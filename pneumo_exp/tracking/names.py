@@ -83,6 +83,8 @@ TAG_ADAPTED_FROM_VERSION = "pneumo.adapted_from_version"
 TAG_ADAPTATION_IMAGES = "pneumo.adaptation_images"
 TAG_ADAPTATION_FINGERPRINT = "pneumo.adaptation_fingerprint"
 TAG_ADAPTATION_RUN = "pneumo.adaptation_run_id"
+TAG_BASE_VERSION = "pneumo.base_version"  # a site version's search: the version it started
+TAG_BASE_RUN = "pneumo.base_run_id"  # from (name/version), and the run holding its model
 
 
 def figure_tag(name: str) -> str:

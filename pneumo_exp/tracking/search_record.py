@@ -22,8 +22,9 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from pneumo_exp.config import VALIDATION_FIGURES, ExperimentConfig
+from pneumo_exp.config import ExperimentConfig
 from pneumo_exp.evaluation.noise import BEST, NEAR_BEST, NOISE_NOTE, Scored, difference
+from pneumo_exp.settings import VALIDATION_FIGURES
 from pneumo_exp.text import describe, text_table
 from pneumo_exp.tracking.names import (
     FIDELITY_PARAM,

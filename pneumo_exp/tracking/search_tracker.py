@@ -85,7 +85,8 @@ class SearchTracker(SearchRecord):
     """The MLflow side of one search, identified by its architecture and search name."""
 
     def __init__(self, cfg: ExperimentConfig, search_name: str, project_dir: Path,
-                 key_params: Sequence[str] = ()) -> None:
+                 key_params: Sequence[str] = (), lineage: Mapping[str, str] | None = None
+                 ) -> None:
         client = connect()
         super().__init__(client, cfg, search_name,
                          experiment_id(client, cfg.experiment_name, key_params,
@@ -96,6 +97,7 @@ class SearchTracker(SearchRecord):
         self._previous_wall_time = 0.0
         self.trials_this_session = 0
         self.data_fingerprint: str | None = None  # of the data this process trains on
+        self.lineage = dict(lineage or {})  # a site search's base version and site
 
     # ---- parent run -------------------------------------------------------------------
     def forget(self) -> None:
@@ -118,7 +120,7 @@ class SearchTracker(SearchRecord):
         else:
             self.parent_run_id = create_parent_run(
                 self.client, self.experiment_id, self.cfg, f"search-{self.search_name}",
-                ROLE_SEARCH, data.fingerprint, {TAG_SEARCH: self.search_name},
+                ROLE_SEARCH, data.fingerprint, {TAG_SEARCH: self.search_name, **self.lineage},
                 {f"tuner.{k}": v for k, v in tuner_settings.items()})
             write_text_atomic(self._run_file, json.dumps({"run_id": self.parent_run_id}))
             log_data_description(self.client, self.parent_run_id, data.root,
@@ -233,7 +235,7 @@ class SearchTracker(SearchRecord):
                          ROLE_TRIAL, self.data_fingerprint,
                          {TAG_SEARCH: self.search_name, TAG_TRIAL: trial_id,
                           TAG_ARCH: self.cfg.arch, TAG_TUNER: tuner_id, TAG_FIDELITY: fidelity,
-                          TAG_MACHINE: cpu_kind()},
+                          TAG_MACHINE: cpu_kind(), **self.lineage},
                          {**hyperparameters, **(fidelity_params or {})})
 
     def set_trial_status(self, run_id: str, status: str, candidate: bool = False) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from pneumo_exp.cli.processes import run_server
 from pneumo_exp.cli.tf_import import import_tensorflow
@@ -23,15 +24,19 @@ from pneumo_exp.data.inputs import (
     site_images,
 )
 from pneumo_exp.errors import UserError
+from pneumo_exp.settings import SITE_ARCH
 from pneumo_exp.tracking.names import (
     CHAMPION,
     TAG_ARCH,
+    TAG_BASE_VERSION,
     TAG_EVALUATION_RUN,
     TAG_MEMBERS,
     TAG_OBJECTIVE,
     TAG_OBJECTIVE_VALUE,
+    TAG_SITE,
     TAG_SOURCES,
     TAG_TEMPERATURE,
+    TAG_THRESHOLD,
     figure_tag,
     site_alias,
 )
@@ -69,8 +74,9 @@ def cmd_promote(args: argparse.Namespace) -> int:
     import_tensorflow()
     from pneumo_exp.registry.promote import promote
 
-    p = promote(cfg.registry, arch=args.arch, run_id=args.run, top=args.top,
-                any_trial=args.any_trial, search=args.search)
+    arch = args.arch or (SITE_ARCH if args.site else None)
+    p = promote(cfg.registry, arch=arch, run_id=args.run, top=args.top,
+                any_trial=args.any_trial, search=args.search, site=args.site)
     if p.why:
         print(f"Members: {p.why}.")
     v, name = p.version, cfg.registry.model_name
@@ -81,6 +87,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
               f"{aliases}); nothing registered. Champion: version {p.champion}.")
         return 0
     f, t = p.figures, v.tags
+    if args.site:
+        return _site_promoted(args, p, name)
     members = int(t.get(TAG_MEMBERS, "1"))
     what = (f"{t[TAG_ARCH]}, trial run {sources}" if members == 1
             else f"ensemble of {members} trials of {t[TAG_ARCH]}: {sources}")
@@ -102,6 +110,23 @@ def cmd_promote(args: argparse.Namespace) -> int:
           f"; calibration error {f['test_ece']:.3f}")
     print(f"  evaluation run {t[TAG_EVALUATION_RUN]}. "
           f"{_use_it(args, f'models:/{name}/{v.version}')}")
+    return 0
+
+
+def _site_promoted(args: argparse.Namespace, p: Any, name: str) -> int:
+    """What a site version's promotion prints: its figures on both sites."""
+    v, f = p.version, p.figures
+    print(f"Registered {name} version {v.version}: site {v.tags.get(TAG_SITE)}'s version of "
+          f"{v.tags.get(TAG_BASE_VERSION)} ({v.tags.get(TAG_MEMBERS, '1')} trial(s)); alias "
+          f"{site_alias(args.site)}. Champion: version {p.champion} (unchanged).")
+    print(f"  the site's validation: AUC {f['val_auc']:.4f}; at the threshold "
+          f"{float(v.tags[TAG_THRESHOLD]):.3f}: sensitivity {f['val_sensitivity_at_thr']:.4f}, "
+          f"specificity {f['val_specificity_at_thr']:.4f}")
+    if "training_site_auc" in f:
+        print(f"  the training hospital's validation: AUC {f['training_site_auc']:.4f}; "
+              f"sensitivity {f['training_site_sensitivity_at_thr']:.4f}, specificity "
+              f"{f['training_site_specificity_at_thr']:.4f}")
+    print(f"  {_use_it(args, f'models:/{name}@{site_alias(args.site)}')}")
     return 0
 
 

@@ -12,6 +12,7 @@ from pneumo_exp.cli.tf_import import import_tensorflow
 from pneumo_exp.config import LOCALHOST, UI_PORT, ExperimentConfig, load_config, parse_override
 from pneumo_exp.errors import ConfigError, UserError
 from pneumo_exp.search.distributed import role_from_args, run_local
+from pneumo_exp.settings import SITE_ARCH
 from pneumo_exp.tracking.store import ui_url
 
 SUMMARY = ("val_auc", "val_accuracy", "val_loss", "val_sensitivity", "val_specificity")
@@ -51,8 +52,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     from pneumo_exp.search.run import run_search
     from pneumo_exp.tracking.search_record import format_table
 
-    result = run_search(cfg, name=args.name, fresh=args.fresh,
-                        verbose=_keras_verbosity(), role=role, debug=args.debug)
+    context: dict[str, Any] = {}
+    lineage: dict[str, str] = {}
+    if cfg.arch == SITE_ARCH:
+        from pneumo_exp.adaptation.site_search import prepare
+
+        site = prepare(cfg)
+        cfg, context, lineage = site.cfg, site.context, site.lineage
+    result = run_search(cfg, name=args.name, fresh=args.fresh, verbose=_keras_verbosity(),
+                        role=role, debug=args.debug, context=context, lineage=lineage)
     if role is not None and not role.is_chief:
         print(f"Worker {role.tuner_id} done: {result.trials['trials']} trials under parent run "
               f"{result.parent_run_id}.")

@@ -1,0 +1,220 @@
+"""Reuse at a new site, judged: the site search's variants on the same images, over seeds.
+
+    .venv/bin/python bench/site_search.py --base models:/pneumonia-classifier@champion \
+        --data ../shared/data/external/nih --seeds 1 2 3 --work bench-site \
+        [--kermany ../shared/data/chest_xray] [--variant-trials 6]
+
+The site folder's patients are cut by a fixed hash of their id (sha256, the first 30 of
+100 buckets) into a test part, which no search sees, and the rest, a site folder of its own
+(links to the files, and its rows of labels.csv) under WORK. On the rest, for each seed,
+the product's own search and promote (`pneumo-exp search site`, `pneumo-exp promote
+--site`) run as:
+
+- `default`: experiments/site.yaml as it is;
+- `warm`, `warm+mixed`: starting from the base's members only, without and with the
+  training site's images mixed in (space.mix 0.5-1.0);
+- `scratch`, `scratch+mixed`: the default family from scratch, without and with them
+  (--variant-trials trials each);
+
+each registered under the model name `site-bench`. Every version is scored on the test part
+(AUC with a 95% bootstrap interval, and sensitivity and specificity at its threshold),
+beside the base as registered and adapted to the test part's images; with --kermany, also
+by bench/new_site.py's protocol on the training hospital's test split (does it still hold
+on children?). Each run's figures are saved under WORK as they finish: it resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+TEST_BUCKETS = 30  # of 100: the share of patients in the test part
+MODEL_NAME = "site-bench"
+
+
+def patient_of(name: str, rows: dict[str, str]) -> str:
+    from pneumo_exp.data.split import patient_id
+
+    return rows.get(name) or patient_id(name)
+
+
+def cut(data: Path, work: Path) -> tuple[Path, list[Path], np.ndarray]:
+    """The rest of the site as a folder under WORK (links and its CSV rows); the test
+    part's files and labels."""
+    from pneumo_exp.config import CLASS_NAMES
+    from pneumo_exp.data.images import image_files
+
+    rows: dict[str, str] = {}
+    header, lines = None, []
+    if (data / "labels.csv").is_file():
+        with (data / "labels.csv").open(newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader)
+            lines = list(reader)
+        file_col = header.index("file")
+        patient_col = header.index("patient_id" if "patient_id" in header else "patient")
+        rows = {r[file_col]: r[patient_col] for r in lines}
+    rest = work / "site"
+    test_files, test_labels, kept = [], [], set()
+    for label, cls in enumerate(CLASS_NAMES):
+        (rest / cls).mkdir(parents=True, exist_ok=True)
+        for f in image_files([data / cls]):
+            bucket = int(hashlib.sha256(patient_of(f.name, rows).encode()).hexdigest(), 16) % 100
+            if bucket < TEST_BUCKETS:
+                test_files.append(f)
+                test_labels.append(label)
+            else:
+                kept.add(f.name)
+                link = rest / cls / f.name
+                if not link.exists():
+                    link.symlink_to(f.resolve())
+    if header is not None:
+        with (rest / "labels.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(r for r in lines if r[header.index("file")] in kept)
+    return rest, test_files, np.array(test_labels)
+
+
+def variants(members: int, trials: int) -> dict[str, list[str]]:
+    starts = "[" + ", ".join(f"member {i}" for i in range(members)) + "]"
+    few = [f"search.max_trials={trials}"]
+    return {"default": [],
+            "warm": [*few, f"space.start={starts}", "space.mix=0.0"],
+            "warm+mixed": [*few, f"space.start={starts}", "space.mix=[0.5, 1.0]"],
+            "scratch": [*few, "space.start=scratch", "space.mix=0.0"],
+            "scratch+mixed": [*few, "space.start=scratch", "space.mix=[0.5, 1.0]"]}
+
+
+def run(cmd: list[str], log: Path) -> None:
+    with log.open("w") as out:
+        code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
+    if code:
+        raise SystemExit(f"{' '.join(cmd[3:6])}... exited with {code}; see {log}")
+
+
+def scored(uri: str, files: list[Path], labels: np.ndarray, adapt: bool = False
+           ) -> dict[str, Any]:
+    """AUC [95% bootstrap], and sensitivity and specificity at the version's threshold."""
+    from sklearn.metrics import roc_auc_score
+
+    from pneumo_exp.evaluation.metrics import binary_metrics, bootstrap_ci
+    from pneumo_exp.serving.batch_norm import adapt_batch_norm
+    from pneumo_exp.serving.model import classifier
+    from pneumo_exp.serving.predict import load
+
+    model = classifier(load(uri))
+    decoded = model.decode([f.read_bytes() for f in files])
+    if adapt:
+        for m in model.members:
+            adapt_batch_norm(m.model, decoded.arrays[m.preprocessing])
+    prob = model.probabilities(decoded.arrays)
+    y = labels[decoded.readable]
+    f = binary_metrics(y, prob, model.threshold)
+    low, high = bootstrap_ci(y, prob, model.threshold, 1000)["auc"]
+    return {"auc": float(roc_auc_score(y, prob)), "auc_low": low, "auc_high": high,
+            "sensitivity": float(f["sensitivity"]), "specificity": float(f["specificity"])}
+
+
+def kermany(uri: str, root: Path, cache: dict[str, Any]) -> dict[str, float]:
+    """bench/new_site.py's protocol on the training hospital's test split, adapted."""
+    from new_site import halves, score
+    from sklearn.metrics import roc_auc_score
+
+    from pneumo_exp.data.sources import load_split, open_source
+    from pneumo_exp.evaluation.metrics import spec_at_sens
+
+    if "test" not in cache:
+        test = load_split(open_source(root), "test", 32, 1).data
+        cache["test"] = (test, [(root / n).read_bytes() for n in test.names],
+                         halves(test.labels, test.groups, 0))
+    test, images, parts = cache["test"]
+    prob, _ = score(uri, images, parts, adapt=True)
+    return {"auc": float(roc_auc_score(test.labels, prob)),
+            "spec_at_sens": spec_at_sens(test.labels, prob, 0.95)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="models:/pneumonia-classifier@champion")
+    parser.add_argument("--data", type=Path, required=True, help="the site's labelled folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--work", type=Path, default=Path("bench-site"))
+    parser.add_argument("--kermany", type=Path, help="the training hospital's dataset")
+    parser.add_argument("--variant-trials", type=int, default=6)
+    parser.add_argument("--variants", nargs="*", help="only these (default: all)")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    from pneumo_exp.cli.tf_import import import_tensorflow
+    from pneumo_exp.serving.model import classifier
+    from pneumo_exp.serving.predict import load
+    import_tensorflow()
+
+    rest, test_files, test_labels = cut(args.data.resolve(), args.work.resolve())
+    members = len(classifier(load(args.base)).members)
+    print(f"{args.data}: {len(test_files)} test images ({test_labels.sum()} PNEUMONIA) by a "
+          f"fixed patient hash; the searches see the other {sum(1 for _ in rest.rglob('*.png'))}"
+          f"\n")
+    cli = [sys.executable, "-m", "pneumo_exp.cli"]
+    results: dict[str, list[dict[str, Any]]] = {}
+    cache: dict[str, Any] = {}
+    base = args.work / "base.json"
+    if not base.is_file():
+        figures = {"registered": scored(args.base, test_files, test_labels),
+                   "adapted": scored(args.base, test_files, test_labels, adapt=True)}
+        base.write_text(json.dumps(figures))
+    base_figures = json.loads(base.read_text())
+    chosen = variants(members, args.variant_trials)
+    for name, sets in chosen.items():
+        if args.variants and name not in args.variants:
+            continue
+        for seed in args.seeds:
+            out = args.work / f"{name}-s{seed}.json"
+            if not out.is_file():
+                site = f"bench-{name.replace('+', '-')}-s{seed}"
+                run([*cli, "search", "site", "--base", args.base, "--data", str(rest),
+                     "--site", site, "--seed", str(seed),
+                     *[x for s in sets for x in ("--set", s)]], args.work / f"{site}.log")
+                run([*cli, "promote", "site", "--site", site, "--model-name", MODEL_NAME],
+                    args.work / f"{site}-promote.log")
+                uri = f"models:/{MODEL_NAME}@site-{site}"
+                figures = {"site": site, "test": scored(uri, test_files, test_labels)}
+                if args.kermany:
+                    figures["kermany"] = kermany(uri, args.kermany.resolve(), cache)
+                out.write_text(json.dumps(figures))
+            results.setdefault(name, []).append(json.loads(out.read_text()))
+            print(f"{name} seed {seed}: AUC {results[name][-1]['test']['auc']:.3f}", flush=True)
+
+    def cell(f: dict[str, Any]) -> str:
+        return (f"{f['auc']:.3f} [{f['auc_low']:.3f}, {f['auc_high']:.3f}], "
+                f"{f['sensitivity']:.3f} / {f['specificity']:.3f}")
+
+    print("\n| version | seed | test part: AUC [95%], sens / spec at its threshold | "
+          "training hospital (new-site protocol, adapted): AUC, spec at sens 0.95 |")
+    print("|---|---|---|---|")
+    for how in ("registered", "adapted"):
+        print(f"| the base, {how} | | {cell(base_figures[how])} | |")
+    for name, runs in results.items():
+        for seed, r in zip(args.seeds, runs, strict=False):
+            k = r.get("kermany")
+            print(f"| {name} | {seed} | {cell(r['test'])} | "
+                  + (f"{k['auc']:.3f}, {k['spec_at_sens']:.3f}" if k else "") + " |")
+        print(f"| **{name}, mean** | | {np.mean([r['test']['auc'] for r in runs]):.3f} | "
+              + (f"{np.mean([r['kermany']['auc'] for r in runs]):.3f}"
+                 if all("kermany" in r for r in runs) else "") + " |")
+
+
+if __name__ == "__main__":
+    main()

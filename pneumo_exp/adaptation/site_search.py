@@ -1,0 +1,134 @@
+"""What a site version's search needs before its first trial (ARCH=site): the base version
+from the registry, its members and preprocessing, the training site's images to mix in,
+and the lineage its runs record; the search itself is search/run.py's, with these.
+
+    make search ARCH=site BASE=models:/pneumonia-classifier@champion DATA=site_folder/ SITE=north
+
+The site's images are decoded at the base's preprocessing (its members' image size and
+channels): a site search of another preprocessing is refused. The training site's images
+are the base's own training split, rebuilt from its search's configuration (its data must
+still be where it was, unchanged); without them `mix` stays 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+from pneumo_exp.config import ExperimentConfig, PopulationConfig, load_config
+from pneumo_exp.data.dataset import load_training_data
+from pneumo_exp.data.site_folder import csv_population
+from pneumo_exp.errors import ConfigError, DataError, UserError
+from pneumo_exp.registry.selection import candidate
+from pneumo_exp.serving.model import classifier
+from pneumo_exp.serving.predict import load
+from pneumo_exp.tracking.names import TAG_BASE_RUN, TAG_BASE_VERSION, TAG_SITE, TAG_SOURCES
+from pneumo_exp.tracking.store import connect
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SiteSearch:
+    cfg: ExperimentConfig  # at the base's preprocessing, the site named
+    context: dict[str, Any]  # the hypermodel's base members, scratch point, training site
+    lineage: dict[str, str]  # tags of the search's runs
+
+
+def site_name(cfg: ExperimentConfig) -> str:
+    """SITE=, else the data folder's name."""
+    if cfg.site.name:
+        return cfg.site.name
+    if not cfg.data.root:
+        raise ConfigError("a site search needs the site's labelled folder: give DATA=folder "
+                          "(NORMAL/ and PNEUMONIA/ inside) and SITE=name.")
+    return Path(cfg.data.root).resolve().name
+
+
+def prepare(cfg: ExperimentConfig) -> SiteSearch:
+    """The base version's members and preprocessing, the scratch point, the training site's
+    images; `cfg` with the site's name and the base's image size and channels."""
+    if not cfg.site.base:
+        raise ConfigError("a site search starts from a registered version: give "
+                          "BASE=models:/pneumonia-classifier@champion (or --base).")
+    client = connect()
+    try:
+        name, number = get_model_name_and_version(client, cfg.site.base)
+        version = client.get_model_version(name, number)
+    except (mlflow.exceptions.MlflowException, ValueError) as e:
+        raise UserError(f"BASE={cfg.site.base} is not a registered version "
+                        f"({str(e).splitlines()[0]}). List them with `pneumo-exp models`."
+                        ) from None
+    base = classifier(load(cfg.site.base))
+    sizes = {m.preprocessing for m in base.members}
+    if len(sizes) != 1:
+        raise UserError(f"{cfg.site.base} has members of different preprocessing "
+                        f"({sorted(sizes)}): a site search needs one; promote its members "
+                        "separately.")
+    (size, channels), = sizes
+    if cfg.data.image_size != size or cfg.data.channels != channels:
+        log.info("Site search at the base's preprocessing: %d px, %d channel(s).", size,
+                 channels)
+    site = site_name(cfg)
+    cfg = dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, image_size=size, channels=channels),
+        site=dataclasses.replace(cfg.site, name=site), population=population(cfg, site))
+    lineage = {TAG_SITE: site, TAG_BASE_VERSION: f"{name}/{number}",
+               TAG_BASE_RUN: version.run_id}
+    context = {"base_models": [m.model for m in base.members],
+               "batch_size": cfg.train.batch_size,
+               "scratch_point": scratch_point(),
+               "training_site": training_site(client, version.tags.get(TAG_SOURCES, ""),
+                                              size, channels)}
+    return SiteSearch(cfg, context, lineage)
+
+
+def population(cfg: ExperimentConfig, site: str) -> PopulationConfig:
+    """Whom the site's version is for: as its settings state it, else as its labels.csv
+    shows it (its patients' ages and views), else the site's patients, unbounded."""
+    stated = cfg.population
+    if stated.description or stated.views or stated.min_age is not None or (
+            stated.max_age is not None):
+        return stated
+    found = csv_population(Path(cfg.data.root)) if cfg.data.root else None
+    if found is None:
+        return dataclasses.replace(stated, description=f"the patients of site {site}")
+    low, high, views = found
+    seen = ([f"aged {low:g}-{high:g}"] if low is not None and high is not None else []) + (
+        [f"views {', '.join(views)}"] if views else [])
+    return dataclasses.replace(
+        stated, min_age=low, max_age=high, views=views,
+        description=f"the patients of site {site} ({', '.join(seen)} in its labels.csv)")
+
+
+def scratch_point() -> dict[str, Any]:
+    """The default family's network (experiments/aug_cnn.yaml): its fixed space and its
+    given point, every value one."""
+    aug_cnn = load_config("aug_cnn")
+    fixed = {k: v for k, v in aug_cnn.space.items() if not isinstance(v, list | dict)}
+    return {**fixed, **(aug_cnn.search.initial_points[0] if aug_cnn.search.initial_points
+                        else {})}
+
+
+def training_site(client: Any, sources: str, size: int, channels: int
+                  ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The base's training images (its first member's search's train split), or None when
+    they cannot be had (another machine, the data moved); `mix` then has nothing to mix."""
+    if not sources:
+        return None
+    try:
+        first = candidate(client, client.get_run(sources.split(",")[0]))
+        data_cfg = dataclasses.replace(first.cfg.data, image_size=size, channels=channels)
+        train = load_training_data(data_cfg, first.cfg.search.seed).train
+    except (mlflow.exceptions.MlflowException, DataError, UserError, OSError) as e:
+        log.warning("the base's training images cannot be read (%s): the search mixes none "
+                    "in.", str(e).splitlines()[0])
+        return None
+    return train.images, train.labels

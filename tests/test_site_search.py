@@ -1,0 +1,150 @@
+"""A site version through the same search, tracking and registry: `search site` from a
+registered base on a site's labelled folder, `promote site`; and the site's bad inputs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from conftest import _xray
+from PIL import Image
+
+from pneumo_exp.tracking.names import CHAMPION, TAG_BASE_VERSION, TAG_SITE
+
+SIZE = 32
+
+
+def _base_version() -> None:
+    """'base' v1: a small batch-normalized network at 32 px, registered as promote would."""
+    from pneumo_exp.registry.packaging import write_version
+    from pneumo_exp.serving.contract import VersionContract
+    from pneumo_exp.settings import PopulationConfig
+    from pneumo_exp.tracking.store import connect
+
+    connect()
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    for filters in (8, 16):
+        x = keras.layers.Conv2D(filters, 3, use_bias=False)(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.Activation("relu")(x)
+        x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(8, activation="relu")(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    children = PopulationConfig("children aged 1-5", 1, 5, ["PA", "AP"], "flag")
+    with mlflow.start_run():
+        write_version("base", VersionContract(((SIZE, 1),), 0.5, population=children),
+                      [model], {})
+
+
+def _site_folder(root: Path, normal: int = 20, pneumonia: int = 20) -> Path:
+    """NORMAL/ and PNEUMONIA/ of NIH-style names (two images a patient), and labels.csv."""
+    rng = np.random.default_rng(3)
+    rows = [["class", "file", "patient_age", "view_position", "patient_id"]]
+    for label, (cls, n) in enumerate((("NORMAL", normal), ("PNEUMONIA", pneumonia))):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            patient = 1000 * (label + 1) + i // 2
+            name = f"{patient:08d}_{i % 2:03d}.png"
+            Image.fromarray(_xray(rng, label, 48)).save(root / cls / name)
+            rows.append([cls, name, str(30 + i), "PA" if i % 3 else "AP", str(patient)])
+    with (root / "labels.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return root
+
+
+@pytest.fixture
+def site(workdir: Path) -> dict[str, Any]:
+    _base_version()
+    return {"folder": _site_folder(workdir / "north_scans")}
+
+
+def _search(folder: Path, *extra: str) -> int:
+    from pneumo_exp.cli import main
+
+    return main(["search", "site", "--base", "models:/base/1", "--data", str(folder),
+                 "--site", "north", "--max-trials", "2", "--set", "space.epochs=1",
+                 "--set", "search.num_initial_points=2", *extra])
+
+
+def test_a_site_version_is_searched_tracked_and_registered(site: dict[str, Any],
+                                                           capsys: pytest.CaptureFixture
+                                                           ) -> None:
+    from pneumo_exp.cli import main
+    from pneumo_exp.serving.model import classifier
+    from pneumo_exp.serving.predict import load
+    from pneumo_exp.tracking.store import connect
+
+    assert _search(site["folder"]) == 0
+    client = connect()
+    experiment = client.get_experiment_by_name("pneumo-exp/site")
+    runs = client.search_runs([experiment.experiment_id])
+    assert runs and all(r.data.tags[TAG_BASE_VERSION] == "base/1" for r in runs)
+    assert all(r.data.tags[TAG_SITE] == "north" for r in runs)
+    capsys.readouterr()
+    assert main(["promote", "site", "--site", "north"]) == 0
+    out = capsys.readouterr().out
+    assert "alias site-north" in out and "the site's validation: AUC" in out
+    version = client.get_model_version_by_alias("pneumonia-classifier", "site-north")
+    assert version.tags[TAG_BASE_VERSION] == "base/1"
+    assert "site north" in version.description and "`base/1`" in version.description
+    assert CHAMPION not in version.aliases and "challenger" not in version.aliases
+    model = classifier(load("models:/pneumonia-classifier@site-north"))
+    population = model.contract.population  # the site's patients, not the base's children
+    assert (population.min_age, population.max_age) == (30, 49)
+    assert population.views == ["AP", "PA"]
+
+
+def test_a_base_that_is_not_registered_is_named(site: dict[str, Any],
+                                                capsys: pytest.CaptureFixture) -> None:
+    from pneumo_exp.cli import main
+    from pneumo_exp.tracking.store import connect
+
+    assert main(["search", "site", "--base", "models:/nowhere/3", "--data",
+                 str(site["folder"]), "--site", "north"]) != 0
+    err = capsys.readouterr().err
+    assert "BASE=models:/nowhere/3 is not a registered version" in err
+    assert not connect().search_model_versions("name = 'pneumonia-classifier'")
+
+
+def test_a_labels_csv_that_does_not_match_names_the_files(site: dict[str, Any],
+                                                          capsys: pytest.CaptureFixture
+                                                          ) -> None:
+    folder = site["folder"]
+    rows = (folder / "labels.csv").read_text().splitlines()
+    rows = [*rows[:-2], "PNEUMONIA,99999999_000.png,40,PA,99999999"]  # 2 files lose their row
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    assert _search(folder) != 0
+    err = capsys.readouterr().err
+    assert "1 rows name no file of the folder: 99999999_000.png" in err
+    assert "2 files have no row" in err
+
+
+def test_a_site_of_one_class_is_refused(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    _base_version()
+    folder = _site_folder(workdir / "one_class", pneumonia=0)
+    assert _search(folder) != 0
+    assert "PNEUMONIA" in capsys.readouterr().err
+
+
+def test_mixed_colour_modes_read_as_grayscale(tmp_path: Path) -> None:
+    """An RGBA or palette PNG of an X-ray reads as the grayscale one: alpha dropped, not
+    darkening."""
+    from pneumo_exp.data.images import decode_image
+
+    gray = _xray(np.random.default_rng(0), 1, 48)
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    rgba = np.dstack([gray, gray, gray, np.full_like(gray, 128)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(gray).convert("P").save(tmp_path / "palette.png")
+    expected = decode_image(tmp_path / "gray.png", 32, 1)
+    for name in ("rgba.png", "palette.png"):
+        assert np.abs(decode_image(tmp_path / name, 32, 1).astype(int)
+                      - expected.astype(int)).max() <= 1, name
