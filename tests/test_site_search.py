@@ -11,7 +11,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from conftest import _xray
+from conftest import _xray, tiny_base
 from PIL import Image
 
 from pneumo_exp.tracking.names import CHAMPION, TAG_BASE_VERSION, TAG_SITE
@@ -28,16 +28,7 @@ def _base_version() -> None:
 
     connect()
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((SIZE, SIZE, 1))
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    for filters in (8, 16):
-        x = keras.layers.Conv2D(filters, 3, use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.Activation("relu")(x)
-        x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dense(8, activation="relu")(x)
-    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    model = tiny_base(SIZE)
     children = PopulationConfig("children aged 1-5", 1, 5, ["PA", "AP"], "flag")
     with mlflow.start_run():
         write_version("base", VersionContract(((SIZE, 1),), 0.5, population=children),

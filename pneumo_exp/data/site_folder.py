@@ -32,6 +32,13 @@ def is_site_folder(root: Path) -> bool:
     return all((root / name).is_dir() for name in CLASS_NAMES) and not (root / "train").is_dir()
 
 
+def _read(path: Path) -> tuple[list[str], list[list[str]]]:
+    """A CSV's header and its other rows."""
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    return (rows[0] if rows else []), rows[1:]
+
+
 def _column(header: list[str], names: tuple[str, ...]) -> int | None:
     lowered = [h.strip().lower() for h in header]
     return next((lowered.index(n) for n in names if n in lowered), None)
@@ -48,9 +55,7 @@ def csv_patients(root: Path, files: list[str]) -> dict[str, str] | None:
     path = root / LABELS_CSV
     if not path.is_file():
         return None
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
-    header = rows[0] if rows else []
+    header, rows = _read(path)
     name_col, patient_col = _column(header, FILE_COLUMNS), _column(header, PATIENT_COLUMNS)
     class_col = _column(header, CLASS_COLUMNS)
     if name_col is None or patient_col is None:
@@ -59,7 +64,7 @@ def csv_patients(root: Path, files: list[str]) -> dict[str, str] | None:
     by_name = {Path(f).name: f for f in files}
     patients: dict[str, str] = {}
     unknown, wrong = [], []
-    for row in rows[1:]:
+    for row in rows:
         if not row or not row[name_col].strip():
             continue
         named = row[name_col].strip()
@@ -93,14 +98,12 @@ def csv_population(root: Path) -> tuple[float | None, float | None, list[str]] |
     path = root / LABELS_CSV
     if not path.is_file():
         return None
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
-    header = rows[0] if rows else []
+    header, rows = _read(path)
     age_col, view_col = _column(header, AGE_COLUMNS), _column(header, VIEW_COLUMNS)
     if age_col is None and view_col is None:
         return None
-    ages = [float(r[age_col]) for r in rows[1:] if age_col is not None and len(r) > age_col
+    ages = [float(r[age_col]) for r in rows if age_col is not None and len(r) > age_col
             and r[age_col].strip().replace(".", "", 1).isdigit()]
-    views = sorted({r[view_col].strip().upper() for r in rows[1:]
+    views = sorted({r[view_col].strip().upper() for r in rows
                     if view_col is not None and len(r) > view_col and r[view_col].strip()})
     return (min(ages) if ages else None, max(ages) if ages else None, views)
