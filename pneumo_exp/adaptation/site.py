@@ -1,6 +1,7 @@
 """`pneumo-exp adapt`: a registered version adapted to a new site's unlabeled images,
 registered as a new version of the same model with the alias `site-<name>`, with the
-source version's contract (threshold, temperature, views, reference) unchanged.
+source version's contract: its threshold, temperature and views unchanged, and its images
+judged against validation as the adapted network sees it (features_adapted).
 
 The images are the files given: every image under a folder, whatever the layout (class
 folders, if any, are ignored: no label is read), or the instances pulled from a PACS. Each
