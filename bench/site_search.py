@@ -183,7 +183,7 @@ def main() -> None:
         for seed in args.seeds:
             out = args.work / f"{name}-s{seed}.json"
             if not out.is_file():
-                site = f"bench-{name.replace('+', '-')}-s{seed}"
+                site = f"{args.work.name}-{name.replace('+', '-')}-s{seed}"  # its own trials
                 run([*cli, "search", "site", "--base", args.base, "--data", str(rest),
                      "--site", site, "--seed", str(seed),
                      *[x for s in sets for x in ("--set", s)]], args.work / f"{site}.log")
