@@ -109,13 +109,14 @@ DISTINCT = 0.05  # a continuous value must differ by more than this share to be 
 def distinct(a: Mapping[str, Any], b: Mapping[str, Any],
              space: Sequence[kt.engine.hyperparameters.HyperParameter]) -> bool:
     """Whether two points differ in a categorical or discrete value, or in a continuous one
-    (a float without a step) by more than DISTINCT of its value."""
-    continuous = {hp.name for hp in space if isinstance(hp, kt.engine.hyperparameters.Float)
-                  and not hp.step}
+    (a float without a step) by more than DISTINCT of its value. A stepped float is compared
+    by its step, so 0.15 and a draw's 0.15000000000000002 are one value."""
+    floats = {hp.name: hp.step for hp in space if isinstance(hp, kt.engine.hyperparameters.Float)}
     for name in set(a) | set(b):
         x, y = a.get(name), b.get(name)
-        if name in continuous and x is not None and y is not None:
-            if abs(x - y) > DISTINCT * max(abs(x), abs(y)):
+        if name in floats and x is not None and y is not None:
+            step = floats[name]
+            if abs(x - y) > (step / 2 if step else DISTINCT * max(abs(x), abs(y))):
                 return True
         elif x != y:
             return True
