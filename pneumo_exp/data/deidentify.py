@@ -5,19 +5,21 @@ institution and much more (DICOM PS3.15 Annex E lists them: the Basic Applicatio
 Confidentiality Profile). An instance pulled over DICOMweb is kept (under .pneumo/dicomweb/)
 as a new object built from an allow-list instead: the image pixel module (pixels,
 photometric interpretation, bits), the modality and VOI LUTs (rescale, window), what
-tells a chest radiograph from other objects (SOP class, modality, body part, view), the
-patient's age in years (PatientAge, or computed on arrival from the birth and study dates,
-which are not kept), and the patient's grouping key as its salted hash
-(dicom.patient_key). Everything else, private tags included, is left behind, and the object
-says so (Patient Identity Removed YES, with the method) as the profile asks.
+tells a chest radiograph from other objects (SOP class, modality, body part, view, and the
+view's code without anything else its items hold), the patient's age as DICOM's age string
+(PatientAge, or computed on arrival from the birth and study dates, which are not kept),
+and the patient's grouping key as its salted hash (dicom.patient_key). Everything else,
+private tags included, is left behind, and the object says so (Patient Identity Removed
+YES, with the method) as the profile asks.
 """
 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from typing import Any
 
-from pneumo_exp.data.dicom import age_string, patient_age, patient_key
+from pneumo_exp.data.dicom import age_string, completed_years, patient_age, patient_key
 
 KEPT = (
     # what the object is, and whether it is a chest radiograph
@@ -30,6 +32,7 @@ KEPT = (
     "RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence",
     "WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence", "PresentationLUTShape",
 )
+CODE = ("CodeValue", "CodingSchemeDesignator", "CodeMeaning")  # of a ViewCodeSequence item
 METHOD = "pneumo-exp allow-list (PS3.15 Annex E); PatientID hashed"  # LO: 64 characters
 
 
@@ -49,9 +52,19 @@ def deidentified(ds: Any) -> Any:
     for keyword in KEPT:
         if keyword in ds:
             out[keyword] = ds[keyword]
-    age, _ = patient_age(ds)
+    codes = [item for item in ds.get("ViewCodeSequence") or [] if "CodeValue" in item]
+    if codes:
+        view = Dataset()
+        for keyword in CODE:
+            if keyword in codes[0]:
+                view[keyword] = codes[0][keyword]
+        out.ViewCodeSequence = [view]
+    age, rests = patient_age(ds)
     if age is not None:
-        out.PatientAge = age_string(age)
+        with warnings.catch_warnings():  # a bare number stays one (not an AS): no unit known
+            warnings.simplefilter("ignore")
+            out.PatientAge = (age_string(age) if rests is None
+                              else f"{completed_years(age):03d}")
     patient = str(ds.get("PatientID", "") or "").strip()
     if patient:
         out.PatientID = patient_key(patient)

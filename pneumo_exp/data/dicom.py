@@ -1,8 +1,10 @@
 """DICOM objects as 8-bit images, the way a PACS viewer would show them, and who they show.
 
 A file is DICOM by its content: the 128-byte preamble followed by `DICM`, whatever its
-name. Pixels are decoded by pydicom and, for compressed transfer syntaxes (JPEG lossless,
-JPEG-LS, JPEG 2000, RLE), its pylibjpeg plugins. The one rule from stored values to 0-255:
+name. Pixels are decoded by pydicom and its plugins for compressed transfer syntaxes:
+GDCM (python-gdcm) for JPEG Lossless and JPEG-LS, pylibjpeg's openjpeg for JPEG 2000 and
+its RLE plugin for RLE (`decoders()` names those installed). The one rule from stored
+values to 0-255:
 
 1. the modality LUT (Rescale Slope and Intercept, or a Modality LUT Sequence);
 2. the first VOI LUT of the object (a VOI LUT Sequence, else Window Center and Width), if it
@@ -10,15 +12,24 @@ JPEG-LS, JPEG 2000, RLE), its pylibjpeg plugins. The one rule from stored values
 3. the range the object can hold at that point (the stored bits through steps 1-2, as
    pydicom defines it) maps linearly onto 0-255: an 8-bit MONOCHROME2 object is unchanged,
    so its pixels equal those of the same X-ray saved as an 8-bit PNG;
-4. MONOCHROME1 (bone dark) is inverted; RGB and YBR objects become RGB (colour is scaled by
+4. MONOCHROME1 (bone dark) is inverted, and so is an object whose Presentation LUT Shape is
+   INVERSE; once, since the standard pairs INVERSE with MONOCHROME1 (PS3.3 C.7.6.1.1) and
+   both then state the one inversion. RGB and YBR objects become RGB (colour is scaled by
    its stored bits);
 5. a multi-frame object gives its first frame.
 
 What the header says of the image (`ImageFacts`): the patient id, read for grouping only
 (`patient_key` turns it into a salted hash, which is all that is kept); the patient's age
-in years (PatientAge, or the years between PatientBirthDate and the study's date, which
-are not kept), and the ViewPosition, for the population a version is for
-(serving/population.py). No other header value leaves this module.
+and the view, for the population a version is for (serving/population.py). No other header
+value leaves this module.
+
+Ages are DICOM's: an age string (AS, `nnnD`, `nnnW`, `nnnM`, `nnnY`) is the age in
+completed units at the study, so `005Y` is 5 completed years and `011M` is 0. An age is kept
+as completed months over 12 (`age_years`), and judged in completed years (`completed_years`).
+A PatientAge that is not an age string falls back to the years between PatientBirthDate and
+the study's date, counted by the calendar (the day before the first birthday is 0 years);
+a bare number (`45`) with no dates is read as years, and says so. The view is ViewPosition,
+else the view the ViewCodeSequence codes (CID 4010, DX View).
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import math
 import os
 import re
 import secrets
@@ -42,6 +54,10 @@ PREAMBLE = 128
 MAGIC = b"DICM"
 SALT_ENV = "PNEUMO_EXP_PATIENT_SALT"
 GRAY = ("MONOCHROME1", "MONOCHROME2")
+# pydicom's plugins in the order they are tried: pydicom's own order before GDCM, so that
+# an object decodes as it always did where pylibjpeg-libjpeg is installed (the `libjpeg`
+# extra); GDCM last, for JPEG Lossless and JPEG-LS where it is not
+PLUGINS = ("pylibjpeg", "pillow", "pydicom", "gdcm")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
 
 
@@ -64,9 +80,24 @@ MODALITY_NAMES = {"CT": "a CT image", "MR": "an MR image", "US": "an ultrasound 
                   "SEG": "a segmentation", "RTDOSE": "an RT dose"}
 
 
-AGE = re.compile(r"^(\d{1,3})([DWMY])$")  # DICOM's age string: 006M, 045Y
-AGE_UNITS = {"D": 365.25, "W": 365.25 / 7, "M": 12.0, "Y": 1.0}  # per year
-STUDY_DATES = ("StudyDate", "AcquisitionDate", "ContentDate", "SeriesDate")
+AGE = re.compile(r"^([0-9]{1,3})([DWMY])$")  # DICOM's age string (AS): 006M, 045Y
+BARE = re.compile(r"^[0-9]{1,3}$")  # a PatientAge without its unit: 45, 045
+PLAIN = re.compile(r"^[0-9]{1,3}(\.[0-9]+)?$")  # labels.csv's plain years: 45, 4.5
+MONTHS_PER = {"D": 12 / 365.25, "W": 12 * 7 / 365.25, "M": 1.0, "Y": 12.0}
+DATE = re.compile(r"^([0-9]{4})\.?([0-9]{2})\.?([0-9]{2})$")  # DA, and ACR-NEMA's 2019.03.04
+STUDY_DATES = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")  # PatientAge is
+# the age at the study; the series, acquisition and content dates are the study's day or later
+NO_UNIT = "its PatientAge has no unit (D, W, M or Y): read as years"
+# ViewCodeSequence's codes (CID 4010 "DX View": SNOMED CT, and the SNOMED-RT codes older
+# objects carry) as ViewPosition's terms; frontal says neither AP nor PA
+VIEW_CODES: dict[str, str | None] = {
+    "272479007": "PA", "399066004": "PA", "R-10214": "PA",
+    "399348003": "AP", "R-10206": "AP",
+    "399198007": "RL", "R-10232": "RL",
+    "399173006": "LL", "R-10236": "LL",
+    "399067008": "LATERAL", "R-102CD": "LATERAL",
+    "399033003": None,
+}
 
 
 @dataclass(frozen=True)
@@ -74,37 +105,105 @@ class ImageFacts:
     """What a DICOM header says of whom an image shows and how it was taken."""
 
     patient: str | None = None  # PatientID: for grouping only, hashed before it is kept
-    age: float | None = None  # years
-    age_missing: str | None = None  # why there is no age: missing or unreadable
-    view: str | None = None  # ViewPosition: PA, AP, LL, ...
+    age: float | None = None  # completed months / 12 (age_years); judged in completed years
+    age_missing: str | None = None  # why there is no age, or what the age rests on (NO_UNIT)
+    view: str | None = None  # ViewPosition (PA, AP, LL, ...), else ViewCodeSequence's
+
+    @property
+    def years(self) -> int | None:
+        return None if self.age is None else completed_years(self.age)
+
+
+def _text(value: object) -> str:
+    return str(value if value is not None else "").strip()
+
+
+def _get(obj: object, keyword: str) -> object:
+    """A header value, or None (a pydicom Dataset, or a mapping in tests)."""
+    get = getattr(obj, "get", None)
+    return get(keyword) if callable(get) else None
+
+
+def completed_years(age: float) -> int:
+    """The completed years of an age in years: 5 for 5 years 11 months."""
+    return math.floor(age + 1e-9)
+
+
+def age_years(text: str, plain: bool = False) -> float | None:
+    """An age string's completed months over 12 (`011M` -> 11/12, `005Y` -> 5, `003W` -> 0);
+    with `plain`, a plain number is years too (labels.csv's `45` or `4.5`). None if it is
+    neither."""
+    text = text.strip().upper()
+    match = AGE.match(text)
+    if match:
+        return math.floor(int(match.group(1)) * MONTHS_PER[match.group(2)] + 1e-9) / 12
+    if plain and PLAIN.match(text):
+        return math.floor(float(text) * 12 + 1e-9) / 12
+    return None
+
+
+def _date(text: str) -> date | None:
+    match = DATE.match(text)
+    if not match:
+        return None
+    try:
+        return date(*(int(g) for g in match.groups()))
+    except ValueError:
+        return None
+
+
+def months_between(born: date, seen: date) -> int:
+    """Completed months by the calendar: 11 on the day before the first birthday."""
+    return (seen.year - born.year) * 12 + seen.month - born.month - (seen.day < born.day)
 
 
 def patient_age(ds: object) -> tuple[float | None, str | None]:
-    """The patient's age in years from PatientAge, else from the birth and study dates;
-    or None and why not."""
-    get = getattr(ds, "get", lambda *_: None)
-    text = str(get("PatientAge", "") or "").strip().upper()
-    if text:
-        match = AGE.match(text)
-        if match:
-            return int(match.group(1)) / AGE_UNITS[match.group(2)], None
-        return None, "its PatientAge is unreadable"
-    birth = str(get("PatientBirthDate", "") or "").strip()
-    study = next((str(get(k)) for k in STUDY_DATES if str(get(k, "") or "").strip()), "")
-    if not birth or not study:
-        return None, "it has no PatientAge, nor a birth date and a study date"
-    try:
-        born, seen = (date(int(d[:4]), int(d[4:6]), int(d[6:8])) for d in (birth, study))
-    except ValueError:
-        return None, "its birth or study date is unreadable"
-    if seen < born:
-        return None, "its study date is before its birth date"
-    return (seen - born).days / 365.25, None
+    """The patient's age (completed months / 12) from PatientAge, else from the birth and
+    study dates, else a bare PatientAge read as years; or None and why not. A reason beside
+    an age says what it rests on."""
+    text = _text(_get(ds, "PatientAge"))
+    age = age_years(text)
+    if age is not None:
+        return age, None
+    born = _date(_text(_get(ds, "PatientBirthDate")))
+    seen = next((d for d in (_date(_text(_get(ds, k))) for k in STUDY_DATES) if d), None)
+    if born and seen and seen >= born:
+        return months_between(born, seen) / 12, None
+    if BARE.match(text):
+        return float(int(text)), NO_UNIT
+    why = "its PatientAge is unreadable" if text else "it has no PatientAge"
+    if born and seen:
+        return None, f"{why}, and its study date is before its birth date"
+    return None, f"{why}, and no readable birth and study dates"
 
 
 def age_string(years: float) -> str:
-    """DICOM's age string of an age in years: months below 2 years, else years."""
-    return f"{int(years * 12):03d}M" if years < 2 else f"{min(int(years), 999):03d}Y"
+    """DICOM's age string of an age in years: completed months below 2 years, else years."""
+    months = math.floor(years * 12 + 1e-9)
+    return f"{months:03d}M" if months < 24 else f"{min(completed_years(years), 999):03d}Y"
+
+
+def age_words(years: float) -> str:
+    """An age as a message says it: `11 months`, `5 years` (completed, as DICOM counts)."""
+    months = math.floor(years * 12 + 1e-9)
+    if months < 24:
+        return f"{months} month{'s' if months != 1 else ''}"
+    return f"{completed_years(years)} years"
+
+
+def view_position(ds: object) -> str | None:
+    """ViewPosition (upper case), else the view ViewCodeSequence codes, else None."""
+    position = _text(_get(ds, "ViewPosition")).upper()
+    if position:
+        return position
+    try:
+        item = next(iter(_get(ds, "ViewCodeSequence") or ()), None)
+    except TypeError:
+        return None
+    code = _text(_get(item, "CodeValue")).upper()
+    if code in VIEW_CODES:
+        return VIEW_CODES[code]
+    return _text(_get(item, "CodeMeaning")).upper()[:64] or None
 
 
 def is_dicom(head: bytes) -> bool:
@@ -129,8 +228,7 @@ def read_dicom(source: str | Path | BinaryIO) -> tuple[np.ndarray, ImageFacts]:
         check_chest_radiograph(ds)
         pixels = _decode(ds)
         age, missing = patient_age(ds)
-        facts = ImageFacts(str(ds.get("PatientID", "") or "").strip() or None, age, missing,
-                           str(ds.get("ViewPosition", "") or "").strip().upper() or None)
+        facts = ImageFacts(_text(ds.get("PatientID")) or None, age, missing, view_position(ds))
     return pixels, facts
 
 
@@ -164,16 +262,26 @@ def _decode(ds: object) -> np.ndarray:
         missing = "; ".join(decoder.missing_dependencies) or "a pixel data plugin"
         raise DicomError(f"the transfer syntax {syntax.name} ({syntax}) needs a decoder that "
                          f"is not installed ({missing}); pip install -e '.[cpu]' installs "
-                         "pneumo-exp's")
+                         "pneumo-exp's (GDCM, openjpeg, RLE)")
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric not in GRAY + COLOUR:
         raise DicomError(f"photometric interpretation {photometric or 'missing'} is not an "
                          "X-ray's (grayscale or colour)")
-    try:
-        arr = pixel_array(ds, index=0)  # the first frame; YBR comes back as RGB
-    except Exception as e:  # the plugins raise many types for damaged data
-        raise DicomError(f"cannot decode the {syntax.name} pixel data "
-                         f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from e
+    plugins = sorted(decoder.available_plugins, key=lambda p: (
+        PLUGINS.index(p) if p in PLUGINS else len(PLUGINS))) or [""]
+    errors = []
+    for plugin in plugins:
+        try:
+            arr = pixel_array(ds, index=0, decoding_plugin=plugin)  # the first frame; YBR
+            break  # comes back as RGB
+        except Exception as e:  # the plugins raise many types for damaged data
+            errors.append(_last_line(e))  # pydicom's names its plugin
+    else:
+        hint = (f"; not installed: {'; '.join(decoder.missing_dependencies)} (pip install "
+                "'pneumo-exp[libjpeg]' adds libjpeg, GPLv3)" if decoder.missing_dependencies
+                else "")
+        raise DicomError(f"cannot decode the {syntax.name} pixel data ({'; '.join(errors)})"
+                         f"{hint}")
     if arr.dtype.kind == "f":
         raise DicomError("floating-point pixel data is not an X-ray's")
     if photometric in COLOUR:
@@ -187,7 +295,14 @@ def _decode(ds: object) -> np.ndarray:
     elif "WindowCenter" in ds and "WindowWidth" in ds:
         values = apply_voi_lut(values, ds, index=0)  # keeps the range below
     out = _to_uint8(np.asarray(values, dtype=np.float64), low, high)
-    return 255 - out if photometric == "MONOCHROME1" else out
+    inverse = _text(ds.get("PresentationLUTShape")).upper() == "INVERSE"
+    return 255 - out if photometric == "MONOCHROME1" or inverse else out
+
+
+def _last_line(error: Exception) -> str:
+    """A plugin's reason in one line (pydicom puts it after a line of its own)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:160]
 
 
 def _stored_range(ds: object) -> tuple[float, float]:

@@ -3,9 +3,12 @@
 A version carries its training data's population (config.PopulationConfig: an age range,
 the views, in words for its card). A DICOM image outside it gets no silent probability:
 by the version's `outside` policy it is flagged (a probability, and a note in `check`) or
-refused (no probability, and the reason). An image whose age is missing or unreadable is
-flagged saying so, whatever the policy: the pixels may still be a child's. A PNG or JPEG
-has no header: the feature check (features.py) is all there is for it.
+refused (no probability, and the reason). Ages are judged as DICOM states them, in
+completed years (data/dicom.py): `aged 1-5` holds a child from the first birthday to the
+day before the sixth. A bound with a fractional part (0.5) is judged in completed months.
+Views are DICOM's ViewPosition terms, compared whatever their case. An image whose age is
+missing or unreadable is flagged saying so, whatever the policy: the pixels may still be a
+child's. A PNG or JPEG has no header: the feature check (features.py) is all there is for it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pneumo_exp.config import PopulationConfig
-from pneumo_exp.data.dicom import ImageFacts
+from pneumo_exp.data.dicom import ImageFacts, age_words, completed_years
 from pneumo_exp.data.images import OUTSIDE
 
 REFUSE = "refuse"
@@ -32,24 +35,39 @@ def _ages(population: PopulationConfig) -> str:
     return f"aged {low:g} or more" if low is not None else f"aged up to {high:g}"
 
 
+def views(population: PopulationConfig) -> list[str]:
+    """The population's views as DICOM writes ViewPosition (`pa` in a YAML is PA)."""
+    return [str(v).strip().upper() for v in population.views]
+
+
+def in_range(age: float, low: float | None, high: float | None) -> bool:
+    """Whether an age (completed months / 12) lies in [low, high], the upper bound counted
+    in completed years when it is whole (5 holds 5 years and 11 months), else in months."""
+    top = completed_years(age) if high is not None and float(high).is_integer() else age
+    return (low is None or age >= low) and (high is None or top <= high)
+
+
 def judge(population: PopulationConfig | None, facts: ImageFacts | None) -> Judgement | None:
     """Why an image lies outside `population`, or None when nothing says it does."""
     if population is None or facts is None:
         return None
     outside = []
-    if population.views and facts.view and facts.view not in population.views:
-        outside.append(f"a {facts.view} view (this version is for "
-                       f"{', '.join(population.views)} views)")
+    allowed = views(population)
+    if allowed and facts.view and facts.view.strip().upper() not in allowed:
+        outside.append(f"a {facts.view.strip().upper()} view (this version is for "
+                       f"{', '.join(allowed)} views)")
     bounded = population.min_age is not None or population.max_age is not None
-    if bounded and facts.age is not None and not (
-            (population.min_age is None or facts.age >= population.min_age)
-            and (population.max_age is None or facts.age <= population.max_age)):
-        years = f"{facts.age:.1f}" if facts.age < 2 else f"{facts.age:.0f}"
-        outside.append(f"a patient aged {years} years (this version is for patients "
-                       f"{_ages(population)})")
+    if bounded and facts.age is not None and not in_range(
+            facts.age, population.min_age, population.max_age):
+        rests = f" ({facts.age_missing})" if facts.age_missing else ""
+        outside.append(f"a patient aged {age_words(facts.age)}{rests} (this version is for "
+                       f"patients {_ages(population)})")
     if outside:
         return Judgement(f"{OUTSIDE}: {'; '.join(outside)}", population.outside == REFUSE)
     if bounded and facts.age is None:
         return Judgement(f"age unknown: {facts.age_missing}; this version is for patients "
                          f"{_ages(population)}", refuse=False)
+    if bounded and facts.age_missing:
+        return Judgement(f"age uncertain: {facts.age_missing} ({age_words(facts.age)}); this "
+                         f"version is for patients {_ages(population)}", refuse=False)
     return None
