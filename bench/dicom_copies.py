@@ -1,7 +1,7 @@
 """DICOM copies of a JPEG/PNG dataset folder, as a PACS would hold the same X-rays.
 
     .venv/bin/python bench/dicom_copies.py SRC DEST [--variant mono2|mono1|rescaled12|
-        windowed12|rle|jpeg-lossless|j2k] [--patient-name DOE^JANE] [--patient-id ID]
+        windowed12|rle|jpeg-lossless|jpeg-ls|j2k] [--patient-name DOE^JANE] [--patient-id ID]
 
 Every image under SRC becomes DEST/<same path>.dcm, a Digital X-Ray object (8-bit grayscale
 pixels of the file, the patient id taken from the file name unless --patient-id is given)
@@ -12,7 +12,8 @@ in one of these encodings:
 - rescaled12: 12 bits stored in 16, value x 16, Rescale Slope 1/16;
 - windowed12: as rescaled12 without the rescale, and a window over the 12-bit range;
 - rle, j2k: mono2 RLE Lossless / JPEG 2000 Lossless encoded (pydicom's encoders);
-- jpeg-lossless: mono2 JPEG Lossless SV1 encoded (DCMTK's dcmcjpeg, Debian package dcmtk).
+- jpeg-lossless: mono2 JPEG Lossless SV1 encoded (DCMTK's dcmcjpeg, Debian package dcmtk);
+- jpeg-ls: mono2 JPEG-LS Lossless encoded (DCMTK's dcmcjpls).
 
 tests/test_dicom.py builds its test files with `write_dicom`; bench/decode.py times reading
 them.
@@ -31,7 +32,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-VARIANTS = ("mono2", "mono1", "rescaled12", "windowed12", "rle", "jpeg-lossless", "j2k")
+VARIANTS = ("mono2", "mono1", "rescaled12", "windowed12", "rle", "jpeg-lossless", "jpeg-ls",
+            "j2k")
+DCMTK = {"jpeg-lossless": ["dcmcjpeg", "+e1"],  # lossless, first-order prediction (SV1)
+         "jpeg-ls": ["dcmcjpls", "+el"]}  # JPEG-LS lossless
 DIGITAL_XRAY = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 
 
@@ -77,21 +81,21 @@ def write_dicom(pixels: np.ndarray, path: Path, variant: str = "mono2", *,
     elif variant == "j2k":
         ds.compress(JPEG2000Lossless)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if variant == "jpeg-lossless":
+    if variant in DCMTK:
         with tempfile.TemporaryDirectory() as tmp:
             plain = Path(tmp) / "plain.dcm"
             ds.save_as(plain, enforce_file_format=True)
-            _dcmcjpeg(plain, path)
+            _dcmtk(DCMTK[variant], plain, path)
         return path
     ds.save_as(path, enforce_file_format=True)
     return path
 
 
-def _dcmcjpeg(src: Path, dest: Path) -> None:
-    if shutil.which("dcmcjpeg") is None:
-        raise RuntimeError("JPEG Lossless copies need dcmcjpeg (Debian package dcmtk)")
-    subprocess.run(["dcmcjpeg", "+e1", str(src), str(dest)], check=True,
-                   capture_output=True)  # +e1: lossless, first-order prediction (SV1)
+def _dcmtk(command: list[str], src: Path, dest: Path) -> None:
+    if shutil.which(command[0]) is None:
+        raise RuntimeError(f"JPEG Lossless and JPEG-LS copies need {command[0]} (Debian "
+                           "package dcmtk)")
+    subprocess.run([*command, str(src), str(dest)], check=True, capture_output=True)
 
 
 def copy_folder(src: Path, dest: Path, variant: str, patient_id: str | None = None,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dicom_copies import VARIANTS, write_dicom
+from dicom_copies import DCMTK, VARIANTS, write_dicom
 from PIL import Image
 
 from pneumo_exp.data.deidentify import deidentified, kept_name
@@ -27,7 +27,7 @@ def _phi_bytes() -> list[bytes]:
     return [v.encode() for v in PHI.values()] + [b"DOE", b"JANE"]
 
 
-@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "jpeg-lossless"])
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v not in DCMTK])
 def test_a_kept_instance_has_no_identity_and_the_same_pixels(tmp_path: Path,
                                                               variant: str) -> None:
     from pydicom import dcmread

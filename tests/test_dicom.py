@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dicom_copies import VARIANTS, write_dicom
+from dicom_copies import DCMTK, VARIANTS, write_dicom
 from PIL import Image
 
 from pneumo_exp.data import cache
@@ -23,7 +23,7 @@ PNGS = sorted((SAMPLE / "test" / "NORMAL").iterdir())[:2] + sorted(
 
 
 def _variants() -> list[str]:
-    return [v for v in VARIANTS if v != "jpeg-lossless" or shutil.which("dcmcjpeg")]
+    return [v for v in VARIANTS if v not in DCMTK or shutil.which(DCMTK[v][0])]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -31,7 +31,7 @@ def _variants() -> list[str]:
 def test_a_dicom_copy_gives_the_png_s_input(tmp_path: Path, variant: str,
                                             channels: int) -> None:
     if variant not in _variants():
-        pytest.skip("JPEG Lossless copies need dcmcjpeg (Debian package dcmtk)")
+        pytest.skip("JPEG Lossless and JPEG-LS copies need DCMTK (Debian package dcmtk)")
     for png in PNGS:
         pixels = np.asarray(Image.open(png).convert("L"))
         dcm = write_dicom(pixels, tmp_path / f"{png.stem}-{variant}.dcm", variant)
@@ -134,19 +134,87 @@ def test_a_syntax_without_a_decoder_is_named(tmp_path: Path) -> None:
         decode_image(path, 32, 1)
 
 
-@pytest.mark.skipif(not shutil.which("dcmcjpeg"), reason="needs dcmcjpeg (package dcmtk)")
-def test_a_missing_plugin_is_named_with_the_fix(tmp_path: Path) -> None:
-    """JPEG Lossless where pylibjpeg is not installed: one message naming the syntax and
-    what to install, not a traceback."""
+# pydicom's plugins made unavailable, as if not installed: pylibjpeg-libjpeg is found
+# through its entry points, so they are hidden; the others are not importable
+HIDE = ("import importlib.metadata as md, sys\n"
+        "found = md.entry_points\n"
+        "md.entry_points = lambda **kw: md.EntryPoints(\n"
+        "    e for e in found(**kw) if not e.value.startswith('libjpeg'))\n"
+        "for name in {modules!r}:\n"
+        "    sys.modules[name] = None\n")
+
+
+def _decode_without(modules: tuple[str, ...], paths: list[Path]) -> list[str]:
+    """Each file's decoded 32 px array (as bytes in hex), or its message, where libjpeg and
+    `modules` are not installed."""
+    code = HIDE.format(modules=modules) + (
+        "from pneumo_exp.data.images import UnreadableImageError, decode_image\n"
+        f"for path in {[str(p) for p in paths]!r}:\n"
+        "    try:\n        print(decode_image(path, 32, 1).tobytes().hex())\n"
+        "    except UnreadableImageError as e:\n        print(e)\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True).stdout.splitlines()
+
+
+@pytest.mark.skipif(not all(shutil.which(c[0]) for c in DCMTK.values()),
+                    reason="needs dcmcjpeg and dcmcjpls (package dcmtk)")
+def test_gdcm_decodes_jpeg_lossless_and_jpeg_ls_without_the_gpl_plugin(tmp_path: Path) -> None:
+    """pylibjpeg-libjpeg (GPLv3) is an optional extra: without it, GDCM decodes JPEG
+    Lossless and JPEG-LS to the same input as the PNG; without GDCM too, the message names
+    the syntax and what to install, not a traceback."""
     pixels = np.asarray(Image.open(PNGS[0]).convert("L"))
-    path = write_dicom(pixels, tmp_path / "lossless.dcm", "jpeg-lossless")
-    code = ("import sys; sys.modules['pylibjpeg'] = sys.modules['libjpeg'] = None\n"
-            "from pneumo_exp.data.images import UnreadableImageError, decode_image\n"
-            f"try:\n    decode_image({str(path)!r}, 32, 1)\n"
-            "except UnreadableImageError as e:\n    print(e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
-    assert "JPEG Lossless" in out and "not installed" in out and "pylibjpeg" in out, out
+    paths = [write_dicom(pixels, tmp_path / f"{v}.dcm", v) for v in DCMTK]
+    want = decode_image(PNGS[0], 32, 1).tobytes().hex()
+    assert _decode_without((), paths) == [want, want]
+    for out in _decode_without(("gdcm",), paths):
+        assert "not installed" in out and "gdcm" in out and "pylibjpeg" in out, out
+    assert "JPEG Lossless" in _decode_without(("gdcm",), paths[:1])[0]
+
+
+def test_no_gpl_in_the_required_dependencies() -> None:
+    """An MIT project whose every required dependency, and theirs, is under a licence that
+    lets a hospital ship it (the GPL libjpeg is the extra `libjpeg`)."""
+    import importlib.metadata as md
+
+    import tomllib
+    from packaging.requirements import Requirement
+
+    root = Path(__file__).resolve().parents[1]
+    with (root / "pyproject.toml").open("rb") as f:
+        todo = [Requirement(r) for r in tomllib.load(f)["project"]["dependencies"]]
+    licences: dict[str, str] = {}
+    while todo:
+        req = todo.pop()
+        if req.name.lower() in licences:
+            continue
+        meta = md.distribution(req.name).metadata
+        licences[req.name.lower()] = " ".join(
+            [meta.get("License-Expression") or "", (meta.get("License") or "")[:80]]
+            + [c for c in meta.get_all("Classifier") or [] if c.startswith("License")])
+        for text in md.distribution(req.name).requires or []:
+            dep = Requirement(text)
+            if dep.marker is None or any(dep.marker.evaluate({"extra": e})
+                                         for e in req.extras or {""}):
+                todo.append(dep)
+    assert "pydicom" in licences and "python-gdcm" in licences and len(licences) > 50
+    gpl = {name: text for name, text in licences.items()
+           if "GPL" in text.replace("LGPL", "") and "Lesser" not in text}
+    assert not gpl, gpl
+
+
+def test_presentation_lut_shape_inverse_is_applied_once(tmp_path: Path) -> None:
+    """INVERSE inverts as MONOCHROME1 does; with MONOCHROME1 (where the standard asks for
+    it) the two state one inversion, so the image is not turned back."""
+    from pydicom import dcmread
+
+    pixels = np.asarray(Image.open(PNGS[0]).convert("L"))
+    want = decode_image(PNGS[0], 32, 1)
+    for variant, expected in (("mono2", 255 - want), ("mono1", want)):
+        path = write_dicom(pixels, tmp_path / f"{variant}.dcm", variant)
+        ds = dcmread(path)
+        ds.PresentationLUTShape = "INVERSE"
+        ds.save_as(path, enforce_file_format=True)
+        assert np.abs(decode_image(path, 32, 1).astype(int) - expected).max() <= 1, variant
 
 
 def test_the_cache_key_follows_the_installed_decoders() -> None:
