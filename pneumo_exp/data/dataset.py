@@ -104,7 +104,7 @@ def load_training_data(cfg: DataConfig, seed: int, cache_dir: Path | None = None
         train, val = full_train, loads["val"].data
     else:
         train_idx, val_idx = validation_split(full_train.labels, full_train.groups,
-                                              cfg.val_fraction, seed)
+                                              cfg.val_fraction, seed, "val" not in loads)
         train, val = full_train.subset(train_idx), full_train.subset(val_idx)
         if "val" in loads:
             val = LabeledImages.concat(val, loads["val"].data)

@@ -4,27 +4,37 @@ validation split by patient is cut from them; there is no test split).
 
 The CSV has a header row with a `file` column (the file's name, or its path under the
 folder) and a `patient` or `patient_id` column; a `class` or `label` column, if there, must
-agree with the file's folder. Each patient id is kept only as its salted hash
-(dicom.patient_key). Without a CSV, a DICOM object's PatientID is the patient, else the id
-the file name carries (data/split.py: `00001300_000.png` -> `00001300`), else the file.
-A CSV whose rows name no file, or that leaves files without a row, stops with one message
-naming them.
+agree with the file's folder; a `patient_age` (or `age`) column holds DICOM age strings
+(`045Y`, `006M`, `003W`, `010D`) or years (`45`, `4.5`), and a `view_position` (or `view`)
+column DICOM's ViewPosition terms. Excel's files read as they are: UTF-8 with or without
+its byte order mark, separated by commas, semicolons or tabs. Each patient id is kept only
+as its salted hash (dicom.patient_key). Without a CSV, a DICOM object's PatientID is the
+patient, else the id the file name carries (data/split.py: `00001300_000.png` ->
+`00001300`), else the file.
+
+A CSV stops with one message naming every row it cannot use (a short row, a blank cell, an
+age that is not one, a file named twice), the rows that name no file of the folder, and the
+images without a row; a file that is no image needs no row (it is skipped, and named).
+No cell of a patient, an age or a view is ever repeated in a message: only row numbers.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+from dataclasses import dataclass
 from pathlib import Path
 
 from pneumo_exp.config import CLASS_NAMES
-from pneumo_exp.data.dicom import patient_key
+from pneumo_exp.data.dicom import age_years, patient_key
 from pneumo_exp.errors import DataError
 
 LABELS_CSV = "labels.csv"
 FILE_COLUMNS, PATIENT_COLUMNS, CLASS_COLUMNS = ("file",), ("patient", "patient_id"), (
     "class", "label")
 AGE_COLUMNS, VIEW_COLUMNS = ("patient_age", "age"), ("view_position", "view")
-NAMED = 5  # files named in a message, at most
+DELIMITERS = ",;\t"  # Excel writes ';' where the decimal mark is a comma
+NAMED = 5  # files or rows named in a message, at most
 
 
 def is_site_folder(root: Path) -> bool:
@@ -32,16 +42,22 @@ def is_site_folder(root: Path) -> bool:
     return all((root / name).is_dir() for name in CLASS_NAMES) and not (root / "train").is_dir()
 
 
-def _read(path: Path) -> tuple[list[str], list[list[str]]]:
-    """A CSV's header and its other rows."""
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
-    return (rows[0] if rows else []), rows[1:]
+@dataclass(frozen=True)
+class Row:
+    line: int  # its line in the file: the header is line 1
+    file: str
+    patient: str  # the salted hash, never the id
+    label: str | None  # the class it states, upper case
+    age: float | None  # completed months / 12 (dicom.age_years)
+    view: str | None  # upper case
 
 
-def _column(header: list[str], names: tuple[str, ...]) -> int | None:
-    lowered = [h.strip().lower() for h in header]
-    return next((lowered.index(n) for n in names if n in lowered), None)
+@dataclass(frozen=True)
+class Labels:
+    path: Path
+    rows: list[Row]
+    has_age: bool
+    has_view: bool
 
 
 def _some(items: list[str]) -> str:
@@ -49,34 +65,125 @@ def _some(items: list[str]) -> str:
     return shown + (f" and {len(items) - NAMED} more" if len(items) > NAMED else "")
 
 
-def csv_patients(root: Path, files: list[str]) -> dict[str, str] | None:
-    """The hashed patient of every file (paths relative to `root`, `CLASS/name`) from
-    ROOT/labels.csv; None without the CSV."""
+def _lines(numbers: list[int]) -> str:
+    return ("row " if len(numbers) == 1 else "rows ") + _some([str(n) for n in numbers])
+
+
+def _table(path: Path) -> list[tuple[int, list[str]]]:
+    """Every record of a CSV with its first line: UTF-8 (a BOM or not), the delimiter its
+    header uses."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path} is not UTF-8 text (line {line}): save it as 'CSV UTF-8' "
+                        "(Excel) or in UTF-8.") from None
+    first = text.split("\n", 1)[0]
+    delimiter = max(DELIMITERS, key=first.count) if any(d in first for d in DELIMITERS) else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    records, start = [], 1
+    try:
+        for cells in reader:
+            records.append((start, cells))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise DataError(f"{path}, line {reader.line_num + 1}: not a CSV record ({e}). "
+                        "Save the file as CSV from a spreadsheet.") from None
+    return records
+
+
+def _column(header: list[str], names: tuple[str, ...]) -> int | None:
+    lowered = [h.strip().lower() for h in header]
+    return next((lowered.index(n) for n in names if n in lowered), None)
+
+
+def read_labels(root: Path) -> Labels | None:
+    """ROOT/labels.csv, every row checked; None without the CSV."""
     path = root / LABELS_CSV
     if not path.is_file():
         return None
-    header, rows = _read(path)
-    name_col, patient_col = _column(header, FILE_COLUMNS), _column(header, PATIENT_COLUMNS)
-    class_col = _column(header, CLASS_COLUMNS)
-    if name_col is None or patient_col is None:
+    records = _table(path)
+    header = records[0][1] if records else []
+    cols = {"file": _column(header, FILE_COLUMNS), "patient": _column(header, PATIENT_COLUMNS),
+            "class": _column(header, CLASS_COLUMNS), "age": _column(header, AGE_COLUMNS),
+            "view": _column(header, VIEW_COLUMNS)}
+    if cols["file"] is None or cols["patient"] is None:
         raise DataError(f"{path} needs a header with a 'file' column and a 'patient' (or "
                         f"'patient_id') column; its header is: {', '.join(header) or 'empty'}.")
-    by_name = {Path(f).name: f for f in files}
+    read = {k: i for k, i in cols.items() if i is not None}
+    width = max(read.values()) + 1
+    rows: list[Row] = []
+    short, blank, ages, twice = [], {k: [] for k in read}, [], []
+    seen: dict[str, int] = {}
+    for line, cells in records[1:]:
+        if not any(c.strip() for c in cells):
+            continue  # an empty line, or a spreadsheet's empty row
+        if len(cells) < width:
+            short.append(line)
+            continue
+        cell = {k: cells[i].strip() for k, i in read.items()}
+        empty = [k for k, v in cell.items() if not v]
+        for k in empty:
+            blank[k].append(line)
+        age = age_years(cell["age"], plain=True) if cell.get("age") else None
+        if cell.get("age") and age is None:
+            ages.append(line)
+        if empty or (cell.get("age") and age is None):
+            continue
+        if cell["file"] in seen:
+            twice.append(f"{cell['file']} (rows {seen[cell['file']]} and {line})")
+            continue
+        seen[cell["file"]] = line
+        rows.append(Row(line, cell["file"], patient_key(cell["patient"]),
+                        cell["class"].upper() if "class" in cell else None, age,
+                        cell["view"].upper() if "view" in cell else None))
+    problems = []
+    if short:
+        problems.append(f"{_lines(short)} {'has' if len(short) == 1 else 'have'} fewer cells "
+                        f"than the columns read ({width}; a missing delimiter?)")
+    for k, lines in blank.items():
+        if lines:
+            problems.append(f"{_lines(lines)} {'gives' if len(lines) == 1 else 'give'} no "
+                            f"{header[read[k]].strip()}")
+    if ages:
+        problems.append(f"{_lines(ages)}: {header[read['age']].strip()} is not an age (a DICOM "
+                        "age string such as 045Y, 006M, 003W, or years such as 45)")
+    if twice:
+        problems.append(f"{len(twice)} files are named by two rows: {_some(twice)}")
+    if problems:
+        raise DataError(f"{path}: " + "; ".join(problems) + ". Give every row a file and its "
+                        "patient (and, where the columns are there, its class, age and view); "
+                        "no row was used.")
+    return Labels(path, rows, "age" in read, "view" in read)
+
+
+def csv_patients(root: Path, files: list[str],
+                 images: list[str] | None = None) -> dict[str, str] | None:
+    """The hashed patient of every image (paths relative to `root`, `CLASS/name`) from
+    ROOT/labels.csv; None without the CSV. Its rows must name `files` (all the folder's);
+    each of `images` (those that decoded; default: all of `files`) needs a row."""
+    labels = read_labels(root)
+    if labels is None:
+        return None
+    by_name: dict[str, list[str]] = {}
+    for f in files:
+        by_name.setdefault(Path(f).name, []).append(f)
     patients: dict[str, str] = {}
-    unknown, wrong = [], []
-    for row in rows:
-        if not row or not row[name_col].strip():
-            continue
-        named = row[name_col].strip()
-        rel = named if named in files else by_name.get(Path(named).name)
+    unknown, wrong, both = [], [], []
+    for row in labels.rows:
+        named = row.file.replace("\\", "/")
+        found = by_name.get(Path(named).name, [])
+        rel = named if named in files else (found[0] if len(found) == 1 else None)
         if rel is None:
-            unknown.append(named)
+            (both if found else unknown).append(f"{row.file} (row {row.line})")
             continue
-        if class_col is not None and row[class_col].strip().upper() not in (
-                rel.split("/")[0], str(CLASS_NAMES.index(rel.split("/")[0]))):
-            wrong.append(f"{named} ({row[class_col].strip()} in the CSV, in {rel.split('/')[0]}/)")
-        patients[rel] = patient_key(row[patient_col].strip())
-    missing = [f for f in files if f not in patients]
+        folder = rel.split("/")[0]
+        if row.label is not None and row.label not in (folder,
+                                                      str(CLASS_NAMES.index(folder))):
+            wrong.append(f"{row.file} (row {row.line}: {row.label}, in {folder}/)")
+        patients[rel] = row.patient
+    missing = [f for f in (files if images is None else images) if f not in patients]
     problems = []
     if unknown:
         problems.append(f"{len(unknown)} rows name no file of the folder: {_some(unknown)}")
@@ -85,25 +192,23 @@ def csv_patients(root: Path, files: list[str]) -> dict[str, str] | None:
     if wrong:
         problems.append(f"{len(wrong)} rows give another class than the file's folder: "
                         f"{_some(wrong)}")
+    if both:
+        problems.append(f"{len(both)} rows name a file that both folders hold (give its "
+                        f"path, NORMAL/name): {_some(both)}")
     if problems:
-        raise DataError(f"{path} does not match the folder: " + "; ".join(problems)
-                        + ". Give every file one row (file, patient), or remove the CSV to "
+        raise DataError(f"{labels.path} does not match the folder: " + "; ".join(problems)
+                        + ". Give every image one row (file, patient), or remove the CSV to "
                         "take the patients from the file names.")
     return patients
 
 
 def csv_population(root: Path) -> tuple[float | None, float | None, list[str]] | None:
-    """The ages (youngest, oldest, in years) and views of a site's labels.csv, if it has
-    an age or a view column: whom the site's version is for."""
-    path = root / LABELS_CSV
-    if not path.is_file():
+    """The ages (youngest, oldest: completed months / 12, as dicom.age_years reads them) and
+    views of a site's labels.csv, if it has an age or a view column: whom the site's
+    version is for."""
+    labels = read_labels(root)
+    if labels is None or not (labels.has_age or labels.has_view):
         return None
-    header, rows = _read(path)
-    age_col, view_col = _column(header, AGE_COLUMNS), _column(header, VIEW_COLUMNS)
-    if age_col is None and view_col is None:
-        return None
-    ages = [float(r[age_col]) for r in rows if age_col is not None and len(r) > age_col
-            and r[age_col].strip().replace(".", "", 1).isdigit()]
-    views = sorted({r[view_col].strip().upper() for r in rows
-                    if view_col is not None and len(r) > view_col and r[view_col].strip()})
+    ages = [r.age for r in labels.rows if r.age is not None]
+    views = sorted({r.view for r in labels.rows if r.view})
     return (min(ages) if ages else None, max(ages) if ages else None, views)

@@ -21,7 +21,7 @@ from pneumo_exp.data import cache
 from pneumo_exp.data.dicom import decoders, patient_key
 from pneumo_exp.data.images import UnreadableImageError, read_image
 from pneumo_exp.data.labeled import LabeledImages
-from pneumo_exp.data.site_folder import LABELS_CSV, csv_patients, is_site_folder
+from pneumo_exp.data.site_folder import LABELS_CSV, csv_patients, is_site_folder, read_labels
 from pneumo_exp.data.split import patient_id
 from pneumo_exp.errors import DataError
 
@@ -134,7 +134,7 @@ class FolderSource:
     def decode(self, split: str, image_size: int,
                channels: int) -> tuple[LabeledImages, list[Skipped]]:
         files = self._files(split)
-        patients = csv_patients(self.root, [rel for rel, _, _ in files]) if self.site else None
+        labelled = self.site and read_labels(self.root) is not None  # its rows, checked first
         log.info("Decoding %d files of %s at %dx%dx%d (once; later runs read the cache)...",
                  len(files), self.root if self.site else self.root / split, image_size,
                  image_size, channels)
@@ -144,8 +144,6 @@ class FolderSource:
                 image, facts = read_image(self.root / rel, image_size, channels)
             except UnreadableImageError as e:
                 return str(e)
-            if patients is not None:
-                return image, patients[rel]
             return image, (patient_key(facts.patient) if facts and facts.patient
                            else patient_id(rel.rsplit("/", 1)[-1]))
 
@@ -153,9 +151,14 @@ class FolderSource:
             results = list(pool.map(one, [rel for rel, _, _ in files]))
         keep = [i for i, r in enumerate(results) if not isinstance(r, str)]
         skipped = [(files[i][0], r) for i, r in enumerate(results) if isinstance(r, str)]
+        groups = [results[i][1] for i in keep]
+        if labelled:  # every image needs its row; a file that is no image needs none
+            patients = csv_patients(self.root, [rel for rel, _, _ in files],
+                                    [files[i][0] for i in keep])
+            groups = [patients[files[i][0]] for i in keep]
         images = (np.stack([results[i][0] for i in keep]) if keep
                   else np.zeros((0, image_size, image_size, channels), np.uint8))
         data = LabeledImages(images, np.array([files[i][1] for i in keep], dtype=np.int64),
                              np.array([files[i][0] for i in keep], dtype=str),
-                             np.array([results[i][1] for i in keep], dtype=str))
+                             np.array(groups, dtype=str))
         return data, skipped
