@@ -83,7 +83,7 @@ MODALITY_NAMES = {"CT": "a CT image", "MR": "an MR image", "US": "an ultrasound 
 AGE = re.compile(r"^([0-9]{1,3})([DWMY])$")  # DICOM's age string (AS): 006M, 045Y
 BARE = re.compile(r"^[0-9]{1,3}$")  # a PatientAge without its unit: 45, 045
 PLAIN = re.compile(r"^[0-9]{1,3}(\.[0-9]+)?$")  # labels.csv's plain years: 45, 4.5
-MONTHS_PER = {"D": 12 / 365.25, "W": 12 * 7 / 365.25, "M": 1.0, "Y": 12.0}
+MONTHS_PER = {"D": 12 / 365.25, "W": 12 * 7 / 365.25, "M": 1.0, "Y": 12.0}  # months a unit
 DATE = re.compile(r"^([0-9]{4})\.?([0-9]{2})\.?([0-9]{2})$")  # DA, and ACR-NEMA's 2019.03.04
 STUDY_DATES = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")  # PatientAge is
 # the age at the study; the series, acquisition and content dates are the study's day or later
