@@ -123,12 +123,14 @@ def importance_figure(imp: Importance, title: str) -> Figure:
 
 
 def parallel_figure(imp: Importance, title: str) -> Figure:
-    """One line per trial across the hyperparameters (most important first), coloured by
-    the objective."""
+    """One line per trial across the hyperparameters, coloured by the objective."""
     from optuna.visualization.matplotlib import plot_parallel_coordinate
 
-    return _drawn(lambda: plot_parallel_coordinate(imp.study, list(imp.shares),
-                                                   target_name=imp.objective), title)
+    fig = _drawn(lambda: plot_parallel_coordinate(imp.study, list(imp.shares),
+                                                  target_name=imp.objective), title)
+    fig.set_size_inches(max(6.4, 1.1 * len(imp.shares) + 2), 5.2)  # room for every axis
+    fig.subplots_adjust(bottom=0.18)  # and its name
+    return fig
 
 
 def landscape_figure(imp: Importance, title: str) -> Figure:
