@@ -130,7 +130,7 @@ def load_config(arch: str, overrides: dict[str, Any] | None = None,
         _deep_merge(merged, _read_yaml(path), source=str(path))
     overrides = overrides or {}
     root = overrides.get("data.root", (merged.get("data") or {}).get("root"))
-    settings = dataset_settings(root)
+    settings = dataset_settings(root if isinstance(root, str) else None)  # else DataConfig says
     if settings is not None:
         _deep_merge(merged, _read_yaml(settings), source=str(settings))
     for dotted, value in overrides.items():

@@ -103,6 +103,7 @@ def test_epochs_cap_the_screening_too() -> None:
     ("data.val_fraction", 0.9, "data.val_fraction"),
     ("registry.views", [], "registry.views"),
     ("registry.views", "original", "registry.views"),
+    ("data.root", 5, "data.root"),
 ])
 def test_bad_values_name_the_key_and_value(key: str, value: object, needle: str) -> None:
     with pytest.raises(ConfigError) as err:
