@@ -130,7 +130,7 @@ def load_config(arch: str, overrides: dict[str, Any] | None = None,
         _deep_merge(merged, _read_yaml(path), source=str(path))
     overrides = overrides or {}
     root = overrides.get("data.root", (merged.get("data") or {}).get("root"))
-    settings = dataset_settings(root)
+    settings = dataset_settings(root if isinstance(root, str) else None)  # else DataConfig says
     if settings is not None:
         _deep_merge(merged, _read_yaml(settings), source=str(settings))
     for dotted, value in overrides.items():
@@ -185,15 +185,10 @@ def _build(arch: str, merged: dict[str, Any]) -> ExperimentConfig:
                           "data, search, train, model, space, tracking, registry, "
                           "population, site.")
     sections: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
+    for name, cls in _SECTIONS.items():  # each section checks its keys (settings.py)
         values = merged.get(name) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"'{name}' must be a mapping of keys; got {values!r}.")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        for key, value in values.items():
-            if key not in fields:
-                raise ConfigError(f"unknown key '{name}.{key}'; known: {', '.join(fields)}.")
-            values[key] = _coerce(f"{name}.{key}", value, fields[key].type)
         sections[name] = cls(**values)
     for name in ("model", "space"):
         value = merged.get(name) or {}
@@ -202,25 +197,6 @@ def _build(arch: str, merged: dict[str, Any]) -> ExperimentConfig:
         sections[name] = value
     check_space(sections["space"])
     return ExperimentConfig(arch=arch, **sections)
-
-
-def _coerce(key: str, value: Any, annotation: str) -> Any:
-    """Check a YAML value against the field's annotation, accepting 3 for a float."""
-    if value is None:
-        if "None" in annotation:
-            return None
-        raise ConfigError(f"'{key}' needs a value; got null.")
-    if annotation.startswith("int") and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"'{key}' must be an integer; got {value!r}.")
-    if annotation.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"'{key}' must be a number; got {value!r}.")
-        return float(value)
-    if annotation.startswith("str") and not isinstance(value, str):
-        raise ConfigError(f"'{key}' must be a string; got {value!r}.")
-    if annotation.startswith("bool") and not isinstance(value, bool):
-        raise ConfigError(f"'{key}' must be true or false; got {value!r}.")
-    return value
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The grammar of the settings written as text or ranges: a test-time view
 (`registry.views`, what each does: data/views.py) and a search-space entry (`space`, read
-by hypermodels/space.py). The configuration checks them when it is read (config.py), so a
-bad one stops before any training, with the key's name."""
+by hypermodels/space.py). The configuration checks them when it is read (the views in
+settings.py's RegistryConfig, the space in config.py), so a bad one stops before any
+training, with the key's name."""
 
 from __future__ import annotations
 

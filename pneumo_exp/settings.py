@@ -1,134 +1,138 @@
 """The sections of an experiment's settings (experiments/*.yaml): what each may hold, its
-default, and its checks, which run when the section is built, so a bad value stops with
-its key before anything trains. config.py reads the files into them."""
+default and its bounds. Each is a strict pydantic dataclass, checked whenever it is built
+(config.py reads the files into them; `dataclasses.replace` builds anew), so a bad value
+stops before anything trains, as one ConfigError naming the key, the value and what is
+allowed."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
 
 from pneumo_exp.errors import ConfigError
 from pneumo_exp.grammar import read_view
 
-TUNER_NAMES = ("random", "bayesian", "hyperband")
 # What every epoch reports on the validation set (pneumo_exp.search.callbacks), as
 # val_<name>; the search's objective is one of them. spec_at_sens: the highest specificity
 # whose sensitivity reaches search.sensitivity_target (exact, from the ROC).
 VALIDATION_FIGURES = ("loss", "accuracy", "auc", "sensitivity", "specificity", "precision",
                       "balanced_accuracy", "spec_at_sens")
-VALIDATION_MODES = ("split", "official")
-LR_SCHEDULES = ("constant", "cosine")  # train.lr_schedule: the rate per epoch
+Objective = Literal[tuple(f"val_{f}" for f in VALIDATION_FIGURES)]
+Positive = Annotated[int, Field(ge=1)]
+Side = Annotated[int, Field(ge=8)]  # pixels of an image's side
+# Strict: no bool for a number, no "3" for 3 (3 is taken for 3.0); no unknown key.
+section = functools.partial(dataclass, frozen=True,
+                            config=ConfigDict(strict=True, extra="forbid"))
 
 
-@dataclass(frozen=True)
-class DataConfig:
+@section
+class _Section:
+    """What every section shares: a failed check is one ConfigError naming the key."""
+
+    key: ClassVar[str]  # the section's name in the files
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_error(cls, values: Any, handler: Any) -> Any:
+        try:
+            return handler(values)
+        except ValidationError as e:
+            raise ConfigError(_message(cls, e.errors()[0])) from None
+
+
+def _message(cls: type, error: Any) -> str:
+    """'data.image_size': must be greater than or equal to 8; got 0."""
+    key = ".".join([cls.key, *error["loc"][:1]])
+    if error["type"] == "unexpected_keyword_argument":
+        known = ", ".join(f.name for f in dataclasses.fields(cls))
+        return f"unknown key '{key}'; known: {known}."
+    said = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    if error["type"] == "string_pattern_mismatch":  # the pattern in words
+        said = "must be " + cls.__pydantic_fields__[error["loc"][0]].description
+    return f"'{key}': {said[:1].lower()}{said[1:]}; got {error['input']!r}."
+
+
+@section
+class DataConfig(_Section):
+    key: ClassVar[str] = "data"
     root: str | None = None  # folder or .npz; None: data/chest_xray if present, else the sample
-    image_size: int = 64
-    channels: int = 1
-    validation: str = "split"
-    val_fraction: float = 0.1
-
-    def __post_init__(self) -> None:
-        _check(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
-        _check(self.channels in (1, 3), "data.channels", self.channels, "1 (grayscale) or 3 (RGB)")
-        _check(self.validation in VALIDATION_MODES, "data.validation", self.validation,
-               " or ".join(VALIDATION_MODES))
-        _check(0 < self.val_fraction < 0.5, "data.val_fraction", self.val_fraction,
-               "a fraction between 0 and 0.5")
+    image_size: Side = 64
+    channels: Literal[1, 3] = 1  # grayscale or RGB
+    validation: Literal["split", "official"] = "split"
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+@section
+class TrainConfig(_Section):
     """How one model trains: a trial of a search, a fold of a cross-validation."""
 
-    epochs: int = 20  # at most (Hyperband's max_epochs)
-    patience: int = 5  # EarlyStopping on the search's objective
-    reduce_lr_patience: int | None = None  # ReduceLROnPlateau (x0.3) on it; None: off
-    lr_schedule: str = "constant"  # or cosine: decays to 0 over the epochs
-    batch_size: int = 32
-    threads: int | None = 2  # TensorFlow's threads per op; None: one per core
+    key: ClassVar[str] = "train"
+    epochs: Positive = 20  # at most (Hyperband's max_epochs)
+    patience: Positive = 5  # EarlyStopping on the search's objective
+    reduce_lr_patience: Positive | None = None  # ReduceLROnPlateau (x0.3) on it; None: off
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: to 0 over the epochs
+    batch_size: Positive = 32
+    threads: Positive | None = 2  # TensorFlow's threads per op; None: one per core
 
-    def __post_init__(self) -> None:
-        _check(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
-        _check(self.threads is None or self.threads >= 1, "train.threads", self.threads,
-               "an integer >= 1, or null")
-        _check(self.patience >= 1, "train.patience", self.patience, "an integer >= 1")
-        _check(self.reduce_lr_patience is None or self.reduce_lr_patience >= 1,
-               "train.reduce_lr_patience", self.reduce_lr_patience, "an integer >= 1, or null")
-        _check(self.lr_schedule in LR_SCHEDULES, "train.lr_schedule", self.lr_schedule,
-               " or ".join(LR_SCHEDULES))
-        _check(self.lr_schedule == "constant" or self.reduce_lr_patience is None,
-               "train.reduce_lr_patience", self.reduce_lr_patience,
-               "null with a cosine train.lr_schedule (the schedule sets the rate)")
-        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
+    @field_validator("lr_schedule")
+    @classmethod
+    def _one_rule_for_the_rate(cls, schedule: str, info: ValidationInfo) -> str:
+        if schedule != "constant" and info.data.get("reduce_lr_patience") is not None:
+            raise ValueError("must be constant with a train.reduce_lr_patience (the schedule "
+                             "sets the rate: set reduce_lr_patience to null)")
+        return schedule
 
 
-@dataclass(frozen=True)
-class SearchConfig:
-    tuner: str = "bayesian"
-    objective: str = "val_auc"
+@section
+class SearchConfig(_Section):
+    key: ClassVar[str] = "search"
+    tuner: Literal["random", "bayesian", "hyperband"] = "bayesian"
+    objective: Objective = "val_auc"
     # Trials in all, screened ones included (`split`); None: screen_trials + full_trials.
-    max_trials: int | None = 10
+    max_trials: Positive | None = 10
     seed: int = 42
-    time_budget_min: float | None = None
-    hyperband_factor: int = 3
+    time_budget_min: float | None = Field(None, gt=0)  # minutes
+    hyperband_factor: int = Field(3, ge=2)
     # Bayesian: trials before the Gaussian process proposes (trial 0, the initial points,
     # then random draws); None: Keras Tuner's 3 x the number of hyperparameters.
-    num_initial_points: int | None = 3
-    constant_epochs: int = 2  # a trial whose output is constant this many epochs stops
-    median_stopping: int | None = None  # from this epoch on, stop trials below the median
+    num_initial_points: Positive | None = 3
+    constant_epochs: Positive = 2  # a trial whose output is constant this many epochs stops
+    median_stopping: Positive | None = None  # from this epoch on, stop trials below the median
     default_first: bool = True  # the first trial is the space's default point (the study's)
     # Tried first (after the default point): {hyperparameter: value}, the rest default.
-    initial_points: list[dict[str, Any]] = field(default_factory=list)
-    sensitivity_target: float = 0.95  # of the objective val_spec_at_sens
+    initial_points: list[dict[str, Any]] = Field(default_factory=list)
+    sensitivity_target: float = Field(0.95, gt=0, lt=1)  # of the objective val_spec_at_sens
     # Multi-fidelity: screen_trials configurations judged cheaply first (at screen_image_size,
     # on screen_fraction of train, for screen_epochs), then the best full_trials of them
     # trained at full fidelity. 0: every trial at full fidelity.
-    screen_trials: int = 0
-    full_trials: int | None = None
-    screen_image_size: int | None = None  # None: data.image_size
-    screen_fraction: float = 1.0
-    screen_epochs: int = 3
+    screen_trials: int = Field(0, ge=0)
+    full_trials: Positive | None = Field(None, validate_default=True)  # checked if unset
+    screen_image_size: Side | None = None  # None: data.image_size
+    screen_fraction: float = Field(1.0, gt=0, le=1)
+    screen_epochs: Positive = 3
 
-    def __post_init__(self) -> None:
-        _check(self.tuner in TUNER_NAMES, "search.tuner", self.tuner, " | ".join(TUNER_NAMES))
-        _check(self.objective in {f"val_{f}" for f in VALIDATION_FIGURES}, "search.objective",
-               self.objective, "one of " + ", ".join(f"val_{f}" for f in VALIDATION_FIGURES))
-        _check(self.max_trials is None or self.max_trials >= 1, "search.max_trials",
-               self.max_trials, "an integer >= 1 (trials in all, screened ones included)")
-        _check(self.full_trials is None or self.full_trials >= 1, "search.full_trials",
-               self.full_trials, "an integer >= 1, or null")
-        _check(not self.screen_trials or self.full_trials is not None, "search.full_trials",
-               self.full_trials, "an integer >= 1 with search.screen_trials > 0 (the best "
-               "full_trials of the screened configurations are trained at full fidelity)")
-        _check(self.max_trials is not None or (self.full_trials or self.screen_trials),
-               "search.max_trials", self.max_trials,
-               "an integer >= 1 when search.full_trials is null")
-        _check(self.time_budget_min is None or self.time_budget_min > 0,
-               "search.time_budget_min", self.time_budget_min, "minutes > 0, or null")
-        _check(self.hyperband_factor >= 2, "search.hyperband_factor", self.hyperband_factor,
-               "an integer >= 2")
-        _check(self.num_initial_points is None or self.num_initial_points >= 1,
-               "search.num_initial_points", self.num_initial_points, "an integer >= 1, or null")
-        _check(self.constant_epochs >= 1, "search.constant_epochs", self.constant_epochs,
-               "an integer >= 1")
-        _check(self.median_stopping is None or self.median_stopping >= 1,
-               "search.median_stopping", self.median_stopping, "an integer >= 1, or null")
-        _check(isinstance(self.initial_points, list)
-               and all(isinstance(p, dict) for p in self.initial_points),
-               "search.initial_points", self.initial_points,
-               "a list of {hyperparameter: value} mappings")
-        _check(0 < self.sensitivity_target < 1, "search.sensitivity_target",
-               self.sensitivity_target, "a fraction in (0, 1)")
-        _check(self.screen_trials >= 0, "search.screen_trials", self.screen_trials,
-               "an integer >= 0 (0: no screening)")
-        _check(self.screen_image_size is None or self.screen_image_size >= 8,
-               "search.screen_image_size", self.screen_image_size, "an integer >= 8, or null")
-        _check(0 < self.screen_fraction <= 1, "search.screen_fraction", self.screen_fraction,
-               "a fraction in (0, 1]")
-        _check(self.screen_epochs >= 1, "search.screen_epochs", self.screen_epochs,
-               "an integer >= 1")
+    @field_validator("full_trials")
+    @classmethod
+    def _trials_counted(cls, full: int | None, info: ValidationInfo) -> int | None:
+        if full is None and info.data.get("screen_trials"):
+            raise ValueError("must be an integer >= 1 with search.screen_trials > 0 (the best "
+                             "full_trials of the screened configurations are trained at "
+                             "full fidelity)")
+        if full is None and info.data.get("max_trials", 1) is None:
+            raise ValueError("must be an integer >= 1 when search.max_trials is null")
+        return full
 
     @property
     def direction(self) -> str:
@@ -158,86 +162,66 @@ class SearchConfig:
         return (screen, full) if screen > full else (0, total)
 
 
-@dataclass(frozen=True)
-class TrackingConfig:
+@section
+class TrackingConfig(_Section):
+    key: ClassVar[str] = "tracking"
     experiment: str | None = None  # None: pneumo-exp/<arch>
-    gradcam_images: int = 8  # Grad-CAM grids per trial: the k most confident errors of each kind
-
-    def __post_init__(self) -> None:
-        _check(self.gradcam_images >= 0, "tracking.gradcam_images", self.gradcam_images,
-               "an integer >= 0 (0: no Grad-CAM grids)")
+    # Grad-CAM grids per trial: the k most confident errors of each kind; 0: none
+    gradcam_images: int = Field(8, ge=0)
 
 
-@dataclass(frozen=True)
-class RegistryConfig:
-    model_name: str = "pneumonia-classifier"
-    min_sensitivity: float = 0.90  # the decision threshold keeps this sensitivity on validation
-    bootstrap: int = 1000  # resamples for the test confidence intervals
-    top: int = 3  # promote packages up to this many best trials as one ensemble
+@section
+class RegistryConfig(_Section):
+    key: ClassVar[str] = "registry"
+    model_name: str = Field("pneumonia-classifier", min_length=1)
+    # the decision threshold keeps this sensitivity on validation
+    min_sensitivity: float = Field(0.90, gt=0, le=1)
+    bootstrap: int = Field(1000, ge=100)  # resamples for the test confidence intervals
+    top: Positive = 3  # promote packages up to this many best trials as one ensemble
     # test-time augmentation: each image scored as these views, the mean kept (data/views.py)
-    views: list[str] = field(default_factory=lambda: ["original"])
+    views: list[str] = Field(default_factory=lambda: ["original"], min_length=1)
 
-    def __post_init__(self) -> None:
-        _check(bool(self.model_name), "registry.model_name", self.model_name, "a name")
-        _check(self.top >= 1, "registry.top", self.top, "an integer >= 1")
-        _check(0 < self.min_sensitivity <= 1, "registry.min_sensitivity", self.min_sensitivity,
-               "a fraction in (0, 1]")
-        _check(self.bootstrap >= 100, "registry.bootstrap", self.bootstrap, "an integer >= 100")
-        _check(isinstance(self.views, list) and bool(self.views)
-               and all(isinstance(v, str) for v in self.views), "registry.views", self.views,
-               "a list of views, e.g. [original, crop 0.9] (pneumo_exp/data/views.py)")
-        for view in self.views:
-            try:
-                read_view(view)
-            except ValueError as e:
-                raise ConfigError(f"'registry.views': {e}.") from None
+    @field_validator("views")
+    @classmethod
+    def _views(cls, views: list[str]) -> list[str]:
+        for view in views:
+            read_view(view)  # a ValueError naming the grammar
+        return views
 
 
-OUTSIDE_POLICIES = ("flag", "refuse")  # population.outside
-
-
-@dataclass(frozen=True)
-class PopulationConfig:
+@section
+class PopulationConfig(_Section):
     """Whom the training data's patients were, so whom a version is for; the version
     carries it, and a DICOM image outside it (by its PatientAge and ViewPosition) is
     flagged or refused (serving/population.py)."""
 
+    key: ClassVar[str] = "population"
     description: str = ""  # in words, for the model card
     min_age: float | None = None  # years; None: no bound
     max_age: float | None = None
-    views: list[str] = field(default_factory=list)  # DICOM ViewPosition values; []: any
-    outside: str = "flag"  # flag: a probability and a note; refuse: no probability
+    views: list[str] = Field(default_factory=list)  # DICOM ViewPosition values; []: any
+    outside: Literal["flag", "refuse"] = "flag"  # refuse: no probability, flag: with a note
 
-    def __post_init__(self) -> None:
-        _check(self.outside in OUTSIDE_POLICIES, "population.outside", self.outside,
-               " or ".join(OUTSIDE_POLICIES))
-        _check(isinstance(self.views, list) and all(isinstance(v, str) for v in self.views),
-               "population.views", self.views, "a list of DICOM ViewPosition values, e.g. "
-               "[PA, AP]")
-        _check(self.min_age is None or self.max_age is None or self.min_age <= self.max_age,
-               "population.min_age", self.min_age, f"at most population.max_age "
-               f"({self.max_age})")
+    @field_validator("max_age")
+    @classmethod
+    def _ordered(cls, max_age: float | None, info: ValidationInfo) -> float | None:
+        low = info.data.get("min_age")
+        if max_age is not None and low is not None and low > max_age:
+            raise ValueError(f"must be at least population.min_age ({low})")
+        return max_age
 
 
 SITE_ARCH = "site"  # a site version's search (experiments/site.yaml, hypermodels/site.py)
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,60}$")  # it becomes the alias site-<name>
 
 
-@dataclass(frozen=True)
-class SiteConfig:
+@section
+class SiteConfig(_Section):
     """A site version's search (experiments/site.yaml): the registered version it starts
     from, and the site it is for."""
 
-    base: str | None = None  # models:/NAME/VERSION or models:/NAME@ALIAS (BASE=)
-    name: str | None = None  # SITE=: the alias site-<name>; None: the data folder's name
-
-    def __post_init__(self) -> None:
-        _check(self.base is None or self.base.startswith("models:/"), "site.base", self.base,
-               "a registered version, models:/NAME/VERSION or models:/NAME@ALIAS")
-        _check(self.name is None or bool(SITE_NAME.match(self.name)), "site.name", self.name,
-               "letters, digits, '-' or '_' (it becomes the alias site-<name>)")
-
-
-def _check(ok: bool, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"'{key}' must be {expected}; got {value!r}.")
+    key: ClassVar[str] = "site"
+    base: str | None = Field(None, pattern="^models:/", description=(  # BASE=
+        "a registered version, models:/NAME/VERSION or models:/NAME@ALIAS"))
+    name: str | None = Field(None, pattern=SITE_NAME.pattern, description=(  # SITE=
+        "letters, digits, '-' or '_' (it becomes the alias site-<name>)"))  # None: the folder's

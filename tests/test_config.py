@@ -103,12 +103,48 @@ def test_epochs_cap_the_screening_too() -> None:
     ("data.val_fraction", 0.9, "data.val_fraction"),
     ("registry.views", [], "registry.views"),
     ("registry.views", "original", "registry.views"),
+    ("data.root", 5, "data.root"),
 ])
 def test_bad_values_name_the_key_and_value(key: str, value: object, needle: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config("aug_cnn", {key: value})
     assert needle in str(err.value)
     assert repr(value) in str(err.value) or "unknown key" in str(err.value)
+
+
+@pytest.mark.parametrize(("key", "value", "said"), [
+    ("search.tuner", "grid", "'search.tuner': must be 'random', 'bayesian' or 'hyperband'; "
+                             "got 'grid'."),
+    ("data.image_size", 4, "'data.image_size': must be greater than or equal to 8; got 4."),
+    ("train.epochs", True, "'train.epochs': must be a valid integer; got True."),
+    ("search.screen_fraction", 0, "'search.screen_fraction': must be greater than 0; got 0."),
+    ("site.base", "champion", "'site.base': must be a registered version, "
+                              "models:/NAME/VERSION or models:/NAME@ALIAS; got 'champion'."),
+    ("site.name", "a b", "'site.name': must be letters, digits, '-' or '_' (it becomes the "
+                         "alias site-<name>); got 'a b'."),
+])
+def test_a_bad_value_says_what_the_key_allows(key: str, value: object, said: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config("aug_cnn", {key: value})
+    assert str(err.value) == said
+
+
+def test_a_section_is_checked_whenever_it_is_built() -> None:
+    """dataclasses.replace builds the section anew, so a stage's or a site's settings are
+    checked as the files' are; an integer is taken for a number (the digest sees 3.0)."""
+    import dataclasses
+
+    from pneumo_exp.settings import DataConfig
+
+    cfg = load_config("aug_cnn", {"search.time_budget_min": 3})
+    assert isinstance(cfg.search.time_budget_min, float)
+    assert dataclasses.replace(cfg.data, image_size=32).image_size == 32
+    with pytest.raises(ConfigError, match=r"^'data\.image_size': .* got 4\.$"):
+        dataclasses.replace(cfg.data, image_size=4)
+    with pytest.raises(ConfigError, match=r"^unknown key 'data\.size'; known: root, "):
+        DataConfig(size=32)
+    with pytest.raises(ConfigError, match=r"'search\.full_trials'.*screen_trials > 0"):
+        load_config("aug_cnn", {"search.screen_trials": 4, "search.full_trials": None})
 
 
 def test_unknown_architecture_lists_known_ones() -> None:

@@ -10,25 +10,34 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+from scipy.special import expit
+from scipy.special import logit as _logit
+from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, log_loss
 
 ECE_BINS = 15
 _EPS = 1e-7
 
 
+def reliability_bins(y_true: np.ndarray, prob: np.ndarray, bins: int = ECE_BINS
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Over the equal-width bins of the probability of PNEUMONIA that hold an image: the
+    observed PNEUMONIA frequency, the mean probability (scikit-learn's calibration_curve;
+    a probability on an edge counts in the bin below) and the bin's share of the images.
+    The reliability diagram draws them, the ECE weighs them."""
+    y_true, prob = np.asarray(y_true, dtype=int).ravel(), np.asarray(prob, float).ravel()
+    observed, predicted = calibration_curve(y_true, prob, n_bins=bins, strategy="uniform")
+    counts = np.bincount(np.searchsorted(np.linspace(0, 1, bins + 1)[1:-1], prob),
+                         minlength=bins)  # calibration_curve's bins, which it does not return
+    return observed, predicted, counts[counts > 0] / len(prob)
+
+
 def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray,
                                bins: int = ECE_BINS) -> float:
     """Mean |observed PNEUMONIA frequency - mean probability| over equal-width bins of the
     probability of PNEUMONIA, weighted by the bins' sizes."""
-    y_true, prob = np.asarray(y_true, dtype=float).ravel(), np.asarray(prob, float).ravel()
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(prob, edges[1:-1]), 0, bins - 1)
-    error = 0.0
-    for b in range(bins):
-        inside = which == b
-        if inside.any():
-            error += inside.mean() * abs(y_true[inside].mean() - prob[inside].mean())
-    return float(error)
+    observed, predicted, share = reliability_bins(y_true, prob, bins)
+    return float(np.sum(share * np.abs(observed - predicted)))
 
 
 def calibration_figures(y_true: np.ndarray, prob: np.ndarray, prefix: str = "") -> dict[
@@ -38,15 +47,15 @@ def calibration_figures(y_true: np.ndarray, prob: np.ndarray, prefix: str = "") 
 
 
 def logit(prob: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(prob, dtype=np.float64), _EPS, 1 - _EPS)
-    return np.log(p) - np.log1p(-p)
+    """scipy's logit, the probabilities kept off 0 and 1 (a saturated sigmoid gives them)."""
+    return _logit(np.clip(np.asarray(prob, dtype=np.float64), _EPS, 1 - _EPS))
 
 
 def apply_temperature(prob: np.ndarray, temperature: float) -> np.ndarray:
     """The probabilities with their logits divided by `temperature`."""
     if temperature == 1.0:
         return np.asarray(prob, dtype=np.float64)
-    return 1.0 / (1.0 + np.exp(-logit(prob) / temperature))
+    return expit(logit(prob) / temperature)
 
 
 def fit_temperature(y_true: np.ndarray, prob: np.ndarray) -> float:

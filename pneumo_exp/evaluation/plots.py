@@ -13,9 +13,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from sklearn.calibration import CalibrationDisplay
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, roc_curve
 
 from pneumo_exp.config import CLASS_NAMES
+from pneumo_exp.evaluation.calibration import reliability_bins
 
 
 def _robust_ylim(ax: Axes, values: Sequence[float]) -> None:
@@ -96,19 +98,14 @@ def roc_figure(y_true: np.ndarray, prob: np.ndarray, title: str = "",
 
 def reliability_figure(y_true: np.ndarray, prob: np.ndarray, bins: int, title: str = "",
                        extra: Mapping[str, np.ndarray] | None = None) -> Figure:
-    """Observed frequency of PNEUMONIA against the predicted probability, per bin."""
+    """Observed frequency of PNEUMONIA against the predicted probability, per bin (the
+    ECE's bins)."""
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
     for label, p in {"model": prob, **(extra or {})}.items():
-        edges = np.linspace(0, 1, bins + 1)
-        which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-        filled = [b for b in range(bins) if np.any(which == b)]
-        ax.plot([p[which == b].mean() for b in filled],
-                [y_true[which == b].mean() for b in filled], marker="o", label=label)
-    ax.set_xlabel("predicted probability of PNEUMONIA")
-    ax.set_ylabel("fraction PNEUMONIA")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+        observed, predicted, _ = reliability_bins(y_true, p, bins)
+        CalibrationDisplay(observed, predicted, p).plot(ax=ax, name=label, marker="o")
+    ax.set(xlabel="predicted probability of PNEUMONIA", ylabel="fraction PNEUMONIA",
+           xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize=8)
     ax.set_title(title or "reliability", fontsize=10)
     fig.tight_layout()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
 from sklearn.metrics import roc_curve
 
 from pneumo_exp.evaluation.calibration import logit
@@ -25,4 +26,4 @@ def choose_threshold(y_true: np.ndarray, prob: np.ndarray, min_sensitivity: floa
     below = prob[(y_true == 0) & (prob < top)]
     if not len(below):
         return top
-    return float(1 / (1 + np.exp(-(logit(top) + logit(below.max())) / 2)))
+    return float(expit((logit(top) + logit(below.max())) / 2))
