@@ -3,7 +3,6 @@ registered base on a site's labelled folder, `promote site`; and the site's bad 
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from conftest import _xray, tiny_base
+from conftest import _xray, checked_contract, make_site_folder, tiny_base
 from PIL import Image
 
 from pneumo_exp.tracking.names import CHAMPION, TAG_BASE_VERSION, TAG_SITE
@@ -22,7 +21,6 @@ SIZE = 32
 def _base_version() -> None:
     """'base' v1: a small batch-normalized network at 32 px, registered as promote would."""
     from pneumo_exp.registry.packaging import write_version
-    from pneumo_exp.serving.contract import VersionContract
     from pneumo_exp.settings import PopulationConfig
     from pneumo_exp.tracking.store import connect
 
@@ -31,30 +29,14 @@ def _base_version() -> None:
     model = tiny_base(SIZE)
     children = PopulationConfig("children aged 1-5", 1, 5, ["PA", "AP"], "flag")
     with mlflow.start_run():
-        write_version("base", VersionContract(((SIZE, 1),), 0.5, population=children),
-                      [model], {})
-
-
-def _site_folder(root: Path, normal: int = 20, pneumonia: int = 20) -> Path:
-    """NORMAL/ and PNEUMONIA/ of NIH-style names (two images a patient), and labels.csv."""
-    rng = np.random.default_rng(3)
-    rows = [["class", "file", "patient_age", "view_position", "patient_id"]]
-    for label, (cls, n) in enumerate((("NORMAL", normal), ("PNEUMONIA", pneumonia))):
-        (root / cls).mkdir(parents=True)
-        for i in range(n):
-            patient = 1000 * (label + 1) + i // 2
-            name = f"{patient:08d}_{i % 2:03d}.png"
-            Image.fromarray(_xray(rng, label, 48)).save(root / cls / name)
-            rows.append([cls, name, str(30 + i), "PA" if i % 3 else "AP", str(patient)])
-    with (root / "labels.csv").open("w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    return root
+        write_version("base", checked_contract([model], SIZE, population=children), [model],
+                      {})
 
 
 @pytest.fixture
 def site(workdir: Path) -> dict[str, Any]:
     _base_version()
-    return {"folder": _site_folder(workdir / "north_scans")}
+    return {"folder": make_site_folder(workdir / "north_scans")}
 
 
 def _search(folder: Path, *extra: str) -> int:
@@ -120,7 +102,7 @@ def test_a_labels_csv_that_does_not_match_names_the_files(site: dict[str, Any],
 
 def test_a_site_of_one_class_is_refused(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     _base_version()
-    folder = _site_folder(workdir / "one_class", pneumonia=0)
+    folder = make_site_folder(workdir / "one_class", pneumonia=0)
     assert _search(folder) != 0
     assert "PNEUMONIA" in capsys.readouterr().err
 
