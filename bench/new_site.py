@@ -71,18 +71,17 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="dataset root (default: the version's)")
     args = parser.parse_args()
 
-    from mlflow.store.artifact.utils.models import get_model_name_and_version
-
     from pneumo_exp.cli.tf_import import import_tensorflow
     from pneumo_exp.data.sources import load_split, open_source
     from pneumo_exp.evaluation.metrics import binary_metrics, spec_at_sens
     from pneumo_exp.registry import model_card
+    from pneumo_exp.tracking.model_uri import registered_version
     from pneumo_exp.tracking.names import TAG_NEW_SITE, TAG_SEARCH_RUNS
     from pneumo_exp.tracking.store import connect
     import_tensorflow()
 
     client = connect()
-    version = client.get_model_version(*get_model_name_and_version(client, args.model))
+    version = registered_version(client, args.model)
     search = client.get_run(version.tags[TAG_SEARCH_RUNS].split(",")[0])
     root = args.data or Path(search.data.params["data.source"])
     if not root.is_dir():
@@ -98,7 +97,8 @@ def main() -> None:
           f"| best spec at sens >= {CEILING_SENSITIVITY} |")
     print("|---|---|---|---|---|---|")
     for uri in [args.model, *args.compare]:
-        name, number = get_model_name_and_version(client, uri)
+        found = registered_version(client, uri)
+        name, number = found.name, str(found.version)
         pooled: dict[str, dict[str, float]] = {}
         for adapt in (False, True):
             try:

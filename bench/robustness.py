@@ -74,20 +74,20 @@ def main() -> None:
     args = parser.parse_args()
 
     import pandas as pd
-    from mlflow.store.artifact.utils.models import get_model_name_and_version
     from mlflow.tracking import MlflowClient
 
     from pneumo_exp.cli.tf_import import import_tensorflow
     from pneumo_exp.data.dataset import load_training_data
     from pneumo_exp.evaluation.metrics import binary_metrics
     from pneumo_exp.registry.selection import candidate
+    from pneumo_exp.tracking.model_uri import registered_version
     from pneumo_exp.tracking.names import TAG_ARCH, TAG_SOURCES
     from pneumo_exp.tracking.store import connect
     import_tensorflow()
     from pneumo_exp.serving.predict import load
 
     client: MlflowClient = connect()
-    version = client.get_model_version(*get_model_name_and_version(client, args.model))
+    version = registered_version(client, args.model)
     first_trial = version.tags[TAG_SOURCES].split(",")[0]
     cfg = candidate(client, client.get_run(first_trial)).cfg
     if args.data:

@@ -53,7 +53,6 @@ def main() -> None:
                         help="subsets of the --other folder (its verdicts' power)")
     args = parser.parse_args()
 
-    from mlflow.store.artifact.utils.models import get_model_name_and_version
     from new_site import halves
 
     from pneumo_exp.adaptation.site_check import ANOTHER, LIKE, SHIFTED, assess_site
@@ -66,6 +65,7 @@ def main() -> None:
     from pneumo_exp.serving.features import reference_split
     from pneumo_exp.serving.model import classifier
     from pneumo_exp.serving.predict import load
+    from pneumo_exp.tracking.model_uri import registered_version
     from pneumo_exp.tracking.names import TAG_SOURCES
     from pneumo_exp.tracking.store import connect
     import_tensorflow()
@@ -73,7 +73,7 @@ def main() -> None:
     model = classifier(load(args.model))
     (size, channels), = set(m.preprocessing for m in model.members)
     client = connect()
-    version = client.get_model_version(*get_model_name_and_version(client, args.model))
+    version = registered_version(client, args.model)
     cfg = candidate(client, client.get_run(version.tags[TAG_SOURCES].split(",")[0])).cfg
     val = load_training_data(cfg.data, cfg.search.seed).val
     _, held = reference_split(val.labels, val.groups)

@@ -46,8 +46,6 @@ def member_scores(seed_dir: Path) -> dict[str, np.ndarray]:
         with np.load(cached) as z:
             return {k: z[k] for k in z.files}
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{seed_dir.resolve() / 'mlruns' / 'mlflow.db'}"
-    from mlflow.store.artifact.utils.models import get_model_name_and_version
-
     from pneumo_exp.data.dataset import load_training_data
     from pneumo_exp.data.sources import load_split, open_source
     from pneumo_exp.data.views import view_images
@@ -55,11 +53,12 @@ def member_scores(seed_dir: Path) -> dict[str, np.ndarray]:
     from pneumo_exp.serving.batch_norm import adapt_batch_norm
     from pneumo_exp.serving.model import classifier
     from pneumo_exp.serving.predict import load
+    from pneumo_exp.tracking.model_uri import registered_version
     from pneumo_exp.tracking.names import TAG_SOURCES
     from pneumo_exp.tracking.store import connect
 
     client = connect()
-    version = client.get_model_version(*get_model_name_and_version(client, MODEL))
+    version = registered_version(client, MODEL)
     first = candidate(client, client.get_run(version.tags[TAG_SOURCES].split(",")[0]))
     val = load_training_data(first.cfg.data, first.cfg.search.seed).val
     root = Path(first.search.data.params["data.source"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import sys
 from pathlib import Path
@@ -53,6 +54,22 @@ def make_folder_dataset(root: Path, counts: dict[str, tuple[int, int]] | None = 
     return root
 
 
+def make_site_folder(root: Path, normal: int = 20, pneumonia: int = 20) -> Path:
+    """NORMAL/ and PNEUMONIA/ of NIH-style names (two images a patient), and labels.csv."""
+    rng = np.random.default_rng(3)
+    rows = [["class", "file", "patient_age", "view_position", "patient_id"]]
+    for label, (cls, n) in enumerate((("NORMAL", normal), ("PNEUMONIA", pneumonia))):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            patient = 1000 * (label + 1) + i // 2
+            name = f"{patient:08d}_{i % 2:03d}.png"
+            Image.fromarray(_xray(rng, label, 48)).save(root / cls / name)
+            rows.append([cls, name, str(30 + i), "PA" if i % 3 else "AP", str(patient)])
+    with (root / "labels.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return root
+
+
 def tiny_base(size: int = 32) -> Any:
     """A small batch-normalized network, as a site search's base member."""
     import keras
@@ -67,6 +84,31 @@ def tiny_base(size: int = 32) -> Any:
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dense(8, activation="relu")(x)
     return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+
+
+def checked_contract(models: list[Any], size: int, images: np.ndarray | None = None,
+                     **fields: Any) -> Any:
+    """A contract for `models` (each at `size` px, one channel) that carries every check
+    write_version requires: validation's feature references, from `images` (default: 40
+    synthetic X-rays of 20 patients; each image one patient when given), and the training
+    data's population unless `fields` state one."""
+    from pneumo_exp.config import load_config
+    from pneumo_exp.serving.contract import VersionContract
+    from pneumo_exp.serving.features import validation_features
+
+    rng = np.random.default_rng(0)
+    if images is None:
+        labels = np.array([0, 1] * 20)
+        images = np.stack([_xray(rng, y, size) for y in labels])[..., None]
+        groups = np.repeat(np.arange(20), 2).astype(str)
+    else:
+        labels = np.arange(len(images)) % 2
+        groups = np.arange(len(images)).astype(str)
+    features, adapted = validation_features(models, [images] * len(models), labels, groups,
+                                            rng.random(len(images)))
+    return VersionContract(**{"members": ((size, 1),) * len(models), "threshold": 0.5,
+                              "features": features, "features_adapted": adapted,
+                              "population": load_config("aug_cnn").population, **fields})
 
 
 def add_bad_files(class_dir: Path) -> list[str]:

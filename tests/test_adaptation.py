@@ -10,7 +10,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from conftest import make_folder_dataset
+from conftest import checked_contract, make_folder_dataset
 
 from pneumo_exp.config import RegistryConfig
 from pneumo_exp.registry.promote import promote
@@ -135,13 +135,12 @@ def test_nothing_to_adapt_and_too_few_images() -> None:
 def _register_plain_model(searched: dict[str, Any]) -> None:
     """'plain' v1: a packaged model without batch normalization."""
     from pneumo_exp.registry.packaging import write_version
-    from pneumo_exp.serving.contract import VersionContract
 
     inputs = keras.Input((48, 48, 1))
     hidden = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
     model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden))
     with mlflow.start_run(experiment_id=searched["result"].experiment_id):
-        write_version("plain", VersionContract(((48, 1),), threshold=0.5), [model], {})
+        write_version("plain", checked_contract([model], 48), [model], {})
 
 
 @pytest.fixture

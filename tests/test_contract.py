@@ -7,8 +7,12 @@ import json
 
 import pytest
 
+from pneumo_exp.config import PopulationConfig, load_config
+from pneumo_exp.data.dicom import ImageFacts
+from pneumo_exp.data.images import OUTSIDE
 from pneumo_exp.evaluation.report import Proportion
 from pneumo_exp.serving.contract import SCHEMA, VersionContract
+from pneumo_exp.serving.population import judge
 from pneumo_exp.tracking.names import (
     TAG_MIN_SENSITIVITY,
     TAG_TEMPERATURE,
@@ -20,7 +24,8 @@ from pneumo_exp.tracking.names import (
 CONTRACT = VersionContract(members=((96, 1), (64, 3)), threshold=0.779, temperature=0.743,
                            views=("original", "crop 0.9"), min_sensitivity=0.875,
                            validated={"sensitivity": (350, 395), "specificity": (130, 142)},
-                           reference={"site_shift": 0.27, "images": 537})
+                           reference={"site_shift": 0.27, "images": 537},
+                           population=PopulationConfig("adults", 18, None, ["PA"], "refuse"))
 
 
 def test_a_contract_reads_back_what_it_wrote() -> None:
@@ -61,6 +66,21 @@ def test_configs_from_before_the_contract_still_read() -> None:
     figures = {figure_tag("val_sensitivity_at_thr"): "0.9600",
                figure_tag("val_specificity_at_thr"): "0.9580"}
     assert oldest.validated_figures(figures).specificity == pytest.approx(0.958)
+
+
+def test_a_version_from_before_its_population_is_for_the_training_datas() -> None:
+    """A version registered before versions carried whom they are for (a flat config, or
+    the contract before `population`, or an adaptation of one) is for the patients of the
+    data every version was then trained on: Kermany's children, as the defaults state them;
+    so an adult's DICOM is flagged or refused on it too."""
+    kermany = load_config("aug_cnn").population
+    assert (kermany.min_age, kermany.max_age, kermany.views) == (1, 5, ["PA", "AP"])
+    for config in ({"members": [{"image_size": 48, "channels": 1}], "threshold": 0.5},
+                   {**CONTRACT.to_dict(), "population": None}):
+        old = VersionContract.from_dict(config)
+        assert old.population == kermany
+        adult = judge(old.population, ImageFacts(age=45.0, view="PA"))
+        assert adult is not None and adult.reason.startswith(OUTSIDE) and "45" in adult.reason
 
 
 def test_a_contract_refuses_what_no_version_can_be() -> None:

@@ -12,13 +12,14 @@ import keras
 import mlflow
 import numpy as np
 import pytest
+from conftest import checked_contract
 from dicom_copies import write_dicom
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from pneumo_exp.config import PopulationConfig, load_config
 from pneumo_exp.data.dicom import ImageFacts, age_string, patient_age, view_position
-from pneumo_exp.data.images import OUTSIDE
+from pneumo_exp.data.images import OUTSIDE, decode_image
 from pneumo_exp.errors import ConfigError
 from pneumo_exp.serving.population import judge
 
@@ -171,12 +172,19 @@ def test_the_population_is_a_checked_setting() -> None:
         load_config("aug_cnn", {"population.min_age": 9})
 
 
+def _png(pixels: np.ndarray) -> io.BytesIO:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return io.BytesIO(out.getvalue())
+
+
 @pytest.mark.parametrize("policy", ["flag", "refuse"])
 def test_a_version_flags_or_refuses_whom_it_is_not_for(workdir: Path, policy: str,
                                                        capsys: pytest.CaptureFixture) -> None:
     from pneumo_exp.cli import main
     from pneumo_exp.registry.packaging import write_version
-    from pneumo_exp.serving.contract import VersionContract
     from pneumo_exp.tracking.store import connect
 
     connect()  # the project's store, as the commands use it
@@ -184,12 +192,17 @@ def test_a_version_flags_or_refuses_whom_it_is_not_for(workdir: Path, policy: st
     hidden = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
     model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden))
     population = PopulationConfig("children aged 1-5", 1, 5, ["pa", "ap"], policy)
-    with mlflow.start_run():
-        write_version("for-children", VersionContract(((16, 1),), 0.5, population=population),
-                      [model], {})
     pixels = np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)
     folder = workdir / "scans"
     folder.mkdir()
+    from PIL import Image
+    Image.fromarray(pixels).save(folder / "plain.png")
+    rng = np.random.default_rng(1)  # validation: images drawn as these are
+    alike = np.stack([decode_image(_png(rng.integers(0, 256, (40, 40), dtype=np.uint8)), 16, 1)
+                      for _ in range(200)])
+    with mlflow.start_run():
+        write_version("for-children", checked_contract([model], 16, alike,
+                                                       population=population), [model], {})
     for name, age, view in (("child.dcm", "003Y", "PA"), ("adult.dcm", "045Y", "PA"),
                             ("lateral.dcm", "003Y", "LL"), ("unknown.dcm", "", "AP"),
                             ("dated.dcm", "045", "PA"), ("coded.dcm", "003Y", "")):
@@ -203,8 +216,6 @@ def test_a_version_flags_or_refuses_whom_it_is_not_for(workdir: Path, policy: st
             code.CodeValue, code.CodingSchemeDesignator = "399173006", "SCT"
             ds.ViewCodeSequence = [code]
         ds.save_as(folder / name, enforce_file_format=True)
-    from PIL import Image
-    Image.fromarray(pixels).save(folder / "plain.png")
     assert main(["predict", "--model", "models:/for-children/1", "--format", "csv",
                  str(folder)]) == 0
     rows = {Path(r["file"]).name: r for r in csv.DictReader(io.StringIO(

@@ -23,7 +23,8 @@ from pneumo_exp.config import RegistryConfig
 from pneumo_exp.evaluation.calibration import apply_temperature
 from pneumo_exp.evaluation.metrics import bootstrap_ci
 from pneumo_exp.evaluation.thresholds import choose_threshold
-from pneumo_exp.registry.promote import move_aliases, promote
+from pneumo_exp.registry.aliases import move_aliases
+from pneumo_exp.registry.promote import promote
 from pneumo_exp.tracking.names import METRIC_DECIMALS
 
 
@@ -130,11 +131,12 @@ def test_champion_moves_only_to_a_better_objective(searched: dict[str, Any]) -> 
             "pneumo.objective": objective, "pneumo.objective_value": str(value)})
         return str(v.version)
 
-    assert move_aliases(client, "rule", version(0.90), "max") == "1"
-    assert move_aliases(client, "rule", version(0.85), "max") == "1"  # worse
-    assert move_aliases(client, "rule", version(0.90), "max") == "1"  # equal
-    assert move_aliases(client, "rule", version(0.91), "max") == "4"  # better
-    assert move_aliases(client, "rule", version(0.2, "val_loss"), "min") == "4"  # not comparable
+    assert move_aliases(client, "rule", version(0.90), "max", tested=True) == "1"
+    assert move_aliases(client, "rule", version(0.85), "max", tested=True) == "1"  # worse
+    assert move_aliases(client, "rule", version(0.90), "max", tested=True) == "1"  # equal
+    assert move_aliases(client, "rule", version(0.91), "max", tested=True) == "4"  # better
+    not_comparable = version(0.2, "val_loss")
+    assert move_aliases(client, "rule", not_comparable, "min", tested=True) == "4"
     assert str(client.get_model_version_by_alias("rule", "challenger").version) == "5"
 
 

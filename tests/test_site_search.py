@@ -12,7 +12,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from conftest import _xray, tiny_base
+from conftest import _xray, checked_contract, make_site_folder, tiny_base
 from PIL import Image
 
 from pneumo_exp.tracking.names import CHAMPION, TAG_BASE_VERSION, TAG_SITE
@@ -23,7 +23,6 @@ SIZE = 32
 def _base_version() -> None:
     """'base' v1: a small batch-normalized network at 32 px, registered as promote would."""
     from pneumo_exp.registry.packaging import write_version
-    from pneumo_exp.serving.contract import VersionContract
     from pneumo_exp.settings import PopulationConfig
     from pneumo_exp.tracking.store import connect
 
@@ -32,30 +31,14 @@ def _base_version() -> None:
     model = tiny_base(SIZE)
     children = PopulationConfig("children aged 1-5", 1, 5, ["PA", "AP"], "flag")
     with mlflow.start_run():
-        write_version("base", VersionContract(((SIZE, 1),), 0.5, population=children),
-                      [model], {})
-
-
-def _site_folder(root: Path, normal: int = 20, pneumonia: int = 20) -> Path:
-    """NORMAL/ and PNEUMONIA/ of NIH-style names (two images a patient), and labels.csv."""
-    rng = np.random.default_rng(3)
-    rows = [["class", "file", "patient_age", "view_position", "patient_id"]]
-    for label, (cls, n) in enumerate((("NORMAL", normal), ("PNEUMONIA", pneumonia))):
-        (root / cls).mkdir(parents=True)
-        for i in range(n):
-            patient = 1000 * (label + 1) + i // 2
-            name = f"{patient:08d}_{i % 2:03d}.png"
-            Image.fromarray(_xray(rng, label, 48)).save(root / cls / name)
-            rows.append([cls, name, str(30 + i), "PA" if i % 3 else "AP", str(patient)])
-    with (root / "labels.csv").open("w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    return root
+        write_version("base", checked_contract([model], SIZE, population=children), [model],
+                      {})
 
 
 @pytest.fixture
 def site(workdir: Path) -> dict[str, Any]:
     _base_version()
-    return {"folder": _site_folder(workdir / "north_scans")}
+    return {"folder": make_site_folder(workdir / "north_scans")}
 
 
 def _search(folder: Path, *extra: str) -> int:
@@ -121,7 +104,7 @@ def test_a_labels_csv_that_does_not_match_names_the_files(site: dict[str, Any],
 
 def test_a_site_of_one_class_is_refused(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     _base_version()
-    folder = _site_folder(workdir / "one_class", pneumonia=0)
+    folder = make_site_folder(workdir / "one_class", pneumonia=0)
     assert _search(folder) != 0
     assert "PNEUMONIA" in capsys.readouterr().err
 
@@ -167,7 +150,7 @@ def test_a_labels_csv_from_a_spreadsheet_reads_as_written(workdir: Path) -> None
     and DICOM age strings: the rows read, every age counts (003W is 0 years, 045Y 45)."""
     from pneumo_exp.data.site_folder import csv_population
 
-    folder = _site_folder(workdir / "excel")
+    folder = make_site_folder(workdir / "excel")
     rows = _rows(folder)
     rows[1][2], rows[2][2], rows[3][2] = "045Y", "006M", "003W"
     rows[4][2] = "4.5"
@@ -205,7 +188,7 @@ def test_a_labels_csv_row_it_cannot_use_is_named(site: dict[str, Any], break_it:
 def test_too_few_patients_for_the_folds_is_one_message(workdir: Path) -> None:
     from pneumo_exp.errors import DataError
 
-    folder = _site_folder(workdir / "few", normal=4, pneumonia=2)  # 3 patients, 4 folds
+    folder = make_site_folder(workdir / "few", normal=4, pneumonia=2)  # 3 patients, 4 folds
     with pytest.raises(DataError, match=r"3 patients \(of 6 images\) are too few .* at least "
                                         r"4 patients"):
         _load(folder)
@@ -214,7 +197,7 @@ def test_too_few_patients_for_the_folds_is_one_message(workdir: Path) -> None:
 def test_a_file_that_is_no_image_needs_no_row_and_is_named(workdir: Path,
                                                            caplog: pytest.LogCaptureFixture
                                                            ) -> None:
-    folder = _site_folder(workdir / "notes")
+    folder = make_site_folder(workdir / "notes")
     (folder / "NORMAL" / "notes.txt").write_text("scanned on the north wing\n")
     (folder / "NORMAL" / "Thumbs.db").write_bytes(b"\x00" * 64)
     data = _load(folder)
@@ -227,7 +210,7 @@ def test_a_labels_csv_that_is_not_utf8_names_its_line(workdir: Path) -> None:
     from pneumo_exp.data.site_folder import csv_population
     from pneumo_exp.errors import DataError
 
-    folder = _site_folder(workdir / "latin1")
+    folder = make_site_folder(workdir / "latin1")
     text = (folder / "labels.csv").read_text().splitlines()
     text[3] = text[3].replace("PA", "PA-é").replace("AP", "AP-é")
     (folder / "labels.csv").write_bytes(("\n".join(text) + "\n").encode("latin-1"))
@@ -246,6 +229,6 @@ def test_a_class_of_too_few_patients_for_both_sides_is_one_message(
     search would validate on one class (it ran, AUC undefined); one message instead."""
     from pneumo_exp.errors import DataError
 
-    folder = _site_folder(workdir / "few", normal=normal, pneumonia=pneumonia)
+    folder = make_site_folder(workdir / "few", normal=normal, pneumonia=pneumonia)
     with pytest.raises(DataError, match=re.escape(said)):
         _load(folder)

@@ -9,6 +9,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
+from conftest import checked_contract
 from PIL import Image
 
 from pneumo_exp.data.views import ORIGINAL, parse_view, view_images
@@ -71,7 +72,6 @@ def _tiny_model() -> keras.Model:
 
 def test_a_version_averages_its_members_over_its_views(workdir: Path) -> None:
     from pneumo_exp.registry.packaging import write_version
-    from pneumo_exp.serving.contract import VersionContract
     from pneumo_exp.serving.model import classifier, images_frame
 
     views = [ORIGINAL, "crop 0.8", "shift 0.1 0"]
@@ -80,7 +80,7 @@ def test_a_version_averages_its_members_over_its_views(workdir: Path) -> None:
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(path)
     with mlflow.start_run():
-        contract = VersionContract(((16, 1), (16, 1)), threshold=0.5)
+        contract = checked_contract(models, 16)
         with_views = write_version("views", contract.with_changes(views=tuple(views)),
                                    models, {}).source
         one_view = write_version("one-view", contract, models, {}).source

@@ -6,8 +6,9 @@ judged against validation as the adapted network sees it (features_adapted).
 The images are the files given: every image under a folder, whatever the layout (class
 folders, if any, are ignored: no label is read), or the instances pulled from a PACS. Each
 member of the version has its normalization statistics re-estimated on them
-(batch_norm.py); the threshold and temperature are the source version's. `champion` and
-`challenger` never move.
+(batch_norm.py); the threshold and temperature are the source version's, and the feature
+references (its artifacts) come with them. `champion` and `challenger` never move
+(registry/aliases.py).
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.store.artifact.utils.models import get_model_name_and_version
 
 from pneumo_exp.data.images import Preprocessing, decode_many, files_fingerprint
 from pneumo_exp.errors import ConfigError, DataError, UserError
 from pneumo_exp.registry import model_card
+from pneumo_exp.registry.aliases import move_aliases
 from pneumo_exp.registry.packaging import write_version
 from pneumo_exp.serving.batch_norm import (
     MIN_ADAPTATION_IMAGES,
@@ -34,6 +35,7 @@ from pneumo_exp.serving.batch_norm import (
 from pneumo_exp.serving.model import classifier
 from pneumo_exp.serving.predict import load, version_contract
 from pneumo_exp.settings import SITE_NAME
+from pneumo_exp.tracking.model_uri import registered_version, version_uri
 from pneumo_exp.tracking.names import (
     ROLE_ADAPTATION,
     TAG_ADAPTATION_FINGERPRINT,
@@ -49,7 +51,6 @@ from pneumo_exp.tracking.names import (
     TAG_SEARCH_RUNS,
     TAG_SITE,
     TAG_SOURCES,
-    site_alias,
 )
 from pneumo_exp.tracking.runs import start_run
 from pneumo_exp.tracking.store import connect
@@ -91,13 +92,9 @@ def adapt(model_uri: str, files: list[Path], root: Path, images_from: str,
         raise ConfigError(f"site must be letters, digits, '-' or '_' (it becomes the alias "
                           f"site-<name>); got {site!r}.")
     client = connect()
-    try:
-        name, number = get_model_name_and_version(client, model_uri)
-        source = client.get_model_version(name, number)
-    except (mlflow.exceptions.MlflowException, ValueError) as e:
-        raise UserError(f"no registered model version {model_uri}: "
-                        f"{str(e).splitlines()[0]}. List them with `pneumo-exp models`.") from e
-    loaded = load(model_uri)
+    source = registered_version(client, model_uri)
+    name, number = source.name, str(source.version)
+    loaded = load(version_uri(source))  # by its number: an alias may move meanwhile
     model = classifier(loaded)
     layers = sum(len(batch_norm_layers(m.model)) for m in model.members)
     if not all(batch_norm_layers(m.model) for m in model.members):
@@ -105,6 +102,17 @@ def adapt(model_uri: str, files: list[Path], root: Path, images_from: str,
                         f"{'a member has' if len(model.members) > 1 else 'it has'} no batch "
                         "normalization layer, so there are no normalization statistics to "
                         "re-estimate. Adapt a model searched with batch_norm=true.")
+    # the source's contract, its feature references included, but for the features it is
+    # now judged by: validation as the network sees it once adapted (only the
+    # normalization statistics change)
+    contract = version_contract(loaded, source.tags)
+    if contract.features is None:
+        raise UserError(f"{model_uri} (version {number}) was registered before versions kept "
+                        "their validation images' features, so a version adapted from it "
+                        "could not be checked against them (site-check, predict's note). "
+                        "Adapt a version promoted since.")
+    if contract.features_adapted is not None:
+        contract = contract.with_changes(features=contract.features_adapted)
     batches, files, skipped = read_site_images(files, images_from,
                                                {m.preprocessing for m in model.members})
     try:
@@ -124,16 +132,11 @@ def adapt(model_uri: str, files: list[Path], root: Path, images_from: str,
                            "images": len(files), "skipped_files": skipped,
                            "fingerprint": digest, "images_from": images_from,
                            "batch_norm_layers": layers})
-        # the source's contract, but for the features it is now judged by: validation as
-        # the network sees it once adapted (only the normalization statistics changed)
-        contract = version_contract(loaded, source.tags)
-        if contract.features_adapted is not None:
-            contract = contract.with_changes(features=contract.features_adapted)
         version = write_version(name, contract, [m.model for m in model.members],
                                 {**lineage, TAG_ADAPTATION_RUN: run.info.run_id})
     card = model_card.for_adaptation(source.description or "", name, str(version.version),
                                      str(number), site, len(files), digest, layers)
     model_card.publish(client, name, str(version.version), card, run.info.run_id)
-    client.set_registered_model_alias(name, site_alias(site), str(version.version))
+    move_aliases(client, name, str(version.version))  # its TAG_SITE: site-<site> only
     return Adaptation(client.get_model_version(name, version.version), source, len(files),
                       skipped, layers)

@@ -20,7 +20,6 @@ from typing import Any
 
 import mlflow
 import numpy as np
-from mlflow.store.artifact.utils.models import get_model_name_and_version
 
 from pneumo_exp.config import ExperimentConfig, PopulationConfig, load_config
 from pneumo_exp.data.dataset import load_training_data
@@ -29,7 +28,16 @@ from pneumo_exp.errors import ConfigError, DataError, UserError
 from pneumo_exp.registry.selection import candidate
 from pneumo_exp.serving.model import classifier
 from pneumo_exp.serving.predict import load
-from pneumo_exp.tracking.names import TAG_BASE_RUN, TAG_BASE_VERSION, TAG_SITE, TAG_SOURCES
+from pneumo_exp.tracking.model_uri import registered_version, version_uri
+from pneumo_exp.tracking.names import (
+    ROLE_SEARCH,
+    TAG_BASE_RUN,
+    TAG_BASE_VERSION,
+    TAG_ROLE,
+    TAG_SEARCH,
+    TAG_SITE,
+    TAG_SOURCES,
+)
 from pneumo_exp.tracking.store import connect
 
 log = logging.getLogger(__name__)
@@ -52,21 +60,23 @@ def site_name(cfg: ExperimentConfig) -> str:
     return Path(cfg.data.root).resolve().name
 
 
-def prepare(cfg: ExperimentConfig) -> SiteSearch:
+def prepare(cfg: ExperimentConfig, search_name: str | None = None) -> SiteSearch:
     """The base version's members and preprocessing, the scratch point, the training site's
-    images; `cfg` with the site's name and the base's image size and channels."""
+    images; `cfg` with the site's name, the base's image size and channels, and the base
+    by its number: BASE=models:/m@champion is read once, here, so the search's name (a digest
+    of `cfg`) and its record name the version it starts from, and a search resumed after the
+    champion moved is another search (or, named by `search_name`, is refused)."""
     if not cfg.site.base:
         raise ConfigError("a site search starts from a registered version: give "
                           "BASE=models:/pneumonia-classifier@champion (or --base).")
     client = connect()
     try:
-        name, number = get_model_name_and_version(client, cfg.site.base)
-        version = client.get_model_version(name, number)
-    except (mlflow.exceptions.MlflowException, ValueError) as e:
-        raise UserError(f"BASE={cfg.site.base} is not a registered version "
-                        f"({str(e).splitlines()[0]}). List them with `pneumo-exp models`."
-                        ) from None
-    base = classifier(load(cfg.site.base))
+        version = registered_version(client, cfg.site.base)
+    except UserError as e:
+        raise UserError(f"BASE={cfg.site.base} is not a registered version ({e})") from None
+    name, number = version.name, str(version.version)
+    base_uri = version_uri(version)
+    base = classifier(load(base_uri))
     sizes = {m.preprocessing for m in base.members}
     if len(sizes) != 1:
         raise UserError(f"{cfg.site.base} has members of different preprocessing "
@@ -79,15 +89,33 @@ def prepare(cfg: ExperimentConfig) -> SiteSearch:
     site = site_name(cfg)
     cfg = dataclasses.replace(
         cfg, data=dataclasses.replace(cfg.data, image_size=size, channels=channels),
-        site=dataclasses.replace(cfg.site, name=site), population=population(cfg, site))
+        site=dataclasses.replace(cfg.site, name=site, base=base_uri),
+        population=population(cfg, site))
     lineage = {TAG_SITE: site, TAG_BASE_VERSION: f"{name}/{number}",
                TAG_BASE_RUN: version.run_id}
+    if search_name is not None:
+        same_base(client, cfg.experiment_name, search_name, lineage[TAG_BASE_VERSION])
     context = {"base_models": [m.model for m in base.members],
                "batch_size": cfg.train.batch_size,
                "scratch_point": scratch_point(),
                "training_site": training_site(client, version.tags.get(TAG_SOURCES, ""),
                                               size, channels)}
     return SiteSearch(cfg, context, lineage)
+
+
+def same_base(client: Any, experiment_name: str, search_name: str, base: str) -> None:
+    """Refuse to resume the search `search_name` from another base than it recorded (the
+    alias BASE named moved since it began): its trials would start from one version and
+    its record name another."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    searches = client.search_runs([experiment.experiment_id],
+                                  f"tags.`{TAG_ROLE}` = '{ROLE_SEARCH}'") if experiment else []
+    recorded = sorted({r.data.tags.get(TAG_BASE_VERSION, "?") for r in searches
+                       if r.data.tags.get(TAG_SEARCH) == search_name} - {base})
+    if recorded:
+        raise UserError(f"search '{search_name}' started from {', '.join(recorded)}, and BASE "
+                        f"names {base} now: a search has one base. Resume it with "
+                        f"BASE=models:/{recorded[0]}, or give the new one another NAME=.")
 
 
 def population(cfg: ExperimentConfig, site: str) -> PopulationConfig:

@@ -11,7 +11,8 @@ of the site's (0: the site's alone), so that the version does not forget the pat
 came from.
 
 The base's members and the training site's images come in as arrays and Keras models
-(`search/site.py` gets them from the registry): hypermodels know nothing of MLflow.
+(adaptation/site_search.py gets them from the registry, the base by its version number,
+which names the search): hypermodels know nothing of MLflow.
 """
 
 from __future__ import annotations

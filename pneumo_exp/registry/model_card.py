@@ -16,6 +16,7 @@ from pneumo_exp.config import PopulationConfig
 from pneumo_exp.data.views import ORIGINAL
 from pneumo_exp.serving.contract import VersionContract
 from pneumo_exp.text import describe
+from pneumo_exp.tracking.model_uri import PREFIX, registered_version
 from pneumo_exp.tracking.names import MODEL_CARD, SITE_REPORT_HTML, TAG_DATA
 
 INTENDED_USE = """\
@@ -254,12 +255,10 @@ def add_site_evaluation(client: MlflowClient, model_uri: str, source: str, repor
                         run_id: str) -> None:
     """A line on the version's card for `pneumo-exp evaluate` on a site's labelled cases:
     its data, figures, verdict, and the evaluation run holding the one-page report."""
-    from mlflow.store.artifact.utils.models import get_model_name_and_version
-
-    if not model_uri.startswith("models:/"):
+    if not model_uri.startswith(PREFIX):
         return
-    name, number = get_model_name_and_version(client, model_uri)
-    version = client.get_model_version(name, number)
+    version = registered_version(client, model_uri)
+    name, number = version.name, str(version.version)
     card = version.description or f"# {name} version {number}\n"
     if SITE_EVALUATIONS not in card:
         card = card.rstrip() + "\n" + SITE_EVALUATIONS + (

@@ -18,6 +18,7 @@ import tensorflow as tf
 from mlflow.entities.model_registry import ModelVersion
 
 import pneumo_exp
+from pneumo_exp.serving.batch_norm import batch_norm_layers
 from pneumo_exp.serving.contract import VersionContract
 from pneumo_exp.serving.model import MODEL_CODE, member_artifact, signature
 from pneumo_exp.tracking.names import PACKAGED_MODEL
@@ -28,10 +29,16 @@ def write_version(name: str, contract: VersionContract, models: Sequence[Any],
     """Into the active run: the Keras `models` (one per member of `contract`, in order) and
     the contract, as one pyfunc model that averages the members' probabilities over the
     views; then a new version of the registered model `name`, tagged with `lineage` (where
-    it came from) and the contract's own tags."""
+    it came from) and the contract's own tags. A contract that lacks what the checks read
+    (VersionContract.missing: whom it is for, its views, validation's features) is refused
+    before anything is logged."""
     if len(models) != len(contract.members):
         raise ValueError(f"{len(models)} networks for a contract of "
                          f"{len(contract.members)} members")
+    lacking = contract.missing(adaptable=all(batch_norm_layers(m) for m in models))
+    if lacking:
+        raise ValueError(f"a version of {name} must carry its checks and this one lacks "
+                         f"{', '.join(lacking)}: nothing registered")
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*input example was not provided")
         artifacts = {}

@@ -5,15 +5,15 @@ the k best as an ensemble (of one architecture, or of all); load their models; r
 their searches' validation set; calibrate (a temperature) and choose the decision threshold
 on it; evaluate once on the test split in an evaluation run (the only use of the test
 split), which also holds the packaged pyfunc model; register it with its lineage; publish
-its model card; move the aliases: `challenger` to the new version, and `champion` when its
-validation objective beats the current champion's. Promoting runs that already have a
-version does nothing.
+its model card; and last, move the aliases (registry/aliases.py): `challenger` to the new
+version, and `champion` when its validation objective beats the current champion's; a
+site's trials make a site version with its site's alias only (site_version.py). Promoting
+runs that already have a version does nothing.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,10 +39,10 @@ from pneumo_exp.evaluation.metrics import binary_metrics, bootstrap_ci
 from pneumo_exp.evaluation.noise import NOISE, WITHIN, Scored, difference, figure_function
 from pneumo_exp.evaluation.thresholds import choose_threshold
 from pneumo_exp.registry import model_card, site_version
+from pneumo_exp.registry.aliases import alias_version, move_aliases, promotion_site
 from pneumo_exp.registry.packaging import write_version
 from pneumo_exp.registry.selection import (
     Candidate,
-    alias_version,
     best_trial_runs,
     candidate,
     sources_key,
@@ -55,7 +55,6 @@ from pneumo_exp.serving.features import validation_features
 from pneumo_exp.serving.model import Member, member_probability
 from pneumo_exp.tracking.figures import log_evaluation
 from pneumo_exp.tracking.names import (
-    CHALLENGER,
     CHAMPION,
     ROLE_EVALUATION,
     TAG_ARCH,
@@ -75,8 +74,6 @@ from pneumo_exp.tracking.names import (
 from pneumo_exp.tracking.runs import start_run
 from pneumo_exp.tracking.store import connect
 
-log = logging.getLogger(__name__)
-
 VERSION_FIGURES = ("val_auc", "val_accuracy", "val_loss", "val_sensitivity_at_thr",
                    "val_specificity_at_thr", "val_ece", "val_uncalibrated_ece")  # as tags
 
@@ -86,8 +83,9 @@ class Promotion:
     version: ModelVersion
     created: bool
     champion: str  # version number holding the champion alias afterwards
-    figures: dict[str, float]
+    figures: dict[str, float]  # on test; a site version's: on both sites' validation
     why: str = ""  # why these members: the ensemble against its best member
+    site: str | None = None  # the site it is for (None: the training site)
 
 
 @dataclass(frozen=True)
@@ -104,17 +102,21 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
             search: str | None = None, site: str | None = None) -> Promotion:
     """Register the ensemble of the up to `top` (registry.top) best candidate trials
     validated alike (`any_trial`: of every finished trial; `search`: of that search only;
-    `site`: of that site's searches, a site version: site_version.py), or the one trial
-    `run_id`; the best member alone when the ensemble validates worse than it beyond the
-    noise."""
+    `site`: of that site's searches), or the one trial `run_id`; the best member alone when
+    the ensemble validates worse than it beyond the noise. A site's trials make a site
+    version (site_version.py); the aliases follow registry/aliases.py, last."""
     client = connect()
     trials = select_trials(client, arch, run_id, registry.top if top is None else top,
                            any_trial, search, site)
+    site = promotion_site(trials, site)
     name = registry.model_name
-    existing = versions_of_runs(client, name, [t.info.run_id for t in trials])
+    existing = versions_of_runs(client, name, [t.info.run_id for t in trials], site)
     if existing:
-        return Promotion(existing[0], False, alias_version(client, name, CHAMPION) or "-", {})
+        return Promotion(existing[0], False, alias_version(client, name, CHAMPION) or "-", {},
+                         site=site)
     candidates = [candidate(client, t) for t in trials]
+    if site is None:
+        need_test_split(candidates)
     members = [Member(trial_model(c.trial), c.cfg.data.image_size, c.cfg.data.channels)
                for c in candidates]
     sets = validation_sets(candidates)
@@ -123,10 +125,11 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
     if len(keep) < len(candidates):
         candidates, members, sets, alone = ([x[i] for i in keep]
                                             for x in (candidates, members, sets, alone))
-        existing = versions_of_runs(client, name, [c.trial.info.run_id for c in candidates])
+        existing = versions_of_runs(client, name, [c.trial.info.run_id for c in candidates],
+                                    site)
         if existing:
             return Promotion(existing[0], False,
-                             alias_version(client, name, CHAMPION) or "-", {}, why)
+                             alias_version(client, name, CHAMPION) or "-", {}, why, site)
     val = mean_score(alone)
     calibration = calibrate(val, registry.min_sensitivity)
     val_figures = validation_figures(val, calibration, registry.bootstrap,
@@ -143,20 +146,20 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
         min_sensitivity=registry.min_sensitivity, validated=validated_counts(val, calibration),
         reference=score_summary(scores, calibration.threshold), features=features,
         features_adapted=features_adapted, population=candidates[0].cfg.population)
-    version, evaluation_run, test_figures = evaluate_and_register(
+    version, evaluation_run, figures = evaluate_and_register(
         name, candidates, members, contract, val_figures, test, registry)
     number = str(version.version)
-    if site is not None:  # a site version: figures on both sites, its own alias only
-        training = site_version.publish(client, name, number, candidates, members, contract,
-                                        val_figures, evaluation_run, registry)
-        return Promotion(client.get_model_version(name, number), True,
-                         alias_version(client, name, CHAMPION) or "-", training, why)
-    card = model_card.for_promotion(name, number, candidates, val_figures, test_figures,
-                                    contract, registry)
-    model_card.publish(client, name, number, card, evaluation_run)
-    champion = move_aliases(client, name, number, candidates[0].cfg.search.direction)
-    return Promotion(client.get_model_version(name, number), True, champion, test_figures,
-                     why)
+    tested = bool(figures)
+    if site is not None:  # a site version: figures on both sites, and its card
+        figures = site_version.publish(client, name, number, candidates, members, contract,
+                                       val_figures, evaluation_run, registry)
+    else:
+        card = model_card.for_promotion(name, number, candidates, val_figures, figures,
+                                        contract, registry)
+        model_card.publish(client, name, number, card, evaluation_run)
+    champion = move_aliases(client, name, number, candidates[0].cfg.search.direction, tested)
+    return Promotion(client.get_model_version(name, number), True, champion, figures, why,
+                     site)
 
 
 def select_trials(client: MlflowClient, arch: str | None, run_id: str | None,
@@ -219,6 +222,19 @@ def validation_sets(candidates: Sequence[Candidate]) -> list[LabeledImages]:
                             "split), so an ensemble of them has no common validation set: "
                             "promote them separately.")
     return sets
+
+
+def need_test_split(candidates: Sequence[Candidate]) -> None:
+    """Refuse, before anything is loaded, a version of the training site that could not
+    be evaluated once on test: only a tested one may become challenger or champion."""
+    for c in candidates:
+        source = c.search.data.params["data.source"]
+        if not open_source(source).has_split("test"):
+            raise UserError(f"the data of {c.label}'s search ({source}) has no test split, "
+                            "and a version of the training site is evaluated once on test "
+                            "before it may become challenger or champion. Search a dataset "
+                            "with test/ (NORMAL/ and PNEUMONIA/), or a site's folder with "
+                            "ARCH=site SITE=<name>.")
 
 
 def test_sets(candidates: Sequence[Candidate]) -> list[LabeledImages] | None:
@@ -338,22 +354,3 @@ def lineage(candidates: Sequence[Candidate], val_figures: Mapping[str, float],
         TAG_HYPERPARAMETERS: json.dumps(hyperparameters, sort_keys=True)[:5000],
         **{figure_tag(k): f"{val_figures[k]:.4f}" for k in VERSION_FIGURES},
     }
-
-
-def move_aliases(client: MlflowClient, name: str, version: str, direction: str) -> str:
-    """challenger -> the new version; champion -> it too if it beats the champion."""
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    champion = alias_version(client, name, CHAMPION)
-    if champion is not None:
-        new = client.get_model_version(name, version).tags
-        old = client.get_model_version(name, champion).tags
-        if new[TAG_OBJECTIVE] != old[TAG_OBJECTIVE]:
-            log.warning("version %s was chosen by %s and the champion (version %s) by %s: "
-                        "they do not compare, so the champion stays.", version,
-                        new[TAG_OBJECTIVE], champion, old[TAG_OBJECTIVE])
-            return champion
-        a, b = float(new[TAG_OBJECTIVE_VALUE]), float(old[TAG_OBJECTIVE_VALUE])
-        if not (a > b if direction == "max" else a < b):
-            return champion
-    client.set_registered_model_alias(name, CHAMPION, version)
-    return version

@@ -16,10 +16,12 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from pneumo_exp.config import ExperimentConfig, architectures, load_config
 from pneumo_exp.errors import ConfigError, UserError
+from pneumo_exp.registry.aliases import run_site
 from pneumo_exp.search.callbacks import promotable
 from pneumo_exp.tracking.names import (
     ROLE_TRIAL,
     SCREEN,
+    TAG_ADAPTED_FROM_VERSION,
     TAG_ARCH,
     TAG_CANDIDATE,
     TAG_FIDELITY,
@@ -77,8 +79,10 @@ def best_trial_runs(client: MlflowClient, arch: str | None, top: int = 1,
     """The best candidate trial run by `best_<objective>` (each trial's best checkpoint,
     the figure its search's oracle ranked), then the next best validated on the same images
     (the same dataset, validation split and seed), up to `top` in all; of one `search` if
-    given, of a `site`'s searches if given. `any_trial`: every finished full-fidelity trial is
-    a candidate (a screened one has no model to pack)."""
+    given; of a `site`'s searches if given, else of the training site's only (a site's
+    validation figures never rank against the training site's: registry/aliases.py).
+    `any_trial`: every finished full-fidelity trial is a candidate (a screened one has no
+    model to pack)."""
     objective, direction, names = objective_of(arch)
     ids = [e.experiment_id for n in names if (e := client.get_experiment_by_name(n))]
     order = "DESC" if direction == "max" else "ASC"
@@ -94,6 +98,13 @@ def best_trial_runs(client: MlflowClient, arch: str | None, top: int = 1,
     if not runs:
         raise UserError(f"no finished trial {what}to promote: run `make search"
                         f"{' ARCH=' + arch if arch else ''}` first.")
+    sites = sorted({s for r in runs if (s := run_site(r))})
+    runs = [r for r in runs if run_site(r) == site]  # a site's validation is its own
+    if not runs:
+        raise UserError(f"the finished trials{' in search ' + repr(search) if search else ''}"
+                        f" are site {', '.join(sites)}'s, and a site's trials become its own "
+                        "version (alias site-<name>), one site at a time: give SITE=<name>. "
+                        "`champion` and `challenger` are the training site's.")
     left_out = [r for r in runs if r.data.tags.get(TAG_FIDELITY) == SCREEN
                 or not (any_trial or is_candidate(r))]
     runs = [r for r in runs if r not in left_out]
@@ -152,16 +163,11 @@ def sources_key(run_ids: Sequence[str]) -> str:
     return ",".join(sorted(run_ids))
 
 
-def versions_of_runs(client: MlflowClient, name: str, run_ids: Sequence[str]) -> list[
-        ModelVersion]:
-    """The versions (not site adaptations) packaging exactly these trial runs."""
+def versions_of_runs(client: MlflowClient, name: str, run_ids: Sequence[str],
+                     site: str | None = None) -> list[ModelVersion]:
+    """The versions packaging exactly these trial runs, for `site` (None: the training
+    site's); not the adaptations of one, which carry its sources too."""
     key = sources_key(run_ids)
     return [v for v in client.search_model_versions(f"name = '{name}'")
-            if v.tags.get(TAG_SOURCES) == key and TAG_SITE not in v.tags]
-
-
-def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except mlflow.exceptions.MlflowException:
-        return None
+            if v.tags.get(TAG_SOURCES) == key and v.tags.get(TAG_SITE) == site
+            and TAG_ADAPTED_FROM_VERSION not in v.tags]

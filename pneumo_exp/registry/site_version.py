@@ -1,7 +1,8 @@
 """A site version's promotion (`make promote ARCH=site SITE=north`): the best trials of the
 site's searches, registered as a version of the same model with the alias `site-<name>`
-(`champion` and `challenger` never move), a tag naming the base version, and a card with
-its figures on the site's validation and on the training hospital's.
+(`champion` and `challenger` never move: registry/aliases.py), a tag naming the base
+version, and a card with its figures on the site's validation and on the training
+hospital's.
 
 The training hospital's figures are the version scored on its base version's validation
 images (rebuilt from the base's search, as promote rebuilds any), at the site's threshold:
@@ -16,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import mlflow
-from mlflow.store.artifact.utils.models import get_model_name_and_version
 from mlflow.tracking import MlflowClient
 
 from pneumo_exp.data.dataset import load_training_data
@@ -27,13 +27,13 @@ from pneumo_exp.registry import model_card
 from pneumo_exp.registry.selection import Candidate, candidate
 from pneumo_exp.serving.contract import VersionContract
 from pneumo_exp.serving.model import Member, ensemble_probability
+from pneumo_exp.tracking.model_uri import PREFIX, registered_version
 from pneumo_exp.tracking.names import (
     TAG_BASE_VERSION,
     TAG_SITE,
     TAG_SOURCES,
     figure_tag,
     rounded,
-    site_alias,
 )
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,7 @@ def training_site_figures(client: MlflowClient, base: str, members: Sequence[Mem
     """The version's figures on the base version's validation images, at its own
     threshold and temperature; none when those images cannot be rebuilt."""
     try:
-        version = client.get_model_version(*get_model_name_and_version(
-            client, f"models:/{base}"))
+        version = registered_version(client, f"{PREFIX}{base}")
         first = candidate(client, client.get_run(version.tags[TAG_SOURCES].split(",")[0]))
         (size, channels), = {m.preprocessing for m in members}
         data = dataclasses.replace(first.cfg.data, image_size=size, channels=channels)
@@ -69,19 +68,17 @@ def publish(client: MlflowClient, name: str, number: str, candidates: Sequence[C
             members: Sequence[Member], contract: VersionContract,
             val_figures: Mapping[str, float], evaluation_run: str,
             registry: Any) -> dict[str, float]:
-    """The card, the training hospital's figures (logged to the evaluation run too) and
-    the site's alias of a new site version; its figures."""
+    """The card and the training hospital's figures (logged to the evaluation run too) of
+    a new site version; its figures. (Its alias moves after: registry/aliases.py.)"""
     tags = candidates[0].search.data.tags
     site, base = tags[TAG_SITE], tags[TAG_BASE_VERSION]
     training = training_site_figures(client, base, members, contract)
     for key, value in rounded(training).items():
         client.log_metric(evaluation_run, key, value)
-    base_tags = client.get_model_version(*get_model_name_and_version(
-        client, f"models:/{base}")).tags
+    base_tags = registered_version(client, f"{PREFIX}{base}").tags
     base_auc = base_tags.get(figure_tag("val_auc"))
     card = model_card.for_site(name, number, candidates, val_figures, training, contract,
                                registry, site, base, float(base_auc) if base_auc else None)
     model_card.publish(client, name, number, card, evaluation_run)
-    client.set_registered_model_alias(name, site_alias(site), number)
     return {**{k: v for k, v in val_figures.items() if k.endswith("_at_thr") or k == "val_auc"},
             **training}

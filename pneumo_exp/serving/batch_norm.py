@@ -33,6 +33,7 @@ import numpy as np
 MIN_ADAPTATION_IMAGES = 32
 TRAINING_BATCH = 32  # train.batch_size: a batch's statistics depend on its size
 PASSES = 3  # times the site's images go through, each with fresh augmentation
+EPSILON = 1e-3  # as BatchNormalization's
 
 
 def batch_norm_layers(model: Any) -> list[Any]:
@@ -86,6 +87,39 @@ def adapt_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int = T
         layer.moving_mean.assign(np.mean(m, axis=0).astype(np.float32))
         layer.moving_variance.assign(np.mean(v, axis=0).astype(np.float32))
     return len(layers)
+
+
+def image_shift(models: Sequence[keras.Model], arrays: Sequence[np.ndarray],
+                batch_size: int = 64) -> np.ndarray | None:
+    """Each image's distance from the statistics the members' batch-normalization layers
+    stored in training (its channel means in stored standard deviations, and the log ratio
+    of its channel variances; the root of both squares' channel means, averaged over the
+    layers, then over the members); None without batch normalization. The per-image check
+    of versions registered before feature references, which kept its limit (`shift_limit`,
+    validation's 99th percentile) in their reference."""
+    found = []
+    for model, images in zip(models, arrays, strict=True):
+        layers = batch_norm_layers(model)
+        if not layers:
+            continue
+        probe = keras.Model(model.inputs, [layer.input for layer in layers])
+        shifts = []
+        for i in range(0, len(images), batch_size):
+            out = probe([images[i:i + batch_size].astype(np.float32)], training=False)
+            per_layer = []
+            for layer, x in zip(layers, out if isinstance(out, list | tuple) else [out],
+                                strict=True):
+                x = keras.ops.convert_to_numpy(x).astype(np.float64)
+                spatial = tuple(a for a in range(1, x.ndim) if a != layer.axis % x.ndim)
+                mean = keras.ops.convert_to_numpy(layer.moving_mean).astype(np.float64)
+                var = keras.ops.convert_to_numpy(layer.moving_variance).astype(np.float64)
+                var = var + EPSILON
+                to_mean = ((x.mean(axis=spatial) - mean) ** 2 / var).mean(axis=-1)
+                to_var = (np.log((x.var(axis=spatial) + EPSILON) / var) ** 2).mean(axis=-1)
+                per_layer.append(np.sqrt(to_mean + to_var))
+            shifts.append(np.mean(per_layer, axis=0))
+        found.append(np.concatenate(shifts))
+    return np.mean(found, axis=0) if found else None
 
 
 def can_adapt(models: Sequence[keras.Model], arrays: Sequence[np.ndarray]) -> bool:

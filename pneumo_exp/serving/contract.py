@@ -7,28 +7,34 @@ a site's report), whom it is for (`population`), and what the validation images 
 like to it: their scores (`reference`) and their features (`features`, `features_adapted`:
 arrays, kept as .npz artifacts of the version beside the config), for the site check and
 the per-image check.
-registry/packaging.py is its one producer; serving/, registry/ and adaptation/ read it
-through `from_dict`, which also reads the configs of versions registered before the
-contract (schema 1: a flat dict, some keys missing, the validated figures in tags). The
-tags a version gets for searching in the MLflow UI are derived from it (`tags`).
+registry/packaging.py is its one producer, and refuses a contract that lacks what the
+checks read (`missing`); serving/, registry/ and adaptation/ read it through `from_dict`,
+which also reads the configs of versions registered before the contract (schema 1: a flat
+dict, some keys missing, the validated figures in tags) or before a field: such a version
+is for the training data's population (`training_population`). The tags a version gets for
+searching in the MLflow UI are derived from it (`tags`).
 
 Adding a field: give it a default here (what a version registered before it means), write
-it in `to_dict` (or, for arrays, `artifact_files`), read it in `from_dict`, and set it where
-promote builds the contract.
+it in `to_dict` (or, for arrays, `artifact_files`), read it in `from_dict`, require it in
+`missing` if every check needs it, and set it where promote builds the contract.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pneumo_exp.config import PopulationConfig
+import yaml
+
+from pneumo_exp.config import EXPERIMENTS_DIR, PopulationConfig
 from pneumo_exp.data.images import Preprocessing
 from pneumo_exp.data.views import ORIGINAL
 from pneumo_exp.evaluation.report import Proportion, Validated
+from pneumo_exp.serving.batch_norm import MIN_ADAPTATION_IMAGES
 from pneumo_exp.serving.features import FeatureReference
 from pneumo_exp.tracking.names import (
     TAG_MIN_SENSITIVITY,
@@ -39,6 +45,16 @@ from pneumo_exp.tracking.names import (
 )
 
 SCHEMA = 2  # 1: the flat config of versions registered before the contract
+
+
+@functools.cache
+def training_population() -> PopulationConfig:
+    """Whom a version registered before versions carried it is for: the patients of the
+    data every version was then trained on, Kermany's children, as experiments/defaults.yaml
+    states them."""
+    defaults = yaml.safe_load((EXPERIMENTS_DIR / "defaults.yaml").read_text())
+    return PopulationConfig(**defaults["population"])
+SHIFT_LIMIT = "shift_limit"  # reference: the per-image check before feature references
 FEATURE_ARTIFACTS = {"features": "feature_reference",  # field -> artifact name
                      "features_adapted": "feature_reference_adapted"}
 
@@ -119,8 +135,21 @@ class VersionContract:
                        if validated else None),
             reference=dict(config.get("reference") or {}), **arrays,
             population=(PopulationConfig(**config["population"])
-                        if config.get("population") else None),
+                        if config.get("population") else training_population()),
             schema=int(config.get("schema", 1)))
+
+    def missing(self, adaptable: bool) -> list[str]:
+        """What a version must carry for its checks and this contract lacks: whom it is for,
+        its views, validation's features as registered, and as adapted when its members can
+        be adapted to validation (`adaptable`: they have batch normalization) and validation
+        holds enough images to adapt to."""
+        lacking = [what for what, found in (("a population", self.population),
+                                            ("views", self.views),
+                                            ("the feature reference", self.features)) if not found]
+        if (adaptable and self.features is not None and self.features_adapted is None
+                and len(self.features.scores) >= MIN_ADAPTATION_IMAGES):
+            lacking.append("the adapted feature reference")
+        return lacking
 
     def with_changes(self, **changes: Any) -> VersionContract:
         """A copy with `changes` (a site version changes what it changes, keeps the rest)."""

@@ -31,7 +31,8 @@ from pneumo_exp.config import CLASS_NAMES
 from pneumo_exp.data.images import OUTSIDE, UNREADABLE, Decoded, Preprocessing, decode_many
 from pneumo_exp.data.views import ORIGINAL, view_images
 from pneumo_exp.evaluation.calibration import apply_temperature
-from pneumo_exp.serving.contract import VersionContract
+from pneumo_exp.serving.batch_norm import image_shift
+from pneumo_exp.serving.contract import SHIFT_LIMIT, VersionContract
 from pneumo_exp.serving.features import pooled_features
 from pneumo_exp.serving.population import judge
 
@@ -82,8 +83,9 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         import keras
 
+        self.artifacts = dict(context.artifacts)  # local paths, by name
         self.contract = VersionContract.from_dict(context.model_config,
-                                                  artifacts=context.artifacts)
+                                                  artifacts=self.artifacts)
         self.members = [
             Member(keras.saving.load_model(context.artifacts[member_artifact(i)],
                                            compile=False, safe_mode=True), size, channels)
@@ -134,6 +136,11 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
             reference = self.contract.features
             distances = (None if reference is None
                          else reference.distance(self.features(decoded.arrays)))
+            # a version from before feature references: the check it kept, if any
+            limit = None if reference else self.contract.reference.get(SHIFT_LIMIT)
+            shifts = image_shift([m.model for m in self.members],
+                                 [decoded.arrays[m.preprocessing] for m in self.members]
+                                 ) if limit else None
             for k, (i, p) in enumerate(zip(decoded.readable,
                                            self.probabilities(decoded.arrays), strict=True)):
                 notes = []
@@ -148,6 +155,9 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
                     notes.append(f"unlike the training images: its features lie at "
                                  f"{distances[k]:.1f} from validation's, beyond the "
                                  f"{reference.limit:.1f} of all but 1% of them")
+                if shifts is not None and shifts[k] > limit:
+                    notes.append(f"unlike the training images: shift {shifts[k]:.2f}, above "
+                                 f"the {limit:.2f} of all but 1% of validation's")
                 check[i] = "; ".join(notes) or None
         # object dtype: an unreadable file is None, i.e. null in JSON, not NaN
         return pd.DataFrame({"probability": pd.Series(prob, dtype=object), "label": labels,

@@ -27,8 +27,9 @@ from pneumo_exp.evaluation.report import (
     site_report,
 )
 from pneumo_exp.serving.contract import VersionContract
-from pneumo_exp.serving.model import images_frame
+from pneumo_exp.serving.model import classifier, images_frame
 from pneumo_exp.tracking.figures import log_evaluation
+from pneumo_exp.tracking.model_uri import PREFIX, registered_version
 from pneumo_exp.tracking.names import (
     EVALUATION_EXPERIMENT,
     PREDICTIONS,
@@ -135,19 +136,14 @@ def keep_page(png: bytes, page: str, artifacts: tuple[str, str], out: Path,
 
 def version_contract(model: mlflow.pyfunc.PyFuncModel, tags: Mapping[str, str]
                      ) -> VersionContract:
-    """The contract of a loaded version (serving/contract.py); its registry `tags` complete
-    that of a version registered before the contract."""
-    return VersionContract.from_dict(model.model_config, tags)
+    """The contract of a loaded version (serving/contract.py), its arrays included; its
+    registry `tags` complete that of a version registered before the contract."""
+    return VersionContract.from_dict(model.model_config, tags,
+                                     getattr(classifier(model), "artifacts", None))
 
 
 def registry_tags(client: MlflowClient, model_uri: str) -> dict[str, str]:
     """A registered version's tags; none for a model outside the registry."""
-    from mlflow.store.artifact.utils.models import get_model_name_and_version
-
-    if not model_uri.startswith("models:/"):
+    if not model_uri.startswith(PREFIX):
         return {}
-    try:
-        return dict(client.get_model_version(
-            *get_model_name_and_version(client, model_uri)).tags)
-    except (mlflow.exceptions.MlflowException, ValueError):
-        return {}
+    return dict(registered_version(client, model_uri).tags)

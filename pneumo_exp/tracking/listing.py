@@ -83,18 +83,14 @@ def version_summary(tags: Mapping[str, str]) -> str:
 
 def describe_version(model_uri: str) -> str:
     """Which registered version answers for a models:/ URI, with its aliases."""
-    from mlflow.store.artifact.utils.models import get_model_name_and_version
+    from pneumo_exp.tracking.model_uri import registered_version
 
-    if not model_uri.startswith("models:/"):
-        return model_uri
-    client = connect()
     try:
-        name, number = get_model_name_and_version(client, model_uri)
-        v = client.get_model_version(name, number)
-    except (mlflow.exceptions.MlflowException, ValueError):
+        v = registered_version(connect(), model_uri)
+    except UserError:
         return model_uri
     aliases = f", aliases {', '.join(v.aliases)}" if v.aliases else ""
-    return f"{model_uri}: {name} version {v.version} ({version_summary(v.tags)}{aliases})"
+    return f"{model_uri}: {v.name} version {v.version} ({version_summary(v.tags)}{aliases})"
 
 
 def _figure(client: MlflowClient, run_id: str | None, key: str) -> float | None:

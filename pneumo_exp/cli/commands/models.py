@@ -87,7 +87,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
               f"{aliases}); nothing registered. Champion: version {p.champion}.")
         return 0
     f, t = p.figures, v.tags
-    if args.site:
+    if p.site is not None:
         return _site_promoted(args, p, name)
     members = int(t.get(TAG_MEMBERS, "1"))
     what = (f"{t[TAG_ARCH]}, trial run {sources}" if members == 1
@@ -118,7 +118,7 @@ def _site_promoted(args: argparse.Namespace, p: Any, name: str) -> int:
     v, f = p.version, p.figures
     print(f"Registered {name} version {v.version}: site {v.tags.get(TAG_SITE)}'s version of "
           f"{v.tags.get(TAG_BASE_VERSION)} ({v.tags.get(TAG_MEMBERS, '1')} trial(s)); alias "
-          f"{site_alias(args.site)}. Champion: version {p.champion} (unchanged).")
+          f"{site_alias(p.site)}. Champion: version {p.champion} (unchanged).")
     print(f"  the site's validation: AUC {f['val_auc']:.4f}; at the threshold "
           f"{float(v.tags[TAG_THRESHOLD]):.3f}: sensitivity {f['val_sensitivity_at_thr']:.4f}, "
           f"specificity {f['val_specificity_at_thr']:.4f}")
@@ -126,7 +126,7 @@ def _site_promoted(args: argparse.Namespace, p: Any, name: str) -> int:
         print(f"  the training hospital's validation: AUC {f['training_site_auc']:.4f}; "
               f"sensitivity {f['training_site_sensitivity_at_thr']:.4f}, specificity "
               f"{f['training_site_specificity_at_thr']:.4f}")
-    print(f"  {_use_it(args, f'models:/{name}@{site_alias(args.site)}')}")
+    print(f"  {_use_it(args, f'models:/{name}@{site_alias(p.site)}')}")
     return 0
 
 

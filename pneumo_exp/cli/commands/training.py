@@ -57,7 +57,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if cfg.arch == SITE_ARCH:
         from pneumo_exp.adaptation.site_search import prepare
 
-        site = prepare(cfg)
+        site = prepare(cfg, args.name)
         cfg, context, lineage = site.cfg, site.context, site.lineage
     result = run_search(cfg, name=args.name, fresh=args.fresh, verbose=_keras_verbosity(),
                         role=role, debug=args.debug, context=context, lineage=lineage)
