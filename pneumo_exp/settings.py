@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import typing
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -52,6 +53,16 @@ class _Section:
             raise ConfigError(_message(cls, e.errors()[0])) from None
 
 
+BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
+          "less_than": "<"}  # pydantic's error types of Field bounds
+
+
+def _types(annotation: Any) -> set[type]:
+    """The plain types an annotation admits (through Optional and Annotated)."""
+    args = typing.get_args(annotation)
+    return {annotation} if not args else set().union(*(_types(a) for a in args))
+
+
 def _message(cls: type, error: Any) -> str:
     """'data.image_size': must be greater than or equal to 8; got 0."""
     key = ".".join([cls.key, *error["loc"][:1]])
@@ -61,6 +72,10 @@ def _message(cls: type, error: Any) -> str:
     said = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
     if error["type"] == "string_pattern_mismatch":  # the pattern in words
         said = "must be " + cls.__pydantic_fields__[error["loc"][0]].description
+    if error["type"] in BOUNDS:  # 'must be an integer >= 1', as the files write it
+        field = cls.__pydantic_fields__[error["loc"][0]]
+        kind = "a number" if float in _types(field.annotation) else "an integer"
+        said = f"must be {kind} {BOUNDS[error['type']]} {next(iter(error['ctx'].values())):g}"
     return f"'{key}': {said[:1].lower()}{said[1:]}; got {error['input']!r}."
 
 

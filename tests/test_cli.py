@@ -29,9 +29,10 @@ def test_missing_class_folder_is_one_line_exit_2(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "needle"), [
     (["search", "resnet9"], "unknown architecture 'resnet9'"),
-    (["search", "aug_cnn", "--epochs", "-1"], "'train.epochs' must be an integer >= 1; got -1"),
-    (["search", "aug_cnn", "--image-size", "0"], "'data.image_size' must be an integer >= 8"),
-    (["search", "aug_cnn", "--tuner", "grid"], "'search.tuner' must be random | bayesian"),
+    (["search", "aug_cnn", "--epochs", "-1"], "'train.epochs': must be an integer >= 1; got -1"),
+    (["search", "aug_cnn", "--image-size", "0"], "'data.image_size': must be an integer >= 8"),
+    (["search", "aug_cnn", "--tuner", "grid"],
+     "'search.tuner': must be 'random', 'bayesian' or 'hyperband'"),
 ])
 def test_bad_configuration_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
     proc = run_cli(*args, cwd=tmp_path)

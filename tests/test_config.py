@@ -115,9 +115,9 @@ def test_bad_values_name_the_key_and_value(key: str, value: object, needle: str)
 @pytest.mark.parametrize(("key", "value", "said"), [
     ("search.tuner", "grid", "'search.tuner': must be 'random', 'bayesian' or 'hyperband'; "
                              "got 'grid'."),
-    ("data.image_size", 4, "'data.image_size': must be greater than or equal to 8; got 4."),
+    ("data.image_size", 4, "'data.image_size': must be an integer >= 8; got 4."),
     ("train.epochs", True, "'train.epochs': must be a valid integer; got True."),
-    ("search.screen_fraction", 0, "'search.screen_fraction': must be greater than 0; got 0."),
+    ("search.screen_fraction", 0, "'search.screen_fraction': must be a number > 0; got 0."),
     ("site.base", "champion", "'site.base': must be a registered version, "
                               "models:/NAME/VERSION or models:/NAME@ALIAS; got 'champion'."),
     ("site.name", "a b", "'site.name': must be letters, digits, '-' or '_' (it becomes the "
