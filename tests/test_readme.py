@@ -19,7 +19,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def _python_example() -> str:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    (example,) = [b for b in blocks if "models:/pneumonia-classifier@champion" in b]
+    (example,) = [b for b in blocks if "use_project_store" in b]  # from the repository
     return example
 
 
