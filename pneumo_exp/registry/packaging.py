@@ -34,7 +34,7 @@ PIXEL_PLUGINS = "pixeldata"  # pydicom's extra of its decoders under permissive 
 def pixel_plugins() -> list[str]:
     """The distributions of pydicom's pixel-data plugins (its `pixeldata` extra, which
     leaves out the GPL one) installed here: what decodes a compressed DICOM object."""
-    installed = {canonicalize_name(d.metadata["Name"]) for d in metadata.distributions()}
+    installed = {canonicalize_name(d.name) for d in metadata.distributions() if d.name}
 
     def extra(name: str, extras: set[str]) -> list[Requirement]:
         """What `name[extras]` adds, of what is installed (pylibjpeg[rle]: pylibjpeg-rle)."""
