@@ -119,10 +119,12 @@ def train(i: int, config: dict[str, Any], seed: int, rung: str, args: argparse.N
     from mlflow.tracking import MlflowClient
 
     from pneumo_exp.tracking.names import TAG_BEST_RUN, TAG_SEARCH
+    from pneumo_exp.tracking.queries import quoted
 
     client = MlflowClient(store(args.work))
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              f"tags.`{TAG_SEARCH}` = '{name}' and tags.`{TAG_BEST_RUN}` != ''")
+                              f"tags.`{TAG_SEARCH}` = {quoted(name)} and "
+                              f"tags.`{TAG_BEST_RUN}` != ''")
     best = runs[0].data.tags[TAG_BEST_RUN]
     result = {"config": i, "seed": seed, "rung": rung, "values": config, "run_id": best,
               "val_auc": client.get_run(best).data.metrics.get("best_val_auc"),

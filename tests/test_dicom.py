@@ -175,8 +175,8 @@ def test_no_gpl_in_the_required_dependencies() -> None:
     """An MIT project whose every required dependency, and theirs, is under a licence that
     lets a hospital ship it (the GPL libjpeg is the extra `libjpeg`)."""
     import importlib.metadata as md
-
     import tomllib
+
     from packaging.requirements import Requirement
 
     root = Path(__file__).resolve().parents[1]

@@ -11,6 +11,7 @@ import pytest
 
 from pneumo_exp.cli import options
 from pneumo_exp.cli.main import _with_make_variables, build_parser
+from pneumo_exp.config import parse_override
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,6 +26,35 @@ def test_make_variables_become_the_commands_options() -> None:
     assert options.config_overrides(args, "search") == {
         "train.epochs": 2, "search.max_trials": 3}
     assert not hasattr(args, "model")
+
+
+@pytest.mark.parametrize("value", [
+    "registry.views=[original, crop 0.9] registry.top=1",
+    "registry.views='[original, crop 0.9]' registry.top=1",
+    "'registry.views=[original, crop 0.9]' registry.top=1",
+])
+def test_a_set_value_with_spaces_stays_one_item(value: str) -> None:
+    args = build_parser().parse_args(["promote", *options.from_make("promote", {"SET": value})])
+    assert args.set == ["registry.views=[original, crop 0.9]", "registry.top=1"]
+    assert parse_override(args.set[0]) == ("registry.views", ["original", "crop 0.9"])
+
+
+@pytest.mark.parametrize(("value", "paths"), [
+    ('"scan 1.png"', ["scan 1.png"]),
+    ("'scan 1.png' more/", ["scan 1.png", "more/"]),
+    (r"scan\ 1.png other.png", ["scan 1.png", "other.png"]),
+])
+def test_a_files_path_with_a_space_is_one_path_when_quoted(value: str, paths: list[str]) -> None:
+    args = build_parser().parse_args(["predict", *options.from_make("predict", {"FILES": value})])
+    assert args.paths == paths
+
+
+def test_an_unclosed_quote_in_a_make_variable_is_one_message(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pneumo_exp.cli", "--make", "predict"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "FILES": "'scan 1.png"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "FILES='scan 1.png: no closing quotation" in proc.stderr
 
 
 def test_argv_rebuilds_what_was_given() -> None:

@@ -51,6 +51,11 @@ def test_parent_run(searched: dict[str, Any]) -> None:
     assert parent.data.tags["best_run_id"] == result.best_run_id
     contexts = {t.value for d in parent.inputs.dataset_inputs for t in d.tags}
     assert contexts == {"train", "val"}
+    datasets = {d.dataset.name: d.dataset for d in parent.inputs.dataset_inputs}
+    assert set(datasets) == {"chest_xray-train", "chest_xray-val"}
+    for dataset in datasets.values():  # what MLflow's dataset API computes from the images
+        assert dataset.source_type == "local" and len(dataset.digest) == 8
+        assert "features_shape" in dataset.profile and "tensor" in dataset.schema
 
 
 def test_two_nested_trial_runs(searched: dict[str, Any]) -> None:

@@ -158,7 +158,11 @@ def _with_make_variables(argv: list[str]) -> tuple[list[str], str | None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_in, make_command = _with_make_variables(list(sys.argv[1:] if argv is None else argv))
+    try:
+        args_in, make_command = _with_make_variables(list(sys.argv[1:] if argv is None else argv))
+    except UserError as e:  # a make variable's quotes do not close
+        print(f"pneumo-exp: error: {e}", file=sys.stderr)
+        return exit_code(e)
     args = build_parser(make_command).parse_args(args_in)
     interrupts.install()
     keep_private(STATE_DIR)

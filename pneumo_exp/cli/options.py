@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shlex
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pneumo_exp.config import LOCALHOST, SERVE_PORT, UI_PORT
+from pneumo_exp.errors import UserError
 
 CONFIG_COMMANDS = ("search", "cv")
 MODEL_COMMANDS = ("predict", "evaluate", "serve", "adapt", "explain", "site-check")
@@ -227,8 +231,38 @@ def argv(args: argparse.Namespace, command: str, skip: Sequence[str] = ()) -> li
     return out
 
 
+SEVERAL = sorted({o.variable for o in OPTIONS if o.nargs in ("*", "+") or o.flag == "--set"})
+QUOTING = ("A variable that takes one value (DATA=, NAME=, MODEL=, ...) takes it whole. "
+           f"{', '.join(v + '=' for v in SEVERAL)} take several, split as a shell splits words: "
+           "quote an item that holds a space inside the variable, FILES='\"scan 1.png\" more/'. "
+           "In SET=, a word that does not start with KEY= continues the item before it: "
+           "SET=\"registry.views=[original, crop 0.9] train.epochs=5\" is two items.")
+SET_ITEM = re.compile(r"\w+(\.\w+)+=")  # the start of a SET item: a dotted key and "="
+
+
+def _words(variable: str, value: str) -> list[str]:
+    try:
+        return shlex.split(value)
+    except ValueError as e:  # an unclosed quote
+        raise UserError(f"{variable}={value}: {str(e).lower()}. Quote an item that holds a "
+                        "space inside the variable, FILES='\"scan 1.png\" more/' (make vars "
+                        "says the rule).") from e
+
+
+def set_items(words: Sequence[str]) -> list[str]:
+    """SET's words as KEY=VALUE items: a word that starts no item continues the last."""
+    items: list[str] = []
+    for word in words:
+        if items and not SET_ITEM.match(word):
+            items[-1] += f" {word}"
+        else:
+            items.append(word)
+    return items
+
+
 def from_make(command: str, environ: Mapping[str, str] | None = None) -> list[str]:
-    """The arguments a make target passes through its variables (set and not empty)."""
+    """The arguments a make target passes through its variables (set and not empty), by
+    the rule of QUOTING."""
     env = os.environ if environ is None else environ
     out: list[str] = []
     for o in for_command(command):
@@ -236,11 +270,11 @@ def from_make(command: str, environ: Mapping[str, str] | None = None) -> list[st
         if not value:
             continue
         if o.positional:
-            out += value.split() if o.nargs in ("*", "+") else [value]
+            out += _words(o.variable, value) if o.nargs in ("*", "+") else [value]
         elif o.flag_only:
             out += [o.flag] if value not in ("0", "false", "no") else []
         elif o.flag == "--set":
-            for item in value.split():
+            for item in set_items(_words(o.variable, value)):
                 out += [o.flag, item]
         else:
             out += [o.flag, value]
@@ -262,5 +296,5 @@ def table() -> str:
     """make variable, flag, commands and help of every option (`make vars`)."""
     rows = [(o.variable, o.flag, ", ".join(o.commands), o.help) for o in OPTIONS]
     width = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join(f"  {a:<{width[0]}}  {b:<{width[1]}}  {c:<{width[2]}}  {d}"
-                     for a, b, c, d in rows)
+    return "\n".join([*(f"  {a:<{width[0]}}  {b:<{width[1]}}  {c:<{width[2]}}  {d}"
+                        for a, b, c, d in rows), "", textwrap.fill(QUOTING, 100)])

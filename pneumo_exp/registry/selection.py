@@ -33,6 +33,7 @@ from pneumo_exp.tracking.names import (
     TAG_TRIAL,
     VALIDATION_PARAMS,
 )
+from pneumo_exp.tracking.queries import every, quoted
 from pneumo_exp.tracking.runs import parent_config
 
 log = logging.getLogger(__name__)
@@ -86,10 +87,11 @@ def best_trial_runs(client: MlflowClient, arch: str | None, top: int = 1,
     objective, direction, names = objective_of(arch)
     ids = [e.experiment_id for n in names if (e := client.get_experiment_by_name(n))]
     order = "DESC" if direction == "max" else "ASC"
-    of_search = f" and tags.`{TAG_SEARCH}` = '{search}'" if search else ""
-    of_search += f" and tags.`{TAG_SITE}` = '{site}'" if site else ""
-    runs = client.search_runs(
-        ids, f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}' and attributes.status = 'FINISHED' and "
+    of_search = f" and tags.`{TAG_SEARCH}` = {quoted(search)}" if search else ""
+    of_search += f" and tags.`{TAG_SITE}` = {quoted(site)}" if site else ""
+    runs = every(
+        client.search_runs, ids,
+        f"tags.`{TAG_ROLE}` = {quoted(ROLE_TRIAL)} and attributes.status = 'FINISHED' and "
         f"metrics.best_{objective} > -1e300{of_search}",
         order_by=[f"metrics.best_{objective} {order}"]) if ids else []
     what = f"of {arch} " if arch else ""
@@ -152,7 +154,7 @@ def trial_model(trial: Run) -> object:
     """The Keras model a trial run logged (its best checkpoint)."""
     models = mlflow.search_logged_models(
         experiment_ids=[trial.info.experiment_id],
-        filter_string=f"source_run_id = '{trial.info.run_id}'", output_format="list")
+        filter_string=f"source_run_id = {quoted(trial.info.run_id)}", output_format="list")
     if not models:
         raise UserError(f"trial run {trial.info.run_id} has no logged model to promote.")
     return mlflow.keras.load_model(models[0].model_uri)
@@ -168,6 +170,6 @@ def versions_of_runs(client: MlflowClient, name: str, run_ids: Sequence[str],
     """The versions packaging exactly these trial runs, for `site` (None: the training
     site's); not the adaptations of one, which carry its sources too."""
     key = sources_key(run_ids)
-    return [v for v in client.search_model_versions(f"name = '{name}'")
+    return [v for v in every(client.search_model_versions, f"name = {quoted(name)}")
             if v.tags.get(TAG_SOURCES) == key and v.tags.get(TAG_SITE) == site
             and TAG_ADAPTED_FROM_VERSION not in v.tags]

@@ -37,6 +37,7 @@ from pneumo_exp.tracking.names import (
     TAG_FOLD,
     TAG_ROLE,
 )
+from pneumo_exp.tracking.queries import every, quoted
 from pneumo_exp.tracking.runs import child_run, create_parent_run, log_data_description, log_summary
 from pneumo_exp.tracking.store import connect, experiment_id
 from pneumo_exp.tracking.trials import log_classifier, log_epoch_metrics
@@ -71,8 +72,9 @@ class EpochLogger(keras.callbacks.Callback):
 def best_hyperparameters(client: MlflowClient, experiment: str, arch: str) -> tuple[
         dict[str, Any], str]:
     """Hyperparameters of the best trial of the latest finished search, and its run id."""
-    searches = client.search_runs(
-        [experiment], f"tags.`{TAG_ROLE}` = '{ROLE_SEARCH}' and tags.`{TAG_ARCH}` = '{arch}' and "
+    searches = every(
+        client.search_runs, [experiment],
+        f"tags.`{TAG_ROLE}` = {quoted(ROLE_SEARCH)} and tags.`{TAG_ARCH}` = {quoted(arch)} and "
         "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
     for search in searches:
         best_run_id = search.data.tags.get(TAG_BEST_RUN)

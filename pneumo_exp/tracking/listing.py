@@ -34,13 +34,14 @@ from pneumo_exp.tracking.names import (
     TAG_THRESHOLD,
     figure_tag,
 )
+from pneumo_exp.tracking.queries import every, quoted
 from pneumo_exp.tracking.store import connect
 
 
 def experiments(client: MlflowClient) -> dict[str, str]:
     """id -> name of the project's experiments."""
-    return {e.experiment_id: e.name for e in client.search_experiments(
-        filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'")}
+    return {e.experiment_id: e.name for e in every(
+        client.search_experiments, filter_string=f"name LIKE {quoted(EXPERIMENT_PREFIX + '%')}")}
 
 
 def parent_runs(client: MlflowClient) -> list[Run]:
@@ -48,8 +49,8 @@ def parent_runs(client: MlflowClient) -> list[Run]:
     ids = list(experiments(client))
     if not ids:
         return []
-    runs = [r for role in (ROLE_SEARCH, ROLE_CV) for r in client.search_runs(
-        ids, f"tags.`{TAG_ROLE}` = '{role}'")]  # tags take no IN
+    runs = [r for role in (ROLE_SEARCH, ROLE_CV) for r in every(
+        client.search_runs, ids, f"tags.`{TAG_ROLE}` = {quoted(role)}")]  # tags take no IN
     return sorted(runs, key=lambda r: r.info.start_time, reverse=True)
 
 
@@ -109,8 +110,8 @@ def _aliases(client: MlflowClient, versions: list[ModelVersion]) -> dict[tuple[s
 
 
 def models_table(client: MlflowClient, name: str | None = None) -> str:
-    filter_string = f"name = '{name}'" if name else ""
-    versions = sorted(client.search_model_versions(filter_string),
+    filter_string = f"name = {quoted(name)}" if name else ""
+    versions = sorted(every(client.search_model_versions, filter_string),
                       key=lambda v: (v.name, int(v.version)), reverse=True)
     aliases = _aliases(client, versions)
     rows = []
@@ -142,8 +143,8 @@ def find_search(client: MlflowClient, search: str) -> Run:
             if run.data.tags.get(TAG_ROLE) == ROLE_SEARCH:
                 return run
     ids = list(experiments(client))
-    runs = client.search_runs(ids, f"tags.`{TAG_ROLE}` = '{ROLE_SEARCH}' and "
-                                   f"tags.`{TAG_SEARCH}` = '{search}'") if ids else []
+    runs = every(client.search_runs, ids, f"tags.`{TAG_ROLE}` = {quoted(ROLE_SEARCH)} and "
+                 f"tags.`{TAG_SEARCH}` = {quoted(search)}") if ids else []
     if not runs:
         raise UserError(f"no search named '{search}' in this store; pneumo-exp runs "
                         "lists them.")
@@ -156,14 +157,14 @@ def find_search(client: MlflowClient, search: str) -> Run:
 
 
 def search_children(client: MlflowClient, parent: Run) -> list[Run]:
-    return client.search_runs([parent.info.experiment_id],
-                              f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'")
+    return every(client.search_runs, [parent.info.experiment_id],
+                 f"tags.`{MLFLOW_PARENT_RUN_ID}` = {quoted(parent.info.run_id)}")
 
 
 def versions_using(client: MlflowClient, run_ids: set[str]) -> list[Mapping[str, Any]]:
     """Registered versions packaging one of these trial runs."""
     used = []
-    for v in client.search_model_versions(""):
+    for v in every(client.search_model_versions, ""):
         sources = set(filter(None, v.tags.get(TAG_SOURCES, "").split(",")))
         if sources & run_ids:
             used.append({"name": v.name, "version": v.version})

@@ -15,7 +15,7 @@ from typing import Any
 
 import mlflow
 import yaml
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run
 from mlflow.tracking import MlflowClient
 
 from pneumo_exp.config import ExperimentConfig, config_from_dict
@@ -90,8 +90,10 @@ def log_data_description(client: MlflowClient, run_id: str, root: Path,
             warnings.simplefilter("ignore", UserWarning)
             ds = mlflow.data.from_numpy(part.images, targets=part.labels, source=str(root),
                                         name=f"{root.name}-{split}")
-        inputs.append(DatasetInput(ds._to_mlflow_entity(),
-                                   [InputTag("mlflow.data.context", split)]))
+        d = ds.to_dict()  # the dataset's public form
+        entity = Dataset(d["name"], d["digest"], d["source_type"], d["source"],
+                         d.get("schema"), d.get("profile"))
+        inputs.append(DatasetInput(entity, [InputTag("mlflow.data.context", split)]))
     client.log_inputs(run_id, datasets=inputs)
 
 

@@ -38,6 +38,7 @@ from pneumo_exp.tracking.names import (
     TAG_TRIAL,
     VAL_PREDICTIONS,
 )
+from pneumo_exp.tracking.queries import every, quoted
 from pneumo_exp.tracking.runs import (
     parent_config,
 )
@@ -169,9 +170,9 @@ class SearchRecord:
 
     def _trial_runs(self) -> list[Run]:
         """The latest run of each trial (a killed run's trial runs again), by trial id."""
-        runs = self.client.search_runs(
-            [self.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
-            order_by=["attributes.start_time ASC"])
+        runs = every(self.client.search_runs, [self.experiment_id],
+                     f"tags.`{MLFLOW_PARENT_RUN_ID}` = {quoted(self.parent_run_id)}",
+                     order_by=["attributes.start_time ASC"])
         latest = {r.data.tags.get(TAG_TRIAL, ""): r for r in runs}
         return [latest[k] for k in sorted(latest, key=lambda t: int(t) if t.isdigit() else -1)]
 

@@ -63,6 +63,7 @@ from pneumo_exp.tracking.names import (
     TRIALS_TEXT,
     plot,
 )
+from pneumo_exp.tracking.queries import every, quoted
 from pneumo_exp.tracking.runs import (
     child_run,
     create_parent_run,
@@ -171,9 +172,10 @@ class SearchTracker(SearchRecord):
         while True:
             runs = self.client.search_runs(
                 [self.experiment_id],
-                f"tags.`{TAG_ROLE}` = '{ROLE_SEARCH}' and "
-                f"tags.`{TAG_SEARCH}` = '{self.search_name}' and attributes.status = 'RUNNING'",
-                order_by=["attributes.start_time DESC"], max_results=1)
+                f"tags.`{TAG_ROLE}` = {quoted(ROLE_SEARCH)} and "
+                f"tags.`{TAG_SEARCH}` = {quoted(self.search_name)} and "
+                "attributes.status = 'RUNNING'",
+                order_by=["attributes.start_time DESC"], max_results=1)  # the newest only
             if runs:
                 self.parent_run_id = runs[0].info.run_id
                 break
@@ -183,15 +185,14 @@ class SearchTracker(SearchRecord):
                     f"'{self.cfg.experiment_name}' at {mlflow.get_tracking_uri()}: start the "
                     "chief first, with the same configuration (or --name) and tracking URI.")
             time.sleep(2)
-        self._close_stale_trial_runs(f" and tags.`{TAG_TUNER}` = '{tuner_id}'")
+        self._close_stale_trial_runs(f" and tags.`{TAG_TUNER}` = {quoted(tuner_id)}")
         return self.parent_run_id
 
     def _close_stale_trial_runs(self, extra_filter: str = "") -> None:
         """Trial runs left RUNNING by a killed process end as KILLED."""
-        for run in self.client.search_runs(
-                [self.experiment_id],
-                f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' "
-                f"and attributes.status = 'RUNNING'{extra_filter}"):
+        for run in every(self.client.search_runs, [self.experiment_id],
+                         f"tags.`{MLFLOW_PARENT_RUN_ID}` = {quoted(self.parent_run_id)} "
+                         f"and attributes.status = 'RUNNING'{extra_filter}"):
             self.client.set_terminated(run.info.run_id, status="KILLED")
             log.info("trial run %s (trial %s) was left running by an interrupted search; "
                      "marked KILLED.", run.info.run_id, run.data.tags.get(TAG_TRIAL))

@@ -31,6 +31,7 @@ from pneumo_exp.tracking.names import (
     TAG_GIT_DIRTY,
     TAG_STATUS,
 )
+from pneumo_exp.tracking.queries import quoted
 
 # A tracking server or its database may restart under a running search: every request
 # retries (on a refused connection and on 429/5xx) after 1, 2, 4, ... s, up to 120 s apart,
@@ -99,7 +100,7 @@ def runs_view(fidelity: str, key_params: Sequence[str] = (), objective: str = "v
                *(f"metrics.`{m}`" for m in metrics), f"tags.`{TAG_STATUS}`",
                "attributes.`Duration`",
                *(f"params.`{p}`" for p in dict.fromkeys((*key_params, *COMMON_PARAMS)))]
-    state = {"searchFilter": f"tags.`{TAG_FIDELITY}` = '{fidelity}'",
+    state = {"searchFilter": f"tags.`{TAG_FIDELITY}` = {quoted(fidelity)}",
              "orderByKey": f"metrics.`best_{objective}`", "orderByAsc": "loss" in objective,
              "selectedColumns": columns, "columnOrder": columns,
              "columnWidths": {c: 8 * len(c.split("`")[1]) + 40 for c in columns
