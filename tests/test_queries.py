@@ -102,8 +102,8 @@ def test_names_with_quotes_list_promote_and_delete(workdir: Path,
         out = capsys.readouterr().out.splitlines()
         assert out[0].startswith(f"Trials of search '{name}'")
         assert [line.split()[0] for line in out if line[:1].isdigit()] == ["0", "1"]
-        assert {r.info.run_id for r in best_trial_runs(client, "aug_cnn", 3, search=name)} == \
-            set(trials[name])
+        assert {r.info.run_id for r in best_trial_runs(client, "aug_cnn", 3, search=name,
+                                                       site=f"st. {name}")} == set(trials[name])
         assert {r.info.run_id for r in best_trial_runs(client, "aug_cnn", 3,
                                                        site=f"st. {name}")} == set(trials[name])
     assert main(["promote", "--site", "st. o'neil", "--model-name", "m"]) == 2
