@@ -415,3 +415,21 @@ def test_batch_norm_trains_through_the_fused_kernel_as_keras_does(tmp_path) -> N
     np.testing.assert_allclose(loaded.predict(x, verbose=0), fused.predict(x, verbose=0),
                                rtol=1e-6)
 
+
+def test_a_fit_traces_its_train_step_once() -> None:
+    """The optimizer's slots exist before the train step is traced: created inside it,
+    they make TensorFlow trace every trial's step twice (seconds per trial)."""
+    hm, hp, model = _batch_normalized(0)
+    traces: list[int] = []
+    step = model.train_step
+
+    def counted(data):
+        traces.append(1)
+        return step(data)
+
+    model.train_step = counted
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (20, 32, 32, 1)).astype("uint8")
+    y = rng.integers(0, 2, (20, 1)).astype("float32")
+    hm.fit(hp, model, x, y, epochs=2, batch_size=8, verbose=0)
+    assert len(traces) == 1

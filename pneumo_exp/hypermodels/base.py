@@ -65,9 +65,12 @@ class StudyHyperModel(kt.HyperModel):
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any, **kwargs: Any) -> Any:
         """Keras' fit, with the class weighting; batch normalization trains through the fused
-        kernel (fused.py)."""
+        kernel (fused.py), and the optimizer's slots exist before the train step is traced
+        (created inside it, they make TensorFlow trace it twice)."""
         if hp.values.get("class_weight") == "balanced" and self.balanced_class_weight:
             kwargs["class_weight"] = self.balanced_class_weight
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
         with fused_batch_norm(model):
             history = model.fit(*args, **kwargs)
         # An update can break the weights after the last finite training loss of a run (one
