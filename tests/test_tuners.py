@@ -229,3 +229,15 @@ def test_gaussian_process_answers_as_scikit_learn_does(tmp_path: Path) -> None:
         return [oracle.trials[k].hyperparameters.values for k in sorted(oracle.trials)]
 
     assert trials(fast=True) == trials(fast=False)
+
+
+def test_validation_probabilities_are_keras_predicts() -> None:
+    """The validation figures predict batch by batch without Keras' per-call set-up: the
+    same probabilities, to the bit, as `predict` over the same batches."""
+    from pneumo_exp.hypermodels.aug_cnn import AugCNN
+    from pneumo_exp.search.callbacks import predict_in_batches
+
+    model = AugCNN((32, 32, 1), space={"batch_norm": True}).build(kt.HyperParameters())
+    images = np.random.default_rng(0).integers(0, 255, (21, 32, 32, 1)).astype("uint8")
+    expected = model.predict(images, batch_size=8, verbose=0).ravel()
+    np.testing.assert_array_equal(predict_in_batches(model, images, 8), expected)
