@@ -18,6 +18,9 @@ search's thread count (`train.threads`):
 - `proposal`: the seconds of one proposal of the Bayesian oracle (its Gaussian process fit
   and the search of the next point) over the family's space, with Keras Tuner's stock
   Gaussian process and with the search's.
+- `alternatives` (this checkout's code only): the train step's milliseconds with what was
+  tried and not taken (XLA, augmentation in tf.data, `steps_per_execution`, mixed bf16),
+  in turn with the search's own.
 - `flops`: the network's forward and backward FLOPs per image (counted from the Conv2D and
   Dense layers: the backward pass is twice the forward but for the first convolution, whose
   input needs no gradient; TensorFlow's profiler counts the forward graph too), against the
@@ -199,6 +202,64 @@ def parts(args: argparse.Namespace, size: int) -> dict:
             "epoch_steps": math.ceil(len(data.train) / batch)}
 
 
+def alternatives(args: argparse.Namespace, size: int, rounds: int = 3) -> dict:
+    """Milliseconds per train step of the given point, over `--profile-steps` batches: the
+    search's own fit, and in turn with it what was tried and not taken: Keras'
+    `steps_per_execution` (8 steps per call); the augmentation moved into the tf.data
+    pipeline, the network after it compiled by XLA or not (Keras refuses XLA for a model
+    with the augmentation inside: its random layers do not support it); and mixed bf16
+    (Keras' `mixed_bfloat16` policy). Batch normalization trains through the fused kernel
+    in each (hypermodels/fused.py). Thread counts need a process each: `--threads`."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from pneumo_exp.data.pipeline import make_dataset
+    from pneumo_exp.hypermodels.fused import fused_batch_norm
+
+    cfg, data, hypermodel, hp, model = setup(args, size)
+    batch = cfg.train.batch_size
+    part = data.train.subset(list(range(min(len(data.train), batch * args.profile_steps))))
+    dataset = make_dataset(part, batch, shuffle=True, seed=cfg.search.seed)
+    compiled = model.get_compile_config()
+
+    def recompiled(net: keras.Model, **changes: Any) -> keras.Model:
+        net.compile_from_config({**compiled, **changes})
+        return net
+
+    augment = model.get_layer("augmentation")
+    before = keras.Model(model.inputs, augment.output)
+    augmented = dataset.map(lambda x, y: (before(x, training=True), y)).prefetch(2)
+    nets = {"search": (model, dataset),
+            "steps_per_execution_8": (recompiled(hypermodel.build(hp),
+                                                 steps_per_execution=8), dataset)}
+    for name, jit in (("augmentation_in_tf_data", False), ("xla_after_augmentation", True)):
+        net = hypermodel.build(hp)
+        after = net.get_layer("augmentation")
+        nets[name] = (recompiled(keras.Model(after.output, net.output), jit_compile=jit),
+                      augmented)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        nets["mixed_bfloat16"] = (hypermodel.build(hp), dataset)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    steps = math.ceil(len(part) / batch)
+    times: dict[str, list[float]] = {name: [] for name in nets}
+    for r in range(rounds + 1):  # the first round traces and compiles
+        for name, (net, data_) in nets.items():
+            with fused_batch_norm(net):
+                start = time.perf_counter()
+                net.fit(data_, epochs=1, verbose=0)
+            if r:
+                times[name].append(1e3 * (time.perf_counter() - start) / steps)
+    out = {"size": size, "steps": steps, "threads": (tf.config.threading
+                                                     .get_intra_op_parallelism_threads(),
+                                                     tf.config.threading
+                                                     .get_inter_op_parallelism_threads())}
+    out.update({f"{name}_ms": round(float(np.median(t)), 1) for name, t in times.items()})
+    return out
+
+
 def counted_flops(model) -> dict:
     """Forward FLOPs per image of the Conv2D and Dense layers (2 per multiply-add), and the
     training step's: backward = 2x forward (gradients of inputs and of weights), but the
@@ -339,8 +400,12 @@ def main() -> None:
     p.add_argument("--size", type=int, nargs="+", default=[64, 96],
                    help="resolutions: the screen's and the full trial's")
     p.add_argument("--epochs", type=int, default=3, help="epochs of `trial` (the first apart)")
-    p.add_argument("--only", nargs="+", choices=["trial", "parts", "flops", "proposal"],
+    p.add_argument("--only", nargs="+",
+                   choices=["trial", "parts", "flops", "proposal", "alternatives"],
                    default=["flops", "parts", "trial", "proposal"])
+    p.add_argument("--threads", type=int, nargs=2, metavar=("INTRA", "INTER"),
+                   help="TensorFlow's intra- and inter-op threads (default: train.threads "
+                        "for both)")
     p.add_argument("--profile-steps", type=int, default=40,
                    help="train steps profiled by `parts`")
     p.add_argument("--out", help="also write the JSON here")
@@ -350,8 +415,14 @@ def main() -> None:
     from pneumo_exp.search.threads import pin_threads
 
     threads = load_config(args.arch, {"data.root": args.data}).train.threads
-    pin_threads(threads)
     import tensorflow as tf
+
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads[0])
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads[1])
+        threads = args.threads
+    else:
+        pin_threads(threads)
 
     result: dict = {"date": time.strftime("%Y-%m-%d"), "machine": cpu(), "threads": threads,
                     "tensorflow": tf.__version__, "load_1min": os.getloadavg()[0]}
