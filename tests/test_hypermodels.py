@@ -366,3 +366,70 @@ def test_augmentation_layers_draw_independently() -> None:
     assert np.abs(u_rotation - u_zoom).max() > 0.1
     assert abs(np.corrcoef(u_rotation, u_zoom)[0, 1]) < 0.9
     np.testing.assert_allclose(draws(0)[0], u_rotation)  # reproducible from the seed
+
+
+def _batch_normalized(seed: int) -> tuple[AugCNN, kt.HyperParameters, keras.Model]:
+    keras.utils.set_random_seed(seed)
+    hp = kt.HyperParameters()
+    for name, value in (("batch_norm", True), ("conv_blocks", 2), ("head", "global_avg")):
+        hp.Fixed(name, value)
+    hm = AugCNN((32, 32, 1), seed=seed)
+    return hm, hp, hm.build(hp)
+
+
+def test_batch_norm_trains_through_the_fused_kernel_as_keras_does(tmp_path) -> None:
+    """While a model fits, its BatchNormalization layers train through TensorFlow's fused
+    kernel (hypermodels/fused.py): the weights and moving statistics it reaches are Keras'
+    own to float rounding; a checkpoint written during the fit (Keras Tuner's best epoch)
+    loads into a fresh build, and the model saved after is Keras' own, in safe mode."""
+    from pneumo_exp.hypermodels.fused import fused_call
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (16, 32, 32, 1)).astype("uint8")
+    y = rng.integers(0, 2, (16, 1)).astype("float32")
+    calls: list[object] = []
+
+    class Checkpoint(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            calls.extend(getattr(layer.call, "func", None) for layer in self.model.layers
+                         if isinstance(layer, keras.layers.BatchNormalization))
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.save_weights(tmp_path / "best.weights.h5")
+
+    hm, hp, fused = _batch_normalized(0)
+    hm.fit(hp, fused, x, y, epochs=2, batch_size=8, verbose=0, callbacks=[Checkpoint()])
+    assert calls and set(calls) == {fused_call}
+    _, _, plain = _batch_normalized(0)
+    plain.fit(x, y, epochs=2, batch_size=8, verbose=0)  # Keras' own layer throughout
+    assert len(fused.weights) == len(plain.weights)
+    for a, b in zip(fused.weights, plain.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-4, err_msg=a.path)
+    _, _, reloaded = _batch_normalized(1)
+    reloaded.load_weights(tmp_path / "best.weights.h5")
+    for a, b in zip(fused.weights, reloaded.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    assert all("call" not in vars(layer) for layer in fused.layers)
+    fused.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), fused.predict(x, verbose=0),
+                               rtol=1e-6)
+
+
+def test_a_fit_traces_its_train_step_once() -> None:
+    """The optimizer's slots exist before the train step is traced: created inside it,
+    they make TensorFlow trace every trial's step twice (seconds per trial)."""
+    hm, hp, model = _batch_normalized(0)
+    traces: list[int] = []
+    step = model.train_step
+
+    def counted(data):
+        traces.append(1)
+        return step(data)
+
+    model.train_step = counted
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (20, 32, 32, 1)).astype("uint8")
+    y = rng.integers(0, 2, (20, 1)).astype("float32")
+    hm.fit(hp, model, x, y, epochs=2, batch_size=8, verbose=0)
+    assert len(traces) == 1

@@ -147,3 +147,30 @@ def test_other_tuners_run_and_track(searched: dict[str, Any], tuner: str) -> Non
     assert result.trials["completed_trials"] == len(children) == 2
     assert all(r.info.status == "FINISHED" for r in children)
     assert result.best_run_id in {r.info.run_id for r in children}
+
+
+def test_trials_run_with_the_long_lived_objects_frozen(workdir, tiny_dataset,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keras Tuner collects garbage four times a trial; the objects the whole search keeps
+    (TensorFlow, Keras, MLflow, the data) are frozen out of those passes while the stages
+    run, and thawed after; what a trial leaves is still collected."""
+    import gc
+
+    import pneumo_exp.search.run as search_run
+
+    seen: list[tuple[int, int]] = []
+
+    def stage(*args: Any, **kwargs: Any) -> None:
+        cycle: list[Any] = []
+        cycle.append(cycle)  # garbage of a trial, only the cyclic collector frees it
+        del cycle
+        seen.append((gc.get_freeze_count(), gc.collect()))
+        raise RuntimeError("stop after the check")
+
+    monkeypatch.setattr(search_run, "_run_stage", stage)
+    cfg = load_config("aug_cnn", {**OVERRIDES, "data.root": str(tiny_dataset)})
+    with pytest.raises(RuntimeError, match="stop after the check"):
+        run_search(cfg, verbose=0)
+    frozen, collected = seen[0]
+    assert frozen > 100_000 and collected >= 1
+    assert gc.get_freeze_count() == 0

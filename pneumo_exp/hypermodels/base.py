@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import keras
 import keras_tuner as kt
 
+from pneumo_exp.hypermodels.fused import fused_batch_norm
 from pneumo_exp.hypermodels.space import Space
 
 OPTIMIZERS = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
@@ -63,9 +64,15 @@ class StudyHyperModel(kt.HyperModel):
         return self.space.choice(hp, "class_weight", ["none", "balanced"], "none")
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any, **kwargs: Any) -> Any:
+        """Keras' fit, with the class weighting; batch normalization trains through the fused
+        kernel (fused.py), and the optimizer's slots exist before the train step is traced
+        (created inside it, they make TensorFlow trace it twice)."""
         if hp.values.get("class_weight") == "balanced" and self.balanced_class_weight:
             kwargs["class_weight"] = self.balanced_class_weight
-        history = model.fit(*args, **kwargs)
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        with fused_batch_norm(model):
+            history = model.fit(*args, **kwargs)
         # An update can break the weights after the last finite training loss of a run (one
         # batch an epoch, one epoch): the validation loss then shows it.
         for key in ("loss", "val_loss"):

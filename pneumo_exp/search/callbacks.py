@@ -51,7 +51,7 @@ class ValidationFigures(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if logs is None:
             return
-        prob = self.model.predict(self.images, batch_size=self.batch_size, verbose=0).ravel()
+        prob = predict_in_batches(self.model, self.images, self.batch_size)
         if not np.all(np.isfinite(prob)):  # diverged: the hypermodel's fit names it
             logs.update({f"val_{k}": math.nan for k in VALIDATION_FIGURES})
             self.model.stop_training = True
@@ -66,6 +66,15 @@ class ValidationFigures(keras.callbacks.Callback):
         if self.constant_since is not None and epoch - self.constant_since + 1 >= (
                 self.constant_epochs):
             self.model.stop_training = True
+
+
+def predict_in_batches(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """The model's probabilities, batch by batch through `predict_on_batch`: the numbers
+    `predict` gives for the same batches, without the data pipeline, progress bar and
+    callbacks it sets up at every call, which cost more than the prediction of a few
+    hundred small validation images (docs/results.md, "Twice the trials per minute")."""
+    return np.concatenate([np.asarray(model.predict_on_batch(images[i:i + batch_size]))
+                           for i in range(0, len(images), batch_size)]).ravel()
 
 
 class MedianStopping(keras.callbacks.Callback):

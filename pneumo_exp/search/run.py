@@ -8,11 +8,13 @@ stopped. Trial and epoch budgets decide what a search finds; a time budget only 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,13 +107,14 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
                  cfg.experiment_name, parent, describe_plan(cfg))
     screened: list[dict[str, Any]] | None = None
     try:
-        for i, stage in enumerate(plan):
-            tuner = _run_stage(cfg, stage, data, tracker, project_dir / stage.folder(
-                len(plan) > 1), fresh, screened, deadline, verbose, debug,
-                dataclasses.replace(role, port=role.port + i) if role else None,
-                context or {})
-            if stage.name == SCREEN and not worker:
-                screened = best_configurations(tuner, plan[-1].trials)
+        with long_lived_objects_frozen():
+            for i, stage in enumerate(plan):
+                tuner = _run_stage(cfg, stage, data, tracker, project_dir / stage.folder(
+                    len(plan) > 1), fresh, screened, deadline, verbose, debug,
+                    dataclasses.replace(role, port=role.port + i) if role else None,
+                    context or {})
+                if stage.name == SCREEN and not worker:
+                    screened = best_configurations(tuner, plan[-1].trials)
     except TimeBudgetSpent:
         log.warning("%s", budget_spent(s.time_budget_min or 0, *_progress(tracker)))
     except KeyboardInterrupt:
@@ -178,6 +181,25 @@ def _run_stage(cfg: ExperimentConfig, stage: Stage, data: TrainingData, tracker:
                         "names and run the same command again; the finished trials are "
                         "kept.") from None
     return tuner
+
+
+@contextlib.contextmanager
+def long_lived_objects_frozen() -> Iterator[None]:
+    """Within: the objects alive now are left out of Python's garbage collection passes.
+    Keras Tuner collects garbage twice a trial (`clear_session` and its own `gc.collect`), each
+    time a full pass over the half a million objects that TensorFlow, Keras, MLflow and the
+    search keep for the whole process: four a trial, about a second each on a busy 2-core machine
+    (docs/results.md, "Twice the trials per minute"). What a trial leaves is still collected;
+    the frozen objects are thawed on the way out (gc.freeze, gc.unfreeze)."""
+    if gc.get_freeze_count():  # an outer search froze them already
+        yield
+        return
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def best_configurations(tuner: kt.Tuner, k: int) -> list[dict[str, Any]]:
