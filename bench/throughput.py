@@ -15,9 +15,6 @@ search's thread count (`train.threads`):
   augmentation, the convolutions, batch normalization, pooling, ... forward and backward,
   the optimizer's update, the loss and metrics, tf.data), its wall time against its op
   time (the rest is Python and Keras between ops), and the validation callback's seconds.
-- `proposal`: the seconds of one proposal of the Bayesian oracle (its Gaussian process fit
-  and the search of the next point) over the family's space, with Keras Tuner's stock
-  Gaussian process and with the search's.
 - `alternatives` (this checkout's code only): the train step's milliseconds with what was
   tried and not taken (XLA, augmentation in tf.data, `steps_per_execution`, mixed bf16),
   in turn with the search's own.
@@ -336,63 +333,6 @@ def flops(args: argparse.Namespace, size: int) -> dict:
     return {"size": size, **counted, "profiler_forward_mflop": profiled_forward_flops(model, size)}
 
 
-def proposal(args: argparse.Namespace, trials: int = 6, rounds: int = 3) -> dict:
-    """Seconds of one Gaussian-process proposal of the search's Bayesian oracle over the
-    family's space, after `trials` completed trials with random scores: with the oracle's
-    own Gaussian process and with Keras Tuner's stock one (scikit-learn's), from the same
-    random starts; and whether both propose the same point."""
-    import tempfile
-
-    import keras_tuner as kt
-    import numpy as np
-    from sklearn.gaussian_process import GaussianProcessRegressor
-
-    from pneumo_exp.config import load_config
-    from pneumo_exp.hypermodels import HYPERMODELS
-    from pneumo_exp.search.tuners import BayesianOptimizationOracle
-
-    cfg = load_config(args.arch, {"data.root": args.data})
-    space = kt.HyperParameters()
-    HYPERMODELS[cfg.arch]((96, 96, cfg.data.channels), space=cfg.space).build(space)
-    rng = np.random.default_rng(cfg.search.seed)
-    with tempfile.TemporaryDirectory() as folder:
-        oracle = BayesianOptimizationOracle(kt.Objective("val_auc", "max"), max_trials=100,
-                                            num_initial_points=trials, seed=cfg.search.seed)
-        oracle._set_project_dir(folder, "proposal")
-        oracle.update_space(space)
-        for i in range(trials):
-            trial = oracle.create_trial(f"bench-{i}")
-            oracle.update_trial(trial.trial_id, {"val_auc": float(rng.uniform(0.85, 0.95))})
-            trial.status = "COMPLETED"
-            oracle.end_trial(trial)
-        own = oracle.gpr
-        gprs = {"stock": GaussianProcessRegressor(**own.get_params(deep=False)), "oracle": own}
-        seconds: dict[str, list[float]] = {name: [] for name in gprs}
-        calls = {name: 0 for name in gprs}
-        points: dict[str, Any] = {}
-        for _ in range(rounds):  # in turn, so that a change in the machine's load hits both
-            for name, gpr in gprs.items():
-                predict = gpr.predict
-
-                def counted(*a: Any, predict: Any = predict, name: str = name, **k: Any) -> Any:
-                    calls[name] += 1
-                    return predict(*a, **k)
-
-                oracle.gpr, gpr.predict = gpr, counted
-                oracle._random_state = np.random.RandomState(cfg.search.seed)
-                start = time.perf_counter()
-                points[name] = oracle.populate_space("next")["values"]
-                seconds[name].append(time.perf_counter() - start)
-                gpr.predict = predict
-        found: dict = {"hyperparameters": len(oracle._nonfixed_space()), "trials": trials}
-        for name in gprs:
-            found[f"{name}_s"] = round(min(seconds[name]), 2)
-            found[f"{name}_ms_per_point"] = round(
-                1e3 * min(seconds[name]) / (calls[name] / rounds), 3)
-        found["same_point"] = points["stock"] == points["oracle"]
-    return found
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=None, help="dataset folder (default: the search's)")
@@ -401,8 +341,8 @@ def main() -> None:
                    help="resolutions: the screen's and the full trial's")
     p.add_argument("--epochs", type=int, default=3, help="epochs of `trial` (the first apart)")
     p.add_argument("--only", nargs="+",
-                   choices=["trial", "parts", "flops", "proposal", "alternatives"],
-                   default=["flops", "parts", "trial", "proposal"])
+                   choices=["trial", "parts", "flops", "alternatives"],
+                   default=["flops", "parts", "trial"])
     p.add_argument("--threads", type=int, nargs=2, metavar=("INTRA", "INTER"),
                    help="TensorFlow's intra- and inter-op threads (default: train.threads "
                         "for both)")
@@ -428,10 +368,8 @@ def main() -> None:
                     "tensorflow": tf.__version__, "load_1min": os.getloadavg()[0]}
     if "flops" in args.only:
         result["matmul_2048_gflops"] = matmul_gflops()
-    if "proposal" in args.only:
-        result["proposal"] = proposal(args)
     for size in args.size:
-        for what in set(args.only) - {"proposal"}:
+        for what in args.only:
             result[f"{what}_{size}"] = globals()[what](args, size)
     peak = result["machine"]["peak_gflops"]
     for size in args.size:

@@ -188,49 +188,6 @@ def test_the_default_second_trial_is_a_new_configuration(tmp_path: Path) -> None
     assert rounded(first) != rounded(second)
 
 
-class Bowl(kt.Tuner):
-    """Trains nothing: a score over two continuous values and a choice."""
-
-    def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> dict:
-        hp = trial.hyperparameters
-        x, y = hp.Float("x", 0.0, 1.0), hp.Float("y", 1e-4, 1e-1, sampling="log")
-        c = hp.Choice("c", [16, 32, 64])
-        return {"score": -(x - 0.3) ** 2 - (np.log10(y) + 2) ** 2 / 4 - (c == 32) * 0.1}
-
-
-def test_gaussian_process_answers_as_scikit_learn_does(tmp_path: Path) -> None:
-    """The oracle's Gaussian process answers a single point without validating it again
-    (a proposal asks for tens of thousands): the same numbers as scikit-learn's, to the
-    bit, and so the same trials as Keras Tuner's own oracle."""
-    from sklearn.gaussian_process import GaussianProcessRegressor
-
-    from pneumo_exp.search.tuners import PosteriorAtPoints
-
-    oracle = BayesianOptimizationOracle(kt.Objective("score", "max"), max_trials=1, seed=3)
-    assert isinstance(oracle.gpr, PosteriorAtPoints)
-    stock = GaussianProcessRegressor(**oracle.gpr.get_params(deep=False))
-    rng = np.random.default_rng(0)
-    x, y = rng.random((9, 4)), rng.random(9)
-    oracle.gpr.fit(x, y)
-    stock.fit(x, y)
-    for point in rng.random((50, 1, 4)):
-        mean, std = oracle.gpr.predict(point, return_std=True)
-        expected_mean, expected_std = stock.predict(point, return_std=True)
-        np.testing.assert_array_equal(mean, expected_mean)
-        np.testing.assert_array_equal(std, expected_std)
-        np.testing.assert_array_equal(oracle.gpr.predict(point), stock.predict(point))
-
-    def trials(fast: bool) -> list[dict[str, Any]]:
-        oracle = BayesianOptimizationOracle(kt.Objective("score", "max"), max_trials=7,
-                                            num_initial_points=3, seed=5)
-        if not fast:
-            oracle.gpr = GaussianProcessRegressor(**oracle.gpr.get_params(deep=False))
-        Bowl(oracle=oracle, directory=str(tmp_path), project_name=f"b{fast}").search(verbose=0)
-        return [oracle.trials[k].hyperparameters.values for k in sorted(oracle.trials)]
-
-    assert trials(fast=True) == trials(fast=False)
-
-
 def test_validation_probabilities_are_keras_predicts() -> None:
     """The validation figures predict batch by batch without Keras' per-call set-up: the
     same probabilities, to the bit, as `predict` over the same batches."""

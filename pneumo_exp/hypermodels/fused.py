@@ -2,8 +2,8 @@
 
 Keras 3 normalizes a batch in training with separate operations (the batch's moments, then
 the scale and shift) and differentiates each of them: on a CPU that was more than half of
-a train step of the default family, more than its convolutions (docs/results.md, "Twice
-the trials per minute"). TensorFlow's FusedBatchNormV3 computes the same normalization in
+a train step of the default family, more than its convolutions (docs/results.md, "Where a
+trial's time goes"). TensorFlow's FusedBatchNormV3 computes the same normalization in
 one pass each way (oneDNN's kernel on x86, fused with the ReLU after it). While a model
 fits (`fused_batch_norm`), each of its BatchNormalization layers trains through that
 kernel, with Keras' moving-average update of the statistics. Only the training step

@@ -72,7 +72,7 @@ def predict_in_batches(model: keras.Model, images: np.ndarray, batch_size: int) 
     """The model's probabilities, batch by batch through `predict_on_batch`: the numbers
     `predict` gives for the same batches, without the data pipeline, progress bar and
     callbacks it sets up at every call, which cost more than the prediction of a few
-    hundred small validation images (docs/results.md, "Twice the trials per minute")."""
+    hundred small validation images (docs/results.md, "Where a trial's time goes")."""
     return np.concatenate([np.asarray(model.predict_on_batch(images[i:i + batch_size]))
                            for i in range(0, len(images), batch_size)]).ravel()
 

@@ -16,8 +16,6 @@ Keras Tuner has no public hook for these, and each is small:
   Tuner builds the model once per conditional branch to find every hyperparameter
   (`_populate_initial_space`), and a branch that does not fit the image must not stop the
   search; which process of a distributed search this is (`_is_worker`).
-- `_make_gpr`: the Bayesian oracle's Gaussian process, made with the same settings and
-  a posterior that answers single points without validating them again (search/tuners.py).
 - `PatientOracleClient`: a worker's `OracleClient` (keras_tuner.src.distribute) whose calls
   a dying chief cut (gRPC UNAVAILABLE) are made again once the chief is back.
 
@@ -46,7 +44,6 @@ log = logging.getLogger(__name__)
 PRIVATE_API: dict[type, tuple[str, ...]] = {
     kt.Oracle: ("_save_trial", "_get_oracle_fname", "_get_trial_dir", "_random_values",
                 "_duplicate", "reload"),
-    kt.oracles.BayesianOptimizationOracle: ("_make_gpr",),
     kt.Tuner: ("_populate_initial_space", "_get_tuner_fname", "_is_worker"),
     OracleClient: ("create_trial", "update_trial", "end_trial", "get_trial", "get_space",
                    "update_space", "get_best_trials"),

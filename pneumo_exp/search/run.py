@@ -189,7 +189,7 @@ def long_lived_objects_frozen() -> Iterator[None]:
     Keras Tuner collects garbage twice a trial (`clear_session` and its own `gc.collect`), each
     time a full pass over the half a million objects that TensorFlow, Keras, MLflow and the
     search keep for the whole process: four a trial, about a second each on a busy 2-core machine
-    (docs/results.md, "Twice the trials per minute"). What a trial leaves is still collected;
+    (docs/results.md, "Where a trial's time goes"). What a trial leaves is still collected;
     the frozen objects are thawed on the way out (gc.freeze, gc.unfreeze)."""
     if gc.get_freeze_count():  # an outer search froze them already
         yield

@@ -15,9 +15,6 @@ from typing import Any
 
 import keras
 import keras_tuner as kt
-import numpy as np
-from scipy.linalg import solve_triangular
-from sklearn.gaussian_process import GaussianProcessRegressor
 
 from pneumo_exp.config import ExperimentConfig
 from pneumo_exp.data.labeled import LabeledImages
@@ -43,41 +40,7 @@ class RandomSearchOracle(GivenPointsFirst, kt.oracles.RandomSearchOracle):
     pass
 
 
-class PosteriorAtPoints(GaussianProcessRegressor):
-    """scikit-learn's Gaussian process; its posterior mean and standard deviation at query
-    points computed by scikit-learn's own steps (the same operations, so the same numbers)
-    without validating the points again: the oracle's search for the next trial (50 L-BFGS
-    starts with numerical gradients) asks for tens of thousands of single points, and the
-    validation of each took two thirds of that time (docs/results.md, "Twice the trials per
-    minute")."""
-
-    def predict(self, X: Any, return_std: bool = False, return_cov: bool = False) -> Any:
-        if (return_cov or not hasattr(self, "X_train_") or not isinstance(X, np.ndarray)
-                or X.ndim != 2 or X.dtype != np.float64):
-            return super().predict(X, return_std=return_std, return_cov=return_cov)
-        k_trans = self.kernel_(X, self.X_train_)
-        mean = self._y_train_std * (k_trans @ self.alpha_) + self._y_train_mean
-        if mean.ndim > 1 and mean.shape[1] == 1:
-            mean = np.squeeze(mean, axis=1)
-        if not return_std:
-            return mean
-        v = solve_triangular(self.L_, k_trans.T, lower=True, check_finite=False)
-        var = self.kernel_.diag(X).copy()
-        var -= np.einsum("ij,ji->i", v.T, v)
-        var[var < 0] = 0.0  # numerical noise, as scikit-learn clips it
-        var = np.outer(var, self._y_train_std**2).reshape(*var.shape, -1)
-        if var.shape[1] == 1:
-            var = np.squeeze(var, axis=1)
-        return mean, np.sqrt(var)
-
-
 class BayesianOptimizationOracle(GivenPointsFirst, kt.oracles.BayesianOptimizationOracle):
-    def _make_gpr(self) -> GaussianProcessRegressor:
-        """Keras Tuner's Gaussian process (its settings read back from its own), with the
-        fast posterior above."""
-        stock = super()._make_gpr()
-        return PosteriorAtPoints(**stock.get_params(deep=False))
-
     def populate_space(self, trial_id: str) -> dict[str, Any]:
         """The Gaussian process's proposal, unless it is no new point: then a random draw
         that is (no wasted trial)."""
