@@ -8,6 +8,10 @@ A version keeps a summary of its validation images' features (`FeatureReference`
 - a projection (standardized, then the 32 principal components of the reference part) and
   the projected features of validation, split by patient into a reference part and a
   held-out part;
+- the reference part's classes and patients (as integers: no id), so that a site is
+  compared with validation drawn to the site's prevalence, patient by patient
+  (`drawn_to`; adaptation/site_check.py). Versions registered before they were kept have
+  neither: their reference is validation at its own prevalence, each image a patient;
 - validation's calibrated scores.
 
 It keeps two: as the network sees validation, and as a copy of it sees validation once its
@@ -26,7 +30,7 @@ from __future__ import annotations
 import io
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -90,6 +94,10 @@ class FeatureReference:
     reference: np.ndarray  # (n, COMPONENTS) validation's reference part
     held_out: np.ndarray  # (m, COMPONENTS) its held-out part
     scores: np.ndarray  # validation's calibrated scores
+    labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # (n,) the
+    # reference part's classes; empty in versions registered before they were kept
+    groups: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # (n,) its
+    # patients, numbered (data/split.py group_codes); empty alike
 
     @classmethod
     def fit(cls, features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
@@ -104,9 +112,34 @@ class FeatureReference:
         _, _, vt = np.linalg.svd(z - z.mean(axis=0), full_matrices=False)
         empty = np.empty((0, 0))
         found = cls(center, scale, vt[:COMPONENTS], empty, empty,
-                    np.asarray(scores, dtype=np.float64))
+                    np.asarray(scores, dtype=np.float64),
+                    np.asarray(labels, dtype=np.int64)[keep], group_codes(groups)[keep])
         return replace(found, reference=found.project(features[keep]),
                        held_out=found.project(features[held]))
+
+    @property
+    def knows_classes(self) -> bool:
+        """Whether the reference part's classes and patients are kept (versions registered
+        before they were have neither)."""
+        return len(self.labels) == len(self.reference) == len(self.groups) > 0
+
+    def drawn_to(self, prevalence: float | None, seed: int = 0) -> np.ndarray:
+        """Rows of the reference part drawn at random, by class, to `prevalence` (the share
+        of PNEUMONIA), as many as its classes allow; every row when the prevalence is None
+        or the classes are not kept (or one is missing)."""
+        rows = np.arange(len(self.reference))
+        if prevalence is None or not self.knows_classes:
+            return rows
+        normal, pneumonia = rows[self.labels == 0], rows[self.labels == 1]
+        if not len(normal) or not len(pneumonia):
+            return rows
+        total = min(len(normal) / max(1.0 - prevalence, 1e-9),
+                    len(pneumonia) / max(prevalence, 1e-9))
+        take = min(len(pneumonia), round(total * prevalence))
+        rng = np.random.default_rng(seed)
+        return np.sort(np.r_[rng.choice(normal, min(len(normal), round(total) - take),
+                                        replace=False),
+                             rng.choice(pneumonia, take, replace=False)])
 
     def project(self, features: np.ndarray) -> np.ndarray:
         return ((features - self.center) / self.scale) @ self.components.T
@@ -135,8 +168,8 @@ class FeatureReference:
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureReference:
-        with np.load(path) as saved:
-            return cls(**{f.name: saved[f.name] for f in fields(cls)})
+        with np.load(path) as saved:  # a field it lacks keeps its default
+            return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 
 
 def reference_split(labels: np.ndarray, groups: np.ndarray, seed: int = 0) -> tuple[
