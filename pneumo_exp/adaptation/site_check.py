@@ -81,8 +81,9 @@ ANOTHER_POPULATION_AUC = 0.85
 SHIFT_P_VALUE = 0.05  # the MMD test finds a shift below this p-value
 MIN_SITE_IMAGES = MIN_ADAPTATION_IMAGES  # adaptation's whole batch: the fewest it reads
 # The AUC of k patients alike to validation's is about the mean of k uniform ranks: it
-# reaches the 0.85 line by chance with probability 1.2^k / k! (Irwin-Hall), once in 10,000
-# checks at 8 patients, once in 500 at 5; and each of the classifier's 5 folds holds one.
+# reaches the 0.85 line by chance with probability (0.15 k)^k / k! (Irwin-Hall), once in
+# 10,000 checks at 8 patients, once in 500 at 5; and each of the classifier's 5 folds
+# holds one or more.
 MIN_SITE_PATIENTS = 8
 
 
@@ -220,10 +221,12 @@ def _look(models: list[Any], arrays: list[np.ndarray], reference: FeatureReferen
 
 
 def assess_site(model: PneumoniaClassifier, arrays: dict[Any, np.ndarray],
-                groups: np.ndarray, skipped: int = 0, known: Seen | None = None
-                ) -> SiteCheck:
+                groups: np.ndarray, skipped: int = 0, known: Seen | None = None,
+                verdict_only: bool = False) -> SiteCheck:
     """The check of `model` on decoded images (by preprocessing), `groups` their patients
-    (`known`: what the version as registered makes of them, when computed already)."""
+    (`known`: what the version as registered makes of them, when computed already);
+    `verdict_only`: adapted only when that can change the verdict (the registered
+    comparison beyond the line), as a calibration that counts verdicts needs."""
     contract = model.contract
     if contract.features is None:
         raise UserError("this version keeps no picture of its validation images' features (a "
@@ -250,7 +253,8 @@ def assess_site(model: PneumoniaClassifier, arrays: dict[Any, np.ndarray],
     source = _look(models, inputs, contract.features, groups, prevalence if drawn else None,
                    known.features)
     found = None
-    if contract.features_adapted is not None and can_adapt(models, inputs):
+    if (contract.features_adapted is not None and can_adapt(models, inputs)
+            and (source.beyond or not verdict_only)):
         with adapted(models, inputs):
             found = _look(models, inputs, contract.features_adapted, groups,
                           prevalence if drawn else None)
