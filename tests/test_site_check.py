@@ -143,8 +143,9 @@ def test_a_change_of_prevalence_alone_is_no_shift(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """New patients of the training distribution, NORMAL only (a screening clinic) and 90%
     NORMAL: the site's prevalence is estimated and validation drawn to it, so neither is a
-    shift, let alone another population; the console says which prevalence was estimated.
-    (Compared with validation's 74% PNEUMONIA as it is, both are `shifted`.)"""
+    shift, let alone another population, as registered or adapted to; the console says which
+    prevalence was estimated. (Compared with validation's 74% PNEUMONIA as it is, both are
+    `shifted`.)"""
     rng = tiny_version["rng"]
     for normal, pneumonia, most in ((40, 0, 0.25), (36, 4, 0.35)):
         x, _, g = _cohort(rng, normal, pneumonia, (1, 2))
@@ -155,6 +156,10 @@ def test_a_change_of_prevalence_alone_is_no_shift(
         assert _verdict(out) == "like the training site", out
         estimated = float(out.split("drawn to their estimated ", 1)[1].split("%")[0])
         assert estimated <= 100 * most, out
+        # adapted to these images, it is compared with validation adapted at their mix
+        adapted = float(out.split("adapted to it: a classifier tells them from validation's "
+                                  "at AUC ", 1)[1][:5])
+        assert adapted < 0.75, out
 
 
 def test_near_copies_of_a_few_patients_named_by_uid_are_grouped_by_patient_id(

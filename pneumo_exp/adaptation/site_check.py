@@ -15,10 +15,12 @@ A prevalence is not a population: a screening clinic's NORMALs are not validatio
 three-quarters PNEUMONIA, yet they are the same hospital's images. So the site's share of
 PNEUMONIA is estimated first, from the share the version calls PNEUMONIA and what it
 showed on validation at its threshold (`estimated_prevalence`), and validation's reference
-is drawn, by class, to that share (FeatureReference.drawn_to) before both tests. A version
-registered before its reference kept classes is compared at validation's own prevalence,
-and the verdict says so. The scores (the share called PNEUMONIA, Kolmogorov-Smirnov
-against validation's) are shown but never decide.
+is drawn, by class, to that share (FeatureReference.drawn_to) before both tests. Adapted
+to the site, the network is compared with validation as seen adapted to validation drawn
+to that share (FeatureReference.seen_at): adaptation's statistics move with the mix. A
+version registered before its reference kept classes is compared at validation's own
+prevalence, and the verdict says so. The scores (the share called PNEUMONIA,
+Kolmogorov-Smirnov against validation's) are shown but never decide.
 
 One patient is one patient: images are grouped by the hashed DICOM PatientID when the
 header has one, else by the folder's labels.csv patient column, else by the id a file name
@@ -212,7 +214,7 @@ def _look(models: list[Any], arrays: list[np.ndarray], reference: FeatureReferen
     features = pooled_features(models, arrays) if features is None else features
     projected = reference.project(features)
     rows = reference.drawn_to(prevalence)
-    drawn = reference.reference[rows]
+    drawn = reference.seen_at(prevalence)[rows]
     patients = reference.groups[rows] if reference.knows_classes else None
     return Look(reference.distance(features), reference.limit,
                 classifier_auc(drawn, projected, groups, reference_groups=patients),
