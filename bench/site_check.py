@@ -6,7 +6,7 @@ often another hospital's.
         --model models:/pneumonia-classifier/1 --data ../shared/data/chest_xray \
         --other ../shared/data/external/nih \
         [--sizes 32 60 120] [--prevalences 0 0.1 0.5 0.9 1] [--resamples 100] \
-        [--own-resamples 300] [--other-resamples 30]
+        [--own-resamples 300] [--other-resamples 30] [--only PART ...]
 
 The version's own validation set is rebuilt from its search (never the test split for any
 choice of the product). Subsets are drawn by patient from: each patient half of the test
@@ -15,16 +15,17 @@ reference (serving/features.py), and the --other folder (its patients from its l
 as the check groups them; --other-resamples draws a cell). Each subset has a given share
 of PNEUMONIA (the labels choose the images; the check reads none): whole patients of each
 class are drawn until the class has its count (the last one cut), --resamples times per
-cell; a cell is left out when a class would need more than 90% of its images. Held-out
-validation is also drawn at its own prevalence (--own-resamples times): its `shifted` rate
-is the MMD test's false alarms, nominally 5%. Each subset goes through the product's check
-(adaptation/site_check.assess_site: the prevalence estimated, validation drawn to it, the
-classifier two-sample test and the MMD test, as registered and adapted); what the version
-as registered makes of each image is computed once (site_check.seen), and a subset is
-adapted to only where that can change its verdict (`verdict_only`: its registered AUC at
-the line), so the adapted AUC's percentiles are of those subsets. Then whole sets, also by
-class, and two copies of the test split made worse (grey values inverted, Gaussian noise
-of 25 grey levels). Prints markdown tables.
+cell; a cell is left out when a class would need more than 90% of its images; a draw the
+check refuses (fewer than 8 patients) is counted apart, and the shares are of the draws
+checked. Held-out validation is also drawn at its own prevalence (--own-resamples times):
+its `shifted` rate is the MMD test's false alarms, nominally 5%. Each subset goes through
+the product's check (adaptation/site_check.assess_site: the prevalence estimated,
+validation drawn to it, the classifier two-sample test and the MMD test, as registered and
+adapted); what the version as registered makes of each image is computed once
+(site_check.seen), and a subset is adapted to only where that can change its verdict
+(`verdict_only`: its registered AUC at the line), so the adapted AUC's percentiles are of
+those subsets. Then whole sets, also by class, and two copies of the test split made worse
+(grey values inverted, Gaussian noise of 25 grey levels). Prints markdown tables.
 """
 
 from __future__ import annotations
@@ -95,7 +96,11 @@ def main() -> None:
                         help="draws of held-out validation at its own prevalence, per size")
     parser.add_argument("--other-resamples", type=int, default=30,
                         help="draws of the --other folder a cell (each is adapted to)")
+    parser.add_argument("--only", nargs="+", metavar="PART",
+                        help="only these sources' draws (as the table names them) and, with "
+                        "'whole', the whole sets: to share the run among processes")
     args = parser.parse_args()
+    wanted = set(args.only) if args.only else None
 
     from new_site import halves
 
@@ -115,6 +120,7 @@ def main() -> None:
     from pneumo_exp.data.dataset import load_training_data
     from pneumo_exp.data.images import decode_many, image_files
     from pneumo_exp.data.sources import load_split, open_source
+    from pneumo_exp.errors import DataError
     from pneumo_exp.registry.selection import candidate
     from pneumo_exp.serving.features import reference_split
     from pneumo_exp.serving.model import classifier
@@ -144,23 +150,34 @@ def main() -> None:
         sources[args.other.name] = (
             decoded.arrays[key], np.array([CLASS_NAMES.index(f.parent.name) for f in read]),
             site_patients(files, decoded, args.other))
-    known = {name: seen(model, {key: images}) for name, (images, _, _) in sources.items()}
+    known = {name: seen(model, {key: images}) for name, (images, _, _) in sources.items()
+             if wanted is None or name in wanted}
 
-    def check(name: str, rows: np.ndarray) -> SiteCheck:
+    def check(name: str, rows: np.ndarray) -> SiteCheck | None:
+        """The check of these rows; None when it refuses them (too few patients)."""
         images, _, groups = sources[name]
-        return assess_site(model, {key: images[rows]}, groups[rows],
-                           known=known[name].rows(rows), verdict_only=True)
+        try:
+            return assess_site(model, {key: images[rows]}, groups[rows],
+                               known=known[name].rows(rows), verdict_only=True)
+        except DataError:
+            return None
 
     def cell(name: str, label: str, n: int, draws: list[np.ndarray],
              line: Callable[[list[SiteCheck]], str] = lambda _: "") -> None:
         started = time.time()
-        found = [check(name, rows) for rows in draws]
+        checked = [check(name, rows) for rows in draws]
+        found = [c for c in checked if c is not None]
+        if not found:
+            print(f"| {name} | {label} | {n} x {len(draws)} | all refused: too few patients |")
+            return
         kinds = [c.kind for c in found]
         auc = np.array([c.source.auc for c in found])
         adapted = np.array([c.adapted.auc if c.adapted else np.nan for c in found])
         estimate = np.array([np.nan if c.prevalence is None else c.prevalence for c in found])
         share = {k: kinds.count(k) / len(kinds) for k in (LIKE, SHIFTED, ANOTHER)}
-        print(f"| {name} | {label} | {n} x {len(draws)} | {share[LIKE]:.0%} | "
+        refused = len(checked) - len(found)
+        print(f"| {name} | {label} | {n} x {len(found)}"
+              + (f" ({refused} refused)" if refused else "") + f" | {share[LIKE]:.0%} | "
               f"{share[SHIFTED]:.0%} | **{share[ANOTHER]:.0%}** | "
               f"{np.nanmedian(estimate):.0%} | "
               + " / ".join(f"{q:.3f}" for q in np.percentile(auc, [50, 95, 99])) + " | "
@@ -177,13 +194,15 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     _, held_labels, held_groups = sources["held-out validation"]
     for n in args.sizes:
-        if n > 0.9 * len(held_groups):
+        if n > 0.9 * len(held_groups) or "held-out validation" not in known:
             continue
         rng = np.random.default_rng(n)
         draws = [by_patient(held_groups, n, rng) for _ in range(args.own_resamples)]
         cell("held-out validation", f"its own ({np.mean(held_labels):.0%})", n, draws,
              lambda found: interval(sum(c.kind == SHIFTED for c in found), len(found)))
     for name, (_, labels, groups) in sources.items():
+        if name not in known:
+            continue
         for prevalence in args.prevalences:
             for n in args.sizes:
                 k = (args.other_resamples if args.other and name == args.other.name
@@ -193,6 +212,8 @@ def main() -> None:
                 if draws is not None:
                     cell(name, f"{prevalence:.0%}", n, draws)
 
+    if wanted is not None and "whole" not in wanted:
+        return
     rng = np.random.default_rng(0)
     worse = {"test split, inverted": 255 - test.images,
              "test split, noise sd 25": np.clip(test.images + rng.normal(
