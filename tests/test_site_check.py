@@ -83,7 +83,7 @@ def tiny_version(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from pneumo_exp.evaluation.metrics import binary_metrics
     from pneumo_exp.registry.packaging import write_version
     from pneumo_exp.registry.promote import score_summary
-    from pneumo_exp.serving.contract import VersionContract
+    from pneumo_exp.serving.contract import VersionContract, training_population
     from pneumo_exp.serving.features import validation_features
 
     root = tmp_path_factory.mktemp("tiny_version")
@@ -103,7 +103,7 @@ def tiny_version(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         validated={"sensitivity": (int(f["tp"]), int(f["tp"] + f["fn"])),
                    "specificity": (int(f["tn"]), int(f["tn"] + f["fp"]))},
         reference=score_summary(scores, threshold), features=features,
-        features_adapted=adapted)
+        features_adapted=adapted, population=training_population())
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
