@@ -167,7 +167,8 @@ def test_near_copies_of_a_few_patients_named_by_uid_are_grouped_by_patient_id(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Ten patients, five near-copies each, as DICOM files named by their UIDs: the hashed
     PatientID groups them, so the classifier cannot learn patients and the MMD test
-    permutes patients: like the training site. Grouped by labels.csv alike for PNGs."""
+    permutes patients: like the training site. Grouped by labels.csv alike for PNGs, where
+    a note needs no row and an unreadable image's row is no error (it is skipped)."""
     from dicom_copies import write_dicom
 
     rng = tiny_version["rng"]
@@ -177,12 +178,15 @@ def test_near_copies_of_a_few_patients_named_by_uid_are_grouped_by_patient_id(
         write_dicom(image[..., 0], dicom / f"1.2.826.0.1.3680043.{1000 + i}.dcm",
                     patient_id=f"MRN{p:05d}")
     pngs = _write(tmp_path / "site" / "scans", x, [f"{1000 + i}.png" for i in range(len(x))])
+    (pngs / "broken.png").write_bytes(b"not a PNG")
+    (pngs.parent / "notes.txt").write_text("scanned on the ward\n")
     (pngs.parent / "labels.csv").write_text("file,patient\n" + "".join(
-        f"scans/{1000 + i}.png,MRN{p:05d}\n" for i, p in enumerate(g)))
-    for folder in (dicom, pngs.parent):
-        code, out, _ = _site_check(tiny_version, folder, capsys, monkeypatch)
-        assert code == 0 and _verdict(out) == "like the training site", out
-        assert "of 10 patients" in out
+        f"scans/{1000 + i}.png,MRN{p:05d}\n" for i, p in enumerate(g))
+        + "scans/broken.png,MRN00000\n")
+    for folder, skipped in ((dicom, ""), (pngs.parent, ", 3 skipped")):
+        code, out, err = _site_check(tiny_version, folder, capsys, monkeypatch)
+        assert code == 0 and _verdict(out) == "like the training site", out + err
+        assert f"50 images read{skipped}" in out and "of 10 patients" in out
         assert "MRN" not in out
 
 

@@ -271,15 +271,18 @@ def assess_site(model: PneumoniaClassifier, arrays: dict[Any, np.ndarray],
 def site_patients(files: list[Path], decoded: Decoded, root: Path | None) -> np.ndarray:
     """The patient of each decoded file (`decoded.readable` of `files`): the hashed DICOM
     PatientID when its header has one, else its row of ROOT/labels.csv when there is one
-    (hashed), else the id its name carries (data/split.py)."""
+    (hashed; its rows may name any file of the folder, and a file that is no image needs
+    none), else the id its name carries (data/split.py)."""
     read = [files[i] for i in decoded.readable]
     found: list[str | None] = [
         patient_key(decoded.facts[i].patient)
         if i in decoded.facts and decoded.facts[i].patient else None
         for i in decoded.readable]
     if None in found and root is not None and (root / LABELS_CSV).is_file():
-        named = [f.resolve().relative_to(root.resolve()).as_posix() for f in read]
-        csv = csv_patients(root, named)
+        base = root.resolve()
+        named = [f.resolve().relative_to(base).as_posix() for f in read]
+        csv = csv_patients(root, [f.resolve().relative_to(base).as_posix() for f in files],
+                           [rel for k, rel in zip(found, named, strict=True) if k is None])
         if csv is not None:
             found = [k if k is not None else csv[rel] for k, rel in zip(found, named,
                                                                        strict=True)]
