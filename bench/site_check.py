@@ -93,7 +93,8 @@ def main() -> None:
     parser.add_argument("--prevalences", type=float, nargs="+", default=[0, 0.1, 0.5, 0.9, 1])
     parser.add_argument("--resamples", type=int, default=100)
     parser.add_argument("--own-resamples", type=int, default=300,
-                        help="draws of held-out validation at its own prevalence, per size")
+                        help="draws of held-out validation at its own prevalence, per size "
+                        "(0: none)")
     parser.add_argument("--other-resamples", type=int, default=100,
                         help="draws of the --other folder a cell")
     parser.add_argument("--records", type=Path,
@@ -196,7 +197,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     _, held_labels, held_groups = sources["held-out validation"]
     for n in args.sizes:
-        if n > 0.9 * len(held_groups) or "held-out validation" not in known:
+        if (n > 0.9 * len(held_groups) or "held-out validation" not in known
+                or not args.own_resamples):
             continue
         rng = np.random.default_rng(n)
         draws = [by_patient(held_groups, n, rng) for _ in range(args.own_resamples)]
