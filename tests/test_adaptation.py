@@ -270,15 +270,16 @@ def test_two_sample_tests_tell_a_shift_from_none() -> None:
 
 
 def test_the_site_check_verdict_starts_with_its_phrase() -> None:
-    """Scripts read the phrase after `Verdict: `: another population only when the shift is
-    beyond the training hospital's and adaptation keeps it; shifted when adaptation removes
-    it or the MMD test finds a smaller one."""
+    """Scripts read the phrase after `Verdict: `, decided as registered: another population
+    from ANOTHER_POPULATION_AUC, whatever adaptation does; shifted from SHIFTED_AUC, or when
+    the MMD test finds a smaller shift."""
     from pneumo_exp.adaptation.site_check import (
         ANOTHER,
         ANOTHER_POPULATION_AUC,
         LIKE,
         SHIFT_P_VALUE,
         SHIFTED,
+        SHIFTED_AUC,
         VERDICTS,
         Look,
         SiteCheck,
@@ -295,12 +296,13 @@ def test_the_site_check_verdict_starts_with_its_phrase() -> None:
         assert check.verdict.startswith(check.kind + ": ")
         return check.kind
 
-    beyond, within = ANOTHER_POPULATION_AUC + 0.01, ANOTHER_POPULATION_AUC - 0.01
-    assert kind(beyond, 0.005, beyond) == ANOTHER
-    assert kind(beyond, 0.005, None) == ANOTHER  # nothing to adapt
-    assert kind(beyond, 0.005, 0.6) == SHIFTED  # adaptation removes it
-    assert kind(within, SHIFT_P_VALUE / 2, within) == SHIFTED
-    assert kind(0.55, 0.5, 0.5) == LIKE
+    assert kind(ANOTHER_POPULATION_AUC, 0.005, 0.99) == ANOTHER
+    assert kind(ANOTHER_POPULATION_AUC, 0.005, None) == ANOTHER  # nothing to adapt
+    assert kind(ANOTHER_POPULATION_AUC, 0.005, 0.6) == ANOTHER  # adaptation does not decide
+    assert kind(ANOTHER_POPULATION_AUC - 0.01, 0.5, 0.99) == SHIFTED
+    assert kind(SHIFTED_AUC, 0.5, None) == SHIFTED
+    assert kind(SHIFTED_AUC - 0.01, SHIFT_P_VALUE / 2, None) == SHIFTED
+    assert kind(SHIFTED_AUC - 0.01, 0.5, 0.99) == LIKE
     assert set(VERDICTS) == {LIKE, SHIFTED, ANOTHER}
 
 

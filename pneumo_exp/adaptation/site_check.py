@@ -5,23 +5,42 @@ version's validation images on what the network sees, their pooled features
 
 - a classifier two-sample test: how well a logistic regression tells the site's images from
   validation's (cross-validated AUC, folds grouped by patient): the size of the shift;
-- an MMD permutation test: whether there is any shift at all;
+- an MMD test permuting patients: whether there is any shift at all;
 
 as registered, and again with the version adapted to the site in memory (batch_norm.py,
 nothing registered) against validation as the network adapted to validation sees it: what
-`pneumo-exp adapt` would remove. The scores (the share called PNEUMONIA, Kolmogorov-Smirnov
-against validation's) are shown but never decide: they move with the site's prevalence,
-which no one knows before labels.
+`pneumo-exp adapt` would remove. The comparison as registered decides; the adapted one is
+shown, for what adaptation would do. Adaptation re-estimates the network's statistics on a
+few dozen images, so it moves both sides of the line: deciding on both once called some
+NORMAL-only draws of the training hospital's own test split `another population` and left
+some of another hospital's adults at `shifted` (docs/results.md).
+
+A prevalence is not a population: a screening clinic's NORMALs are not validation's
+three-quarters PNEUMONIA, yet they are the same hospital's images. So the site's share of
+PNEUMONIA is estimated first, from the share the version calls PNEUMONIA and what it
+showed on validation at its threshold (`estimated_prevalence`), and validation's reference
+is drawn, by class, to that share (FeatureReference.drawn_to) before both tests. Adapted
+to the site, the network is compared with validation as seen adapted to validation drawn
+to that share (FeatureReference.seen_at): adaptation's statistics move with the mix. A
+version registered before its reference kept classes is compared at validation's own
+prevalence, and the verdict says so. The scores (the share called PNEUMONIA,
+Kolmogorov-Smirnov against validation's) are shown but never decide.
+
+One patient is one patient: images are grouped by the hashed DICOM PatientID when the
+header has one, else by the folder's labels.csv patient column, else by the id a file name
+carries (`site_patients`), in the classifier's folds and the MMD's permutations.
 
 After `Verdict: ` the line starts with one of VERDICTS:
 
-- `another population`: a shift beyond ANOTHER_POPULATION_AUC, the size the training
-  hospital's own unseen images never reach (docs/results.md, "Site check"), which
-  adaptation does not remove;
-- `shifted`: a shift the MMD test finds, or one beyond that size which adaptation removes;
+- `another population`: a shift of ANOTHER_POPULATION_AUC or more, a size the training
+  hospital's own unseen images never reach at any prevalence, and another hospital's adults
+  always do (docs/results.md, "The site check by prevalence");
+- `shifted`: a shift of SHIFTED_AUC or more below that (the training hospital's NORMALs of
+  another block reach it), or one the MMD test finds;
 - `like the training site`: neither.
 
-It needs MIN_SITE_IMAGES images: fewer cannot tell a population from a few patients.
+It needs MIN_SITE_IMAGES images of MIN_SITE_PATIENTS patients: fewer cannot tell a
+population from a few patients.
 """
 
 from __future__ import annotations
@@ -35,12 +54,14 @@ import mlflow
 import numpy as np
 from scipy.stats import ks_2samp
 
-from pneumo_exp.data.images import decode_many, files_fingerprint
+from pneumo_exp.data.dicom import patient_key
+from pneumo_exp.data.images import Decoded, decode_many, files_fingerprint
+from pneumo_exp.data.site_folder import LABELS_CSV, csv_patients
 from pneumo_exp.data.split import patient_id
 from pneumo_exp.errors import DataError, UserError
 from pneumo_exp.evaluation import plots
 from pneumo_exp.evaluation.plots import plt
-from pneumo_exp.evaluation.report import png_bytes
+from pneumo_exp.evaluation.report import Validated, png_bytes
 from pneumo_exp.evaluation.two_sample import MMD, classifier_auc, mmd_test
 from pneumo_exp.serving.batch_norm import MIN_ADAPTATION_IMAGES, adapted, can_adapt
 from pneumo_exp.serving.features import FeatureReference, pooled_features
@@ -60,11 +81,20 @@ from pneumo_exp.tracking.store import connect, experiment_id
 LIKE, SHIFTED, ANOTHER = "like the training site", "shifted", "another population"
 VERDICTS = (LIKE, SHIFTED, ANOTHER)
 # A classifier tells subsets of 32-120 of the training hospital's unseen images (each half
-# of the test split, held-out validation) from validation at AUC 0.75 at most (its 99th
-# percentile), and the NIH Clinical Center's adults at 0.97 or more: docs/results.md.
-ANOTHER_POPULATION_AUC = 0.85
+# of the test split, held-out validation), at prevalences from 0 to 100%, from validation
+# drawn to their estimated prevalence below ANOTHER_POPULATION_AUC, and the NIH Clinical
+# Center's adults at or above it: docs/results.md, "The site check by prevalence".
+ANOTHER_POPULATION_AUC = 0.97
+# Held-out validation stays below SHIFTED_AUC; the test split's NORMAL-only subsets (another
+# block of patients, at another prevalence) mostly reach it.
+SHIFTED_AUC = 0.85
 SHIFT_P_VALUE = 0.05  # the MMD test finds a shift below this p-value
 MIN_SITE_IMAGES = MIN_ADAPTATION_IMAGES  # adaptation's whole batch: the fewest it reads
+# The AUC of k patients alike to validation's is about the mean of k uniform ranks: it
+# reaches SHIFTED_AUC by chance with probability (0.15 k)^k / k! (Irwin-Hall), once in
+# 10,000 checks at 8 patients, once in 500 at 5; and each of the classifier's 5 folds
+# holds one or more.
+MIN_SITE_PATIENTS = 8
 
 
 @dataclass(frozen=True)
@@ -82,9 +112,20 @@ class Look:
     def flagged_share(self) -> float:
         return float(np.mean(self.distance > self.limit))
 
-    @property
-    def beyond(self) -> bool:
-        return self.auc >= ANOTHER_POPULATION_AUC
+
+def estimated_prevalence(called: float, validated: Validated) -> float | None:
+    """The site's share of PNEUMONIA from the share of its images called PNEUMONIA, by
+    black-box shift estimation (Lipton et al. 2018): at the threshold, called =
+    q * sensitivity + (1 - q) * (1 - specificity), with what the version showed on
+    validation; so q = (called - (1 - specificity)) / (sensitivity - (1 - specificity)),
+    clipped to [0, 1]. None without those figures, or when they tell the classes apart no
+    better than chance."""
+    sensitivity, specificity = (Validated.value(validated.sensitivity),
+                                Validated.value(validated.specificity))
+    if sensitivity is None or specificity is None or sensitivity + specificity <= 1.0:
+        return None
+    return float(np.clip((called - 1.0 + specificity) / (sensitivity + specificity - 1.0),
+                         0.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -97,10 +138,25 @@ class SiteCheck:
     validation_scores: np.ndarray
     source: Look
     adapted: Look | None  # None when the version has nothing to adapt
+    patients: int = 0
+    prevalence: float | None = None  # the site's estimated share of PNEUMONIA
+    drawn: bool = False  # validation's reference drawn to it (False: at its own)
 
     @property
     def positive_share(self) -> float:
         return float(np.mean(self.prob >= self.threshold))
+
+    @property
+    def compared_with(self) -> str:
+        """Which validation the site is compared with, in words."""
+        if self.drawn:
+            return f"validation's drawn to their estimated {self.prevalence:.0%} PNEUMONIA"
+        why = ("it keeps no validated counts to estimate theirs" if self.prevalence is None
+               else f"theirs is estimated at {self.prevalence:.0%}, but it keeps no classes of "
+               "its validation images to draw them to it")
+        return (f"validation's at its own prevalence (this version is older: {why}; a "
+                "prevalence unlike validation's reads as a shift: promote it again to "
+                "separate them)")
 
     @property
     def ks(self) -> float:
@@ -109,78 +165,142 @@ class SiteCheck:
 
     @property
     def kind(self) -> str:
-        """One of VERDICTS."""
-        if self.source.beyond and (self.adapted is None or self.adapted.beyond):
+        """One of VERDICTS, decided by the comparison as registered."""
+        if self.source.auc >= ANOTHER_POPULATION_AUC:
             return ANOTHER
-        if self.source.beyond or self.source.mmd.p_value < SHIFT_P_VALUE:
+        if self.source.auc >= SHIFTED_AUC or self.source.mmd.p_value < SHIFT_P_VALUE:
             return SHIFTED
         return LIKE
 
     @property
     def verdict(self) -> str:
         s, a = self.source, self.adapted
-        told = (f"a classifier tells these {self.images} images from validation's at AUC "
-                f"{s.auc:.2f}" + (f" ({a.auc:.2f} adapted to them)" if a else ""))
+        told = (f"a classifier tells these {self.images} images of {self.patients} patients "
+                f"from {self.compared_with} at AUC {s.auc:.2f}"
+                + (f" ({a.auc:.2f} adapted to them)" if a else ""))
         if self.kind == ANOTHER:
-            return (f"{ANOTHER}: {told}, beyond the {ANOTHER_POPULATION_AUC:.2f} the training "
-                    f"hospital's own unseen images stay below; "
-                    + ("adaptation does not remove it" if a else "it has nothing to adapt")
-                    + f"; {s.flagged_share:.0%} of the images lie beyond all but 1% of "
+            return (f"{ANOTHER}: {told}, at or beyond the {ANOTHER_POPULATION_AUC:.2f} the "
+                    "training hospital's own unseen images stay below at any prevalence; "
+                    f"{s.flagged_share:.0%} of the images lie beyond all but 1% of "
                     "validation's. Do not use it here without local labels: pneumo-exp "
                     "evaluate on labelled cases, then a site search (docs/sites.md).")
         if self.kind == SHIFTED:
-            return (f"{SHIFTED}: {told} (MMD p = {s.mmd.p_value:.3f}). Adapt it to this site "
-                    "(pneumo-exp adapt), then verify on labelled cases (pneumo-exp evaluate).")
+            return (f"{SHIFTED}: {told} (MMD p = {s.mmd.p_value:.3f})"
+                    + (f", at or beyond the {SHIFTED_AUC:.2f} held-out validation stays below"
+                       if s.auc >= SHIFTED_AUC else "")
+                    + ". Adapt it to this site (pneumo-exp adapt), then verify on labelled "
+                    "cases (pneumo-exp evaluate).")
         return (f"{LIKE}: {told} (MMD p = {s.mmd.p_value:.3f}), within what the training "
                 "hospital's own images show. Verify on labelled cases (pneumo-exp evaluate) "
                 "before use: no image test sees every change that matters.")
 
 
+@dataclass(frozen=True)
+class Seen:
+    """What the version as registered makes of the site's images: calibrated probabilities
+    and pooled features. A caller that checks many subsets of the same images computes it
+    once (`seen`) and gives each check its rows; the images give the same either way."""
+
+    prob: np.ndarray
+    features: np.ndarray
+
+    def rows(self, rows: np.ndarray) -> Seen:
+        return Seen(self.prob[rows], self.features[rows])
+
+
+def seen(model: PneumoniaClassifier, arrays: dict[Any, np.ndarray]) -> Seen:
+    return Seen(model.probabilities(arrays), model.features(arrays))
+
+
 def _look(models: list[Any], arrays: list[np.ndarray], reference: FeatureReference,
-          groups: np.ndarray) -> Look:
-    features = pooled_features(models, arrays)
+          groups: np.ndarray, prevalence: float | None,
+          features: np.ndarray | None = None) -> Look:
+    """The site's images (their `features` when known) against validation's reference
+    drawn to `prevalence` (None: as it is), each side's images grouped by patient."""
+    features = pooled_features(models, arrays) if features is None else features
     projected = reference.project(features)
+    rows = reference.drawn_to(prevalence)
+    drawn = reference.seen_at(prevalence)[rows]
+    patients = reference.groups[rows] if reference.knows_classes else None
     return Look(reference.distance(features), reference.limit,
-                classifier_auc(reference.reference, projected, groups),
-                mmd_test(reference.reference, projected), projected, reference.reference)
+                classifier_auc(drawn, projected, groups, reference_groups=patients),
+                mmd_test(drawn, projected, reference_groups=patients, site_groups=groups),
+                projected, drawn)
 
 
 def assess_site(model: PneumoniaClassifier, arrays: dict[Any, np.ndarray],
-                groups: np.ndarray, skipped: int = 0, scores: bool = True) -> SiteCheck:
-    """The check of `model` on decoded images (by preprocessing), `groups` their patients;
-    without their `scores` (which never decide) when only the verdict is wanted."""
+                groups: np.ndarray, skipped: int = 0, known: Seen | None = None,
+                adapt: bool = True) -> SiteCheck:
+    """The check of `model` on decoded images (by preprocessing), `groups` their patients
+    (`known`: what the version as registered makes of them, when computed already);
+    without the adapted comparison when not `adapt` (it never decides the verdict)."""
     contract = model.contract
     if contract.features is None:
         raise UserError("this version keeps no picture of its validation images' features (a "
                         "version registered before site checks read them): promote it again, "
                         "then check the site.")
-    n = len(groups)
+    n, patients = len(groups), len(np.unique(groups))
     if n < MIN_SITE_IMAGES:
         raise DataError(f"{n} readable images are too few for a site check: it needs at least "
                         f"{MIN_SITE_IMAGES} (a few patients do not show a population; 120 or "
                         "more show it best).")
+    if patients < MIN_SITE_PATIENTS:
+        raise DataError(f"{n} images of {patients} patient{'s' * (patients != 1)} are too few "
+                        f"for a site check: it needs images of at least {MIN_SITE_PATIENTS} "
+                        "patients (a few patients do not show a population). Patients are told "
+                        "by the DICOM PatientID, else by the folder's labels.csv, else by the "
+                        "file name (person1_*, IM-0001-*).")
     models = [m.model for m in model.members]
     inputs = [arrays[m.preprocessing] for m in model.members]
-    source = _look(models, inputs, contract.features, groups)
+    known = known or seen(model, arrays)
+    prob = known.prob
+    prevalence = estimated_prevalence(float(np.mean(prob >= model.threshold)),
+                                      contract.validated_figures())
+    drawn = prevalence is not None and contract.features.knows_classes
+    source = _look(models, inputs, contract.features, groups, prevalence if drawn else None,
+                   known.features)
     found = None
-    if contract.features_adapted is not None and can_adapt(models, inputs):
+    if adapt and contract.features_adapted is not None and can_adapt(models, inputs):
         with adapted(models, inputs):
-            found = _look(models, inputs, contract.features_adapted, groups)
-    prob = model.probabilities(arrays) if scores else np.full(n, np.nan)
-    return SiteCheck(n, skipped, prob, model.threshold,
-                     dict(contract.reference), contract.features.scores, source, found)
+            found = _look(models, inputs, contract.features_adapted, groups,
+                          prevalence if drawn else None)
+    return SiteCheck(n, skipped, prob, model.threshold, dict(contract.reference),
+                     contract.features.scores, source, found, patients, prevalence, drawn)
 
 
-def check_site(model_uri: str, files: list[Path], images_from: str) -> tuple[SiteCheck,
-                                                                              list[Path]]:
-    """The check of the version `model_uri` on the image `files`; the files read."""
+def site_patients(files: list[Path], decoded: Decoded, root: Path | None) -> np.ndarray:
+    """The patient of each decoded file (`decoded.readable` of `files`): the hashed DICOM
+    PatientID when its header has one, else its row of ROOT/labels.csv when there is one
+    (hashed; its rows may name any file of the folder, and a file that is no image needs
+    none), else the id its name carries (data/split.py)."""
+    read = [files[i] for i in decoded.readable]
+    found: list[str | None] = [
+        patient_key(decoded.facts[i].patient)
+        if i in decoded.facts and decoded.facts[i].patient else None
+        for i in decoded.readable]
+    if None in found and root is not None and (root / LABELS_CSV).is_file():
+        base = root.resolve()
+        named = [f.resolve().relative_to(base).as_posix() for f in read]
+        csv = csv_patients(root, [f.resolve().relative_to(base).as_posix() for f in files],
+                           [rel for k, rel in zip(found, named, strict=True) if k is None])
+        if csv is not None:
+            found = [k if k is not None else csv[rel] for k, rel in zip(found, named,
+                                                                       strict=True)]
+    return np.array([k if k is not None else patient_id(f.name)
+                     for k, f in zip(found, read, strict=True)])
+
+
+def check_site(model_uri: str, files: list[Path], images_from: str,
+               root: Path | None = None) -> tuple[SiteCheck, list[Path]]:
+    """The check of the version `model_uri` on the image `files` (under `root`, whose
+    labels.csv may name their patients); the files read."""
     model = classifier(load(model_uri))
     decoded = decode_many(files, {m.preprocessing for m in model.members})
     read = [files[i] for i in decoded.readable]
     if not read:
         raise DataError(f"none of the {len(files)} files of {images_from} is a readable "
                         "chest radiograph.")
-    groups = np.array([patient_id(f.name) for f in read])
+    groups = site_patients(files, decoded, root)
     return assess_site(model, decoded.arrays, groups, len(decoded.skipped)), read
 
 
@@ -215,10 +335,15 @@ def check_figure(check: SiteCheck, title: str) -> Any:
                title="Features as registered, first two components")
     map_ax.legend(fontsize=8)
     text_ax.axis("off")
-    lines = [f"images read      {check.images} ({check.skipped} skipped)"]
+    lines = [f"images read      {check.images} ({check.skipped} skipped), "
+             f"{check.patients} patients",
+             "PNEUMONIA share  " + ("unknown" if check.prevalence is None else
+                                    f"{check.prevalence:.0%} estimated (BBSE)"),
+             "validation       " + ("drawn to it" if check.drawn else "at its own share")]
     for name, look in looks.items():
-        lines += [f"{name}:", f"  classifier AUC {look.auc:.3f} (another population: "
-                  f">= {ANOTHER_POPULATION_AUC})", f"  MMD p-value    {look.mmd.p_value:.3f}",
+        lines += [f"{name}:", f"  classifier AUC {look.auc:.3f} (shifted >= {SHIFTED_AUC}, "
+                  f"another >= {ANOTHER_POPULATION_AUC})",
+                  f"  MMD p-value    {look.mmd.p_value:.3f}",
                   f"  beyond the flag {look.flagged_share:.1%} (validation 1%)"]
     lines += [f"PNEUMONIA share  {check.positive_share:.1%} (validation "
               f"{check.validation.get('positive_share', float('nan')):.1%})",
@@ -252,7 +377,7 @@ def run_site_check(model_uri: str, files: list[Path], root: Path, images_from: s
                    name: str, out: Path) -> tuple[SiteCheck, Path, str]:
     """Check, then log the figures and the page as an evaluation run, and write the page
     to `out`; (the check, the page, the run id)."""
-    check, read = check_site(model_uri, files, images_from)
+    check, read = check_site(model_uri, files, images_from, root)
     title = f"Site check: {model_uri} on {name}"
     fig = check_figure(check, title)
     png = png_bytes(fig)
@@ -263,10 +388,14 @@ def run_site_check(model_uri: str, files: list[Path], root: Path, images_from: s
                    {TAG_MODEL_URI: model_uri}) as run:
         mlflow.log_params({"model_uri": model_uri, "data": images_from, "images": check.images,
                            "skipped_files": check.skipped, "check": "site, unlabeled",
-                           "verdict": check.kind})
+                           "patients": check.patients, "verdict": check.kind,
+                           "validation": "drawn to the site's prevalence" if check.drawn
+                           else "at its own prevalence"})
         metrics = {"site_auc": check.source.auc, "site_mmd_p": check.source.mmd.p_value,
                    "site_flagged_share": check.source.flagged_share,
                    "site_positive_share": check.positive_share, "site_score_ks": check.ks}
+        if check.prevalence is not None:
+            metrics["site_estimated_prevalence"] = check.prevalence
         if check.adapted is not None:
             metrics.update({"adapted_site_auc": check.adapted.auc,
                             "adapted_site_mmd_p": check.adapted.mmd.p_value,

@@ -3,11 +3,18 @@ network sees (serving/features.py), for the site check.
 
 - `classifier_auc`: a classifier two-sample test (Lopez-Paz and Oquab 2017). A logistic
   regression learns to tell the site's images from the reference's; its cross-validated
-  AUC, with folds grouped by patient, is the size of the shift: 0.5 when nothing tells them
-  apart, 1.0 when everything does. It reads like the model's own figures, and it does not
-  move with the site's prevalence.
+  AUC, with folds grouped by patient on both sides, is the size of the shift: 0.5 when
+  nothing tells them apart, 1.0 when everything does. It reads like the model's own
+  figures.
 - `mmd_test`: the maximum mean discrepancy with a Gaussian kernel (median bandwidth) and
   its permutation p-value (scipy.stats.permutation_test): is there any shift at all?
+  Patients are permuted, not images: the images of one patient are alike, and permuting
+  them as if independent finds a "shift" between any two groups of patients.
+
+Both take each side's patients (`*_groups`, any labels; None: each image its own
+patient). Neither knows the classes: a change of prevalence is a change of population to
+them, so the site check draws the reference to the site's prevalence first
+(adaptation/site_check.py).
 """
 
 from __future__ import annotations
@@ -27,16 +34,25 @@ FOLDS = 5
 RESAMPLES = 199  # permutations of the MMD test: p-values down to 0.005
 
 
+def _patients(reference_groups: np.ndarray | None, n_reference: int,
+              site_groups: np.ndarray | None, n_site: int) -> np.ndarray:
+    """Each image's patient over both sides, as integers (no patient on both sides)."""
+    ref = (np.arange(n_reference) if reference_groups is None
+           else np.unique(reference_groups, return_inverse=True)[1])
+    site = (np.arange(n_site) if site_groups is None
+            else np.unique(site_groups, return_inverse=True)[1])
+    return np.r_[ref, ref.max(initial=-1) + 1 + site]
+
+
 def classifier_auc(reference: np.ndarray, site: np.ndarray,
-                   site_groups: np.ndarray | None = None, seed: int = 0) -> float:
+                   site_groups: np.ndarray | None = None, seed: int = 0,
+                   reference_groups: np.ndarray | None = None) -> float:
     """The cross-validated AUC of a logistic regression telling `site` from `reference`
-    (rows are images); the site's images of one patient (`site_groups`) stay in one fold."""
+    (rows are images); the images of one patient stay in one fold."""
     x = np.concatenate([reference, site])
     y = np.r_[np.zeros(len(reference)), np.ones(len(site))]
-    codes = (np.unique(site_groups, return_inverse=True)[1] if site_groups is not None
-             else np.arange(len(site)))
-    groups = np.r_[np.arange(len(reference)), len(reference) + codes]
-    folds = min(FOLDS, len(np.unique(codes)))
+    groups = _patients(reference_groups, len(reference), site_groups, len(site))
+    folds = min(FOLDS, len(np.unique(groups[len(reference):])))
     model = make_pipeline(StandardScaler(), LogisticRegression(
         C=0.1, max_iter=2000, class_weight="balanced"))
     prob = cross_val_predict(model, x, y, groups=groups, method="predict_proba",
@@ -47,25 +63,35 @@ def classifier_auc(reference: np.ndarray, site: np.ndarray,
 @dataclass(frozen=True)
 class MMD:
     value: float  # the squared MMD
-    p_value: float  # of no difference, by permutation
+    p_value: float  # of no difference, by permutation of patients
 
 
 def mmd_test(reference: np.ndarray, site: np.ndarray, resamples: int = RESAMPLES,
-             seed: int = 0) -> MMD:
+             seed: int = 0, reference_groups: np.ndarray | None = None,
+             site_groups: np.ndarray | None = None) -> MMD:
     """The squared MMD between the two sets with a Gaussian kernel whose bandwidth is the
-    median distance between their pooled rows, and its permutation p-value."""
+    median distance between their pooled rows, and its p-value over permutations of
+    whole patients between the sets."""
     pooled = np.concatenate([reference, site])
     distances = euclidean_distances(pooled, squared=True)
     gamma = 1.0 / max(float(np.median(distances[distances > 0])), 1e-12)
-    kernel = np.exp(-gamma * distances)
+    patients = _patients(reference_groups, len(reference), site_groups, len(site))
+    # the kernel summed over each pair of patients, and each patient's images: the MMD of
+    # any split of the patients reads from these
+    members = np.zeros((patients.max() + 1, len(pooled)))
+    members[patients, np.arange(len(pooled))] = 1.0
+    sums = members @ np.exp(-gamma * distances) @ members.T
+    counts = members.sum(axis=1)
 
     def statistic(a: np.ndarray, b: np.ndarray) -> float:
         ia, ib = a.astype(int), b.astype(int)
-        return float(kernel[np.ix_(ia, ia)].mean() + kernel[np.ix_(ib, ib)].mean()
-                     - 2 * kernel[np.ix_(ia, ib)].mean())
+        na, nb = counts[ia].sum(), counts[ib].sum()
+        return float(sums[np.ix_(ia, ia)].sum() / na ** 2 + sums[np.ix_(ib, ib)].sum() / nb ** 2
+                     - 2 * sums[np.ix_(ia, ib)].sum() / (na * nb))
 
-    index = np.arange(len(pooled), dtype=float)
-    result = permutation_test((index[:len(reference)], index[len(reference):]), statistic,
+    first_site = patients[:len(reference)].max(initial=-1) + 1  # the site's patients follow
+    units = np.arange(patients.max() + 1, dtype=float)
+    result = permutation_test((units[:first_site], units[first_site:]), statistic,
                               permutation_type="independent", n_resamples=resamples,
                               alternative="greater", random_state=seed, vectorized=False)
     return MMD(float(result.statistic), float(result.pvalue))

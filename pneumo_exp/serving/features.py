@@ -8,11 +8,19 @@ A version keeps a summary of its validation images' features (`FeatureReference`
 - a projection (standardized, then the 32 principal components of the reference part) and
   the projected features of validation, split by patient into a reference part and a
   held-out part;
+- the reference part's classes and patients (as integers: no id), so that a site is
+  compared with validation drawn to the site's prevalence, patient by patient
+  (`drawn_to`; adaptation/site_check.py). Versions registered before they were kept have
+  neither: their reference is validation at its own prevalence, each image a patient;
 - validation's calibrated scores.
 
 It keeps two: as the network sees validation, and as a copy of it sees validation once its
 normalization statistics are re-estimated on validation itself (batch_norm.py, as `adapt`
-does on a site), so that a site adapted to is compared with validation adapted to.
+does on a site), so that a site adapted to is compared with validation adapted to. Those
+statistics move with the classes' mix: a site of NORMALs adapted to is unlike validation
+adapted to its three quarters PNEUMONIA, though its images are alike. So the adapted one
+also keeps its reference part as seen adapted to validation drawn to each of
+ADAPTED_PREVALENCES (`seen_at`: between two, linearly).
 
 No image, name or id: a few numbers per image that no one can read a patient from.
 
@@ -26,7 +34,7 @@ from __future__ import annotations
 import io
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -38,6 +46,7 @@ from pneumo_exp.data.split import group_codes, group_kfold
 from pneumo_exp.serving.batch_norm import adapted, can_adapt
 
 COMPONENTS = 32  # principal components kept: what separates sites, at a few numbers an image
+ADAPTED_PREVALENCES = (0.0, 0.25, 0.5, 0.75, 1.0)  # validation drawn to each, adapted to
 HELD_OUT_FOLDS = 3  # one third of validation's patients held out of the reference
 FLAG_QUANTILE = 99.0  # an image beyond this percentile of held-out validation is flagged
 
@@ -90,6 +99,14 @@ class FeatureReference:
     reference: np.ndarray  # (n, COMPONENTS) validation's reference part
     held_out: np.ndarray  # (m, COMPONENTS) its held-out part
     scores: np.ndarray  # validation's calibrated scores
+    labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # (n,) the
+    # reference part's classes; empty in versions registered before they were kept
+    groups: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # (n,) its
+    # patients, numbered (data/split.py group_codes); empty alike
+    adapted_at: np.ndarray = field(default_factory=lambda: np.empty(0))  # (k,) prevalences
+    # validation was drawn to and adapted to (an adapted reference's; else empty)
+    reference_at: np.ndarray = field(default_factory=lambda: np.empty((0, 0, 0)))  # (k, n,
+    # COMPONENTS) the reference part as seen so
 
     @classmethod
     def fit(cls, features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
@@ -104,9 +121,36 @@ class FeatureReference:
         _, _, vt = np.linalg.svd(z - z.mean(axis=0), full_matrices=False)
         empty = np.empty((0, 0))
         found = cls(center, scale, vt[:COMPONENTS], empty, empty,
-                    np.asarray(scores, dtype=np.float64))
+                    np.asarray(scores, dtype=np.float64),
+                    np.asarray(labels, dtype=np.int64)[keep], group_codes(groups)[keep])
         return replace(found, reference=found.project(features[keep]),
                        held_out=found.project(features[held]))
+
+    @property
+    def knows_classes(self) -> bool:
+        """Whether the reference part's classes and patients are kept (versions registered
+        before they were have neither)."""
+        return len(self.labels) == len(self.reference) == len(self.groups) > 0
+
+    def drawn_to(self, prevalence: float | None, seed: int = 0) -> np.ndarray:
+        """Rows of the reference part drawn to `prevalence` (drawn_rows); every row when
+        the prevalence is None or the classes are not kept."""
+        if prevalence is None or not self.knows_classes:
+            return np.arange(len(self.reference))
+        return drawn_rows(self.labels, prevalence, np.random.default_rng(seed))
+
+    def seen_at(self, prevalence: float | None) -> np.ndarray:
+        """The reference part as seen adapted to validation drawn to `prevalence`
+        (linearly between the nearest two of `adapted_at`, the nearest beyond them); as
+        it is without a prevalence, or when this reference keeps none."""
+        if prevalence is None or not len(self.adapted_at):
+            return self.reference
+        position = float(np.interp(prevalence, self.adapted_at,
+                                   np.arange(len(self.adapted_at))))
+        lower = int(position)
+        upper = min(lower + 1, len(self.adapted_at) - 1)
+        w = position - lower
+        return (1 - w) * self.reference_at[lower] + w * self.reference_at[upper]
 
     def project(self, features: np.ndarray) -> np.ndarray:
         return ((features - self.center) / self.scale) @ self.components.T
@@ -135,8 +179,23 @@ class FeatureReference:
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureReference:
-        with np.load(path) as saved:
-            return cls(**{f.name: saved[f.name] for f in fields(cls)})
+        with np.load(path) as saved:  # a field it lacks keeps its default
+            return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
+
+
+def drawn_rows(labels: np.ndarray, prevalence: float, rng: np.random.Generator
+               ) -> np.ndarray:
+    """Rows drawn at random, by class, to `prevalence` (the share of class 1), as many as
+    the classes allow; every row when a class is missing."""
+    rows = np.arange(len(labels))
+    normal, pneumonia = rows[labels == 0], rows[labels == 1]
+    if not len(normal) or not len(pneumonia):
+        return rows
+    total = min(len(normal) / max(1.0 - prevalence, 1e-9), len(pneumonia) / max(prevalence, 1e-9))
+    take = min(len(pneumonia), round(total * prevalence))
+    return np.sort(np.r_[rng.choice(normal, min(len(normal), round(total) - take),
+                                    replace=False),
+                         rng.choice(pneumonia, take, replace=False)])
 
 
 def reference_split(labels: np.ndarray, groups: np.ndarray, seed: int = 0) -> tuple[
@@ -152,10 +211,22 @@ def validation_features(models: Sequence[Any], arrays: Sequence[np.ndarray],
                         labels: np.ndarray, groups: np.ndarray, scores: np.ndarray
                         ) -> tuple[FeatureReference, FeatureReference | None]:
     """Validation's feature references: as the members see it, and as they see it adapted
-    to validation itself (None without batch normalization)."""
+    to validation itself (None without batch normalization), with its reference part as
+    seen adapted to validation drawn to each of ADAPTED_PREVALENCES."""
     reference = FeatureReference.fit(pooled_features(models, arrays), labels, groups, scores)
     if not can_adapt(models, arrays):
         return reference, None
     with adapted(models, arrays):
-        return reference, FeatureReference.fit(pooled_features(models, arrays), labels,
-                                               groups, scores)
+        found = FeatureReference.fit(pooled_features(models, arrays), labels, groups, scores)
+    keep, _ = reference_split(labels, groups)  # the rows of found.reference
+    at, seen = [], []
+    rng = np.random.default_rng(0)
+    for prevalence in ADAPTED_PREVALENCES:
+        batch = [a[drawn_rows(labels, prevalence, rng)] for a in arrays]
+        if can_adapt(models, batch):
+            with adapted(models, batch):
+                seen.append(found.project(pooled_features(models, [a[keep] for a in arrays])))
+            at.append(prevalence)
+    return reference, replace(found, adapted_at=np.array(at, dtype=np.float64),
+                              reference_at=np.array(seen).reshape(
+                                  len(at), *found.reference.shape))
