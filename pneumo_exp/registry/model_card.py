@@ -180,9 +180,9 @@ def for_site(name: str, version: str, candidates: Sequence[Any], val: Mapping[st
                  "and its population leaves them out where an age range can (above): a "
                  "DICOM image of one of them is "
                  f"{'refused' if refused else 'flagged'}.")
-    judged = ("\n\nEach of the site's trials weighed, on the training hospital's validation "
-              "(`training_site_auc` of its run):\n" + "\n".join(f"- {j}" for j in choice.judged)
-              if choice.judged else "")
+    judged = ("\n\nEach of the site's trials weighed, best first on the site's validation, "
+              "with its AUC on the training hospital's (`training_site_auc` of its run):\n"
+              + "\n".join(f"- {j}" for j in choice.judged) if choice.judged else "")
     folds = site_fit.folds
     found = folds.proportions()
     n_pos, n_neg = found["sensitivity"].total, found["specificity"].total
