@@ -6,9 +6,11 @@ their searches' validation set; calibrate (a temperature) and choose the decisio
 on it; evaluate once on the test split in an evaluation run (the only use of the test
 split), which also holds the packaged pyfunc model; register it with its lineage; publish
 its model card; and last, move the aliases (registry/aliases.py): `challenger` to the new
-version, and `champion` when its validation objective beats the current champion's; a
-site's trials make a site version with its site's alias only (site_version.py). Promoting
-runs that already have a version does nothing.
+version, and `champion` when its validation objective beats the current champion's. A
+site's trials make a site version with its site's alias only (site_version.py): chosen on
+both hospitals' validation, its population without its base's patients when it lost them,
+and its temperature and threshold from all of the site's images out of fold
+(site_folds.py). Promoting runs that already have a version does nothing.
 """
 
 from __future__ import annotations

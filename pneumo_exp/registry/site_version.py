@@ -111,6 +111,11 @@ def _training_data(client: MlflowClient, version: ModelVersion, preprocessing: t
     """The base's train and validation splits (its first member's search's), at the site's
     preprocessing; None when they cannot be had (another machine, the data moved)."""
     sources = version.tags.get(TAG_SOURCES, "")
+    if not sources:
+        log.warning("%s names no trial runs: a site search mixes none of its training images "
+                    "in, and its promotion cannot judge what it keeps of them.",
+                    version_uri(version))
+        return None
     try:
         first = candidate(client, client.get_run(sources.split(",")[0]))
         size, channels = preprocessing
