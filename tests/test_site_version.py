@@ -172,3 +172,23 @@ def test_the_threshold_is_chosen_out_of_fold_and_its_interval_is_on_the_card(
     assert Proportion(tp, positives).text() in version.description
     assert Proportion(tn, negatives).text() in version.description
     assert tp / positives >= 0.9  # registry.min_sensitivity, out of fold
+
+
+def test_a_fold_is_retrained_to_the_epoch_of_its_members_checkpoint(store: Any) -> None:
+    """A member is its trial's best checkpoint; the same configuration retrained for a fold
+    stops at that epoch, on the trial's schedule (a member taken early scores as its base
+    did, a fold trained to the end does not)."""
+    import math
+
+    from pneumo_exp.data.dataset import load_training_data
+    from pneumo_exp.registry.selection import candidate
+    from pneumo_exp.registry.site_folds import retrain
+    from pneumo_exp.registry.site_version import base_of
+
+    run = _trials(store)["forgets"]
+    c = candidate(store, run)
+    best = int(run.data.metrics["best_epoch"])
+    train = load_training_data(c.cfg.data, c.cfg.search.seed).train
+    model = retrain(c, train, base_of(store, run).context(c.cfg.train.batch_size), 0)
+    steps = math.ceil(len(train) / c.cfg.train.batch_size)
+    assert int(model.optimizer.iterations.numpy()) == (best + 1) * steps
