@@ -170,16 +170,12 @@ def for_site(name: str, version: str, candidates: Sequence[Any], val: Mapping[st
         keeps = ("\n\n**Its base's patients.** Not judged: the training hospital's validation "
                  "images could not be rebuilt where it was promoted.")
     elif kept.keeps:
-        keeps = (f"\n\n**Its base's patients.** It {kept.verdict()}. (At this site's "
-                 "threshold, the training "
-                 "hospital's sensitivity and specificity are not what its base validated: a "
-                 "threshold is a site's.)")
+        keeps = f"\n\n**Its base's patients.** It {kept.verdict()}."
     else:
         refused = contract.population is not None and contract.population.outside == "refuse"
         keeps = (f"\n\n**Its base's patients.** It {kept.verdict()}: it is not for them, "
                  "and its population leaves them out where an age range can (above): a "
-                 "DICOM image of one of them is "
-                 f"{'refused' if refused else 'flagged'}.")
+                 f"DICOM image of one of them is {'refused' if refused else 'flagged'}.")
     judged = ("\n\nEach of the site's trials weighed, best first on the site's validation, "
               "with its AUC on the training hospital's (`training_site_auc` of its run):\n"
               + "\n".join(f"- {j}" for j in choice.judged) if choice.judged else "")

@@ -46,8 +46,8 @@ from pneumo_exp.config import PopulationConfig, RegistryConfig, load_config
 from pneumo_exp.data.dataset import TrainingData, load_training_data
 from pneumo_exp.errors import DataError, UserError
 from pneumo_exp.evaluation.calibration import apply_temperature
-from pneumo_exp.evaluation.metrics import binary_metrics
 from pneumo_exp.evaluation.noise import Difference, Scored, difference
+from pneumo_exp.evaluation.report import Proportion, SiteReport, Validated, site_report
 from pneumo_exp.registry import model_card
 from pneumo_exp.registry.selection import Candidate, candidate, trial_model
 from pneumo_exp.registry.site_folds import OutOfFold, out_of_fold
@@ -88,6 +88,9 @@ class Base:
         self.members = loaded.members
         self.population: PopulationConfig | None = loaded.contract.population
         self.views = tuple(loaded.contract.views)
+        self.min_sensitivity = loaded.contract.min_sensitivity
+        self.validated = Validated(**{k: Proportion(*v) for k, v in
+                                      (loaded.contract.validated or {}).items()})
         self.data = _training_data(client, version, self.preprocessing)
 
     @functools.cached_property
@@ -146,14 +149,24 @@ def scratch_point() -> dict[str, Any]:
 @dataclass(frozen=True)
 class Kept:
     """A model's AUC on its base's validation images against the base version's, paired
-    (`difference`: a the model's, b the base's), and its probabilities there."""
+    (`difference`: a the model's, b the base's), its probabilities there, and, at its own
+    temperature and threshold, its sensitivity and specificity there against what the base
+    validated (`operating`, as `evaluate` judges a site: evaluation/report.py)."""
 
     difference: Difference
     prob: np.ndarray
+    operating: SiteReport | None = None
+
+    @property
+    def ranks(self) -> bool:
+        """Not below the base's AUC by more than KEEP_MARGIN beyond the noise."""
+        return self.difference.high >= -KEEP_MARGIN
 
     @property
     def keeps(self) -> bool:
-        return self.difference.high >= -KEEP_MARGIN
+        """It ranks its base's patients as the base did, and its threshold holds for them
+        what the base validated."""
+        return self.ranks and not (self.operating and self.operating.shortfalls())
 
     def describe(self) -> str:
         d = self.difference
@@ -162,20 +175,34 @@ class Kept:
                 f"{d.high:+.3f}])")
 
     def verdict(self) -> str:
-        return (f"{'keeps' if self.keeps else 'lost'} its base's patients: "
-                f"{self.describe()}, {'not ' if self.keeps else ''}below the base's by more "
-                f"than {KEEP_MARGIN} beyond the noise")
+        """Whether it keeps its base's patients, and why, in words."""
+        why = [f"{self.describe()}, {'not ' if self.ranks else ''}below the base's by more "
+               f"than {KEEP_MARGIN} beyond the noise"]
+        if self.operating is not None:
+            short = self.operating.shortfalls()
+            o = self.operating
+            why.append(f"at its threshold {'; '.join(short)}" if short else
+                       f"at its threshold sensitivity {o.sensitivity.text()} and specificity "
+                       f"{o.specificity.text()}, as its base validated")
+        return f"{'keeps' if self.keeps else 'lost'} its base's patients: {'; '.join(why)}"
 
 
-def kept(base: Base, members: Sequence[Member], views: Sequence[str]) -> Kept | None:
-    """What `members` keep of `base`'s patients; None when its validation cannot be had."""
+def kept(base: Base, members: Sequence[Member], views: Sequence[str],
+         calibration: tuple[float, float] | None = None) -> Kept | None:
+    """What `members` keep of `base`'s patients, at `calibration` (temperature, threshold)
+    if given; None when its validation cannot be had."""
     if base.data is None or base.prob is None:
         return None
     labels = base.data.val.labels
     prob = ensemble_probability(members, {base.preprocessing: base.data.val.images},
                                 views=views)
+    operating = None
+    if calibration is not None:
+        temperature, threshold = calibration
+        operating = site_report(labels, apply_temperature(prob, temperature), threshold,
+                                base.min_sensitivity or 0.0, base.validated)
     return Kept(difference("val_auc", Scored(labels, prob), Scored(labels, base.prob),
-                           paired=True), prob)
+                           paired=True), prob, operating)
 
 
 @dataclass(frozen=True)
@@ -273,27 +300,27 @@ def fit(client: MlflowClient, candidates: Sequence[Candidate], members: Sequence
     """The packaged members judged on their base's validation, their population, and their
     temperature and threshold from all of the site's labelled images out of fold."""
     base = base or base_of(client, candidates[0].trial)
-    k = kept(base, members, registry.views)
+    folds = out_of_fold(candidates, members, val,
+                        base.context(candidates[0].cfg.train.batch_size), registry)
+    k = kept(base, members, registry.views, (folds.temperature, folds.threshold))
     population = candidates[0].cfg.population
     if k is not None and not k.keeps:
         population = population_without(population, base.population, k.verdict())
-    folds = out_of_fold(candidates, members, val,
-                        base.context(candidates[0].cfg.train.batch_size), registry)
     return SiteFit(k, folds, population, base)
 
 
-def training_site_figures(site_fit: SiteFit, contract: VersionContract) -> dict[str, float]:
+def training_site_figures(site_fit: SiteFit) -> dict[str, float]:
     """The version's figures on its base's validation, at its own threshold and
     temperature; none when that validation cannot be rebuilt."""
-    k, data = site_fit.kept, site_fit.base.data
-    if k is None or data is None:
+    k = site_fit.kept
+    if k is None or k.operating is None:
         return {}
-    f = binary_metrics(data.val.labels, apply_temperature(k.prob, contract.temperature),
-                       contract.threshold)
-    return {f"{TRAINING_SITE}auc": float(f["auc"]),
-            f"{TRAINING_SITE}base_auc": k.difference.b,
-            **{f"{TRAINING_SITE}{key}_at_thr": float(f[key])
-               for key in ("sensitivity", "specificity", "accuracy")}}
+    o = k.operating
+    return {f"{TRAINING_SITE}auc": k.difference.a, f"{TRAINING_SITE}base_auc": k.difference.b,
+            f"{TRAINING_SITE}sensitivity_at_thr": o.sensitivity.value,
+            f"{TRAINING_SITE}specificity_at_thr": o.specificity.value,
+            f"{TRAINING_SITE}accuracy_at_thr": (o.sensitivity.hits + o.specificity.hits) / (
+                o.sensitivity.total + o.specificity.total)}
 
 
 def publish(client: MlflowClient, name: str, number: str, candidates: Sequence[Candidate],
@@ -302,7 +329,7 @@ def publish(client: MlflowClient, name: str, number: str, candidates: Sequence[C
     """The card and the training hospital's and out-of-fold figures (logged to the
     evaluation run too) of a new site version; its figures. (Its alias moves after.)"""
     tags = candidates[0].search.data.tags
-    training = training_site_figures(site_fit, contract)
+    training = training_site_figures(site_fit)
     folds = site_fit.folds.figures()
     for key, value in rounded({**training, **folds}).items():
         client.log_metric(evaluation_run, key, value)
