@@ -32,6 +32,7 @@ from pneumo_exp.tracking.names import (
     TAG_SEARCH,
     TAG_SITE,
 )
+from pneumo_exp.tracking.queries import every, quoted
 from pneumo_exp.tracking.store import connect
 
 log = logging.getLogger(__name__)
@@ -89,10 +90,10 @@ def same_base(client: Any, experiment_name: str, search_name: str, base: str) ->
     alias BASE named moved since it began): its trials would start from one version and
     its record name another."""
     experiment = client.get_experiment_by_name(experiment_name)
-    searches = client.search_runs([experiment.experiment_id],
-                                  f"tags.`{TAG_ROLE}` = '{ROLE_SEARCH}'") if experiment else []
-    recorded = sorted({r.data.tags.get(TAG_BASE_VERSION, "?") for r in searches
-                       if r.data.tags.get(TAG_SEARCH) == search_name} - {base})
+    searches = every(client.search_runs, [experiment.experiment_id],
+                     f"tags.`{TAG_ROLE}` = {quoted(ROLE_SEARCH)} and "
+                     f"tags.`{TAG_SEARCH}` = {quoted(search_name)}") if experiment else []
+    recorded = sorted({r.data.tags.get(TAG_BASE_VERSION, "?") for r in searches} - {base})
     if recorded:
         raise UserError(f"search '{search_name}' started from {', '.join(recorded)}, and BASE "
                         f"names {base} now: a search has one base. Resume it with "
