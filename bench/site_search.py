@@ -16,7 +16,9 @@ the product's own search and promote (`pneumo-exp search site`, `pneumo-exp prom
 - `scratch`, `scratch+mixed`: the default family from scratch, without and with them
   (--variant-trials trials each);
 
-each registered under the model name `site-bench`. Every version is scored on the test part
+each registered under the model name `site-bench` (--model-name: another, to promote a
+search again with other code: a promote of the same trials under one name finds their
+version and registers none). Every version is scored on the test part
 (AUC with a 95% bootstrap interval, and sensitivity and specificity at its threshold with
 exact intervals, beside the intervals its card states: the out-of-fold counts its contract
 validated), beside the base as registered and adapted to the test part's images; with
@@ -45,7 +47,6 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 TEST_BUCKETS = 30  # of 100: the share of patients in the test part
-MODEL_NAME = "site-bench"
 
 
 def patient_of(name: str, rows: dict[str, str]) -> str:
@@ -205,6 +206,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, help="the default's trials (site.yaml's)")
     parser.add_argument("--variant-trials", type=int, default=6)
     parser.add_argument("--variants", nargs="*", help="only these (default: all)")
+    parser.add_argument("--model-name", default="site-bench",
+                        help="the registered model the versions go to")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -238,9 +241,9 @@ def main() -> None:
                 run([*cli, "search", "site", "--base", args.base, "--data", str(rest),
                      "--site", site, "--seed", str(seed),
                      *[x for s in sets for x in ("--set", s)]], args.work / f"{site}.log")
-                run([*cli, "promote", "site", "--site", site, "--model-name", MODEL_NAME],
+                run([*cli, "promote", "site", "--site", site, "--model-name", args.model_name],
                     args.work / f"{site}-promote.log")
-                uri = f"models:/{MODEL_NAME}@site-{site}"
+                uri = f"models:/{args.model_name}@site-{site}"
                 figures = {"site": site, "test": scored(uri, test_files, test_labels),
                            "record": version_record(uri)}
                 if args.kermany:
