@@ -128,7 +128,7 @@ def test_a_site_promote_keeps_its_base_when_the_site_cannot_tell(store: Any,
     version, contract = _version(store)
     assert version.tags[TAG_SOURCES] == trials["keeps"].info.run_id
     card = version.description
-    assert "of the 2 trial(s) the site's validation cannot tell from its best" in card
+    assert "Of the 2 trial(s) the site's validation cannot tell from its best" in card
     for kind, run in trials.items():  # each trial judged, as a metric of its run and on the card
         auc = store.get_run(run.info.run_id).data.metrics["training_site_auc"]
         assert (auc > 0.6) if kind == "keeps" else (auc < 0.6), (kind, auc)
