@@ -1,6 +1,7 @@
 """What a site version's search needs before its first trial (ARCH=site): the base version
-from the registry, its members and preprocessing, the training site's images to mix in,
-and the lineage its runs record; the search itself is search/run.py's, with these.
+from the registry (registry/site_version.py `Base`: its members and preprocessing, the
+training site's images to mix in), the site's population, and the lineage its runs
+record; the search itself is search/run.py's, with these.
 
     make search ARCH=site BASE=models:/pneumonia-classifier@champion DATA=site_folder/ SITE=north
 
@@ -18,16 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
-import numpy as np
-
-from pneumo_exp.config import ExperimentConfig, PopulationConfig, load_config
-from pneumo_exp.data.dataset import load_training_data
+from pneumo_exp.config import ExperimentConfig, PopulationConfig
 from pneumo_exp.data.site_folder import csv_population
-from pneumo_exp.errors import ConfigError, DataError, UserError
-from pneumo_exp.registry.selection import candidate
-from pneumo_exp.serving.model import classifier
-from pneumo_exp.serving.predict import load
+from pneumo_exp.errors import ConfigError, UserError
+from pneumo_exp.registry.site_version import Base
 from pneumo_exp.tracking.model_uri import registered_version, version_uri
 from pneumo_exp.tracking.names import (
     ROLE_SEARCH,
@@ -36,8 +31,8 @@ from pneumo_exp.tracking.names import (
     TAG_ROLE,
     TAG_SEARCH,
     TAG_SITE,
-    TAG_SOURCES,
 )
+from pneumo_exp.tracking.queries import every, quoted
 from pneumo_exp.tracking.store import connect
 
 log = logging.getLogger(__name__)
@@ -74,33 +69,20 @@ def prepare(cfg: ExperimentConfig, search_name: str | None = None) -> SiteSearch
         version = registered_version(client, cfg.site.base)
     except UserError as e:
         raise UserError(f"BASE={cfg.site.base} is not a registered version ({e})") from None
-    name, number = version.name, str(version.version)
-    base_uri = version_uri(version)
-    base = classifier(load(base_uri))
-    sizes = {m.preprocessing for m in base.members}
-    if len(sizes) != 1:
-        raise UserError(f"{cfg.site.base} has members of different preprocessing "
-                        f"({sorted(sizes)}): a site search needs one; promote its members "
-                        "separately.")
-    (size, channels), = sizes
+    base = Base(client, version)
+    size, channels = base.preprocessing
     if cfg.data.image_size != size or cfg.data.channels != channels:
         log.info("Site search at the base's preprocessing: %d px, %d channel(s).", size,
                  channels)
     site = site_name(cfg)
     cfg = dataclasses.replace(
         cfg, data=dataclasses.replace(cfg.data, image_size=size, channels=channels),
-        site=dataclasses.replace(cfg.site, name=site, base=base_uri),
+        site=dataclasses.replace(cfg.site, name=site, base=version_uri(version)),
         population=population(cfg, site))
-    lineage = {TAG_SITE: site, TAG_BASE_VERSION: f"{name}/{number}",
-               TAG_BASE_RUN: version.run_id}
+    lineage = {TAG_SITE: site, TAG_BASE_VERSION: base.name, TAG_BASE_RUN: version.run_id}
     if search_name is not None:
         same_base(client, cfg.experiment_name, search_name, lineage[TAG_BASE_VERSION])
-    context = {"base_models": [m.model for m in base.members],
-               "batch_size": cfg.train.batch_size,
-               "scratch_point": scratch_point(),
-               "training_site": training_site(client, version.tags.get(TAG_SOURCES, ""),
-                                              size, channels)}
-    return SiteSearch(cfg, context, lineage)
+    return SiteSearch(cfg, base.context(cfg.train.batch_size), lineage)
 
 
 def same_base(client: Any, experiment_name: str, search_name: str, base: str) -> None:
@@ -108,10 +90,10 @@ def same_base(client: Any, experiment_name: str, search_name: str, base: str) ->
     alias BASE named moved since it began): its trials would start from one version and
     its record name another."""
     experiment = client.get_experiment_by_name(experiment_name)
-    searches = client.search_runs([experiment.experiment_id],
-                                  f"tags.`{TAG_ROLE}` = '{ROLE_SEARCH}'") if experiment else []
-    recorded = sorted({r.data.tags.get(TAG_BASE_VERSION, "?") for r in searches
-                       if r.data.tags.get(TAG_SEARCH) == search_name} - {base})
+    searches = every(client.search_runs, [experiment.experiment_id],
+                     f"tags.`{TAG_ROLE}` = {quoted(ROLE_SEARCH)} and "
+                     f"tags.`{TAG_SEARCH}` = {quoted(search_name)}") if experiment else []
+    recorded = sorted({r.data.tags.get(TAG_BASE_VERSION, "?") for r in searches} - {base})
     if recorded:
         raise UserError(f"search '{search_name}' started from {', '.join(recorded)}, and BASE "
                         f"names {base} now: a search has one base. Resume it with "
@@ -134,29 +116,3 @@ def population(cfg: ExperimentConfig, site: str) -> PopulationConfig:
     return dataclasses.replace(
         stated, min_age=low, max_age=high, views=views,
         description=f"the patients of site {site} ({', '.join(seen)} in its labels.csv)")
-
-
-def scratch_point() -> dict[str, Any]:
-    """The default family's network (experiments/aug_cnn.yaml): its fixed space and its
-    given point, every value one."""
-    aug_cnn = load_config("aug_cnn")
-    fixed = {k: v for k, v in aug_cnn.space.items() if not isinstance(v, list | dict)}
-    return {**fixed, **(aug_cnn.search.initial_points[0] if aug_cnn.search.initial_points
-                        else {})}
-
-
-def training_site(client: Any, sources: str, size: int, channels: int
-                  ) -> tuple[np.ndarray, np.ndarray] | None:
-    """The base's training images (its first member's search's train split), or None when
-    they cannot be had (another machine, the data moved); `mix` then has nothing to mix."""
-    if not sources:
-        return None
-    try:
-        first = candidate(client, client.get_run(sources.split(",")[0]))
-        data_cfg = dataclasses.replace(first.cfg.data, image_size=size, channels=channels)
-        train = load_training_data(data_cfg, first.cfg.search.seed).train
-    except (mlflow.exceptions.MlflowException, DataError, UserError, OSError) as e:
-        log.warning("the base's training images cannot be read (%s): the search mixes none "
-                    "in.", str(e).splitlines()[0])
-        return None
-    return train.images, train.labels

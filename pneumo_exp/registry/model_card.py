@@ -17,7 +17,7 @@ from pneumo_exp.data.views import ORIGINAL
 from pneumo_exp.serving.contract import VersionContract
 from pneumo_exp.text import describe
 from pneumo_exp.tracking.model_uri import PREFIX, registered_version
-from pneumo_exp.tracking.names import MODEL_CARD, SITE_REPORT_HTML, TAG_DATA
+from pneumo_exp.tracking.names import MODEL_CARD, OUT_OF_FOLD, SITE_REPORT_HTML, TAG_DATA
 
 INTENDED_USE = """\
 **Intended use.** Research and teaching on machine learning for chest radiographs, and as a
@@ -148,14 +148,13 @@ before, {_pct(test.get('test_ece'))} after.
 """
 
 
-FORGOT_AUC = 0.01  # a site version below its base's validation AUC by more has forgotten
-
-
 def for_site(name: str, version: str, candidates: Sequence[Any], val: Mapping[str, float],
-             training: Mapping[str, float], contract: VersionContract, registry: Any,
-             site: str, base: str, base_auc: float | None) -> str:
+             training: Mapping[str, float], site_fit: Any, choice: Any,
+             contract: VersionContract, registry: Any, site: str, base: str) -> str:
     """The card of a site version: searched on a site's labelled images from a base
-    version, with its figures on the site's validation and on the training hospital's."""
+    version; which trials and why, what it keeps of its base's patients, whom it is for,
+    and its threshold from all of the site's labelled images out of fold, with intervals
+    (registry/site_version.py, site_folds.py)."""
     search = candidates[0].search
     p = search.data.params
     counts = ", ".join(f"{split} {p.get(f'data.{split}_NORMAL', '?')} NORMAL / "
@@ -166,16 +165,23 @@ def for_site(name: str, version: str, candidates: Sequence[Any], val: Mapping[st
     rows = [("the site's validation", val, "val_")]
     if training:
         rows.append(("the training hospital's validation", training, "training_site_"))
-    forgot = ""
-    if training and base_auc is not None:
-        lost = base_auc - training["training_site_auc"]
-        forgot = (f"\n\nOn the training hospital's validation its AUC is "
-                  f"{training['training_site_auc']:.3f}, against its base's {base_auc:.3f}"
-                  + (f": it lost {lost:.3f} there, so it is for this site's patients, not for "
-                     "those its base was made for." if lost > FORGOT_AUC else
-                     ": it still ranks the training hospital's patients as its base did.")
-                  + " (At this site's threshold, the training hospital's sensitivity and "
-                  "specificity are not what its base validated: a threshold is a site's.)")
+    kept = site_fit.kept
+    if kept is None:
+        keeps = ("\n\n**Its base's patients.** Not judged: the training hospital's validation "
+                 "images could not be rebuilt where it was promoted.")
+    elif kept.keeps:
+        keeps = f"\n\n**Its base's patients.** It {kept.verdict()}."
+    else:
+        refused = contract.population is not None and contract.population.outside == "refuse"
+        keeps = (f"\n\n**Its base's patients.** It {kept.verdict()}: it is not for them, "
+                 "and its population leaves them out where an age range can (above): a "
+                 f"DICOM image of one of them is {'refused' if refused else 'flagged'}.")
+    judged = ("\n\nEach of the site's trials weighed, best first on the site's validation, "
+              "with its AUC on the training hospital's (`training_site_auc` of its run):\n"
+              + "\n".join(f"- {j}" for j in choice.judged) if choice.judged else "")
+    folds = site_fit.folds
+    found = folds.proportions()
+    n_pos, n_neg = found["sensitivity"].total, found["specificity"].total
     return f"""# {name} version {version} (site {site})
 
 A site version of `{base}`, searched on site `{site}`'s own labelled images: {counts}
@@ -187,17 +193,24 @@ A site version of `{base}`, searched on site `{site}`'s own labelled images: {co
 
 {NOT_FOR}
 
-**Trials.**
-{members}
+**Trials.** {choice.why[0].upper() + choice.why[1:]}:
+{members}{judged}
 
 **Figures** (at the decision threshold {contract.threshold:.3f}; the site's validation with
 95% bootstrap intervals):
 
-{_figures_table(rows)}{forgot}
+{_figures_table(rows)}{keeps}
 
-**Threshold rule.** The highest specificity whose sensitivity on the site's calibrated
-validation probabilities is at least {registry.min_sensitivity}; temperature
-{contract.temperature:.3f}. Each image is scored as {_views(list(contract.views))}.
+**Threshold.** {contract.threshold:.3f}, chosen on all {n_pos + n_neg} of the site's labelled
+images ({n_pos} PNEUMONIA, {n_neg} NORMAL) out of fold: {folds.folds} folds by patient, the
+validation fold scored by the version's members, each other fold by their trials'
+configurations retrained on the site's other patients. The highest specificity whose
+sensitivity there is at least {registry.min_sensitivity}, after a temperature of
+{contract.temperature:.3f} fitted on the same probabilities. There: sensitivity
+{found["sensitivity"].text()}, specificity {found["specificity"].text()}, out-of-fold AUC
+{folds.figures()[f"{OUT_OF_FOLD}auc"]:.3f}; exact (Clopper-Pearson) 95% intervals, what new
+patients of this site should show at this threshold. Each image is scored as
+{_views(list(contract.views))}.
 
 **Lineage.** Base version `{base}`; trial runs
 {', '.join(f'`{c.trial.info.run_id}`' for c in candidates)}; search `{search.info.run_id}`.

@@ -6,9 +6,11 @@ their searches' validation set; calibrate (a temperature) and choose the decisio
 on it; evaluate once on the test split in an evaluation run (the only use of the test
 split), which also holds the packaged pyfunc model; register it with its lineage; publish
 its model card; and last, move the aliases (registry/aliases.py): `challenger` to the new
-version, and `champion` when its validation objective beats the current champion's; a
-site's trials make a site version with its site's alias only (site_version.py). Promoting
-runs that already have a version does nothing.
+version, and `champion` when its validation objective beats the current champion's. A
+site's trials make a site version with its site's alias only (site_version.py): chosen on
+both hospitals' validation, its population without its base's patients when it lost them,
+and its temperature and threshold from all of the site's images out of fold
+(site_folds.py). Promoting runs that already have a version does nothing.
 """
 
 from __future__ import annotations
@@ -106,9 +108,13 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
     the ensemble validates worse than it beyond the noise. A site's trials make a site
     version (site_version.py); the aliases follow registry/aliases.py, last."""
     client = connect()
-    trials = select_trials(client, arch, run_id, registry.top if top is None else top,
-                           any_trial, search, site)
-    site = promotion_site(trials, site)
+    top = registry.top if top is None else top
+    trials = select_trials(client, arch, run_id, top, any_trial, search, site,
+                           every=site is not None)  # a site's, all: site_version.choose
+    site = promotion_site(trials[:top], site)
+    choice = (site_version.choose(client, trials, top, registry)
+              if site is not None and run_id is None else None)
+    trials = choice.trials if choice else trials
     name = registry.model_name
     existing = versions_of_runs(client, name, [t.info.run_id for t in trials], site)
     if existing:
@@ -131,7 +137,12 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
             return Promotion(existing[0], False,
                              alias_version(client, name, CHAMPION) or "-", {}, why, site)
     val = mean_score(alone)
-    calibration = calibrate(val, registry.min_sensitivity)
+    if site is None:
+        calibration, fitted = calibrate(val, registry.min_sensitivity), None
+    else:  # both hospitals' figures, and the threshold out of fold
+        fitted = site_version.fit(client, candidates, members, val, registry,
+                                  choice.base if choice else None)
+        calibration = Calibration(fitted.folds.temperature, fitted.folds.threshold)
     val_figures = validation_figures(val, calibration, registry.bootstrap,
                                      candidates[0].cfg.search.sensitivity_target)
     tests = test_sets(candidates)
@@ -143,16 +154,20 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
     contract = VersionContract(
         members=tuple(m.preprocessing for m in members), threshold=calibration.threshold,
         temperature=calibration.temperature, views=tuple(registry.views),
-        min_sensitivity=registry.min_sensitivity, validated=validated_counts(val, calibration),
+        min_sensitivity=registry.min_sensitivity,
+        validated=fitted.folds.validated() if fitted else validated_counts(val, calibration),
         reference=score_summary(scores, calibration.threshold), features=features,
-        features_adapted=features_adapted, population=candidates[0].cfg.population)
+        features_adapted=features_adapted,
+        population=fitted.population if fitted else candidates[0].cfg.population)
     version, evaluation_run, figures = evaluate_and_register(
         name, candidates, members, contract, val_figures, test, registry)
     number = str(version.version)
     tested = bool(figures)
-    if site is not None:  # a site version: figures on both sites, and its card
-        figures = site_version.publish(client, name, number, candidates, members, contract,
-                                       val_figures, evaluation_run, registry)
+    if fitted is not None:  # a site version: figures on both sites, and its card
+        figures = site_version.publish(
+            client, name, number, candidates, contract, val_figures, fitted,
+            choice or site_version.Choice(trials, "the trial asked for (--run)", []),
+            evaluation_run, registry)
     else:
         card = model_card.for_promotion(name, number, candidates, val_figures, figures,
                                         contract, registry)
@@ -164,13 +179,13 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
 
 def select_trials(client: MlflowClient, arch: str | None, run_id: str | None,
                   top: int, any_trial: bool = False, search: str | None = None,
-                  site: str | None = None) -> list[Run]:
+                  site: str | None = None, every: bool = False) -> list[Run]:
     """The one trial `run_id`, or the up to `top` best validated alike (of `search`, of
-    `site`)."""
+    `site`; `every`: all of them, best first)."""
     if top < 1:
         raise ConfigError(f"TOP must be an integer >= 1; got {top}.")
     return ([trial_run(client, run_id)] if run_id
-            else best_trial_runs(client, arch, top, any_trial, search, site))
+            else best_trial_runs(client, arch, None if every else top, any_trial, search, site))
 
 
 def ensemble_or_best(candidates: Sequence[Candidate], alone: Sequence[Scored]

@@ -74,12 +74,13 @@ def is_candidate(run: Run) -> bool:
     return tag == "true" if tag is not None else promotable(run.data.tags.get(TAG_STATUS, ""))
 
 
-def best_trial_runs(client: MlflowClient, arch: str | None, top: int = 1,
+def best_trial_runs(client: MlflowClient, arch: str | None, top: int | None = 1,
                     any_trial: bool = False, search: str | None = None,
                     site: str | None = None) -> list[Run]:
     """The best candidate trial run by `best_<objective>` (each trial's best checkpoint,
     the figure its search's oracle ranked), then the next best validated on the same images
-    (the same dataset, validation split and seed), up to `top` in all; of one `search` if
+    (the same dataset, validation split and seed), up to `top` in all (None: every one,
+    best first, as a site's promotion weighs them: site_version.choose); of one `search` if
     given; of a `site`'s searches if given, else of the training site's only (a site's
     validation figures never rank against the training site's: registry/aliases.py).
     `any_trial`: every finished full-fidelity trial is a candidate (a screened one has no
@@ -126,7 +127,7 @@ def best_trial_runs(client: MlflowClient, arch: str | None, top: int = 1,
 
     # stops at `top`: each new search met costs a read of its parent run
     same = list(itertools.islice((r for r in runs if validation(r) == validation(runs[0])), top))
-    if len(same) < top:
+    if top is not None and len(same) < top:
         log.info("Promoting the %d finished trial(s) validated like the best one (TOP=%d "
                  "asks for up to %d).", len(same), top, top)
     return same

@@ -1,84 +1,341 @@
-"""A site version's promotion (`make promote ARCH=site SITE=north`): the best trials of the
-site's searches, registered as a version of the same model with the alias `site-<name>`
-(`champion` and `challenger` never move: registry/aliases.py), a tag naming the base
-version, and a card with its figures on the site's validation and on the training
-hospital's.
+"""A site version's promotion (`make promote ARCH=site SITE=north`): which of the site's
+trials it packages, what it keeps of its base's patients, whom it is for, and its card.
+(Its threshold: site_folds.py; its alias, `site-<name>` only: registry/aliases.py.)
 
-The training hospital's figures are the version scored on its base version's validation
-images (rebuilt from the base's search, as promote rebuilds any), at the site's threshold:
-a version that forgot the patients it came from says so on its card.
+A site's validation is a few dozen images of its own patients. Ranked by it alone, the
+NIH Clinical Center's search promoted three trials that mixed none of the training
+hospital's images in: AUC 0.43 on the training hospital's test images, while its
+population, read from the site's ages, still held children aged 4 and 5 (docs/results.md).
+So a site's promotion weighs both hospitals, on validation images only:
+
+- Each of the site's trials (validated alike, of the best one's base) is scored on the
+  site's validation images and on its base version's (the training hospital's, rebuilt
+  from the base's search), the latter paired with the base version on the same images
+  (`training_site_auc`, logged to the trial's run).
+- The trials the site's validation cannot tell from the site's best one (a paired
+  bootstrap of the site's objective: the 95% interval of the difference reaches 0) are as
+  good as any for the site; of these the version takes the up to `top` that keep the most
+  of their base (the highest AUC on its validation). The site's figure decides which trials
+  may serve the site, the training hospital's which of them: a trial the site's validation
+  finds worse is never chosen for what it keeps, and among those it cannot rank, its noise
+  does not choose.
+- The packaged version *keeps* its base's patients when its AUC on the base's validation is
+  not below the base version's by more than KEEP_MARGIN beyond the noise (the upper end of
+  the paired bootstrap's 95% interval of the difference is above -KEEP_MARGIN). One that
+  does not is not for them: its population leaves out their ages (`population_without`),
+  and its card says so; one that does says that, with the interval.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import mlflow
+import numpy as np
+from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from pneumo_exp.data.dataset import load_training_data
+from pneumo_exp.config import PopulationConfig, RegistryConfig, load_config
+from pneumo_exp.data.dataset import TrainingData, load_training_data
 from pneumo_exp.errors import DataError, UserError
 from pneumo_exp.evaluation.calibration import apply_temperature
-from pneumo_exp.evaluation.metrics import binary_metrics
+from pneumo_exp.evaluation.noise import Difference, Scored, difference
+from pneumo_exp.evaluation.report import Proportion, SiteReport, Validated, site_report
 from pneumo_exp.registry import model_card
-from pneumo_exp.registry.selection import Candidate, candidate
+from pneumo_exp.registry.selection import Candidate, candidate, trial_model
+from pneumo_exp.registry.site_folds import OutOfFold, out_of_fold
 from pneumo_exp.serving.contract import VersionContract
-from pneumo_exp.serving.model import Member, ensemble_probability
-from pneumo_exp.tracking.model_uri import PREFIX, registered_version
+from pneumo_exp.serving.model import Member, classifier, ensemble_probability
+from pneumo_exp.serving.predict import load
+from pneumo_exp.tracking.model_uri import PREFIX, registered_version, version_uri
 from pneumo_exp.tracking.names import (
     TAG_BASE_VERSION,
     TAG_SITE,
     TAG_SOURCES,
-    figure_tag,
+    TRAINING_SITE,
     rounded,
 )
 
 log = logging.getLogger(__name__)
-TRAINING_SITE = "training_site_"  # the prefix of its figures on the base's validation
+# The AUC on its base's validation a site version may lose beyond the noise and still be for
+# its base's patients: about the noise itself there (a paired interval of +-0.01 at the
+# training hospital's 537 validation images), so a version that keeps them ranks them as its
+# base did
+KEEP_MARGIN = 0.01
 
 
-def training_site_figures(client: MlflowClient, base: str, members: Sequence[Member],
-                          contract: VersionContract) -> dict[str, float]:
-    """The version's figures on the base version's validation images, at its own
-    threshold and temperature; none when those images cannot be rebuilt."""
+class Base:
+    """The base version of a site's search: its members and population, and its training
+    data when it can be rebuilt (its train split to mix in, its validation to judge what a
+    site version keeps), with its own probabilities on that validation."""
+
+    def __init__(self, client: MlflowClient, version: ModelVersion) -> None:
+        self.name = f"{version.name}/{version.version}"
+        loaded = classifier(load(version_uri(version)))
+        sizes = {m.preprocessing for m in loaded.members}
+        if len(sizes) != 1:
+            raise UserError(f"{PREFIX}{self.name} has members of different preprocessing "
+                            f"({sorted(sizes)}): a site search needs one; promote its members "
+                            "separately.")
+        (self.preprocessing,) = sizes
+        self.members = loaded.members
+        self.population: PopulationConfig | None = loaded.contract.population
+        self.views = tuple(loaded.contract.views)
+        self.min_sensitivity = loaded.contract.min_sensitivity
+        self.validated = Validated(**{k: Proportion(*v) for k, v in
+                                      (loaded.contract.validated or {}).items()})
+        self.data = _training_data(client, version, self.preprocessing)
+
+    @functools.cached_property
+    def prob(self) -> np.ndarray | None:
+        """The base version's probabilities on its validation images, over its views."""
+        if self.data is None:
+            return None
+        return ensemble_probability(self.members, {self.preprocessing: self.data.val.images},
+                                    views=self.views)
+
+    def context(self, batch_size: int) -> dict[str, Any]:
+        """What the site hypermodel (hypermodels/site.py) takes from its base."""
+        return {"base_models": [m.model for m in self.members], "batch_size": batch_size,
+                "scratch_point": scratch_point(),
+                "training_site": (self.data.train.images, self.data.train.labels)
+                if self.data is not None else None}
+
+
+def _training_data(client: MlflowClient, version: ModelVersion, preprocessing: tuple[int, int]
+                   ) -> TrainingData | None:
+    """The base's train and validation splits (its first member's search's), at the site's
+    preprocessing; None when they cannot be had (another machine, the data moved)."""
+    sources = version.tags.get(TAG_SOURCES, "")
+    if not sources:
+        log.warning("%s names no trial runs: a site search mixes none of its training images "
+                    "in, and its promotion cannot judge what it keeps of them.",
+                    version_uri(version))
+        return None
     try:
-        version = registered_version(client, f"{PREFIX}{base}")
-        first = candidate(client, client.get_run(version.tags[TAG_SOURCES].split(",")[0]))
-        (size, channels), = {m.preprocessing for m in members}
+        first = candidate(client, client.get_run(sources.split(",")[0]))
+        size, channels = preprocessing
         data = dataclasses.replace(first.cfg.data, image_size=size, channels=channels)
-        val = load_training_data(data, first.cfg.search.seed).val
+        return load_training_data(data, first.cfg.search.seed)
     except (mlflow.exceptions.MlflowException, KeyError, ValueError, DataError, UserError,
             OSError) as e:
-        log.warning("the training hospital's validation images cannot be rebuilt (%s): the "
-                    "card gives the site's figures only.", str(e).splitlines()[0])
+        log.warning("the training hospital's images of %s cannot be read (%s): a site search "
+                    "mixes none in, and its promotion cannot judge what it keeps of them.",
+                    version_uri(version), str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return None
+
+
+def base_of(client: MlflowClient, trial: Run) -> Base:
+    """The base version a site's trial started from."""
+    return Base(client, registered_version(client, PREFIX + trial.data.tags[TAG_BASE_VERSION]))
+
+
+def scratch_point() -> dict[str, Any]:
+    """The default family's network (experiments/aug_cnn.yaml): its fixed space and its
+    given point, every value one."""
+    aug_cnn = load_config("aug_cnn")
+    fixed = {k: v for k, v in aug_cnn.space.items() if not isinstance(v, list | dict)}
+    return {**fixed, **(aug_cnn.search.initial_points[0] if aug_cnn.search.initial_points
+                        else {})}
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A model's AUC on its base's validation images against the base version's, paired
+    (`difference`: a the model's, b the base's), its probabilities there, and, at its own
+    temperature and threshold, its sensitivity and specificity there against what the base
+    validated (`operating`, as `evaluate` judges a site: evaluation/report.py)."""
+
+    difference: Difference
+    prob: np.ndarray
+    operating: SiteReport | None = None
+
+    @property
+    def ranks(self) -> bool:
+        """Not below the base's AUC by more than KEEP_MARGIN beyond the noise."""
+        return self.difference.high >= -KEEP_MARGIN
+
+    @property
+    def keeps(self) -> bool:
+        """It ranks its base's patients as the base did, and its threshold holds for them
+        what the base validated."""
+        return self.ranks and not (self.operating and self.operating.shortfalls())
+
+    def describe(self) -> str:
+        d = self.difference
+        return (f"AUC {d.a:.3f} on the training hospital's validation, against its base's "
+                f"{d.b:.3f} (difference {d.value:+.3f}, 95% interval [{d.low:+.3f}, "
+                f"{d.high:+.3f}])")
+
+    def verdict(self) -> str:
+        """Whether it keeps its base's patients, and why, in words."""
+        why = [f"{self.describe()}, {'not ' if self.ranks else ''}below the base's by more "
+               f"than {KEEP_MARGIN} beyond the noise"]
+        if self.operating is not None:
+            short = self.operating.shortfalls()
+            o = self.operating
+            why.append(f"at its threshold {'; '.join(short)}" if short else
+                       f"at its threshold sensitivity {o.sensitivity.text()} and specificity "
+                       f"{o.specificity.text()}, as its base validated")
+        return f"{'keeps' if self.keeps else 'lost'} its base's patients: {'; '.join(why)}"
+
+
+def kept(base: Base, members: Sequence[Member], views: Sequence[str],
+         calibration: tuple[float, float] | None = None) -> Kept | None:
+    """What `members` keep of `base`'s patients, at `calibration` (temperature, threshold)
+    if given; None when its validation cannot be had."""
+    if base.data is None or base.prob is None:
+        return None
+    labels = base.data.val.labels
+    prob = ensemble_probability(members, {base.preprocessing: base.data.val.images},
+                                views=views)
+    operating = None
+    if calibration is not None:
+        temperature, threshold = calibration
+        operating = site_report(labels, apply_temperature(prob, temperature), threshold,
+                                base.min_sensitivity or 0.0, base.validated)
+    return Kept(difference("val_auc", Scored(labels, prob), Scored(labels, base.prob),
+                           paired=True), prob, operating)
+
+
+@dataclass(frozen=True)
+class Choice:
+    trials: list[Run]
+    why: str  # which trials, and why: for the card and the console
+    judged: list[str]  # each trial scored on the training hospital's validation
+    base: Base | None = None
+
+
+def choose(client: MlflowClient, ranked: Sequence[Run], top: int,
+           registry: RegistryConfig) -> Choice:
+    """The up to `top` trials a site version packages, of `ranked` (a site's candidate
+    trials validated alike, best first by its objective), by the rule in the module's
+    docstring; each trial's model is loaded and scored in turn."""
+    first = candidate(client, ranked[0])
+    base = base_of(client, ranked[0])
+    ranked = [r for r in ranked if r.data.tags.get(TAG_BASE_VERSION) == base.name]
+    if base.data is None:
+        return Choice(list(ranked[:top]), "the site's best trials by its validation alone "
+                      "(the training hospital's validation cannot be rebuilt here)", [], base)
+    s = first.cfg.search
+    val = load_training_data(first.cfg.data, s.seed).val
+    site: list[Scored] = []
+    kept_by: list[Kept] = []
+    for run in ranked:
+        member = Member(trial_model(run), *base.preprocessing)
+        site.append(Scored(val.labels, ensemble_probability(
+            [member], {base.preprocessing: val.images}, views=registry.views)))
+        k = kept(base, [member], registry.views)
+        assert k is not None
+        kept_by.append(k)
+        for key, value in rounded({f"{TRAINING_SITE}auc": k.difference.a}).items():
+            client.log_metric(run.info.run_id, key, value)
+    judged, near = [], []
+    for i, (run, k) in enumerate(zip(ranked, kept_by, strict=True)):
+        d = difference(s.objective, site[i], site[0], paired=True,
+                       sensitivity_target=s.sensitivity_target)
+        within = i == 0 or ((d.high >= 0) if s.direction == "max" else (d.low <= 0))
+        if within:
+            near.append(i)
+        on_site = ("the site's best" if i == 0 else
+                   f"{d.value:+.4f} [{d.low:+.4f}, {d.high:+.4f}] from it, "
+                   f"{'within' if within else 'beyond'} the noise")
+        judged.append(f"{candidate(client, run).label} (run `{run.info.run_id}`): the site's "
+                      f"{s.objective} {d.a:.4f} ({on_site}); {k.describe()}")
+    chosen = sorted(near, key=lambda i: -kept_by[i].difference.a)[:top]
+    why = (f"of the {len(near)} trial(s) the site's validation cannot tell from its best "
+           f"({s.objective}, a paired bootstrap), the {len(chosen)} that keep the most of "
+           "their base (AUC on the training hospital's validation)")
+    log.info("Site trials, on the site's validation and the training hospital's:\n  %s\n"
+             "Chosen: %s: %s.", "\n  ".join(judged), why,
+             ", ".join(candidate(client, ranked[i]).label for i in chosen))
+    return Choice([ranked[i] for i in chosen], why, judged, base)
+
+
+def population_without(site: PopulationConfig, base: PopulationConfig | None,
+                       why: str) -> PopulationConfig:
+    """The site's population with its base's patients' ages left out (the site's ages above
+    the base's, else below them), and `why` in its description; as it is when the two do
+    not overlap, or when no age bound can leave the base's out (it says so)."""
+    if base is None or (base.min_age is None and base.max_age is None):
+        return site
+    low, high = site.min_age, site.max_age
+    overlap = ((low is None or base.max_age is None or low <= base.max_age)
+               and (high is None or base.min_age is None or high >= base.min_age))
+    if not overlap:
+        return site
+    described = site.description or "the site's patients"
+    if base.max_age is not None and (high is None or high > base.max_age):
+        low = math.floor(base.max_age) + 1  # completed years: the day the base's end
+    elif base.min_age is not None and float(base.min_age).is_integer() and (
+            low is None or low < base.min_age):
+        high = base.min_age - 1
+    else:
+        return dataclasses.replace(site, description=(
+            f"{described}; it {why}, and no age range of the site's leaves them out"))
+    return dataclasses.replace(site, min_age=low, max_age=high, description=(
+        f"{described}, not its base's patients ({base.description or 'its training data'}): "
+        f"it {why}"))
+
+
+@dataclass(frozen=True)
+class SiteFit:
+    """What a site version's contract and card take from both hospitals."""
+
+    kept: Kept | None  # None: its base's validation cannot be rebuilt
+    folds: OutOfFold  # its temperature and threshold, out of fold
+    population: PopulationConfig
+    base: Base
+
+
+def fit(client: MlflowClient, candidates: Sequence[Candidate], members: Sequence[Member],
+        val: Scored, registry: RegistryConfig, base: Base | None = None) -> SiteFit:
+    """The packaged members judged on their base's validation, their population, and their
+    temperature and threshold from all of the site's labelled images out of fold."""
+    base = base or base_of(client, candidates[0].trial)
+    folds = out_of_fold(candidates, members, val,
+                        base.context(candidates[0].cfg.train.batch_size), registry)
+    k = kept(base, members, registry.views, (folds.temperature, folds.threshold))
+    population = candidates[0].cfg.population
+    if k is not None and not k.keeps:
+        population = population_without(population, base.population, k.verdict())
+    return SiteFit(k, folds, population, base)
+
+
+def training_site_figures(site_fit: SiteFit) -> dict[str, float]:
+    """The version's figures on its base's validation, at its own threshold and
+    temperature; none when that validation cannot be rebuilt."""
+    k = site_fit.kept
+    if k is None or k.operating is None:
         return {}
-    prob = ensemble_probability(members, {(size, channels): val.images}, 1.0,
-                                views=contract.views)
-    f = binary_metrics(val.labels, apply_temperature(prob, contract.temperature),
-                       contract.threshold)
-    return {f"{TRAINING_SITE}auc": float(f["auc"]),
-            **{f"{TRAINING_SITE}{k}_at_thr": float(f[k])
-               for k in ("sensitivity", "specificity", "accuracy")}}
+    o = k.operating
+    return {f"{TRAINING_SITE}auc": k.difference.a, f"{TRAINING_SITE}base_auc": k.difference.b,
+            f"{TRAINING_SITE}sensitivity_at_thr": o.sensitivity.value,
+            f"{TRAINING_SITE}specificity_at_thr": o.specificity.value,
+            f"{TRAINING_SITE}accuracy_at_thr": (o.sensitivity.hits + o.specificity.hits) / (
+                o.sensitivity.total + o.specificity.total)}
 
 
 def publish(client: MlflowClient, name: str, number: str, candidates: Sequence[Candidate],
-            members: Sequence[Member], contract: VersionContract,
-            val_figures: Mapping[str, float], evaluation_run: str,
-            registry: Any) -> dict[str, float]:
-    """The card and the training hospital's figures (logged to the evaluation run too) of
-    a new site version; its figures. (Its alias moves after: registry/aliases.py.)"""
+            contract: VersionContract, val_figures: Mapping[str, float], site_fit: SiteFit,
+            choice: Choice, evaluation_run: str, registry: Any) -> dict[str, float]:
+    """The card and the training hospital's and out-of-fold figures (logged to the
+    evaluation run too) of a new site version; its figures. (Its alias moves after.)"""
     tags = candidates[0].search.data.tags
-    site, base = tags[TAG_SITE], tags[TAG_BASE_VERSION]
-    training = training_site_figures(client, base, members, contract)
-    for key, value in rounded(training).items():
+    training = training_site_figures(site_fit)
+    folds = site_fit.folds.figures()
+    for key, value in rounded({**training, **folds}).items():
         client.log_metric(evaluation_run, key, value)
-    base_tags = registered_version(client, f"{PREFIX}{base}").tags
-    base_auc = base_tags.get(figure_tag("val_auc"))
-    card = model_card.for_site(name, number, candidates, val_figures, training, contract,
-                               registry, site, base, float(base_auc) if base_auc else None)
+    card = model_card.for_site(name, number, candidates, val_figures, training, site_fit,
+                               choice, contract, registry, tags[TAG_SITE],
+                               tags[TAG_BASE_VERSION])
     model_card.publish(client, name, number, card, evaluation_run)
     return {**{k: v for k, v in val_figures.items() if k.endswith("_at_thr") or k == "val_auc"},
-            **training}
+            **training, **folds}

@@ -85,6 +85,9 @@ TAG_ADAPTATION_FINGERPRINT = "pneumo.adaptation_fingerprint"
 TAG_ADAPTATION_RUN = "pneumo.adaptation_run_id"
 TAG_BASE_VERSION = "pneumo.base_version"  # a site version's search: the version it started
 TAG_BASE_RUN = "pneumo.base_run_id"  # from (name/version), and the run holding its model
+# A site version's figures (metric prefixes): on its base's validation (also each of the
+# site's trials judged, its AUC), and on all of its site's labelled images out of fold
+TRAINING_SITE, OUT_OF_FOLD = "training_site_", "site_oof_"
 
 
 def figure_tag(name: str) -> str:

@@ -27,6 +27,7 @@ from pneumo_exp.errors import UserError
 from pneumo_exp.settings import SITE_ARCH
 from pneumo_exp.tracking.names import (
     CHAMPION,
+    OUT_OF_FOLD,
     TAG_ARCH,
     TAG_BASE_VERSION,
     TAG_EVALUATION_RUN,
@@ -37,6 +38,7 @@ from pneumo_exp.tracking.names import (
     TAG_SOURCES,
     TAG_TEMPERATURE,
     TAG_THRESHOLD,
+    TRAINING_SITE,
     figure_tag,
     site_alias,
 )
@@ -122,10 +124,16 @@ def _site_promoted(args: argparse.Namespace, p: Any, name: str) -> int:
     print(f"  the site's validation: AUC {f['val_auc']:.4f}; at the threshold "
           f"{float(v.tags[TAG_THRESHOLD]):.3f}: sensitivity {f['val_sensitivity_at_thr']:.4f}, "
           f"specificity {f['val_specificity_at_thr']:.4f}")
-    if "training_site_auc" in f:
-        print(f"  the training hospital's validation: AUC {f['training_site_auc']:.4f}; "
-              f"sensitivity {f['training_site_sensitivity_at_thr']:.4f}, specificity "
-              f"{f['training_site_specificity_at_thr']:.4f}")
+    t = TRAINING_SITE
+    if f"{t}auc" in f:
+        print(f"  the training hospital's validation: AUC {f[t + 'auc']:.4f} (its base's "
+              f"{f[t + 'base_auc']:.4f}); sensitivity {f[t + 'sensitivity_at_thr']:.4f}, "
+              f"specificity {f[t + 'specificity_at_thr']:.4f}")
+    o = OUT_OF_FOLD
+    print(f"  threshold chosen on all {int(f[o + 'images'])} of the site's labelled images out "
+          f"of fold ({int(f[o + 'folds'])} folds by patient): " + ", ".join(
+              f"{k} {f[f'{o}{k}_at_thr']:.3f} [{f[f'{o}{k}_at_thr_ci_low']:.3f}, "
+              f"{f[f'{o}{k}_at_thr_ci_high']:.3f}]" for k in ("sensitivity", "specificity")))
     print(f"  {_use_it(args, f'models:/{name}@{site_alias(p.site)}')}")
     return 0
 

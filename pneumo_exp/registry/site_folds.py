@@ -1,0 +1,160 @@
+"""A site version's temperature and threshold, from all of the site's labelled images out of
+fold.
+
+A site's validation is a quarter of its patients: at the NIH Clinical Center, 75 images, on
+which a threshold validated at specificity 0.56 gave 0.38 on 702 images of other patients
+(docs/results.md). So the threshold is chosen on every labelled image of the site, each
+scored by a model that never trained on it: the site's patient folds are those its
+validation was cut by (data/split.py: validation is the first of round(1 / val_fraction)
+seeded, stratified folds by patient); the validation fold is scored by the version's own
+members, and each other fold by the members' configurations (their trials'
+hyperparameters, the same base and training-site images) retrained on the site's other
+patients, on the trial's learning-rate schedule, up to the epoch its checkpoint was taken
+at (chosen on the validation fold, so no other fold chooses anything). A member is its
+best checkpoint: at the NIH Clinical Center some were taken after one epoch of twenty, and
+scored new patients as its base did; retrained to the end, their folds scored lower, and
+the threshold chosen on them flagged 93% of the test part's NORMAL images against the 63%
+its folds said. The temperature is fitted on the same out-of-fold probabilities,
+then the threshold chosen as promote chooses one (evaluation/thresholds.py). The
+sensitivity and specificity there, with exact intervals, are what the version validated:
+its card states them, and `evaluate` judges a site's cases against them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import keras_tuner as kt
+import numpy as np
+
+from pneumo_exp.config import RegistryConfig
+from pneumo_exp.data.dataset import load_training_data
+from pneumo_exp.data.labeled import LabeledImages
+from pneumo_exp.data.pipeline import make_dataset
+from pneumo_exp.data.split import group_codes, group_kfold
+from pneumo_exp.errors import UserError
+from pneumo_exp.evaluation.calibration import apply_temperature, fit_temperature
+from pneumo_exp.evaluation.metrics import binary_metrics
+from pneumo_exp.evaluation.noise import Scored
+from pneumo_exp.evaluation.report import Proportion
+from pneumo_exp.evaluation.thresholds import choose_threshold
+from pneumo_exp.hypermodels import build_hypermodel
+from pneumo_exp.registry.selection import Candidate
+from pneumo_exp.serving.model import Member, ensemble_probability
+from pneumo_exp.text import literal
+from pneumo_exp.tracking.names import FIDELITY_PARAM, OUT_OF_FOLD
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutOfFold:
+    """Every labelled image of the site, scored out of fold (before calibration), and the
+    temperature and threshold chosen on them."""
+
+    labels: np.ndarray
+    prob: np.ndarray
+    folds: int
+    temperature: float
+    threshold: float
+
+    def proportions(self) -> dict[str, Proportion]:
+        """Sensitivity and specificity at the threshold, as counts (exact intervals)."""
+        f = binary_metrics(self.labels, apply_temperature(self.prob, self.temperature),
+                           self.threshold)
+        return {"sensitivity": Proportion(int(f["tp"]), int(f["tp"] + f["fn"])),
+                "specificity": Proportion(int(f["tn"]), int(f["tn"] + f["fp"]))}
+
+    def validated(self) -> dict[str, tuple[int, int]]:
+        """The contract's validated counts: (hits, total) of each."""
+        return {k: (p.hits, p.total) for k, p in self.proportions().items()}
+
+    def figures(self) -> dict[str, float]:
+        """The out-of-fold figures at the threshold, with exact intervals."""
+        f = binary_metrics(self.labels, apply_temperature(self.prob, self.temperature),
+                           self.threshold)
+        out = {f"{OUT_OF_FOLD}auc": float(f["auc"]), f"{OUT_OF_FOLD}images": len(self.labels),
+               f"{OUT_OF_FOLD}folds": self.folds}
+        for key, p in self.proportions().items():
+            out[f"{OUT_OF_FOLD}{key}_at_thr"] = p.value
+            (out[f"{OUT_OF_FOLD}{key}_at_thr_ci_low"],
+             out[f"{OUT_OF_FOLD}{key}_at_thr_ci_high"]) = p.interval
+        return out
+
+
+def out_of_fold(candidates: Sequence[Candidate], members: Sequence[Member], val: Scored,
+                context: Mapping[str, Any], registry: RegistryConfig) -> OutOfFold:
+    """The members' mean probability on every labelled image of their site out of fold
+    (`val`: theirs on the validation fold), and the temperature and threshold on it.
+    `context`: the site hypermodel's (its base's members and training-site images)."""
+    cfg = candidates[0].cfg
+    data = load_training_data(cfg.data, cfg.search.seed)
+    if cfg.data.validation != "split" or "val" in data.loads:
+        raise UserError(f"a site version's threshold is chosen over its site's patient folds, "
+                        f"and the data of {candidates[0].label}'s search ({data.root}) has a "
+                        "val/ split of its own: give the site's images as one labelled folder "
+                        "(NORMAL/ and PNEUMONIA/), validation cut by patient.")
+    every = data.loads["train"].data
+    n_splits = max(2, round(1 / cfg.data.val_fraction))
+    folds = list(group_kfold(n_splits, cfg.search.seed).split(
+        np.zeros(len(every)), every.labels, group_codes(every.groups)))
+    if not np.array_equal(every.names[folds[0][1]], data.val.names):
+        raise UserError(f"the validation of {candidates[0].label}'s search is not the first "
+                        "of its site's patient folds (the folder changed since it ran?): "
+                        "search again, then promote.")
+    prob = np.empty(len(every))
+    prob[folds[0][1]] = val.prob
+    for k, (train, held) in enumerate(folds[1:], start=1):
+        started = time.time()
+        retrained = [Member(retrain(c, every.subset(train), context, cfg.search.seed + k),
+                            c.cfg.data.image_size, c.cfg.data.channels) for c in candidates]
+        prob[held] = ensemble_probability(
+            retrained, {m.preprocessing: every.images[held] for m in members},
+            views=registry.views)
+        log.info("Fold %d of %d: %d member(s) retrained without its %d images (%.0f s).",
+                 k + 1, n_splits, len(candidates), len(held), time.time() - started)
+    temperature = fit_temperature(every.labels, prob)
+    threshold = choose_threshold(every.labels, apply_temperature(prob, temperature),
+                                 registry.min_sensitivity)
+    return OutOfFold(every.labels, prob, n_splits, temperature, threshold)
+
+
+class StopAfter(keras.callbacks.Callback):
+    """Stop after `epochs` epochs, whatever the schedule was set for."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if epoch + 1 >= self.epochs:
+            self.model.stop_training = True
+
+
+def retrain(c: Candidate, train: LabeledImages, context: Mapping[str, Any],
+            seed: int) -> keras.Model:
+    """The trial's configuration trained again on `train`, on its schedule, to the epoch of
+    its checkpoint (`best_epoch`, counted from 0; all its epochs where none is logged)."""
+    best = c.trial.data.metrics.get("best_epoch")
+    stop = [StopAfter(int(best) + 1)] if best is not None else []
+    keras.utils.set_random_seed(seed)
+    hp = kt.HyperParameters()
+    hp.values.update({k: literal(v) for k, v in c.trial.data.params.items()
+                      if not k.startswith(("tuner/", FIDELITY_PARAM))})
+    hypermodel = build_hypermodel(c.cfg, train.labels, **context)
+    model = hypermodel.build(hp)
+    try:
+        hypermodel.fit(hp, model, make_dataset(train, c.cfg.train.batch_size, shuffle=True,
+                                               seed=seed),
+                       epochs=c.cfg.train.epochs,
+                       callbacks=[keras.callbacks.TerminateOnNaN(), *stop],
+                       shuffle=False, verbose=0)
+    except kt.errors.FailedTrialError as e:
+        raise UserError(f"{c.label}, retrained without one of its site's folds to choose the "
+                        f"threshold, failed: {e} Promote other trials (TOP=1, or --run).") from None
+    return model
