@@ -116,3 +116,33 @@ def test_a_server_others_reach_needs_a_login(host: str, tmp_path: Path,
     err = capsys.readouterr().err
     assert "reachable from the network" in err and "--auth" in err and "--insecure" in err
     assert main(["ui", "--host", host]) == 2
+
+
+def test_the_admin_password_is_never_a_default(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    """AUTH=1 without PNEUMO_EXP_ADMIN_PASSWORD, or with a short one: one message, and no
+    server starts."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PNEUMO_EXP_ADMIN_PASSWORD", raising=False)
+    assert main(["server", "--host", "127.0.0.1", "--auth"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no admin password: set PNEUMO_EXP_ADMIN_PASSWORD" in err[0]
+    monkeypatch.setenv("PNEUMO_EXP_ADMIN_PASSWORD", "short")
+    assert main(["server", "--host", "127.0.0.1", "--auth"]) == 2
+    assert "at least 12 characters" in capsys.readouterr().err
+
+
+def test_insecure_serves_the_network_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """INSECURE=1 (--insecure) is what lets a server without a login face the network, and
+    it is said."""
+    import argparse
+
+    from pneumo_exp.cli.commands.store import _open_to_the_network
+    from pneumo_exp.errors import UserError
+
+    with pytest.raises(UserError, match="reachable from the network"):
+        _open_to_the_network(argparse.Namespace(host="10.1.2.3", insecure=False), False)
+    caplog.set_level("WARNING")
+    _open_to_the_network(argparse.Namespace(host="10.1.2.3", insecure=True), False)
+    assert "without authentication (INSECURE)" in caplog.text

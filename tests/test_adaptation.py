@@ -345,6 +345,32 @@ def test_site_check_before_labels(sites: dict[str, Any], searched: dict[str, Any
     assert _versions(client, "sites") == before
 
 
+def test_a_site_check_of_too_few_images_is_one_message(workdir: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """Fewer images than adaptation reads cannot tell a population from a few patients: the
+    check says how many it needs, in one line, and logs no evaluation run."""
+    from conftest import tiny_base
+
+    from pneumo_exp.adaptation.site_check import MIN_SITE_IMAGES
+    from pneumo_exp.cli import main
+    from pneumo_exp.registry.packaging import write_version
+    from pneumo_exp.tracking.store import connect
+
+    client = connect()
+    model = tiny_base(32)
+    with mlflow.start_run():
+        write_version("few", checked_contract([model], 32), [model], {})
+    few = make_folder_dataset(workdir / "few", {"scans": (5, 5)})
+    capsys.readouterr()
+    assert main(["site-check", "--model", "models:/few/1", "--data", str(few), "--out",
+                 str(workdir / "reports")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"10 readable images are too few for a site check: it needs at " \
+        f"least {MIN_SITE_IMAGES}" in err[0], err
+    evaluations = client.get_experiment_by_name("pneumo-exp/evaluations")
+    assert evaluations is None or not client.search_runs([evaluations.experiment_id])
+
+
 def test_predict_says_why_an_image_gets_no_probability(sites: dict[str, Any], tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     """A CT slice and a head radiograph are refused by their headers, a text file is

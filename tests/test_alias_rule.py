@@ -133,6 +133,11 @@ def test_a_site_trial_by_its_run_id_becomes_its_sites_version(store: Any,
     assert _state(store) == {"versions": {"1": None, "2": "north"},
                              "aliases": {CHAMPION: "1", CHALLENGER: "1", "site-north": "2"}}
     assert store.get_model_version(MODEL, "2").tags[TAG_BASE_VERSION] == f"{MODEL}/1"
+    # its card gives its figures on the training hospital's validation too, so that a
+    # version that forgot its base's patients says so
+    card = store.get_model_version(MODEL, "2").description
+    assert "| the training hospital's validation |" in card
+    assert "On the training hospital's validation its AUC is" in card
     # asked for another site's, or for a home trial as a site's: refused
     assert "not of site south" in _refused(
         ["promote", "--run", trial.info.run_id, "--site", "south", *ONE_VIEW], capsys)

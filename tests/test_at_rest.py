@@ -98,3 +98,19 @@ def test_cache_lists_and_clears_what_is_kept(workdir: Path,
     assert not new.exists()
     assert main(["cache", "--older-than", "3"]) == 2  # needs --clear
     assert "needs --clear" in capsys.readouterr().err
+
+
+def test_instances_an_earlier_version_kept_whole_are_deleted(tmp_path: Path) -> None:
+    """Before de-identification on arrival, pulled instances were kept whole, named by their
+    SOP Instance UID; the next pull from that server deletes them and keeps what is kept
+    de-identified (named by a digest)."""
+    from pneumo_exp.data.dicomweb import _forget_whole_instances
+
+    folder = tmp_path / "server"
+    folder.mkdir()
+    whole = folder / "1.2.840.113619.2.55.3.604688119.42.dcm"
+    kept = folder / kept_name("1.2.840.113619.2.55.3.604688119.43")
+    for f in (whole, kept):
+        f.write_bytes(b"DICM")
+    _forget_whole_instances(folder)
+    assert not whole.exists() and kept.exists()

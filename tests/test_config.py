@@ -47,6 +47,20 @@ def test_overrides_win_over_files() -> None:
     assert cfg.space["dropout"] == 0.3
 
 
+def test_a_dataset_folders_settings_apply_over_the_file_and_under_the_command_line(
+        tmp_path: Path) -> None:
+    """defaults.yaml <- experiments/<arch>.yaml <- the dataset's pneumo-exp.yaml <- SET=."""
+    from pneumo_exp.config import DATASET_SETTINGS
+
+    (tmp_path / DATASET_SETTINGS).write_text("train:\n  epochs: 7\nsearch:\n  tuner: random\n")
+    plain = load_config("aug_cnn")
+    assert (plain.train.epochs, plain.search.tuner) != (7, "random")
+    fitted = load_config("aug_cnn", {"data.root": str(tmp_path)})
+    assert (fitted.train.epochs, fitted.search.tuner) == (7, "random")
+    told = load_config("aug_cnn", {"data.root": str(tmp_path), "train.epochs": 2})
+    assert (told.train.epochs, told.search.tuner) == (2, "random")
+
+
 def test_digest_ignores_budgets_only() -> None:
     base = load_config("aug_cnn", {"search.screen_trials": 0})
     assert base.digest() == load_config("aug_cnn", {"search.screen_trials": 0,

@@ -272,3 +272,34 @@ def test_a_dicom_that_is_not_a_chest_radiograph_is_refused(tmp_path: Path, modal
         decode_image(path, 32, 1)
     decoded = decode_many([path, PNGS[0]], [(32, 1)])
     assert decoded.readable == [1] and decoded.labels == {0: REFUSED}
+
+
+def test_a_teams_salt_gives_every_installation_the_same_keys(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """Without PNEUMO_EXP_PATIENT_SALT each installation draws its own salt (kept 0600), so
+    its keys are its own; with it, a team's installations group a patient alike."""
+    import stat
+
+    from pneumo_exp.data.dicom import SALT_ENV, patient_key
+
+    def keys(salt: str | None) -> list[str]:
+        if salt is None:
+            monkeypatch.delenv(SALT_ENV, raising=False)
+        else:
+            monkeypatch.setenv(SALT_ENV, salt)
+        found = []
+        for place in ("north", "south"):
+            (tmp_path / str(salt) / place).mkdir(parents=True)
+            monkeypatch.chdir(tmp_path / str(salt) / place)
+            found.append(patient_key("PX-00042"))
+            assert found[-1] == patient_key("PX-00042") != patient_key("PX-00043")
+        return found
+
+    north, south = keys(None)
+    assert north != south
+    kept = tmp_path / "None" / "south" / ".pneumo" / "patient_salt"
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    team, also = keys("a team's shared secret")
+    assert team == also and team not in (north, south)
+    assert not (tmp_path / "a team's shared secret" / "north" / ".pneumo").exists()

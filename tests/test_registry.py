@@ -399,6 +399,29 @@ def test_evaluate_a_labelled_folder(promoted: dict[str, Any], searched: dict[str
         counts["NORMAL"], counts["PNEUMONIA"])
 
 
+def test_evaluate_verifies_the_stored_threshold_and_never_tunes_one(
+        promoted: dict[str, Any], searched: dict[str, Any], tmp_path: Path) -> None:
+    """A site's labelled cases are judged at the version's own threshold: the report's
+    sensitivity and specificity are the counts at that threshold, whatever would suit
+    the site's cases."""
+    from pneumo_exp.data.inputs import labelled_folder
+    from pneumo_exp.serving.model import images_frame
+    from pneumo_exp.serving.predict import evaluate
+
+    uri = "models:/acceptance@champion"
+    stored = float(promoted["first"].version.tags["pneumo.threshold"])
+    cases = labelled_folder(Path(searched["cfg"].data.root) / "test")
+    report = evaluate(uri, cases, tmp_path, n_bootstrap=50).report
+    assert report.threshold == pytest.approx(stored)
+    called = mlflow.pyfunc.load_model(uri).predict(
+        images_frame(cases.files))["probability"].to_numpy(float) >= stored
+    sick = cases.labels == 1
+    assert (report.sensitivity.hits, report.sensitivity.total) == (
+        int(called[sick].sum()), int(sick.sum()))
+    assert (report.specificity.hits, report.specificity.total) == (
+        int((~called[~sick]).sum()), int((~sick).sum()))
+
+
 def test_evaluate_names_the_folder_and_counts(promoted: dict[str, Any], searched: dict[str, Any],
                                               capsys: pytest.CaptureFixture) -> None:
     from pneumo_exp.cli import main

@@ -104,6 +104,22 @@ def test_same_command_again_adds_no_runs(searched: dict[str, Any],
     assert "already ran its 2 trials" in caplog.text
 
 
+def test_raising_max_trials_extends_a_finished_search(workdir: Any) -> None:
+    """A search that does not screen, finished at one trial: the same command with
+    MAX_TRIALS=2 is the same search, and runs one trial more under the same parent."""
+    from conftest import make_folder_dataset
+
+    root = make_folder_dataset(workdir / "chest_xray")
+    settings = {**OVERRIDES, "data.root": str(root), "train.epochs": 1,
+                "search.screen_trials": 0, "tracking.gradcam_images": 0}
+    first = run_search(load_config("aug_cnn", {**settings, "search.max_trials": 1}), verbose=0)
+    more = run_search(load_config("aug_cnn", {**settings, "search.max_trials": 2}), verbose=0)
+    assert (more.name, more.parent_run_id) == (first.name, first.parent_run_id)
+    client = MlflowClient()
+    trials = [r for r in _children(client, more) if r.data.tags.get("pneumo.role") == "trial"]
+    assert len(trials) == 2
+
+
 def test_unknown_space_key_is_a_config_error(searched: dict[str, Any]) -> None:
     cfg = load_config("aug_cnn", {**OVERRIDES, "data.root": searched["cfg"].data.root,
                                   "space.dropuot": 0.2})

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from pneumo_exp.config import SAMPLE_DIR
+from pneumo_exp.tracking.store import connect
 
 NIH = Path(__file__).resolve().parents[2] / "shared" / "data" / "external" / "nih"
 SIZE = 32
@@ -156,6 +157,12 @@ def test_a_change_of_prevalence_alone_is_no_shift(
         assert _verdict(out) == "like the training site", out
         estimated = float(out.split("drawn to their estimated ", 1)[1].split("%")[0])
         assert estimated <= 100 * most, out
+        client = connect()  # its evaluation run keeps the estimate too
+        (run,) = client.search_runs(
+            [client.get_experiment_by_name("pneumo-exp/evaluations").experiment_id],
+            f"attributes.run_name = 'site-check-clinic_{pneumonia}'")
+        assert 100 * run.data.metrics["site_estimated_prevalence"] == pytest.approx(
+            estimated, abs=0.6)
         # adapted to these images, it is compared with validation adapted at their mix
         adapted = float(out.split("adapted to it: a classifier tells them from validation's "
                                   "at AUC ", 1)[1][:5])

@@ -160,6 +160,8 @@ def test_a_labels_csv_from_a_spreadsheet_reads_as_written(workdir: Path) -> None
     data = _load(folder)
     every = np.concatenate([data.train.groups, data.val.groups])
     assert len(set(every)) == 20  # two images a patient, as the CSV says
+    ids = {row[4] for row in rows[1:]}  # kept as salted hashes, never as written
+    assert all(g.startswith("patient-") for g in every) and not set(every) & ids
 
 
 @pytest.mark.parametrize("break_it, said", [

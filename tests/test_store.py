@@ -89,3 +89,25 @@ def test_experiment_tags_written_by_a_concurrent_process_are_not_an_error(
     assert EXPERIMENT_KIND.items() <= tags.items()
     with pytest.raises(mlflow.exceptions.MlflowException):  # a failure that left no tag
         experiment_id(_RacedClient(uri, wrote=False), "raced-too")
+
+
+def test_the_ui_link_opens_the_full_fidelity_trials_best_first(workdir: Path) -> None:
+    """The link `make ui` and every search print names a view the experiment keeps: its
+    full-fidelity trials, best objective first, the clinical figures as first columns."""
+    import json
+    from urllib.parse import parse_qs, urlparse
+
+    from pneumo_exp.tracking.store import VIEW_TAG_PREFIX, connect, experiment_id, ui_url
+
+    client = connect()
+    experiment = experiment_id(client, "pneumo-exp/aug_cnn")
+    link = urlparse(ui_url("127.0.0.1", 5000, experiment))
+    assert link.fragment.startswith(f"/experiments/{experiment}/runs")
+    key = parse_qs(link.fragment.split("?", 1)[1])["viewStateShareKey"][0]
+    view = json.loads(client.get_experiment(experiment).tags[VIEW_TAG_PREFIX + key])
+    state = json.loads(view["state"])
+    assert state["searchFilter"] == "tags.`pneumo.fidelity` = 'full'"
+    assert state["orderByKey"] == "metrics.`best_val_auc`" and state["orderByAsc"] is False
+    assert state["selectedColumns"][2:6] == [
+        "metrics.`best_val_sensitivity`", "metrics.`best_val_specificity`",
+        "metrics.`best_val_spec_at_sens`", "metrics.`best_val_auc`"]
