@@ -263,3 +263,28 @@ def test_an_adapted_version_carries_its_checks(store: Any, made: dict[str, Path]
     assert main(["predict", "--model", adapted, "--format", "csv",
                  str(tmp_path / "card.png")]) == 0
     assert "unlike the training images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("site", [None, "north"])
+def test_aliases_move_last(store: Any, site: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A promotion that fails after its version is written (here: its card) moves no alias:
+    the new version stays without one, and the champion stays where it was."""
+    from pneumo_exp.cli import main
+    from pneumo_exp.registry import model_card, site_version
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise OSError("the store went away while the card was written")
+
+    monkeypatch.setattr(model_card, "publish", broken)
+    monkeypatch.setattr(site_version, "publish", broken)
+    if site:
+        argv = ["promote", "site", "--site", "north"]
+    else:  # the training site's trial that version 1 is not
+        one = store.get_model_version(MODEL, "1").tags["pneumo.source_run_ids"]
+        other = next(t for t in _trials(store, None) if t.info.run_id not in one)
+        argv = ["promote", "--run", other.info.run_id]
+    with pytest.raises(OSError, match="went away"):
+        main([*argv, *ONE_VIEW])
+    state = _state(store)
+    assert state["versions"] == {"1": None, "2": site}  # the version was written ...
+    assert state["aliases"] == BEFORE["aliases"]         # ... and no alias moved to it
