@@ -160,7 +160,8 @@ def search_session(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from pneumo_exp.tracking.store import connect
 
     root = tmp_path_factory.mktemp("search")
-    data = make_folder_dataset(root / "chest_xray")
+    data = make_folder_dataset(root / "chest_xray", {"train": (24, 36), "val": (16, 16),
+                                                       "test": (6, 6)})  # validation of 32: adapt needs it
     bad = add_bad_files(data / "train" / "NORMAL")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)

@@ -322,8 +322,8 @@ def test_site_check_before_labels(sites: dict[str, Any], searched: dict[str, Any
     out = capsys.readouterr().out
     assert "40 images read" in out and "Verdict: " in out
     assert "as registered: a classifier tells them from validation's at AUC" in out
-    # the session's validation has too few images to adapt a copy to: no adapted comparison
-    assert "adapted to it" not in out
+    # and adapted, against validation as the adapted network sees it (shown, never deciding)
+    assert "adapted to it: a classifier tells them from validation's at AUC" in out
     pages = list(tmp_path.glob("*site-check.html"))
     assert len(pages) == 1 and "Site check" in pages[0].read_text()
     other = tmp_path / "other_scanner"
@@ -369,6 +369,36 @@ def test_a_site_check_of_too_few_images_is_one_message(workdir: Path,
         f"least {MIN_SITE_IMAGES}" in err[0], err
     evaluations = client.get_experiment_by_name("pneumo-exp/evaluations")
     assert evaluations is None or not client.search_runs([evaluations.experiment_id])
+
+
+def test_a_version_with_no_adapted_reference_is_not_adapted(workdir: Path,
+                                                           capsys: pytest.CaptureFixture
+                                                           ) -> None:
+    """A version whose validation was too small to adapt to keeps validation's features only
+    as registered. An adapted network compared with them puts every image far away (the
+    training data's own images `another population`), so adapt refuses it in one message
+    and registers nothing."""
+    from conftest import make_site_folder, tiny_base
+
+    from pneumo_exp.cli import main
+    from pneumo_exp.registry.packaging import write_version
+    from pneumo_exp.tracking.store import connect
+
+    client = connect()
+    model = tiny_base(32)
+    small = np.random.default_rng(1).integers(0, 255, (24, 32, 32, 1)).astype("float32")
+    contract = checked_contract([model], 32, small)
+    assert contract.features is not None and contract.features_adapted is None
+    with mlflow.start_run():
+        write_version("small", contract, [model], {})
+    site = make_site_folder(workdir / "east_scans")
+    capsys.readouterr()
+    assert main(["adapt", "--model", "models:/small/1", "--data", str(site), "--site",
+                 "east"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "keeps no reference of its validation images as an adapted " \
+        "network sees them" in err[0], err
+    assert [str(v.version) for v in client.search_model_versions("name = 'small'")] == ["1"]
 
 
 def test_predict_says_why_an_image_gets_no_probability(sites: dict[str, Any], tmp_path: Path,

@@ -137,7 +137,14 @@ def test_a_site_trial_by_its_run_id_becomes_its_sites_version(store: Any,
     # version that forgot its base's patients says so
     card = store.get_model_version(MODEL, "2").description
     assert "| the training hospital's validation |" in card
-    assert "On the training hospital's validation its AUC is" in card
+    assert "**Its base's patients.** It " in card
+    assert "on the training hospital's validation, against its base's" in card
+    # asked again: the version it already is, with its alias; `models` names its base
+    capsys.readouterr()
+    assert main(["promote", "--run", trial.info.run_id, *ONE_VIEW]) == 0
+    assert "version 2 (aliases: site-north); nothing registered" in capsys.readouterr().out
+    assert main(["models"]) == 0
+    assert f"site north (from {MODEL}/1)" in capsys.readouterr().out
     # asked for another site's, or for a home trial as a site's: refused
     assert "not of site south" in _refused(
         ["promote", "--run", trial.info.run_id, "--site", "south", *ONE_VIEW], capsys)

@@ -56,7 +56,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A folder with a tiny dataset, a 2-trial search and a promoted ensemble of both, all
     through make."""
     work = tmp_path_factory.mktemp("commands")
-    data = make_folder_dataset(work / "chest_xray", {"train": (20, 24), "val": (4, 4),
+    data = make_folder_dataset(work / "chest_xray", {"train": (20, 24), "val": (16, 16),
                                                      "test": (6, 6)}, size=32)
     out = make(work, "search", ARCH="aug_cnn", DATA=str(data), MAX_TRIALS="2", NAME="e2e",
                **TINY)

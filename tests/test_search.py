@@ -39,8 +39,8 @@ def test_parent_run(searched: dict[str, Any]) -> None:
     assert parent.data.tags["mlflow.source.git.commit"] == head
     p = parent.data.params
     assert p["search.tuner"] == "random" and p["data.image_size"] == "48"
-    assert int(p["data.train_size"]) + int(p["data.val_size"]) == 68
-    assert int(p["data.train_NORMAL"]) + int(p["data.val_NORMAL"]) == 28
+    assert int(p["data.train_size"]) + int(p["data.val_size"]) == 92
+    assert int(p["data.train_NORMAL"]) + int(p["data.val_NORMAL"]) == 40
     assert p["data.skipped_files"] == "3"
     skipped = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/data/skipped_files.tsv")
     assert sorted(line.split("\t")[0].rsplit("/", 1)[-1]

@@ -261,6 +261,28 @@ def test_a_version_whose_reference_keeps_no_classes_is_checked_and_says_so(
     assert "keeps no classes" in check.verdict and "promote it again" in check.verdict
 
 
+def test_a_version_whose_threshold_told_nothing_apart_says_so(tiny_version: dict[str, Any]
+                                                              ) -> None:
+    """Validated counts at chance (sensitivity + specificity <= 1) estimate no prevalence:
+    the verdict says why, and does not call a new version older."""
+    from dataclasses import replace
+
+    from pneumo_exp.adaptation.site_check import assess_site
+    from pneumo_exp.serving.model import classifier
+    from pneumo_exp.serving.predict import load
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tiny_version["root"])
+        model = classifier(load("models:/tiny/1"))
+    model.contract = replace(model.contract, validated={"sensitivity": (20, 20),
+                                                        "specificity": (0, 20)})
+    x, _, g = _cohort(tiny_version["rng"], 20, 20, (1, 1))
+    check = assess_site(model, {(SIZE, 1): x}, g)
+    assert check.prevalence is None and not check.drawn
+    assert "sensitivity 1.00, specificity 0.00" in check.verdict
+    assert "no better than chance" in check.verdict and "older" not in check.verdict
+
+
 def test_the_mmd_test_permutes_patients() -> None:
     """Two samples of one population of patients, each patient's images alike: permuting
     images finds a shift most of the time, permuting patients at about its 5%."""

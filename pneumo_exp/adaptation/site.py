@@ -111,8 +111,15 @@ def adapt(model_uri: str, files: list[Path], root: Path, images_from: str,
                         "their validation images' features, so a version adapted from it "
                         "could not be checked against them (site-check, predict's note). "
                         "Adapt a version promoted since.")
-    if contract.features_adapted is not None:
-        contract = contract.with_changes(features=contract.features_adapted)
+    if contract.features_adapted is None:  # validation too small to adapt to, or older
+        raise UserError(f"{model_uri} (version {number}) keeps no reference of its validation "
+                        "images as an adapted network sees them (its validation held fewer "
+                        f"than {MIN_ADAPTATION_IMAGES} images, or it was registered before "
+                        "versions kept one), so a version adapted from it could not be "
+                        "checked against its training images (site-check, predict's note). "
+                        "Adapt a version promoted from a validation split of at least "
+                        f"{MIN_ADAPTATION_IMAGES} images.")
+    contract = contract.with_changes(features=contract.features_adapted)
     batches, files, skipped = read_site_images(files, images_from,
                                                {m.preprocessing for m in model.members})
     try:

@@ -141,6 +141,7 @@ class SiteCheck:
     patients: int = 0
     prevalence: float | None = None  # the site's estimated share of PNEUMONIA
     drawn: bool = False  # validation's reference drawn to it (False: at its own)
+    chance: str = ""  # "sensitivity x, specificity y" when they sum to 1 or less
 
     @property
     def positive_share(self) -> float:
@@ -151,6 +152,12 @@ class SiteCheck:
         """Which validation the site is compared with, in words."""
         if self.drawn:
             return f"validation's drawn to their estimated {self.prevalence:.0%} PNEUMONIA"
+        if self.chance:  # a version, however new, whose threshold told nothing apart
+            why = (f"its validated sensitivity and specificity at its threshold ({self.chance}) "
+                   "tell the classes apart no better than chance, so its calls estimate no "
+                   "prevalence")
+            return (f"validation's at its own prevalence ({why}; a prevalence unlike "
+                    "validation's reads as a shift)")
         why = ("it keeps no validated counts to estimate theirs" if self.prevalence is None
                else f"theirs is estimated at {self.prevalence:.0%}, but it keeps no classes of "
                "its validation images to draw them to it")
@@ -254,8 +261,13 @@ def assess_site(model: PneumoniaClassifier, arrays: dict[Any, np.ndarray],
     inputs = [arrays[m.preprocessing] for m in model.members]
     known = known or seen(model, arrays)
     prob = known.prob
-    prevalence = estimated_prevalence(float(np.mean(prob >= model.threshold)),
-                                      contract.validated_figures())
+    validated = contract.validated_figures()
+    prevalence = estimated_prevalence(float(np.mean(prob >= model.threshold)), validated)
+    sensitivity, specificity = (Validated.value(validated.sensitivity),
+                                Validated.value(validated.specificity))
+    chance = (f"sensitivity {sensitivity:.2f}, specificity {specificity:.2f}"
+              if prevalence is None and sensitivity is not None and specificity is not None
+              else "")  # figures it has, that estimate nothing
     drawn = prevalence is not None and contract.features.knows_classes
     source = _look(models, inputs, contract.features, groups, prevalence if drawn else None,
                    known.features)
@@ -265,7 +277,8 @@ def assess_site(model: PneumoniaClassifier, arrays: dict[Any, np.ndarray],
             found = _look(models, inputs, contract.features_adapted, groups,
                           prevalence if drawn else None)
     return SiteCheck(n, skipped, prob, model.threshold, dict(contract.reference),
-                     contract.features.scores, source, found, patients, prevalence, drawn)
+                     contract.features.scores, source, found, patients, prevalence, drawn,
+                     chance)
 
 
 def site_patients(files: list[Path], decoded: Decoded, root: Path | None) -> np.ndarray:

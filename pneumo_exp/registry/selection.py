@@ -169,8 +169,10 @@ def sources_key(run_ids: Sequence[str]) -> str:
 def versions_of_runs(client: MlflowClient, name: str, run_ids: Sequence[str],
                      site: str | None = None) -> list[ModelVersion]:
     """The versions packaging exactly these trial runs, for `site` (None: the training
-    site's); not the adaptations of one, which carry its sources too."""
+    site's); not the adaptations of one, which carry its sources too. Each read again by
+    its number, as a search of versions returns them without their aliases."""
     key = sources_key(run_ids)
-    return [v for v in every(client.search_model_versions, f"name = {quoted(name)}")
+    return [client.get_model_version(name, v.version)
+            for v in every(client.search_model_versions, f"name = {quoted(name)}")
             if v.tags.get(TAG_SOURCES) == key and v.tags.get(TAG_SITE) == site
             and TAG_ADAPTED_FROM_VERSION not in v.tags]

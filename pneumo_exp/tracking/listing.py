@@ -24,6 +24,7 @@ from pneumo_exp.tracking.names import (
     ROLE_SEARCH,
     TAG_ADAPTED_FROM_VERSION,
     TAG_ARCH,
+    TAG_BASE_VERSION,
     TAG_BEST_TRIAL,
     TAG_EVALUATION_RUN,
     TAG_MEMBERS,
@@ -77,8 +78,10 @@ def version_summary(tags: Mapping[str, str]) -> str:
     """What a version is, from its tags: `aug_cnn x3, site north (from v1)`."""
     members = int(tags.get(TAG_MEMBERS, "1") or 1)
     what = tags.get(TAG_ARCH, "?") + (f" x{members}" if members > 1 else "")
-    if TAG_SITE in tags:
-        what += f", site {tags[TAG_SITE]} (from v{tags.get(TAG_ADAPTED_FROM_VERSION, '?')})"
+    if TAG_ADAPTED_FROM_VERSION in tags:  # adapted: from a version of the same model
+        what += f", site {tags.get(TAG_SITE, '?')} (from v{tags[TAG_ADAPTED_FROM_VERSION]})"
+    elif TAG_SITE in tags:  # a site version: from the base its search started from
+        what += f", site {tags[TAG_SITE]} (from {tags.get(TAG_BASE_VERSION, '?')})"
     return what
 
 
