@@ -160,8 +160,9 @@ def search_session(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from pneumo_exp.tracking.store import connect
 
     root = tmp_path_factory.mktemp("search")
+    # validation of 32 images or more: adapt needs its adapted reference
     data = make_folder_dataset(root / "chest_xray", {"train": (24, 36), "val": (16, 16),
-                                                       "test": (6, 6)})  # validation of 32: adapt needs it
+                                                       "test": (6, 6)})
     bad = add_bad_files(data / "train" / "NORMAL")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
