@@ -63,7 +63,8 @@ def test_anonymous_requests_and_wrong_passwords_are_refused(server: Any,
 
 @pytest.mark.slow  # a dozen commands against the server
 def test_read_and_edit_users(server: Any, tmp_path: Path) -> None:
-    data = make_folder_dataset(tmp_path / "d", size=40)
+    data = make_folder_dataset(tmp_path / "d", {"train": (24, 36), "val": (16, 16),
+                                                "test": (6, 6)}, size=40)  # adapt needs 32
     outputs = []
 
     def run(user: str | None, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -100,6 +101,15 @@ def test_read_and_edit_users(server: Any, tmp_path: Path) -> None:
                     ("delete-search", "spare", "--yes")):
         proc = run("reader", *refused)
         assert _refused(proc, 403), (refused[0], proc.stderr[-1500:])
+
+    # MANAGE: also delete (EDIT may not), and grant
+    assert _refused(run("editor", "delete-search", "spare", "--yes"), 403)
+    granted = run("admin", "users", "grant", "editor", "--permission", "MANAGE",
+                  "--experiment", "aug_cnn")
+    assert granted.returncode == 0, granted.stderr
+    deleted = run("editor", "delete-search", "spare", "--yes")
+    assert deleted.returncode == 0 and "Deleted search 'spare'" in deleted.stdout, \
+        deleted.stderr[-1500:]
 
     stored = b"".join(p.read_bytes() for p in server.folder.rglob("*") if p.is_file())
     printed = "".join(outputs) + server.log.read_text()

@@ -22,6 +22,8 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow.exceptions import RestException
+
 from pneumo_exp.errors import UserError
 from pneumo_exp.fileio import atomic_path
 
@@ -160,8 +162,16 @@ def add_user(uri: str, username: str, password: str) -> None:
 
 def grant(uri: str, username: str, resource_type: str, resource_id: str,
           permission: str) -> None:
-    """`permission` on one experiment (by id) or registered model (by name)."""
+    """`permission` on one experiment (by id) or registered model (by name), in place of
+    the one the user held there (MLflow keeps one a user and resource)."""
     if permission not in PERMISSIONS:
         raise UserError(f"permission must be one of {', '.join(PERMISSIONS)}; got "
                         f"{permission!r}.")
-    auth_client(uri).grant_user_permission(username, resource_type, resource_id, permission)
+    client = auth_client(uri)
+    try:
+        client.grant_user_permission(username, resource_type, resource_id, permission)
+    except RestException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        client.revoke_user_permission(username, resource_type, resource_id)
+        client.grant_user_permission(username, resource_type, resource_id, permission)
