@@ -70,15 +70,16 @@ def make_site_folder(root: Path, normal: int = 20, pneumonia: int = 20) -> Path:
     return root
 
 
-def tiny_base(size: int = 32) -> Any:
-    """A small batch-normalized network, as a site search's base member."""
+def tiny_base(size: int = 32, momentum: float = 0.99) -> Any:
+    """A small batch-normalized network, as a site search's base member (`momentum`: its
+    normalization layers', Keras' default unless given)."""
     import keras
 
     inputs = keras.Input((size, size, 1))
     x = keras.layers.Rescaling(1 / 255)(inputs)
     for filters in (8, 16):
         x = keras.layers.Conv2D(filters, 3, use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.BatchNormalization(momentum=momentum)(x)
         x = keras.layers.Activation("relu")(x)
         x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)

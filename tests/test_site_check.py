@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import tiny_base
 from PIL import Image
 
 from pneumo_exp.config import SAMPLE_DIR
@@ -59,16 +60,7 @@ def _network() -> Any:
     """A small batch-normalized network (statistics that settle within a few epochs)."""
     import keras
 
-    inputs = keras.Input((SIZE, SIZE, 1))
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    for filters in (8, 16):
-        x = keras.layers.Conv2D(filters, 3, use_bias=False)(x)
-        x = keras.layers.BatchNormalization(momentum=0.9)(x)
-        x = keras.layers.Activation("relu")(x)
-        x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dense(8, activation="relu")(x)
-    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    model = tiny_base(SIZE, momentum=0.9)
     model.compile(keras.optimizers.Adam(3e-3), "binary_crossentropy")
     return model
 
