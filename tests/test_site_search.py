@@ -107,6 +107,10 @@ def test_a_site_of_one_class_is_refused(workdir: Path, capsys: pytest.CaptureFix
     folder = make_site_folder(workdir / "one_class", pneumonia=0)
     assert _search(folder) != 0
     assert "PNEUMONIA" in capsys.readouterr().err
+    (folder / "PNEUMONIA").rmdir()  # no folder of the class at all: said so, not train/
+    assert _search(folder) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "this one holds NORMAL/ but no PNEUMONIA/" in err[0], err
 
 
 def test_mixed_colour_modes_read_as_grayscale(tmp_path: Path) -> None:

@@ -95,9 +95,13 @@ class FolderSource:
         if not self.site and not (root / "train").is_dir():
             found = sorted(p.name for p in root.iterdir() if p.is_dir())[:6]
             hint = f" (it holds: {', '.join(found)})" if found else " (it is empty)"
+            classes = [c for c in ("NORMAL", "PNEUMONIA") if (root / c).is_dir()]
+            site = (f"; a site's folder needs both classes, and this one holds {classes[0]}/ "
+                    f"but no {({'NORMAL', 'PNEUMONIA'} - set(classes)).pop()}/"
+                    if len(classes) == 1 else "")
             raise DataError(f"{root} has no train/ folder{hint}. Expected the layout {LAYOUT} "
-                            "(or, for a site's search, ROOT/{NORMAL,PNEUMONIA}/); point DATA at "
-                            "the folder that contains train/.")
+                            "(or, for a site's search, ROOT/{NORMAL,PNEUMONIA}/" + site + "); "
+                            "point DATA at the folder that contains train/.")
 
     def has_split(self, split: str) -> bool:
         return split == "train" if self.site else (self.root / split).is_dir()
