@@ -209,6 +209,18 @@ def test_site_patients_are_hashed_patient_ids_then_labels_csv_then_file_names(
         "file,patient\n1.2.3.dcm,A\n1.2.4.dcm,B\nperson3_virus_9.png,C\n")
     assert list(site_patients(files, decoded, tmp_path)) == [
         patient_key("MRN7"), patient_key("B"), patient_key("C")]
+    # a CSV with a class column beside files of no class folder (the check reads no label),
+    # and a link to an image outside the folder: named as the folder names them
+    outside = tmp_path.parent / f"{tmp_path.name}-elsewhere.png"
+    Image.fromarray(image).save(outside)
+    (tmp_path / "linked.png").symlink_to(outside)
+    (tmp_path / "labels.csv").write_text(
+        "file,patient,class\n1.2.3.dcm,A,NORMAL\n1.2.4.dcm,B,PNEUMONIA\n"
+        "person3_virus_9.png,C,NORMAL\nlinked.png,D,PNEUMONIA\n")
+    files = sorted(f for f in tmp_path.iterdir() if f.suffix != ".csv")
+    decoded = decode_many(files, [(SIZE, 1)])
+    assert list(site_patients(files, decoded, tmp_path)) == [
+        patient_key("MRN7"), patient_key("B"), patient_key("D"), patient_key("C")]
 
 
 def test_one_patients_images_get_one_message_with_the_number_needed(

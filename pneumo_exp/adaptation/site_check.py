@@ -122,7 +122,8 @@ def estimated_prevalence(called: float, validated: Validated) -> float | None:
     better than chance."""
     sensitivity, specificity = (Validated.value(validated.sensitivity),
                                 Validated.value(validated.specificity))
-    if sensitivity is None or specificity is None or sensitivity + specificity <= 1.0:
+    if (sensitivity is None or specificity is None or not np.isfinite(sensitivity)
+            or not np.isfinite(specificity) or sensitivity + specificity <= 1.0):
         return None
     return float(np.clip((called - 1.0 + specificity) / (sensitivity + specificity - 1.0),
                          0.0, 1.0))
@@ -292,10 +293,11 @@ def site_patients(files: list[Path], decoded: Decoded, root: Path | None) -> np.
         if i in decoded.facts and decoded.facts[i].patient else None
         for i in decoded.readable]
     if None in found and root is not None and (root / LABELS_CSV).is_file():
-        base = root.resolve()
-        named = [f.resolve().relative_to(base).as_posix() for f in read]
-        csv = csv_patients(root, [f.resolve().relative_to(base).as_posix() for f in files],
-                           [rel for k, rel in zip(found, named, strict=True) if k is None])
+        every = [f.relative_to(root).as_posix() for f in files]  # links as they are named
+        named = [every[i] for i in decoded.readable]
+        csv = csv_patients(root, every,
+                           [rel for k, rel in zip(found, named, strict=True) if k is None],
+                           classes=False)  # the check reads no label
         if csv is not None:
             found = [k if k is not None else csv[rel] for k, rel in zip(found, named,
                                                                        strict=True)]
@@ -350,8 +352,8 @@ def check_figure(check: SiteCheck, title: str) -> Any:
     text_ax.axis("off")
     lines = [f"images read      {check.images} ({check.skipped} skipped), "
              f"{check.patients} patients",
-             "PNEUMONIA share  " + ("unknown" if check.prevalence is None else
-                                    f"{check.prevalence:.0%} estimated (BBSE)"),
+             "est. prevalence  " + ("unknown" if check.prevalence is None else
+                                    f"{check.prevalence:.0%} PNEUMONIA (BBSE)"),
              "validation       " + ("drawn to it" if check.drawn else "at its own share")]
     for name, look in looks.items():
         lines += [f"{name}:", f"  classifier AUC {look.auc:.3f} (shifted >= {SHIFTED_AUC}, "

@@ -158,11 +158,12 @@ def read_labels(root: Path) -> Labels | None:
     return Labels(path, rows, "age" in read, "view" in read)
 
 
-def csv_patients(root: Path, files: list[str],
-                 images: list[str] | None = None) -> dict[str, str] | None:
+def csv_patients(root: Path, files: list[str], images: list[str] | None = None,
+                 classes: bool = True) -> dict[str, str] | None:
     """The hashed patient of every image (paths relative to `root`, `CLASS/name`) from
     ROOT/labels.csv; None without the CSV. Its rows must name `files` (all the folder's);
-    each of `images` (those that decoded; default: all of `files`) needs a row."""
+    each of `images` (those that decoded; default: all of `files`) needs a row; with
+    `classes`, a row's class must be its file's folder's."""
     labels = read_labels(root)
     if labels is None:
         return None
@@ -179,8 +180,9 @@ def csv_patients(root: Path, files: list[str],
             (both if found else unknown).append(f"{row.file} (row {row.line})")
             continue
         folder = rel.split("/")[0]
-        if row.label is not None and row.label not in (folder,
-                                                      str(CLASS_NAMES.index(folder))):
+        if classes and row.label is not None and (
+                folder not in CLASS_NAMES
+                or row.label not in (folder, str(CLASS_NAMES.index(folder)))):
             wrong.append(f"{row.file} (row {row.line}: {row.label}, in {folder}/)")
         patients[rel] = row.patient
     missing = [f for f in (files if images is None else images) if f not in patients]

@@ -47,7 +47,7 @@ from pneumo_exp.data.dataset import TrainingData, load_training_data
 from pneumo_exp.errors import DataError, UserError
 from pneumo_exp.evaluation.calibration import apply_temperature
 from pneumo_exp.evaluation.noise import Difference, Scored, difference
-from pneumo_exp.evaluation.report import Proportion, SiteReport, Validated, site_report
+from pneumo_exp.evaluation.report import SiteReport, site_report
 from pneumo_exp.registry import model_card
 from pneumo_exp.registry.selection import Candidate, candidate, trial_model
 from pneumo_exp.registry.site_folds import OutOfFold, out_of_fold
@@ -89,8 +89,7 @@ class Base:
         self.population: PopulationConfig | None = loaded.contract.population
         self.views = tuple(loaded.contract.views)
         self.min_sensitivity = loaded.contract.min_sensitivity
-        self.validated = Validated(**{k: Proportion(*v) for k, v in
-                                      (loaded.contract.validated or {}).items()})
+        self.validated = loaded.contract.validated_figures(version.tags)
         self.data = _training_data(client, version, self.preprocessing)
 
     @functools.cached_property
