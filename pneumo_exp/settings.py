@@ -225,6 +225,16 @@ class PopulationConfig(_Section):
             raise ValueError(f"must be at least population.min_age ({low})")
         return max_age
 
+    def leaves_out(self, other: PopulationConfig | None) -> bool:
+        """Whether every age of `other`'s range lies outside this one's (so a DICOM image of
+        one of its patients is outside): False when `other` bounds no age."""
+        if other is None or (other.min_age is None and other.max_age is None):
+            return False
+        return ((self.min_age is not None and other.max_age is not None
+                 and self.min_age > other.max_age)
+                or (self.max_age is not None and other.min_age is not None
+                    and self.max_age < other.min_age))
+
 
 SITE_ARCH = "site"  # a site version's search (experiments/site.yaml, hypermodels/site.py)
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,60}$")  # it becomes the alias site-<name>

@@ -230,3 +230,17 @@ def test_a_version_flags_or_refuses_whom_it_is_not_for(workdir: Path, policy: st
             assert why in rows[name]["reason"]
         else:
             assert rows[name]["probability"] and why in rows[name]["check"]
+
+
+def test_a_population_leaves_out_another_only_where_no_age_meets() -> None:
+    """What a site version's card says of its base's patients rests on this: a range that
+    leaves out every age of the other's, and none that meets it or bounds nothing."""
+    from pneumo_exp.settings import PopulationConfig
+
+    children = PopulationConfig(min_age=1, max_age=5)
+    assert PopulationConfig(min_age=6, max_age=83).leaves_out(children)
+    assert PopulationConfig(max_age=0.5).leaves_out(children)
+    assert not PopulationConfig(min_age=5, max_age=83).leaves_out(children)  # 5 is in both
+    assert not PopulationConfig().leaves_out(children)
+    assert not PopulationConfig(min_age=6).leaves_out(PopulationConfig())
+    assert not PopulationConfig(min_age=6).leaves_out(None)

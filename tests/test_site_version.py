@@ -152,6 +152,8 @@ def test_a_version_that_forgot_is_not_for_its_bases_patients(store: Any) -> None
     assert (contract.population.min_age, contract.population.max_age) == (6, 21)
     assert "not its base's patients (children aged 1-5" in contract.population.description
     assert "It lost its base's patients" in version.description
+    assert "its population leaves their ages out (above): a DICOM image of one of them is " \
+        "flagged" in version.description
     assert "ages 6-21" in version.description
     child = judge(contract.population, ImageFacts(age=4.5, view="PA"))
     assert child is not None and "aged 4" in child.reason

@@ -172,10 +172,17 @@ def for_site(name: str, version: str, candidates: Sequence[Any], val: Mapping[st
     elif kept.keeps:
         keeps = f"\n\n**Its base's patients.** It {kept.verdict()}."
     else:
-        refused = contract.population is not None and contract.population.outside == "refuse"
-        keeps = (f"\n\n**Its base's patients.** It {kept.verdict()}: it is not for them, "
-                 "and its population leaves them out where an age range can (above): a "
-                 f"DICOM image of one of them is {'refused' if refused else 'flagged'}.")
+        population = contract.population
+        if population is not None and population.leaves_out(site_fit.base.population):
+            refused = population.outside == "refuse"
+            keeps = (f"\n\n**Its base's patients.** It {kept.verdict()}: it is not for "
+                     "them, and its population leaves their ages out (above): a DICOM image "
+                     f"of one of them is {'refused' if refused else 'flagged'}.")
+        else:
+            keeps = (f"\n\n**Its base's patients.** It {kept.verdict()}: it is not for "
+                     "them, but no age range tells them from the site's patients, so an "
+                     "image of one of them gets a probability without a flag: do not use it "
+                     "for them.")
     judged = ("\n\nEach of the site's trials weighed, best first on the site's validation, "
               "with its AUC on the training hospital's (`training_site_auc` of its run):\n"
               + "\n".join(f"- {j}" for j in choice.judged) if choice.judged else "")
