@@ -17,7 +17,13 @@ from pneumo_exp.data.views import ORIGINAL
 from pneumo_exp.serving.contract import VersionContract
 from pneumo_exp.text import describe
 from pneumo_exp.tracking.model_uri import PREFIX, registered_version
-from pneumo_exp.tracking.names import MODEL_CARD, OUT_OF_FOLD, SITE_REPORT_HTML, TAG_DATA
+from pneumo_exp.tracking.names import (
+    MODEL_CARD,
+    OUT_OF_FOLD,
+    SITE_REPORT_HTML,
+    TAG_DATA,
+    TRAINING_SITE,
+)
 
 INTENDED_USE = """\
 **Intended use.** Research and teaching on machine learning for chest radiographs, and as a
@@ -164,7 +170,7 @@ def for_site(name: str, version: str, candidates: Sequence[Any], val: Mapping[st
                         f"{_params(c.trial.data.params)}" for c in candidates)
     rows = [("the site's validation", val, "val_")]
     if training:
-        rows.append(("the training hospital's validation", training, "training_site_"))
+        rows.append(("the training hospital's validation", training, TRAINING_SITE))
     kept = site_fit.kept
     if kept is None:
         keeps = ("\n\n**Its base's patients.** Not judged: the training hospital's validation "
