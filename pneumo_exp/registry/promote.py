@@ -1,16 +1,9 @@
 """Promote the best validation model to the MLflow Model Registry, evaluated once on test.
 
-`promote` is a list of steps: select the trial run with the best validation objective, or
-the k best as an ensemble (of one architecture, or of all); load their models; rebuild
-their searches' validation set; calibrate (a temperature) and choose the decision threshold
-on it; evaluate once on the test split in an evaluation run (the only use of the test
-split), which also holds the packaged pyfunc model; register it with its lineage; publish
-its model card; and last, move the aliases (registry/aliases.py): `challenger` to the new
-version, and `champion` when its validation objective beats the current champion's. A
-site's trials make a site version with its site's alias only (site_version.py): chosen on
-both hospitals' validation, its population without its base's patients when it lost them,
-and its temperature and threshold from all of the site's images out of fold
-(site_folds.py). Promoting runs that already have a version does nothing.
+`promote` is a list of steps (docs/architecture.md, "A promotion"): select, load, score
+validation, calibrate, evaluate once on test, register, publish the card, and last move the
+aliases (aliases.py). A site's trials make a site version (site_version.py). Promoting runs
+that already have a version does nothing.
 """
 
 from __future__ import annotations
@@ -190,14 +183,10 @@ def select_trials(client: MlflowClient, arch: str | None, run_id: str | None,
 
 def ensemble_or_best(candidates: Sequence[Candidate], alone: Sequence[Scored]
                      ) -> tuple[list[int], str]:
-    """Which members to package, given each one's validation scores (`alone`,
-    member_scores), and why: all of them, unless their mean probability
-    validates worse than the best of them alone (by the search's objective) by more than
-    the validation noise (evaluation.noise: a paired bootstrap over the validation images),
-    then that best member alone. Members the validation images cannot tell apart are
-    averaged: which of them validates a hair higher is chance, and a mean of several
-    networks varies less from one set of patients to the next than any one of them; a weak
-    member pulls the mean down beyond the noise and is left out with the others."""
+    """Which members to package, given each one's validation scores (`alone`), and why: all
+    of them, unless their mean validates worse than the best of them alone (by the search's
+    objective) beyond the validation noise (a paired bootstrap), then that best member
+    alone (why: docs/searching.md, "Registry and reuse")."""
     if len(alone) == 1:
         return [0], ""
     objective = candidates[0].cfg.search.objective

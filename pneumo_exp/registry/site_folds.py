@@ -1,24 +1,7 @@
 """A site version's temperature and threshold, from all of the site's labelled images out of
-fold.
-
-A site's validation is a quarter of its patients: at the NIH Clinical Center, 75 images, on
-which a threshold validated at specificity 0.56 gave 0.38 on 702 images of other patients
-(docs/results.md). So the threshold is chosen on every labelled image of the site, each
-scored by a model that never trained on it: the site's patient folds are those its
-validation was cut by (data/split.py: validation is the first of round(1 / val_fraction)
-seeded, stratified folds by patient); the validation fold is scored by the version's own
-members, and each other fold by the members' configurations (their trials'
-hyperparameters, the same base and training-site images) retrained on the site's other
-patients, on the trial's learning-rate schedule, up to the epoch its checkpoint was taken
-at (chosen on the validation fold, so no other fold chooses anything). A member is its
-best checkpoint: at the NIH Clinical Center some were taken after one epoch of twenty, and
-scored new patients as its base did; retrained to the end, their folds scored lower, and
-the threshold chosen on them flagged 93% of the test part's NORMAL images against the 63%
-its folds said. The temperature is fitted on the same out-of-fold probabilities,
-then the threshold chosen as promote chooses one (evaluation/thresholds.py). The
-sensitivity and specificity there, with exact intervals, are what the version validated:
-its card states them, and `evaluate` judges a site's cases against them.
-"""
+fold: the validation fold scored by the version's members, each other fold by their trials'
+configurations retrained without it, to the epoch of their checkpoints (why: docs/sites.md,
+"4. A site version of its own"). Its counts there are what the version validated."""
 
 from __future__ import annotations
 

@@ -1,30 +1,7 @@
 """A site version's promotion (`make promote ARCH=site SITE=north`): which of the site's
-trials it packages, what it keeps of its base's patients, whom it is for, and its card.
-(Its threshold: site_folds.py; its alias, `site-<name>` only: registry/aliases.py.)
-
-A site's validation is a few dozen images of its own patients. Ranked by it alone, the
-NIH Clinical Center's search promoted three trials that mixed none of the training
-hospital's images in: AUC 0.43 on the training hospital's test images, while its
-population, read from the site's ages, still held children aged 4 and 5 (docs/results.md).
-So a site's promotion weighs both hospitals, on validation images only:
-
-- Each of the site's trials (validated alike, of the best one's base) is scored on the
-  site's validation images and on its base version's (the training hospital's, rebuilt
-  from the base's search), the latter paired with the base version on the same images
-  (`training_site_auc`, logged to the trial's run).
-- The trials the site's validation cannot tell from the site's best one (a paired
-  bootstrap of the site's objective: the 95% interval of the difference reaches 0) are as
-  good as any for the site; of these the version takes the up to `top` that keep the most
-  of their base (the highest AUC on its validation). The site's figure decides which trials
-  may serve the site, the training hospital's which of them: a trial the site's validation
-  finds worse is never chosen for what it keeps, and among those it cannot rank, its noise
-  does not choose.
-- The packaged version *keeps* its base's patients when its AUC on the base's validation is
-  not below the base version's by more than KEEP_MARGIN beyond the noise (the upper end of
-  the paired bootstrap's 95% interval of the difference is above -KEEP_MARGIN). One that
-  does not is not for them: its population leaves out their ages (`population_without`),
-  and its card says so; one that does says that, with the interval.
-"""
+trials it packages, weighing both hospitals' validation, what it keeps of its base's
+patients, whom it is for, and its card (the rule and why: docs/sites.md, "4. A site
+version of its own"). Its threshold: site_folds.py; its alias, `site-<name>` only: aliases.py."""
 
 from __future__ import annotations
 
@@ -65,9 +42,7 @@ from pneumo_exp.tracking.names import (
 
 log = logging.getLogger(__name__)
 # The AUC on its base's validation a site version may lose beyond the noise and still be for
-# its base's patients: about the noise itself there (a paired interval of +-0.01 at the
-# training hospital's 537 validation images), so a version that keeps them ranks them as its
-# base did
+# its base's patients: about the noise itself there (docs/sites.md)
 KEEP_MARGIN = 0.01
 
 
@@ -215,8 +190,8 @@ class Choice:
 def choose(client: MlflowClient, ranked: Sequence[Run], top: int,
            registry: RegistryConfig) -> Choice:
     """The up to `top` trials a site version packages, of `ranked` (a site's candidate
-    trials validated alike, best first by its objective), by the rule in the module's
-    docstring; each trial's model is loaded and scored in turn."""
+    trials validated alike, best first by its objective), by docs/sites.md's rule; each
+    trial's model is loaded and scored in turn."""
     first = candidate(client, ranked[0])
     base = base_of(client, ranked[0])
     ranked = [r for r in ranked if r.data.tags.get(TAG_BASE_VERSION) == base.name]

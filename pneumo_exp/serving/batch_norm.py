@@ -1,24 +1,8 @@
 """Site adaptation: a model's BatchNormalization statistics re-estimated on a new site's
-unlabeled images (AdaBN, Li et al. 2016, "Revisiting batch normalization for practical
-domain adaptation"), in the regime training estimated them in.
-
-A network trained on one hospital's scanners normalizes every feature map with the mean
-and variance it saw there; on another site's images those statistics are off, which shifts
-the probabilities (the test split's NORMALs are called pneumonia). Re-estimating them from
-the site's own images, with no label, moves the features back to where the classifier
-expects them. No other weight changes.
-
-Training kept a moving average of each layer's *batch* statistics, computed in training
-mode: on augmented images (crops, zooms, contrast, blur), each layer normalizing by its own
-batch. The site's statistics are estimated the same way: its images pass through the
-network in training mode, in batches of training's size, a few times over (fresh
-augmentation each pass), and each layer's stored mean and variance become the average of
-its batch means and variances. Estimated instead on the plain images in inference mode,
-the statistics lie where the network never normalized during training: on the test
-split's patient halves (three seeds of the default) that ranked new patients worse (AUC
-0.976 against 0.981 on average; 0.972-0.973 against 0.978-0.981 for two seeds, alike for
-the third), at about the same specificity (docs/results.md, "How the default was decided").
-"""
+unlabeled images (AdaBN, Li et al. 2016), in the regime training estimated them in: in
+training mode, on augmented batches of training's size, a few passes, each layer's stored
+mean and variance the average of its batch statistics. No other weight changes. Why
+training mode, and what inference mode cost: docs/sites.md, "3. Adapt to the site's images"."""
 
 from __future__ import annotations
 

@@ -1,22 +1,8 @@
-"""What a registered version carries besides its networks, defined once.
-
-A version is a pyfunc model whose config is a `VersionContract`: each member's
-preprocessing, the views each image is scored as, the temperature, the decision threshold
-and the validation sensitivity it was chosen for, what validation showed at it (counts, for
-a site's report), whom it is for (`population`), and what the validation images looked
-like to it: their scores (`reference`) and their features (`features`, `features_adapted`:
-arrays, kept as .npz artifacts of the version beside the config), for the site check and
-the per-image check.
-registry/packaging.py is its one producer, and refuses a contract that lacks what the
-checks read (`missing`); serving/, registry/ and adaptation/ read it through `from_dict`,
-which also reads the configs of versions registered before the contract (schema 1: a flat
-dict, some keys missing, the validated figures in tags) or before a field: such a version
-is for the training data's population (`training_population`). The tags a version gets for
-searching in the MLflow UI are derived from it (`tags`).
-
-Adding a field: give it a default here (what a version registered before it means), write
-it in `to_dict` (or, for arrays, `artifact_files`), read it in `from_dict`, require it in
-`missing` if every check needs it, and set it where promote builds the contract.
+"""What a registered version carries besides its networks, defined once: the pyfunc model's
+config (`VersionContract`) and its arrays (.npz artifacts beside it). registry/packaging.py
+is its one producer and refuses one that lacks what the checks read (`missing`); everything
+reads it through `from_dict`, which also reads versions registered before the contract
+(schema 1) or before a field. Adding a field: docs/architecture.md, "A field of a version".
 """
 
 from __future__ import annotations

@@ -1,32 +1,11 @@
-"""What the network sees: each image's pooled features, and the picture of validation's that
-a version carries to tell the training population from another, without labels.
-
-The features are what the classifier head reads: the output of a member's global pooling
-layer (or, for a flatten head, the input of its last layer), the members' side by side.
-A version keeps a summary of its validation images' features (`FeatureReference`):
-
-- a projection (standardized, then the 32 principal components of the reference part) and
-  the projected features of validation, split by patient into a reference part and a
-  held-out part;
-- the reference part's classes and patients (as integers: no id), so that a site is
-  compared with validation drawn to the site's prevalence, patient by patient
-  (`drawn_to`; adaptation/site_check.py). Versions registered before they were kept have
-  neither: their reference is validation at its own prevalence, each image a patient;
-- validation's calibrated scores.
-
-It keeps two: as the network sees validation, and as a copy of it sees validation once its
-normalization statistics are re-estimated on validation itself (batch_norm.py, as `adapt`
-does on a site), so that a site adapted to is compared with validation adapted to. Those
-statistics move with the classes' mix: a site of NORMALs adapted to is unlike validation
-adapted to its three quarters PNEUMONIA, though its images are alike. So the adapted one
-also keeps its reference part as seen adapted to validation drawn to each of
-ADAPTED_PREVALENCES (`seen_at`: between two, linearly).
-
-No image, name or id: a few numbers per image that no one can read a patient from.
-
-One image is flagged (`check`) when its distance from the reference (Mahalanobis, with
-Ledoit-Wolf's covariance) exceeds that of all but 1% of the held-out part. A site as a
-whole is compared by two-sample tests (evaluation/two_sample.py; adaptation/site_check.py).
+"""What the network sees: each image's pooled features (what the classifier head reads, the
+members' side by side), and `FeatureReference`, the picture of validation's a version
+carries to tell the training population from another without labels: a projection, the
+projected features of validation split by patient into a reference and a held-out part,
+the reference part's classes and patients (as integers: no id), validation's calibrated
+scores; as registered and as adapted to validation itself (batch_norm.py), the latter also
+seen adapted to validation drawn to each of ADAPTED_PREVALENCES (docs/sites.md, "1. The
+site check"). No image, name or id: a few numbers per image, no patient readable from them.
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """The deployable model: raw image bytes in, probability of pneumonia and a label out.
 
 A registered version is an MLflow pyfunc model logged from code (`mlflow_model.py`, no
-pickle). Its artifacts are one or more Keras models (loaded in Keras' safe mode): one for
-a promoted trial, k for an ensemble of the k best. Its config is its contract
-(contract.py): each member's preprocessing, the views each image is scored as (test-time
-augmentation, data/views.py), the temperature, the threshold, and what its validation
-images looked like to it (their scores and features: features.py). Images are decoded with
-`decode_image`, exactly as in training, once per distinct preprocessing. An image gets no
-probability when it cannot be read or says it is not a chest radiograph (`reason` tells
-which, or that it shows a patient outside the population the version is for, under a
-`refuse` policy: population.py), and is flagged (`check`) when it lies outside that
-population under a `flag` policy, or when its features lie farther from validation's than
-those of all but 1% of validation's held-out images.
+pickle): its Keras members (loaded in Keras' safe mode) and its contract (contract.py) as
+its config. An image gets no probability when it cannot be read, is no chest radiograph or
+shows a patient outside the version's population under `refuse` (`reason` says which), and
+is flagged (`check`) outside it under `flag`, or when its features lie unlike validation's.
 """
 
 from __future__ import annotations
