@@ -193,7 +193,7 @@ def for_site(name: str, version: str, candidates: Sequence[Any], val: Mapping[st
               "with its AUC on the training hospital's (`training_site_auc` of its run):\n"
               + "\n".join(f"- {j}" for j in choice.judged) if choice.judged else "")
     folds = site_fit.folds
-    found = folds.proportions()
+    found = folds.proportions(folds.scores)
     n_pos, n_neg = found["sensitivity"].total, found["specificity"].total
     return f"""# {name} version {version} (site {site})
 

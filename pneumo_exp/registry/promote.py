@@ -15,9 +15,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
-from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.tracking import MlflowClient
 
 from pneumo_exp.config import RegistryConfig
 from pneumo_exp.data.dataset import load_training_data
@@ -25,14 +23,9 @@ from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.data.sources import load_split, open_source
 from pneumo_exp.data.views import ORIGINAL
 from pneumo_exp.errors import ConfigError, UserError
-from pneumo_exp.evaluation.calibration import (
-    apply_temperature,
-    calibration_figures,
-    fit_temperature,
-)
+from pneumo_exp.evaluation.calibration import calibration_figures
 from pneumo_exp.evaluation.metrics import binary_metrics, bootstrap_ci
 from pneumo_exp.evaluation.noise import NOISE, WITHIN, Scored, difference, figure_function
-from pneumo_exp.evaluation.thresholds import choose_threshold
 from pneumo_exp.registry import model_card, site_version
 from pneumo_exp.registry.aliases import alias_version, move_aliases, promotion_site
 from pneumo_exp.registry.packaging import write_version
@@ -45,6 +38,7 @@ from pneumo_exp.registry.selection import (
     trial_run,
     versions_of_runs,
 )
+from pneumo_exp.registry.site_folds import Calibration
 from pneumo_exp.serving.contract import VersionContract
 from pneumo_exp.serving.features import validation_features
 from pneumo_exp.serving.model import Member, member_probability
@@ -83,15 +77,6 @@ class Promotion:
     site: str | None = None  # the site it is for (None: the training site)
 
 
-@dataclass(frozen=True)
-class Calibration:
-    temperature: float
-    threshold: float
-
-    def apply(self, scores: Scored) -> np.ndarray:
-        return apply_temperature(scores.prob, self.temperature)
-
-
 def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | None = None,
             top: int | None = None, any_trial: bool = False,
             search: str | None = None, site: str | None = None) -> Promotion:
@@ -102,8 +87,10 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
     version (site_version.py); the aliases follow registry/aliases.py, last."""
     client = connect()
     top = registry.top if top is None else top
-    trials = select_trials(client, arch, run_id, top, any_trial, search, site,
-                           every=site is not None)  # a site's, all: site_version.choose
+    if top < 1:
+        raise ConfigError(f"TOP must be an integer >= 1; got {top}.")
+    trials = ([trial_run(client, run_id)] if run_id else best_trial_runs(  # a site's: all
+        client, arch, None if site is not None else top, any_trial, search, site))
     site = promotion_site(trials[:top], site)
     choice = (site_version.choose(client, trials, top, registry)
               if site is not None and run_id is None else None)
@@ -130,12 +117,9 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
             return Promotion(existing[0], False,
                              alias_version(client, name, CHAMPION) or "-", {}, why, site)
     val = mean_score(alone)
-    if site is None:
-        calibration, fitted = calibrate(val, registry.min_sensitivity), None
-    else:  # both hospitals' figures, and the threshold out of fold
-        fitted = site_version.fit(client, candidates, members, val, registry,
-                                  choice.base if choice else None)
-        calibration = Calibration(fitted.folds.temperature, fitted.folds.threshold)
+    fitted = None if site is None else site_version.fit(  # both hospitals', out of fold
+        client, candidates, members, val, registry, choice.base if choice else None)
+    calibration = fitted.folds if fitted else Calibration.fit(val, registry.min_sensitivity)
     val_figures = validation_figures(val, calibration, registry.bootstrap,
                                      candidates[0].cfg.search.sensitivity_target)
     tests = test_sets(candidates)
@@ -148,7 +132,7 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
         members=tuple(m.preprocessing for m in members), threshold=calibration.threshold,
         temperature=calibration.temperature, views=tuple(registry.views),
         min_sensitivity=registry.min_sensitivity,
-        validated=fitted.folds.validated() if fitted else validated_counts(val, calibration),
+        validated=calibration.validated(fitted.folds.scores if fitted else val),
         reference=score_summary(scores, calibration.threshold), features=features,
         features_adapted=features_adapted,
         population=fitted.population if fitted else candidates[0].cfg.population)
@@ -168,17 +152,6 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
     champion = move_aliases(client, name, number, candidates[0].cfg.search.direction, tested)
     return Promotion(client.get_model_version(name, number), True, champion, figures, why,
                      site)
-
-
-def select_trials(client: MlflowClient, arch: str | None, run_id: str | None,
-                  top: int, any_trial: bool = False, search: str | None = None,
-                  site: str | None = None, every: bool = False) -> list[Run]:
-    """The one trial `run_id`, or the up to `top` best validated alike (of `search`, of
-    `site`; `every`: all of them, best first)."""
-    if top < 1:
-        raise ConfigError(f"TOP must be an integer >= 1; got {top}.")
-    return ([trial_run(client, run_id)] if run_id
-            else best_trial_runs(client, arch, None if every else top, any_trial, search, site))
 
 
 def ensemble_or_best(candidates: Sequence[Candidate], alone: Sequence[Scored]
@@ -265,14 +238,6 @@ def mean_score(scores: Sequence[Scored]) -> Scored:
     return Scored(scores[0].labels, np.mean([s.prob for s in scores], axis=0))
 
 
-def calibrate(val: Scored, min_sensitivity: float) -> Calibration:
-    """A temperature fitted on validation, then the threshold on the calibrated
-    validation probabilities."""
-    temperature = fit_temperature(val.labels, val.prob)
-    prob = apply_temperature(val.prob, temperature)
-    return Calibration(temperature, choose_threshold(val.labels, prob, min_sensitivity))
-
-
 def validation_figures(val: Scored, calibration: Calibration, n_bootstrap: int,
                        sensitivity_target: float = 0.95) -> dict[str, float]:
     """The calibrated validation figures at 0.5 and at the threshold, with intervals, and
@@ -330,14 +295,6 @@ def score_summary(scores: np.ndarray, threshold: float) -> dict[str, Any]:
     PNEUMONIA at the threshold, the quantiles every 5% (the site check's page)."""
     return {"images": len(scores), "positive_share": float(np.mean(scores >= threshold)),
             "score_quantiles": [float(q) for q in np.quantile(scores, np.linspace(0, 1, 21))]}
-
-
-def validated_counts(val: Scored, calibration: Calibration) -> dict[str, tuple[int, int]]:
-    """(hits, total) of the validation sensitivity and specificity at the threshold: what a
-    site's report is judged against, with its interval."""
-    f = binary_metrics(val.labels, calibration.apply(val), calibration.threshold)
-    return {"sensitivity": (int(f["tp"]), int(f["tp"] + f["fn"])),
-            "specificity": (int(f["tn"]), int(f["tn"] + f["fp"]))}
 
 
 def lineage(candidates: Sequence[Candidate], val_figures: Mapping[str, float],

@@ -36,34 +36,48 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class OutOfFold:
-    """Every labelled image of the site, scored out of fold (before calibration), and the
-    temperature and threshold chosen on them."""
+class Calibration:
+    """A temperature, and the decision threshold chosen on the probabilities it calibrates."""
 
-    labels: np.ndarray
-    prob: np.ndarray
-    folds: int
     temperature: float
     threshold: float
 
-    def proportions(self) -> dict[str, Proportion]:
+    @classmethod
+    def fit(cls, scores: Scored, min_sensitivity: float) -> Calibration:
+        """A temperature fitted on `scores`, then the threshold on the calibrated ones."""
+        temperature = fit_temperature(scores.labels, scores.prob)
+        prob = apply_temperature(scores.prob, temperature)
+        return cls(temperature, choose_threshold(scores.labels, prob, min_sensitivity))
+
+    def apply(self, scores: Scored) -> np.ndarray:
+        return apply_temperature(scores.prob, self.temperature)
+
+    def proportions(self, scores: Scored) -> dict[str, Proportion]:
         """Sensitivity and specificity at the threshold, as counts (exact intervals)."""
-        f = binary_metrics(self.labels, apply_temperature(self.prob, self.temperature),
-                           self.threshold)
+        f = binary_metrics(scores.labels, self.apply(scores), self.threshold)
         return {"sensitivity": Proportion(int(f["tp"]), int(f["tp"] + f["fn"])),
                 "specificity": Proportion(int(f["tn"]), int(f["tn"] + f["fp"]))}
 
-    def validated(self) -> dict[str, tuple[int, int]]:
-        """The contract's validated counts: (hits, total) of each."""
-        return {k: (p.hits, p.total) for k, p in self.proportions().items()}
+    def validated(self, scores: Scored) -> dict[str, tuple[int, int]]:
+        """The contract's validated counts, (hits, total) of each: what a site's report is
+        judged against, with its interval."""
+        return {k: (p.hits, p.total) for k, p in self.proportions(scores).items()}
+
+
+@dataclass(frozen=True)
+class OutOfFold(Calibration):
+    """Every labelled image of the site, scored out of fold (before calibration), in how
+    many folds, and the temperature and threshold chosen on them."""
+
+    scores: Scored
+    folds: int
 
     def figures(self) -> dict[str, float]:
         """The out-of-fold figures at the threshold, with exact intervals."""
-        f = binary_metrics(self.labels, apply_temperature(self.prob, self.temperature),
-                           self.threshold)
-        out = {f"{OUT_OF_FOLD}auc": float(f["auc"]), f"{OUT_OF_FOLD}images": len(self.labels),
-               f"{OUT_OF_FOLD}folds": self.folds}
-        for key, p in self.proportions().items():
+        f = binary_metrics(self.scores.labels, self.apply(self.scores), self.threshold)
+        out = {f"{OUT_OF_FOLD}auc": float(f["auc"]),
+               f"{OUT_OF_FOLD}images": len(self.scores.labels), f"{OUT_OF_FOLD}folds": self.folds}
+        for key, p in self.proportions(self.scores).items():
             out[f"{OUT_OF_FOLD}{key}_at_thr"] = p.value
             (out[f"{OUT_OF_FOLD}{key}_at_thr_ci_low"],
              out[f"{OUT_OF_FOLD}{key}_at_thr_ci_high"]) = p.interval
@@ -101,10 +115,9 @@ def out_of_fold(candidates: Sequence[Candidate], members: Sequence[Member], val:
             views=registry.views)
         log.info("Fold %d of %d: %d member(s) retrained without its %d images (%.0f s).",
                  k + 1, n_splits, len(candidates), len(held), time.time() - started)
-    temperature = fit_temperature(every.labels, prob)
-    threshold = choose_threshold(every.labels, apply_temperature(prob, temperature),
-                                 registry.min_sensitivity)
-    return OutOfFold(every.labels, prob, n_splits, temperature, threshold)
+    scores = Scored(every.labels, prob)
+    found = Calibration.fit(scores, registry.min_sensitivity)
+    return OutOfFold(found.temperature, found.threshold, scores, n_splits)
 
 
 class StopAfter(keras.callbacks.Callback):

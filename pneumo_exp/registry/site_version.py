@@ -22,12 +22,11 @@ from mlflow.tracking import MlflowClient
 from pneumo_exp.config import PopulationConfig, RegistryConfig, load_config
 from pneumo_exp.data.dataset import TrainingData, load_training_data
 from pneumo_exp.errors import DataError, UserError
-from pneumo_exp.evaluation.calibration import apply_temperature
 from pneumo_exp.evaluation.noise import Difference, Scored, difference
 from pneumo_exp.evaluation.report import SiteReport, site_report
 from pneumo_exp.registry import model_card
 from pneumo_exp.registry.selection import Candidate, candidate, trial_model
-from pneumo_exp.registry.site_folds import OutOfFold, out_of_fold
+from pneumo_exp.registry.site_folds import Calibration, OutOfFold, out_of_fold
 from pneumo_exp.serving.contract import VersionContract
 from pneumo_exp.serving.model import Member, classifier, ensemble_probability
 from pneumo_exp.serving.predict import load
@@ -37,8 +36,8 @@ from pneumo_exp.tracking.names import (
     TAG_SITE,
     TAG_SOURCES,
     TRAINING_SITE,
-    rounded,
 )
+from pneumo_exp.tracking.runs import log_summary
 
 log = logging.getLogger(__name__)
 # The AUC on its base's validation a site version may lose beyond the noise and still be for
@@ -162,19 +161,17 @@ class Kept:
 
 
 def kept(base: Base, members: Sequence[Member], views: Sequence[str],
-         calibration: tuple[float, float] | None = None) -> Kept | None:
-    """What `members` keep of `base`'s patients, at `calibration` (temperature, threshold)
-    if given; None when its validation cannot be had."""
+         calibration: Calibration | None = None) -> Kept | None:
+    """What `members` keep of `base`'s patients, at `calibration` if given; None when its
+    validation cannot be had."""
     if base.data is None or base.prob is None:
         return None
     labels = base.data.val.labels
     prob = ensemble_probability(members, {base.preprocessing: base.data.val.images},
                                 views=views)
-    operating = None
-    if calibration is not None:
-        temperature, threshold = calibration
-        operating = site_report(labels, apply_temperature(prob, temperature), threshold,
-                                base.min_sensitivity or 0.0, base.validated)
+    operating = None if calibration is None else site_report(
+        labels, calibration.apply(Scored(labels, prob)), calibration.threshold,
+        base.min_sensitivity or 0.0, base.validated)
     return Kept(difference("val_auc", Scored(labels, prob), Scored(labels, base.prob),
                            paired=True), prob, operating)
 
@@ -202,17 +199,15 @@ def choose(client: MlflowClient, ranked: Sequence[Run], top: int,
     val = load_training_data(first.cfg.data, s.seed).val
     site: list[Scored] = []
     kept_by: list[Kept] = []
-    for run in ranked:
+    judged, near = [], []
+    for i, run in enumerate(ranked):
         member = Member(trial_model(run), *base.preprocessing)
         site.append(Scored(val.labels, ensemble_probability(
             [member], {base.preprocessing: val.images}, views=registry.views)))
         k = kept(base, [member], registry.views)
         assert k is not None
         kept_by.append(k)
-        for key, value in rounded({f"{TRAINING_SITE}auc": k.difference.a}).items():
-            client.log_metric(run.info.run_id, key, value)
-    judged, near = [], []
-    for i, (run, k) in enumerate(zip(ranked, kept_by, strict=True)):
+        log_summary(client, run.info.run_id, {f"{TRAINING_SITE}auc": k.difference.a})
         d = difference(s.objective, site[i], site[0], paired=True,
                        sensitivity_target=s.sensitivity_target)
         within = i == 0 or ((d.high >= 0) if s.direction == "max" else (d.low <= 0))
@@ -276,7 +271,7 @@ def fit(client: MlflowClient, candidates: Sequence[Candidate], members: Sequence
     base = base or base_of(client, candidates[0].trial)
     folds = out_of_fold(candidates, members, val,
                         base.context(candidates[0].cfg.train.batch_size), registry)
-    k = kept(base, members, registry.views, (folds.temperature, folds.threshold))
+    k = kept(base, members, registry.views, folds)
     population = candidates[0].cfg.population
     if k is not None and not k.keeps:
         population = population_without(population, base.population, k.verdict())
@@ -305,8 +300,7 @@ def publish(client: MlflowClient, name: str, number: str, candidates: Sequence[C
     tags = candidates[0].search.data.tags
     training = training_site_figures(site_fit)
     folds = site_fit.folds.figures()
-    for key, value in rounded({**training, **folds}).items():
-        client.log_metric(evaluation_run, key, value)
+    log_summary(client, evaluation_run, {**training, **folds})
     card = model_card.for_site(name, number, candidates, val_figures, training, site_fit,
                                choice, contract, registry, tags[TAG_SITE],
                                tags[TAG_BASE_VERSION])

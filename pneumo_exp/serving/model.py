@@ -60,12 +60,9 @@ def member_probability(member: Member, arrays: Mapping[Preprocessing, np.ndarray
 
 
 def ensemble_probability(members: Sequence[Member], arrays: Mapping[Preprocessing, np.ndarray],
-                         temperature: float = 1.0, batch_size: int = 64,
                          views: Sequence[str] = (ORIGINAL,)) -> np.ndarray:
-    """The mean of the members' probabilities (member_probability), calibrated by
-    `temperature`."""
-    prob = np.mean([member_probability(m, arrays, batch_size, views) for m in members], axis=0)
-    return apply_temperature(prob, temperature)
+    """The mean of the members' probabilities (member_probability), before calibration."""
+    return np.mean([member_probability(m, arrays, views=views) for m in members], axis=0)
 
 
 class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
@@ -88,18 +85,6 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
     def threshold(self) -> float:
         return self.contract.threshold
 
-    @property
-    def temperature(self) -> float:
-        return self.contract.temperature
-
-    @property
-    def views(self) -> list[str]:
-        return list(self.contract.views)
-
-    @property
-    def reference(self) -> dict[str, Any]:
-        return dict(self.contract.reference)
-
     def decode(self, images: Sequence[Any]) -> Decoded:
         """The readable images (bytes or base64 text) decoded for each member's
         preprocessing."""
@@ -108,7 +93,8 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
 
     def probabilities(self, arrays: Mapping[Preprocessing, np.ndarray]) -> np.ndarray:
         """The calibrated mean of the members' probabilities of PNEUMONIA over the views."""
-        return ensemble_probability(self.members, arrays, self.temperature, views=self.views)
+        return apply_temperature(ensemble_probability(self.members, arrays, self.contract.views),
+                                 self.contract.temperature)
 
     def features(self, arrays: Mapping[Preprocessing, np.ndarray]) -> np.ndarray:
         """The members' pooled features of each image as decoded (features.py)."""
