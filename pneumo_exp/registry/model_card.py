@@ -248,18 +248,6 @@ splits; measure the site with `bench/new_site.py`.
 {body}"""
 
 
-def with_new_site(card: str, figures: Mapping[str, Any]) -> str:
-    """The card with the new-site protocol's figures (bench/new_site.py) added."""
-    marker = "\n**Measured on a new site**"
-    card = card.split(marker)[0].rstrip() + "\n"
-    rows = "\n".join(f"| {k} | {v['accuracy']:.3f} | {v['sensitivity']:.3f} | "
-                     f"{v['specificity']:.3f} | {v['auc']:.3f} |" for k, v in figures.items())
-    return (card + f"{marker} (bench/new_site.py: the test split cut by patient into two "
-            "halves, adapted on one and scored on the other, and back; pooled, at the stored "
-            f"threshold):\n\n| variant | accuracy | sensitivity | specificity | AUC |\n"
-            f"|---|---|---|---|---|\n{rows}\n")
-
-
 def publish(client: MlflowClient, name: str, version: str, card: str, run_id: str) -> None:
     """The card as the version's description and as model_card.md in its run (the run that
     holds its model); the registered model's description points at the versions."""
