@@ -1,17 +1,10 @@
 """Which aliases a new version takes: one rule, for every path that registers a version.
 
-`champion` and `challenger` are the training site's. Only a promotion of its own trials,
-evaluated once on its test split, moves them: `challenger` to the new version, `champion`
-when its validation objective beats the champion's (chosen by the same objective). A site's
-version, promoted from the site's search or adapted to its images, takes its site's alias
-`site-<name>` and nothing else: a site's validation figure is of other patients than the
-champion's and never ranks against it. Which site a version is for is its `TAG_SITE`,
-carried by a site search's runs and by the version.
-
-A promotion whose trials mix sites, or a site's trials of two bases (a version names one),
-is refused before anything is written. Aliases move last, once everything that can fail
-(figures, evaluation, card) has run: tests/test_alias_rule.py walks every path.
-"""
+`champion` and `challenger` are the training site's: only a promotion of its own trials,
+evaluated once on its test split, moves them. A site's version (its `TAG_SITE`), promoted
+from the site's search or adapted to its images, takes `site-<name>` and nothing else: its
+validation is of other patients and never ranks against the champion's. Aliases move last,
+once everything that can fail has run (docs/sites.md; tests/test_alias_rule.py)."""
 
 from __future__ import annotations
 

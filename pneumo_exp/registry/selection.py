@@ -3,6 +3,7 @@ next best validated on the same images, and the configuration of each one's sear
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections.abc import Sequence
@@ -116,17 +117,16 @@ def best_trial_runs(client: MlflowClient, arch: str | None, top: int | None = 1,
                         "finished were screened, stopped by a rule or cut by the time budget. "
                         "Finish the search (the same command resumes it), or promote a "
                         "stopped or cut one with --any-trial.")
-    parents: dict[str, tuple[str | None, ...]] = {}
 
-    def validation(run: Run) -> tuple[str | None, ...]:
-        parent = run.data.tags[MLFLOW_PARENT_RUN_ID]
-        if parent not in parents:
-            params = client.get_run(parent).data.params
-            parents[parent] = tuple(params.get(k) for k in VALIDATION_PARAMS)
-        return parents[parent]
+    @functools.cache
+    def validation(parent: str) -> tuple[str | None, ...]:
+        params = client.get_run(parent).data.params
+        return tuple(params.get(k) for k in VALIDATION_PARAMS)
 
     # stops at `top`: each new search met costs a read of its parent run
-    same = list(itertools.islice((r for r in runs if validation(r) == validation(runs[0])), top))
+    best = validation(runs[0].data.tags[MLFLOW_PARENT_RUN_ID])
+    same = list(itertools.islice((r for r in runs if validation(
+        r.data.tags[MLFLOW_PARENT_RUN_ID]) == best), top))
     if top is not None and len(same) < top:
         log.info("Promoting the %d finished trial(s) validated like the best one (TOP=%d "
                  "asks for up to %d).", len(same), top, top)

@@ -147,6 +147,18 @@ class Kept:
                 f"{d.b:.3f} (difference {d.value:+.3f}, 95% interval [{d.low:+.3f}, "
                 f"{d.high:+.3f}])")
 
+    def figures(self) -> dict[str, float]:
+        """Its figures on its base's validation, at its own threshold and temperature."""
+        o = self.operating
+        if o is None:
+            return {}
+        d = self.difference
+        return {f"{TRAINING_SITE}auc": d.a, f"{TRAINING_SITE}base_auc": d.b,
+                f"{TRAINING_SITE}sensitivity_at_thr": o.sensitivity.value,
+                f"{TRAINING_SITE}specificity_at_thr": o.specificity.value,
+                f"{TRAINING_SITE}accuracy_at_thr": (o.sensitivity.hits + o.specificity.hits) / (
+                    o.sensitivity.total + o.specificity.total)}
+
     def verdict(self) -> str:
         """Whether it keeps its base's patients, and why, in words."""
         why = [f"{self.describe()}, {'not ' if self.ranks else ''}below the base's by more "
@@ -278,27 +290,13 @@ def fit(client: MlflowClient, candidates: Sequence[Candidate], members: Sequence
     return SiteFit(k, folds, population, base)
 
 
-def training_site_figures(site_fit: SiteFit) -> dict[str, float]:
-    """The version's figures on its base's validation, at its own threshold and
-    temperature; none when that validation cannot be rebuilt."""
-    k = site_fit.kept
-    if k is None or k.operating is None:
-        return {}
-    o = k.operating
-    return {f"{TRAINING_SITE}auc": k.difference.a, f"{TRAINING_SITE}base_auc": k.difference.b,
-            f"{TRAINING_SITE}sensitivity_at_thr": o.sensitivity.value,
-            f"{TRAINING_SITE}specificity_at_thr": o.specificity.value,
-            f"{TRAINING_SITE}accuracy_at_thr": (o.sensitivity.hits + o.specificity.hits) / (
-                o.sensitivity.total + o.specificity.total)}
-
-
 def publish(client: MlflowClient, name: str, number: str, candidates: Sequence[Candidate],
             contract: VersionContract, val_figures: Mapping[str, float], site_fit: SiteFit,
             choice: Choice, evaluation_run: str, registry: Any) -> dict[str, float]:
     """The card and the training hospital's and out-of-fold figures (logged to the
     evaluation run too) of a new site version; its figures. (Its alias moves after.)"""
     tags = candidates[0].search.data.tags
-    training = training_site_figures(site_fit)
+    training = site_fit.kept.figures() if site_fit.kept else {}
     folds = site_fit.folds.figures()
     log_summary(client, evaluation_run, {**training, **folds})
     card = model_card.for_site(name, number, candidates, val_figures, training, site_fit,

@@ -182,8 +182,7 @@ def reference_split(labels: np.ndarray, groups: np.ndarray, seed: int = 0) -> tu
     """Indices of validation's reference part and of its held-out part (a third of its
     patients, the classes kept)."""
     fold = group_kfold(HELD_OUT_FOLDS, seed)
-    keep, held = next(fold.split(np.zeros(len(labels)), labels, group_codes(groups)))
-    return keep, held
+    return next(fold.split(np.zeros(len(labels)), labels, group_codes(groups)))
 
 
 def validation_features(models: Sequence[Any], arrays: Sequence[np.ndarray],

@@ -1,15 +1,7 @@
-"""Whom a version is for, enforced on the images whose headers say whom they show.
-
-A version carries its training data's population (config.PopulationConfig: an age range,
-the views, in words for its card). A DICOM image outside it gets no silent probability:
-by the version's `outside` policy it is flagged (a probability, and a note in `check`) or
-refused (no probability, and the reason). Ages are judged as DICOM states them, in
-completed years (data/dicom.py): `aged 1-5` holds a child from the first birthday to the
-day before the sixth. A bound with a fractional part (0.5) is judged in completed months.
-Views are DICOM's ViewPosition terms, compared whatever their case. An image whose age is
-missing or unreadable is flagged saying so, whatever the policy: the pixels may still be a
-child's. A PNG or JPEG has no header: the feature check (features.py) is all there is for it.
-"""
+"""Whom a version is for, enforced on the images whose headers say whom they show: a DICOM
+image outside the version's population (config.PopulationConfig) is flagged or refused by
+its `outside` policy, one of unknown age flagged; ages in completed years, views whatever
+their case (docs/sites.md, "Whom a version is for"). A PNG or JPEG has no header."""
 
 from __future__ import annotations
 
@@ -35,11 +27,6 @@ def _ages(population: PopulationConfig) -> str:
     return f"aged {low:g} or more" if low is not None else f"aged up to {high:g}"
 
 
-def views(population: PopulationConfig) -> list[str]:
-    """The population's views as DICOM writes ViewPosition (`pa` in a YAML is PA)."""
-    return [str(v).strip().upper() for v in population.views]
-
-
 def in_range(age: float, low: float | None, high: float | None) -> bool:
     """Whether an age (completed months / 12) lies in [low, high], the upper bound counted
     in completed years when it is whole (5 holds 5 years and 11 months), else in months."""
@@ -52,7 +39,7 @@ def judge(population: PopulationConfig | None, facts: ImageFacts | None) -> Judg
     if population is None or facts is None:
         return None
     outside = []
-    allowed = views(population)
+    allowed = [str(v).strip().upper() for v in population.views]  # as DICOM writes them
     if allowed and facts.view and facts.view.strip().upper() not in allowed:
         outside.append(f"a {facts.view.strip().upper()} view (this version is for "
                        f"{', '.join(allowed)} views)")
