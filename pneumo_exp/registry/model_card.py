@@ -179,7 +179,7 @@ def for_site(name: str, version: str, candidates: Sequence[Any], val: Mapping[st
         keeps = f"\n\n**Its base's patients.** It {kept.verdict()}."
     else:
         population = contract.population
-        if population is not None and population.leaves_out(site_fit.base.population):
+        if population is not None and population.leaves_out(site_fit.base.contract.population):
             refused = population.outside == "refuse"
             keeps = (f"\n\n**Its base's patients.** It {kept.verdict()}: it is not for "
                      "them, and its population leaves their ages out (above): a DICOM image "

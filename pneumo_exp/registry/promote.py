@@ -162,17 +162,14 @@ def ensemble_or_best(candidates: Sequence[Candidate], alone: Sequence[Scored]
     alone (why: docs/searching.md, "Registry and reuse")."""
     if len(alone) == 1:
         return [0], ""
-    objective = candidates[0].cfg.search.objective
-    direction = candidates[0].cfg.search.direction
-    target = candidates[0].cfg.search.sensitivity_target
-    y = alone[0].labels
-    figure = figure_function(objective, target)
-    values = [figure(y, a.prob) for a in alone]
-    best = int(np.argmax(values) if direction == "max" else np.argmin(values))
-    together = mean_score(alone)
-    d = difference(objective, together, alone[best], paired=True, sensitivity_target=target)
-    worse = d.high < 0 if direction == "max" else d.low > 0
-    what = (f"the ensemble of {len(alone)} validates at {objective} {d.a:.4f} against its "
+    s = candidates[0].cfg.search
+    figure = figure_function(s.objective, s.sensitivity_target)
+    values = [figure(a.labels, a.prob) for a in alone]
+    best = int(np.argmax(values) if s.direction == "max" else np.argmin(values))
+    d = difference(s.objective, mean_score(alone), alone[best], paired=True,
+                   sensitivity_target=s.sensitivity_target)
+    worse = d.high < 0 if s.direction == "max" else d.low > 0
+    what = (f"the ensemble of {len(alone)} validates at {s.objective} {d.a:.4f} against its "
             f"best member's {d.b:.4f} ({candidates[best].label}; difference {d.value:+.4f}, "
             f"95% interval [{d.low:+.4f}, {d.high:+.4f}])")
     if worse:

@@ -60,9 +60,7 @@ class Base:
                             "separately.")
         (self.preprocessing,) = sizes
         self.members = loaded.members
-        self.population: PopulationConfig | None = loaded.contract.population
-        self.views = tuple(loaded.contract.views)
-        self.min_sensitivity = loaded.contract.min_sensitivity
+        self.contract: VersionContract = loaded.contract
         self.validated = loaded.contract.validated_figures(version.tags)
         self.data = _training_data(client, version, self.preprocessing)
 
@@ -72,7 +70,7 @@ class Base:
         if self.data is None:
             return None
         return ensemble_probability(self.members, {self.preprocessing: self.data.val.images},
-                                    views=self.views)
+                                    views=self.contract.views)
 
     def context(self, batch_size: int) -> dict[str, Any]:
         """What the site hypermodel (hypermodels/site.py) takes from its base."""
@@ -183,7 +181,7 @@ def kept(base: Base, members: Sequence[Member], views: Sequence[str],
                                 views=views)
     operating = None if calibration is None else site_report(
         labels, calibration.apply(Scored(labels, prob)), calibration.threshold,
-        base.min_sensitivity or 0.0, base.validated)
+        base.contract.min_sensitivity or 0.0, base.validated)
     return Kept(difference("val_auc", Scored(labels, prob), Scored(labels, base.prob),
                            paired=True), prob, operating)
 
@@ -286,7 +284,7 @@ def fit(client: MlflowClient, candidates: Sequence[Candidate], members: Sequence
     k = kept(base, members, registry.views, folds)
     population = candidates[0].cfg.population
     if k is not None and not k.keeps:
-        population = population_without(population, base.population, k.verdict())
+        population = population_without(population, base.contract.population, k.verdict())
     return SiteFit(k, folds, population, base)
 
 
