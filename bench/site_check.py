@@ -22,7 +22,7 @@ its `shifted` rate is the MMD test's false alarms, nominally 5%. Each subset goe
 the product's check (adaptation/site_check.assess_site: the prevalence estimated,
 validation drawn to it, the classifier two-sample test and the MMD test as registered,
 which decide); what the version as registered makes of each image is computed once
-(site_check.seen), and the subsets are not adapted to (the adapted comparison never
+(`check` below), and the subsets are not adapted to (the adapted comparison never
 decides; the whole sets show it). Then whole sets, also by class, and two copies of the
 test split made worse (grey values inverted, Gaussian noise of 25 grey levels). Prints
 markdown tables.
@@ -34,7 +34,9 @@ import argparse
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -115,7 +117,6 @@ def main() -> None:
         SHIFTED,
         SiteCheck,
         assess_site,
-        seen,
         site_patients,
     )
     from pneumo_exp.cli.tf_import import import_tensorflow
@@ -153,15 +154,21 @@ def main() -> None:
         sources[args.other.name] = (
             decoded.arrays[key], np.array([CLASS_NAMES.index(f.parent.name) for f in read]),
             site_patients(files, decoded, args.other))
-    known = {name: seen(model, {key: images}) for name, (images, _, _) in sources.items()
-             if wanted is None or name in wanted}
+    known = {name: (model.probabilities({key: images}), model.features({key: images}))
+             for name, (images, _, _) in sources.items() if wanted is None or name in wanted}
+    unadapted = replace(model.contract, features_adapted=None)
 
     def check(name: str, rows: np.ndarray) -> SiteCheck | None:
-        """The check of these rows; None when it refuses them (too few patients)."""
+        """The check of these rows, their probabilities and features read from `known` (the
+        same as computing them again) and not adapted to; None when it refuses them (too
+        few patients)."""
         images, _, groups = sources[name]
+        prob, features = known[name]
+        drawn = SimpleNamespace(contract=unadapted, members=model.members,
+                                threshold=model.threshold, probabilities=lambda _: prob[rows],
+                                features=lambda _: features[rows])
         try:
-            return assess_site(model, {key: images[rows]}, groups[rows],
-                               known=known[name].rows(rows), adapt=False)
+            return assess_site(drawn, {key: images[rows]}, groups[rows])
         except DataError:
             return None
 

@@ -1,46 +1,9 @@
 """`pneumo-exp site-check`: "will it work on our patients?", asked before anything is
-labelled. A site's unlabeled images (a folder, or a PACS query) are compared with the
-version's validation images on what the network sees, their pooled features
-(serving/features.py), by two-sample tests (evaluation/two_sample.py):
-
-- a classifier two-sample test: how well a logistic regression tells the site's images from
-  validation's (cross-validated AUC, folds grouped by patient): the size of the shift;
-- an MMD test permuting patients: whether there is any shift at all;
-
-as registered, and again with the version adapted to the site in memory (batch_norm.py,
-nothing registered) against validation as the network adapted to validation sees it: what
-`pneumo-exp adapt` would remove. The comparison as registered decides; the adapted one is
-shown, for what adaptation would do. Adaptation re-estimates the network's statistics on a
-few dozen images, so it moves both sides of the line: deciding on both once called some
-NORMAL-only draws of the training hospital's own test split `another population` and left
-some of another hospital's adults at `shifted` (docs/results.md).
-
-A prevalence is not a population: a screening clinic's NORMALs are not validation's
-three-quarters PNEUMONIA, yet they are the same hospital's images. So the site's share of
-PNEUMONIA is estimated first, from the share the version calls PNEUMONIA and what it
-showed on validation at its threshold (`estimated_prevalence`), and validation's reference
-is drawn, by class, to that share (FeatureReference.drawn_to) before both tests. Adapted
-to the site, the network is compared with validation as seen adapted to validation drawn
-to that share (FeatureReference.seen_at): adaptation's statistics move with the mix. A
-version registered before its reference kept classes is compared at validation's own
-prevalence, and the verdict says so. The scores (the share called PNEUMONIA,
-Kolmogorov-Smirnov against validation's) are shown but never decide.
-
-One patient is one patient: images are grouped by the hashed DICOM PatientID when the
-header has one, else by the folder's labels.csv patient column, else by the id a file name
-carries (`site_patients`), in the classifier's folds and the MMD's permutations.
-
-After `Verdict: ` the line starts with one of VERDICTS:
-
-- `another population`: a shift of ANOTHER_POPULATION_AUC or more, a size the training
-  hospital's own unseen images never reach at any prevalence, and another hospital's adults
-  always do (docs/results.md, "The site check by prevalence");
-- `shifted`: a shift of SHIFTED_AUC or more below that (the training hospital's NORMALs of
-  another block reach it), or one the MMD test finds;
-- `like the training site`: neither.
-
-It needs MIN_SITE_IMAGES images of MIN_SITE_PATIENTS patients: fewer cannot tell a
-population from a few patients.
+labelled. A site's unlabeled images are compared with the version's validation images on
+their pooled features (serving/features.py) by two-sample tests (evaluation/two_sample.py),
+validation drawn to the site's estimated prevalence, images grouped by patient; the
+comparison as registered decides, the one adapted in memory is shown. The tests, the
+verdicts and their thresholds: docs/sites.md, section 1.
 """
 
 from __future__ import annotations
@@ -64,7 +27,7 @@ from pneumo_exp.evaluation.plots import plt
 from pneumo_exp.evaluation.report import Validated, png_bytes
 from pneumo_exp.evaluation.two_sample import MMD, classifier_auc, mmd_test
 from pneumo_exp.serving.batch_norm import MIN_ADAPTATION_IMAGES, adapted, can_adapt
-from pneumo_exp.serving.features import FeatureReference, pooled_features
+from pneumo_exp.serving.features import FeatureReference
 from pneumo_exp.serving.model import PneumoniaClassifier, classifier
 from pneumo_exp.serving.predict import keep_page, load
 from pneumo_exp.tracking.names import (
@@ -80,21 +43,14 @@ from pneumo_exp.tracking.store import connect, experiment_id
 
 LIKE, SHIFTED, ANOTHER = "like the training site", "shifted", "another population"
 VERDICTS = (LIKE, SHIFTED, ANOTHER)
-# A classifier tells subsets of 32-120 of the training hospital's unseen images (each half
-# of the test split, held-out validation), at prevalences from 0 to 100%, from validation
-# drawn to their estimated prevalence below ANOTHER_POPULATION_AUC, and the NIH Clinical
-# Center's adults at or above it: docs/results.md, "The site check by prevalence".
+# From the calibration by prevalence (docs/results.md, "The site check by prevalence"): the
+# training hospital's unseen images stay below ANOTHER_POPULATION_AUC, another hospital's
+# adults reach it; held-out validation stays below SHIFTED_AUC.
 ANOTHER_POPULATION_AUC = 0.97
-# Held-out validation stays below SHIFTED_AUC; the test split's NORMAL-only subsets (another
-# block of patients, at another prevalence) mostly reach it.
 SHIFTED_AUC = 0.85
 SHIFT_P_VALUE = 0.05  # the MMD test finds a shift below this p-value
 MIN_SITE_IMAGES = MIN_ADAPTATION_IMAGES  # adaptation's whole batch: the fewest it reads
-# The AUC of k patients alike to validation's is about the mean of k uniform ranks: it
-# reaches SHIFTED_AUC by chance with probability (0.15 k)^k / k! (Irwin-Hall), once in
-# 10,000 checks at 8 patients, once in 500 at 5; and each of the classifier's 5 folds
-# holds one or more.
-MIN_SITE_PATIENTS = 8
+MIN_SITE_PATIENTS = 8  # fewer reach SHIFTED_AUC by chance too often (docs/sites.md, 1.)
 
 
 @dataclass(frozen=True)
@@ -114,12 +70,10 @@ class Look:
 
 
 def estimated_prevalence(called: float, validated: Validated) -> float | None:
-    """The site's share of PNEUMONIA from the share of its images called PNEUMONIA, by
-    black-box shift estimation (Lipton et al. 2018): at the threshold, called =
-    q * sensitivity + (1 - q) * (1 - specificity), with what the version showed on
-    validation; so q = (called - (1 - specificity)) / (sensitivity - (1 - specificity)),
-    clipped to [0, 1]. None without those figures, or when they tell the classes apart no
-    better than chance."""
+    """The site's share of PNEUMONIA from the share of its images called PNEUMONIA and the
+    validated figures at the threshold, by black-box shift estimation (Lipton et al. 2018;
+    docs/sites.md, section 1). None without those figures, or when they tell the classes
+    apart no better than chance."""
     sensitivity, specificity = (Validated.value(validated.sensitivity),
                                 Validated.value(validated.specificity))
     if (sensitivity is None or specificity is None or not np.isfinite(sensitivity)
@@ -167,6 +121,12 @@ class SiteCheck:
                 "separate them)")
 
     @property
+    def looks(self) -> dict[str, Look]:
+        """The comparisons made, by name: as registered, and adapted to the site if it was."""
+        return {"as registered": self.source, **({"adapted to it": self.adapted}
+                                                  if self.adapted is not None else {})}
+
+    @property
     def ks(self) -> float:
         """The scores' Kolmogorov-Smirnov distance from validation's (a description)."""
         return float(ks_2samp(self.prob, self.validation_scores).statistic)
@@ -203,29 +163,10 @@ class SiteCheck:
                 "before use: no image test sees every change that matters.")
 
 
-@dataclass(frozen=True)
-class Seen:
-    """What the version as registered makes of the site's images: calibrated probabilities
-    and pooled features. A caller that checks many subsets of the same images computes it
-    once (`seen`) and gives each check its rows; the images give the same either way."""
-
-    prob: np.ndarray
-    features: np.ndarray
-
-    def rows(self, rows: np.ndarray) -> Seen:
-        return Seen(self.prob[rows], self.features[rows])
-
-
-def seen(model: PneumoniaClassifier, arrays: dict[Any, np.ndarray]) -> Seen:
-    return Seen(model.probabilities(arrays), model.features(arrays))
-
-
-def _look(models: list[Any], arrays: list[np.ndarray], reference: FeatureReference,
-          groups: np.ndarray, prevalence: float | None,
-          features: np.ndarray | None = None) -> Look:
-    """The site's images (their `features` when known) against validation's reference
-    drawn to `prevalence` (None: as it is), each side's images grouped by patient."""
-    features = pooled_features(models, arrays) if features is None else features
+def _look(features: np.ndarray, reference: FeatureReference, groups: np.ndarray,
+          prevalence: float | None) -> Look:
+    """The site's images' `features` against validation's reference drawn to `prevalence`
+    (None: as it is), each side's images grouped by patient."""
     projected = reference.project(features)
     rows = reference.drawn_to(prevalence)
     drawn = reference.seen_at(prevalence)[rows]
@@ -237,11 +178,8 @@ def _look(models: list[Any], arrays: list[np.ndarray], reference: FeatureReferen
 
 
 def assess_site(model: PneumoniaClassifier, arrays: dict[Any, np.ndarray],
-                groups: np.ndarray, skipped: int = 0, known: Seen | None = None,
-                adapt: bool = True) -> SiteCheck:
-    """The check of `model` on decoded images (by preprocessing), `groups` their patients
-    (`known`: what the version as registered makes of them, when computed already);
-    without the adapted comparison when not `adapt` (it never decides the verdict)."""
+                groups: np.ndarray, skipped: int = 0) -> SiteCheck:
+    """The check of `model` on decoded images (by preprocessing), `groups` their patients."""
     contract = model.contract
     if contract.features is None:
         raise UserError("this version keeps no picture of its validation images' features (a "
@@ -258,10 +196,7 @@ def assess_site(model: PneumoniaClassifier, arrays: dict[Any, np.ndarray],
                         "patients (a few patients do not show a population). Patients are told "
                         "by the DICOM PatientID, else by the folder's labels.csv, else by the "
                         "file name (person1_*, IM-0001-*).")
-    models = [m.model for m in model.members]
-    inputs = [arrays[m.preprocessing] for m in model.members]
-    known = known or seen(model, arrays)
-    prob = known.prob
+    prob = model.probabilities(arrays)
     validated = contract.validated_figures()
     prevalence = estimated_prevalence(float(np.mean(prob >= model.threshold)), validated)
     sensitivity, specificity = (Validated.value(validated.sensitivity),
@@ -270,13 +205,14 @@ def assess_site(model: PneumoniaClassifier, arrays: dict[Any, np.ndarray],
               if prevalence is None and sensitivity is not None and specificity is not None
               else "")  # figures it has, that estimate nothing
     drawn = prevalence is not None and contract.features.knows_classes
-    source = _look(models, inputs, contract.features, groups, prevalence if drawn else None,
-                   known.features)
+    at = prevalence if drawn else None
+    source = _look(model.features(arrays), contract.features, groups, at)
     found = None
-    if adapt and contract.features_adapted is not None and can_adapt(models, inputs):
+    models = [m.model for m in model.members]
+    inputs = [arrays[m.preprocessing] for m in model.members]
+    if contract.features_adapted is not None and can_adapt(models, inputs):
         with adapted(models, inputs):
-            found = _look(models, inputs, contract.features_adapted, groups,
-                          prevalence if drawn else None)
+            found = _look(model.features(arrays), contract.features_adapted, groups, at)
     return SiteCheck(n, skipped, prob, model.threshold, dict(contract.reference),
                      contract.features.scores, source, found, patients, prevalence, drawn,
                      chance)
@@ -305,20 +241,6 @@ def site_patients(files: list[Path], decoded: Decoded, root: Path | None) -> np.
                      for k, f in zip(found, read, strict=True)])
 
 
-def check_site(model_uri: str, files: list[Path], images_from: str,
-               root: Path | None = None) -> tuple[SiteCheck, list[Path]]:
-    """The check of the version `model_uri` on the image `files` (under `root`, whose
-    labels.csv may name their patients); the files read."""
-    model = classifier(load(model_uri))
-    decoded = decode_many(files, {m.preprocessing for m in model.members})
-    read = [files[i] for i in decoded.readable]
-    if not read:
-        raise DataError(f"none of the {len(files)} files of {images_from} is a readable "
-                        "chest radiograph.")
-    groups = site_patients(files, decoded, root)
-    return assess_site(model, decoded.arrays, groups, len(decoded.skipped)), read
-
-
 def check_figure(check: SiteCheck, title: str) -> Any:
     """The page: scores against validation's, each image's distance, the site and
     validation on the first two components, the figures and the verdict."""
@@ -333,10 +255,7 @@ def check_figure(check: SiteCheck, title: str) -> Any:
     score_ax.set(xlabel="calibrated probability of PNEUMONIA", ylabel="share of images at or "
                  "below", title="Scores (they move with prevalence: they do not decide)")
     score_ax.legend(fontsize=8)
-    looks = {"as registered": check.source}
-    if check.adapted is not None:
-        looks["adapted to it"] = check.adapted
-    for name, look in looks.items():
+    for name, look in check.looks.items():
         image_ax.hist(look.distance / look.limit, bins=30, alpha=0.6, label=name)
     image_ax.axvline(1.0, color="red", ls="--", label="all but 1% of validation's")
     image_ax.set(xlabel="feature distance from validation's (1 = the flag)", ylabel="images",
@@ -355,7 +274,7 @@ def check_figure(check: SiteCheck, title: str) -> Any:
              "est. prevalence  " + ("unknown" if check.prevalence is None else
                                     f"{check.prevalence:.0%} PNEUMONIA (BBSE)"),
              "validation       " + ("drawn to it" if check.drawn else "at its own share")]
-    for name, look in looks.items():
+    for name, look in check.looks.items():
         lines += [f"{name}:", f"  classifier AUC {look.auc:.3f} (shifted >= {SHIFTED_AUC}, "
                   f"another >= {ANOTHER_POPULATION_AUC})",
                   f"  MMD p-value    {look.mmd.p_value:.3f}",
@@ -390,9 +309,17 @@ labelled cases before use.</p></body></html>
 
 def run_site_check(model_uri: str, files: list[Path], root: Path, images_from: str,
                    name: str, out: Path) -> tuple[SiteCheck, Path, str]:
-    """Check, then log the figures and the page as an evaluation run, and write the page
-    to `out`; (the check, the page, the run id)."""
-    check, read = check_site(model_uri, files, images_from, root)
+    """Check the version `model_uri` on the image `files` (under `root`, whose labels.csv
+    may name their patients), then log the figures and the page as an evaluation run, and
+    write the page to `out`; (the check, the page, the run id)."""
+    model = classifier(load(model_uri))
+    decoded = decode_many(files, {m.preprocessing for m in model.members})
+    read = [files[i] for i in decoded.readable]
+    if not read:
+        raise DataError(f"none of the {len(files)} files of {images_from} is a readable "
+                        "chest radiograph.")
+    check = assess_site(model, decoded.arrays, site_patients(files, decoded, root),
+                        len(decoded.skipped))
     title = f"Site check: {model_uri} on {name}"
     fig = check_figure(check, title)
     png = png_bytes(fig)

@@ -182,11 +182,10 @@ def cmd_site_check(args: argparse.Namespace) -> int:
                                          Path(args.out))
     print(f"{describe_version(uri)} on {images.source}: {check.images} images read"
           f"{f', {check.skipped} skipped' if check.skipped else ''}; no label read.")
-    for what, look in (("as registered", check.source), ("adapted to it", check.adapted)):
-        if look is not None:
-            print(f"  {what}: a classifier tells them from validation's at AUC {look.auc:.3f} "
-                  f"(MMD p = {look.mmd.p_value:.3f}); {look.flagged_share:.1%} of the images "
-                  "beyond all but 1% of validation's")
+    for what, look in check.looks.items():
+        print(f"  {what}: a classifier tells them from validation's at AUC {look.auc:.3f} "
+              f"(MMD p = {look.mmd.p_value:.3f}); {look.flagged_share:.1%} of the images "
+              "beyond all but 1% of validation's")
     print(f"  scores: {check.positive_share:.1%} called PNEUMONIA (validation "
           f"{check.validation.get('positive_share', float('nan')):.1%}), KS {check.ks:.3f} "
           "against validation's (they move with prevalence: they do not decide)")
