@@ -1,15 +1,7 @@
-"""`pneumo-exp adapt`: a registered version adapted to a new site's unlabeled images,
-registered as a new version of the same model with the alias `site-<name>`, with the
-source version's contract: its threshold, temperature and views unchanged, and its images
-judged against validation as the adapted network sees it (features_adapted).
-
-The images are the files given: every image under a folder, whatever the layout (class
-folders, if any, are ignored: no label is read), or the instances pulled from a PACS. Each
-member of the version has its normalization statistics re-estimated on them
-(batch_norm.py); the threshold and temperature are the source version's, and the feature
-references (its artifacts) come with them. `champion` and `challenger` never move
-(registry/aliases.py).
-"""
+"""`pneumo-exp adapt`: a registered version's batch-normalization statistics re-estimated on
+a new site's unlabeled images, registered as a new version of the same model with the alias
+`site-<name>` and the source's contract, judged by its features as adapted
+(docs/sites.md, section 3)."""
 
 from __future__ import annotations
 
@@ -18,17 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import numpy as np
 from mlflow.entities.model_registry import ModelVersion
 
-from pneumo_exp.data.images import Preprocessing, decode_many, files_fingerprint
+from pneumo_exp.data.images import decode_many, files_fingerprint
 from pneumo_exp.errors import ConfigError, DataError, UserError
 from pneumo_exp.registry import model_card
 from pneumo_exp.registry.aliases import move_aliases
 from pneumo_exp.registry.packaging import write_version
 from pneumo_exp.serving.batch_norm import (
     MIN_ADAPTATION_IMAGES,
-    NothingToAdaptError,
     adapt_batch_norm,
     batch_norm_layers,
 )
@@ -70,20 +60,6 @@ class Adaptation:
     layers: int
 
 
-def read_site_images(files: list[Path], images_from: str,
-                     preprocessing: set[Preprocessing]) -> tuple[
-        dict[Preprocessing, np.ndarray], list[Path], int]:
-    """Every readable image of `files`, decoded for each (size, channels); the files read
-    and the number skipped."""
-    decoded = decode_many(files, preprocessing)
-    read = [files[i] for i in decoded.readable]
-    if len(read) < MIN_ADAPTATION_IMAGES:
-        found = f"{len(files)} files, {len(read)} readable images" if files else "no files"
-        raise DataError(f"{images_from} has {found}; adapting needs at least "
-                        f"{MIN_ADAPTATION_IMAGES} images of the site.")
-    return decoded.arrays, read, len(decoded.skipped)
-
-
 def adapt(model_uri: str, files: list[Path], root: Path, images_from: str,
           site: str) -> Adaptation:
     """Adapt the version `model_uri` to the image `files` (they lie under `root`;
@@ -96,8 +72,9 @@ def adapt(model_uri: str, files: list[Path], root: Path, images_from: str,
     name, number = source.name, str(source.version)
     loaded = load(version_uri(source))  # by its number: an alias may move meanwhile
     model = classifier(loaded)
-    layers = sum(len(batch_norm_layers(m.model)) for m in model.members)
-    if not all(batch_norm_layers(m.model) for m in model.members):
+    normalized = [batch_norm_layers(m.model) for m in model.members]
+    layers = sum(map(len, normalized))
+    if not all(normalized):
         raise UserError(f"{model_uri} has nothing to adapt: "
                         f"{'a member has' if len(model.members) > 1 else 'it has'} no batch "
                         "normalization layer, so there are no normalization statistics to "
@@ -120,13 +97,15 @@ def adapt(model_uri: str, files: list[Path], root: Path, images_from: str,
                         "Adapt a version promoted from a validation split of at least "
                         f"{MIN_ADAPTATION_IMAGES} images.")
     contract = contract.with_changes(features=contract.features_adapted)
-    batches, files, skipped = read_site_images(files, images_from,
-                                               {m.preprocessing for m in model.members})
-    try:
-        for member in model.members:
-            adapt_batch_norm(member.model, batches[member.preprocessing])
-    except NothingToAdaptError as e:  # checked above; kept for models built elsewhere
-        raise UserError(str(e)) from e
+    decoded = decode_many(files, {m.preprocessing for m in model.members})
+    read, skipped = [files[i] for i in decoded.readable], len(decoded.skipped)
+    if len(read) < MIN_ADAPTATION_IMAGES:
+        found = f"{len(files)} files, {len(read)} readable images" if files else "no files"
+        raise DataError(f"{images_from} has {found}; adapting needs at least "
+                        f"{MIN_ADAPTATION_IMAGES} images of the site.")
+    for member in model.members:
+        adapt_batch_norm(member.model, decoded.arrays[member.preprocessing])
+    files = read
     digest = files_fingerprint(root, files)
     source_run = client.get_run(source.run_id)
     lineage = {k: v for k, v in source.tags.items() if k in LINEAGE_TAGS}
