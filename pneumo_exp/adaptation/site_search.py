@@ -1,14 +1,8 @@
 """What a site version's search needs before its first trial (ARCH=site): the base version
-from the registry (registry/site_version.py `Base`: its members and preprocessing, the
-training site's images to mix in), the site's population, and the lineage its runs
-record; the search itself is search/run.py's, with these.
+from the registry (registry/site_version.py `Base`), the site's population, and the lineage
+its runs record; the search itself is search/run.py's, with these (docs/sites.md, section 4).
 
     make search ARCH=site BASE=models:/pneumonia-classifier@champion DATA=site_folder/ SITE=north
-
-The site's images are decoded at the base's preprocessing (its members' image size and
-channels): a site search of another preprocessing is refused. The training site's images
-are the base's own training split, rebuilt from its search's configuration (its data must
-still be where it was, unchanged); without them `mix` stays 0.
 """
 
 from __future__ import annotations
@@ -56,11 +50,10 @@ def site_name(cfg: ExperimentConfig) -> str:
 
 
 def prepare(cfg: ExperimentConfig, search_name: str | None = None) -> SiteSearch:
-    """The base version's members and preprocessing, the scratch point, the training site's
-    images; `cfg` with the site's name, the base's image size and channels, and the base
-    by its number: BASE=models:/m@champion is read once, here, so the search's name (a digest
-    of `cfg`) and its record name the version it starts from, and a search resumed after the
-    champion moved is another search (or, named by `search_name`, is refused)."""
+    """The base version's members, scratch point and training site's images; `cfg` with the
+    site's name, the base's image size and channels, and the base by its number, read once
+    here so that the search's name (a digest of `cfg`) and record name the version it
+    starts from (a search `search_name` resumed from another base is refused)."""
     if not cfg.site.base:
         raise ConfigError("a site search starts from a registered version: give "
                           "BASE=models:/pneumonia-classifier@champion (or --base).")
