@@ -10,62 +10,66 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
-from pneumo_exp.cli import commands, options
+from pneumo_exp.cli import options
+from pneumo_exp.cli.commands import models, store, training
 from pneumo_exp.config import FULL_DATA_DIR, SAMPLE_DIR, STATE_DIR
 from pneumo_exp.errors import UserError, exit_code
 from pneumo_exp.fileio import keep_private
 from pneumo_exp.search import interrupts
+from pneumo_exp.tracking.access import refusal
 
-log = logging.getLogger("pneumo_exp")
-
-# name -> (help, description, function)
+# name -> (help, description (None: the help; SUPPRESS: none), function)
 COMMANDS = {
     "search": ("search one architecture, tracked in MLflow",
                "Run (or resume) a Keras Tuner search configured by experiments/ARCH.yaml; "
-               "every trial is a nested MLflow run.", commands.cmd_search),
+               "every trial is a nested MLflow run.", training.cmd_search),
     "cv": ("k-fold cross-validation of one configuration, tracked",
            "Cross-validate the study's configuration (--from default) or the best trial of "
            "the latest search (--from best) on the train split, in folds grouped by patient.",
-           commands.cmd_cv),
+           training.cmd_cv),
     "promote": ("register the best validation model (or the k best as an ensemble), "
                 "evaluated once on test",
                 "Register the trial with the best validation objective (of ARCH, or of all "
                 "architectures), or an ensemble of the --top k best, in the MLflow Model "
                 "Registry with its preprocessing, a temperature and a decision threshold "
-                "chosen on validation; evaluate it on the test split.", commands.cmd_promote),
+                "chosen on validation; evaluate it on the test split.", models.cmd_promote),
     "adapt": ("adapt a registered model to a new site's unlabeled images",
               "Re-estimate the model's batch-normalization statistics on the images under "
               "--data (no label is read) and register the result as a new version with the "
-              "alias site-<name>.", commands.cmd_adapt),
+              "alias site-<name>.", models.cmd_adapt),
     "predict": ("probability of pneumonia for image files and folders", None,
-                commands.cmd_predict),
+                models.cmd_predict),
     "evaluate": ("evaluate a registered model on a labelled folder", None,
-                 commands.cmd_evaluate),
+                 models.cmd_evaluate),
     "site-check": ("before labels: does a site's unlabeled images look like the training "
                    "data to a registered model?",
                    "Compare a site's unlabeled images (a folder, or a PACS query) with the "
                    "version's validation images: its scores, its share called PNEUMONIA and its "
                    "batch-normalization statistics, as registered and adapted to the site (in "
                    "memory); one verdict line and a one-page figure, logged as an evaluation "
-                   "run.", commands.cmd_site_check),
+                   "run.", models.cmd_site_check),
     "explain": ("Grad-CAM overlays of a registered model on image files",
                 "Write an overlay per image: where the model looked for pneumonia (Grad-CAM "
                 "on its last convolutional feature map; the mean over an ensemble's members),"
-                " with the probability and label.", commands.cmd_explain),
+                " with the probability and label.", models.cmd_explain),
     "runs": ("list the searches and cross-validations, newest first; or one search's "
-             "trials and hyperparameter importance", None, commands.cmd_runs),
+             "trials and hyperparameter importance", None, store.cmd_runs),
     "compare": ("compare searches: best so far against time and trials, their best trials",
-                None, commands.cmd_compare),
+                None, store.cmd_compare),
     "models": ("list the registered versions with their aliases and figures", None,
-               commands.cmd_models),
+               models.cmd_models),
     "delete-search": ("delete one search: its MLflow runs and its tuner state", None,
-                      commands.cmd_delete_search),
+                      store.cmd_delete_search),
     "cache": ("list what is kept in the state folder (decoded images, PACS instances, tuner "
               "state), where and how large; --clear deletes it",
               "List what pneumo-exp keeps besides the MLflow store, or delete it with --clear "
-              "(--older-than DAYS: what no command used for that long).", commands.cmd_cache),
+              "(--older-than DAYS: what no command used for that long).", store.cmd_cache),
     "serve": ("serve a registered model over HTTP on 127.0.0.1 (mlflow models serve)", None,
-              commands.cmd_serve),
+              models.cmd_serve),
+    "ui": ("serve the MLflow UI of the local store (127.0.0.1 by default)", argparse.SUPPRESS,
+           store.cmd_ui),
+    "server": ("serve an MLflow tracking server for a team or a cluster (127.0.0.1 by "
+               "default)", argparse.SUPPRESS, store.cmd_server),
 }
 
 
@@ -97,12 +101,6 @@ def build_parser(make_command: str | None = None) -> argparse.ArgumentParser:
         p.make_command = make_command if name == make_command else None
         options.add_arguments(p, name)
         p.set_defaults(func=func)
-    for name, what in (("ui", "the MLflow UI of the local store"),
-                       ("server", "an MLflow tracking server for a team or a cluster")):
-        p = sub.add_parser(name, help=f"serve {what} (127.0.0.1 by default)")
-        p.make_command = make_command if name == make_command else None
-        options.add_arguments(p, name)
-        p.set_defaults(func=getattr(commands, f"cmd_{name}"))
     sub.add_parser("vars", help="the make variables of every command").set_defaults(
         func=lambda args: print(options.table()) or 0)
 
@@ -123,7 +121,7 @@ def build_parser(make_command: str | None = None) -> argparse.ArgumentParser:
                        "experiment name (repeatable)")
     grant.add_argument("--model", action="append", help="a registered model (repeatable)")
     for p in (add, grant):
-        p.set_defaults(func=commands.cmd_users)
+        p.set_defaults(func=store.cmd_users)
 
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
@@ -134,13 +132,13 @@ def build_parser(make_command: str | None = None) -> argparse.ArgumentParser:
                         "data/sample)")
     sample.add_argument("--size", type=int, default=None, help="image side in pixels")
     sample.add_argument("--seed", type=int, default=0, help="seed of the patient draw")
-    sample.set_defaults(func=commands.cmd_data_sample)
+    sample.set_defaults(func=training.cmd_data_sample)
     fetch = data_sub.add_parser("fetch", help="download or unpack a dataset archive (zip/tar) "
                                 "into the folder layout")
     fetch.add_argument("source", help="http(s) URL or local path of a .zip/.tar[.gz] archive")
     fetch.add_argument("--to", default=str(FULL_DATA_DIR),
                        help="destination folder (default data/chest_xray)")
-    fetch.set_defaults(func=commands.cmd_data_fetch)
+    fetch.set_defaults(func=training.cmd_data_fetch)
     return parser
 
 
@@ -178,28 +176,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("tensorflow").addFilter(lambda r: "retracing" not in r.getMessage())
     try:
         return args.func(args)
-    except UserError as e:
-        if args.debug:
-            traceback.print_exc()
-        message = options.make_words(str(e), make_command) if make_command else str(e)
-        print(f"pneumo-exp: error: {message}", file=sys.stderr)
-        return exit_code(e)
-    except KeyboardInterrupt:
-        if args.debug:
-            traceback.print_exc()
-        print("pneumo-exp: interrupted.", file=sys.stderr)
-        return 130
-    except Exception as e:  # a tracking server's refusal is the user's to fix, not a bug
-        from pneumo_exp.tracking.access import refusal
-
-        denied = refusal(e)
-        if denied is None:
+    except (Exception, KeyboardInterrupt) as e:
+        # a tracking server's refusal is the user's to fix, not a bug
+        error = e if isinstance(e, (UserError, KeyboardInterrupt)) else refusal(e)
+        if error is None:
             raise
         if args.debug:
             traceback.print_exc()
-        print(f"pneumo-exp: error: {denied}", file=sys.stderr)
-        return exit_code(denied)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        if isinstance(error, KeyboardInterrupt):
+            print("pneumo-exp: interrupted.", file=sys.stderr)
+            return 130
+        message = options.make_words(str(error), make_command) if make_command else str(error)
+        print(f"pneumo-exp: error: {message}", file=sys.stderr)
+        return exit_code(error)
