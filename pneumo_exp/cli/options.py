@@ -1,12 +1,8 @@
-"""The options of the `pneumo-exp` commands, in one table.
-
-Each row gives an option's flag, help, the subcommands that take it, the configuration key
-it sets (if any) and its make variable. Everything else follows from the table: the
-argparse options (main.py), the configuration overrides and the argv a distributed search
-passes to its chief and workers (commands/training.py), and the make targets, which pass
-their variables through the environment (`pneumo-exp --make <command>` reads them, and
-names them in its error messages).
-"""
+"""The options of the `pneumo-exp` commands, in one table: each row's flag, help,
+subcommands, the configuration key it sets (if any) and its make variable. The argparse
+options (main.py), the configuration overrides, a distributed search's argv
+(commands/training.py) and the make targets' variables, which `pneumo-exp --make <command>`
+reads from the environment and names in its error messages, all follow from it."""
 
 from __future__ import annotations
 
@@ -194,11 +190,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         elif o.flag == "--set":
             kwargs.update(action="append", default=[], metavar="KEY=VALUE")
         else:
-            kwargs.update(type=o.type, default=o.default)
-            if o.nargs:
-                kwargs["nargs"] = o.nargs
-            if o.choices:
-                kwargs["choices"] = o.choices
+            kwargs.update(type=o.type, default=o.default, nargs=o.nargs, choices=o.choices)
         if o.positional:
             parser.add_argument(o.dest, **kwargs)
         else:
@@ -217,18 +209,17 @@ def argv(args: argparse.Namespace, command: str, skip: Sequence[str] = ()) -> li
     out: list[str] = []
     for o in for_command(command):
         value = getattr(args, o.dest, None)
-        if o.flag in skip or value is None or value == o.default:
-            continue
-        if o.positional:
-            out += [str(v) for v in value] if isinstance(value, list) else [str(value)]
-        elif o.flag_only:
-            out += [o.flag] if value else []
-        elif isinstance(value, list):
-            for item in value:
-                out += [o.flag, str(item)]
-        else:
-            out += [o.flag, str(value)]
+        if o.flag not in skip and value is not None and value != o.default:
+            out += _arguments(o, value)
     return out
+
+
+def _arguments(o: Option, value: Any) -> list[str]:
+    """One option's value (a list: each item) as command-line arguments."""
+    if o.flag_only:
+        return [o.flag] if value else []
+    items = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    return items if o.positional else [word for item in items for word in (o.flag, item)]
 
 
 SEVERAL = sorted({o.variable for o in OPTIONS if o.nargs in ("*", "+") or o.flag == "--set"})
@@ -266,18 +257,16 @@ def from_make(command: str, environ: Mapping[str, str] | None = None) -> list[st
     env = os.environ if environ is None else environ
     out: list[str] = []
     for o in for_command(command):
-        value = env.get(o.variable, "").strip()
+        value: Any = env.get(o.variable, "").strip()
         if not value:
             continue
-        if o.positional:
-            out += _words(o.variable, value) if o.nargs in ("*", "+") else [value]
-        elif o.flag_only:
-            out += [o.flag] if value not in ("0", "false", "no") else []
+        if o.flag_only:
+            value = value not in ("0", "false", "no")
         elif o.flag == "--set":
-            for item in set_items(_words(o.variable, value)):
-                out += [o.flag, item]
-        else:
-            out += [o.flag, value]
+            value = set_items(_words(o.variable, value))
+        elif o.nargs in ("*", "+"):
+            value = _words(o.variable, value)
+        out += _arguments(o, value)
     return out
 
 
