@@ -63,6 +63,11 @@ def _use_it(args: argparse.Namespace, uri: str) -> str:
     return f"Use it: pneumo-exp predict --model {uri} scan.jpeg"
 
 
+def _ci(f: dict[str, float], key: str, digits: int = 4) -> str:
+    """A figure and its 95% interval: "0.9123 [0.901, 0.930]"."""
+    return f"{f[key]:.{digits}f} [{f[key + '_ci_low']:.3f}, {f[key + '_ci_high']:.3f}]"
+
+
 def _over_views(views: list[str]) -> str:
     return "" if len(views) == 1 else f", each image the mean of {len(views)} views"
 
@@ -101,15 +106,13 @@ def cmd_promote(args: argparse.Namespace) -> int:
           f"{t[figure_tag('val_uncalibrated_ece')]} -> {t[figure_tag('val_ece')]}); threshold "
           f"{f['test_threshold']:.3f} (highest specificity with validation sensitivity >= "
           f"{cfg.registry.min_sensitivity}{_over_views(cfg.registry.views)})")
-    print(f"  test, threshold 0.5: accuracy {f['test_accuracy']:.4f} "
-          f"[{f['test_accuracy_ci_low']:.3f}, {f['test_accuracy_ci_high']:.3f}], AUC "
-          f"{f['test_auc']:.4f} [{f['test_auc_ci_low']:.3f}, {f['test_auc_ci_high']:.3f}], "
-          f"sensitivity {f['test_sensitivity']:.4f}, specificity {f['test_specificity']:.4f}")
+    print(f"  test, threshold 0.5: accuracy {_ci(f, 'test_accuracy')}, AUC "
+          f"{_ci(f, 'test_auc')}, sensitivity {f['test_sensitivity']:.4f}, specificity "
+          f"{f['test_specificity']:.4f}")
     print(f"  test, threshold {f['test_threshold']:.3f}: accuracy "
-          f"{f['test_accuracy_at_thr']:.4f} [{f['test_accuracy_at_thr_ci_low']:.3f}, "
-          f"{f['test_accuracy_at_thr_ci_high']:.3f}], sensitivity "
-          f"{f['test_sensitivity_at_thr']:.4f}, specificity {f['test_specificity_at_thr']:.4f}"
-          f"; calibration error {f['test_ece']:.3f}")
+          f"{_ci(f, 'test_accuracy_at_thr')}, sensitivity {f['test_sensitivity_at_thr']:.4f}, "
+          f"specificity {f['test_specificity_at_thr']:.4f}; calibration error "
+          f"{f['test_ece']:.3f}")
     print(f"  evaluation run {t[TAG_EVALUATION_RUN]}. "
           f"{_use_it(args, f'models:/{name}/{v.version}')}")
     return 0
@@ -132,8 +135,7 @@ def _site_promoted(args: argparse.Namespace, p: Any, name: str) -> int:
     o = OUT_OF_FOLD
     print(f"  threshold chosen on all {int(f[o + 'images'])} of the site's labelled images out "
           f"of fold ({int(f[o + 'folds'])} folds by patient): " + ", ".join(
-              f"{k} {f[f'{o}{k}_at_thr']:.3f} [{f[f'{o}{k}_at_thr_ci_low']:.3f}, "
-              f"{f[f'{o}{k}_at_thr_ci_high']:.3f}]" for k in ("sensitivity", "specificity")))
+              f"{k} {_ci(f, f'{o}{k}_at_thr', 3)}" for k in ("sensitivity", "specificity")))
     print(f"  {_use_it(args, f'models:/{name}@{site_alias(p.site)}')}")
     return 0
 
@@ -249,10 +251,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{describe_version(uri)} on {labelled_set.source} "
           f"({f['eval_NORMAL_images']:.0f} NORMAL, {f['eval_PNEUMONIA_images']:.0f} PNEUMONIA"
           f"{unreadable}):")
-    print(f"  threshold 0.5: accuracy {f['eval_accuracy']:.4f} [{f['eval_accuracy_ci_low']:.3f},"
-          f" {f['eval_accuracy_ci_high']:.3f}], AUC {f['eval_auc']:.4f} "
-          f"[{f['eval_auc_ci_low']:.3f}, {f['eval_auc_ci_high']:.3f}], sensitivity "
-          f"{f['eval_sensitivity']:.4f}, specificity {f['eval_specificity']:.4f}")
+    print(f"  threshold 0.5: accuracy {_ci(f, 'eval_accuracy')}, AUC {_ci(f, 'eval_auc')}, "
+          f"sensitivity {f['eval_sensitivity']:.4f}, specificity {f['eval_specificity']:.4f}")
     print(f"  the model's threshold {f['eval_threshold']:.3f}: accuracy "
           f"{f['eval_accuracy_at_thr']:.4f}, sensitivity {f['eval_sensitivity_at_thr']:.4f}, "
           f"specificity {f['eval_specificity_at_thr']:.4f}; calibration error "
