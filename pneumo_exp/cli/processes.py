@@ -1,12 +1,7 @@
-"""Long-running servers (the MLflow UI, a tracking server, a model server) that stop as
-one: one signal to pneumo-exp, or to the make that started it, stops the server and all
-its worker processes.
-
-The server runs in its own process group; pneumo-exp forwards SIGINT/SIGTERM to the whole
-group and waits for it. On Linux pneumo-exp also asks the kernel for a SIGTERM when its
-parent dies (make killed with -9, a closed terminal), and the server for one when
-pneumo-exp dies, so nothing is left behind.
-"""
+"""Long-running servers (the MLflow UI, a tracking server, a model server) that stop as one:
+each runs in its own process group, to which pneumo-exp forwards SIGINT, SIGTERM and SIGHUP;
+on Linux pneumo-exp also gets a SIGTERM when its parent dies (make killed with -9, a closed
+terminal), and the server one when pneumo-exp dies (docs/reliability.md)."""
 
 from __future__ import annotations
 

@@ -100,19 +100,17 @@ def cmd_users(args: argparse.Namespace) -> int:
         raise UserError(f"users live on a tracking server; MLFLOW_TRACKING_URI is {uri}. Set "
                         "it to the server's http(s) address.")
     if args.users_command == "add":
-        grant_to = []
         add_user(uri, args.username, read_secret(USER_PASSWORD_ENV, args.password_file,
                                                  f"password of {args.username}"))
         print(f"Added user {args.username} to {uri}.")
-    else:
-        client = connect()
-        grant_to = [(RESOURCE_EXPERIMENT, experiment_id(client, name if "/" in name
-                                                        else arch_experiment(name)), name)
-                    for name in args.experiment or []]
-        grant_to += [(RESOURCE_MODEL, name, name) for name in args.model or []]
-        if not grant_to:
-            raise UserError("grant what? Give --experiment ARCH (or a name) and/or --model "
-                            "NAME.")
+        return 0
+    client = connect()
+    grant_to = [(RESOURCE_EXPERIMENT, experiment_id(client, name if "/" in name
+                                                    else arch_experiment(name)), name)
+                for name in args.experiment or []]
+    grant_to += [(RESOURCE_MODEL, name, name) for name in args.model or []]
+    if not grant_to:
+        raise UserError("grant what? Give --experiment ARCH (or a name) and/or --model NAME.")
     for kind, resource, name in grant_to:
         grant(uri, args.username, kind, resource, args.permission)
         print(f"Granted {args.permission} on {kind.replace('_', ' ')} {name} to "
