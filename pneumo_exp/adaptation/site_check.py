@@ -254,20 +254,19 @@ def check_figure(check: SiteCheck, title: str) -> Any:
                      label=f"threshold {check.threshold:.3f}")
     score_ax.set(xlabel="calibrated probability of PNEUMONIA", ylabel="share of images at or "
                  "below", title="Scores (they move with prevalence: they do not decide)")
-    score_ax.legend(fontsize=8)
     for name, look in check.looks.items():
         image_ax.hist(look.distance / look.limit, bins=30, alpha=0.6, label=name)
     image_ax.axvline(1.0, color="red", ls="--", label="all but 1% of validation's")
     image_ax.set(xlabel="feature distance from validation's (1 = the flag)", ylabel="images",
                  title="Each image")
-    image_ax.legend(fontsize=8)
     s = check.source
     map_ax.scatter(s.reference[:, 0], s.reference[:, 1], s=6, c="black", alpha=0.5,
                    label="validation")
     map_ax.scatter(s.projected[:, 0], s.projected[:, 1], s=6, alpha=0.6, label="this site")
     map_ax.set(xlabel="component 1", ylabel="component 2",
                title="Features as registered, first two components")
-    map_ax.legend(fontsize=8)
+    for ax in (score_ax, image_ax, map_ax):
+        ax.legend(fontsize=8)
     text_ax.axis("off")
     lines = [f"images read      {check.images} ({check.skipped} skipped), "
              f"{check.patients} patients",

@@ -39,16 +39,6 @@ class SiteSearch:
     lineage: dict[str, str]  # tags of the search's runs
 
 
-def site_name(cfg: ExperimentConfig) -> str:
-    """SITE=, else the data folder's name."""
-    if cfg.site.name:
-        return cfg.site.name
-    if not cfg.data.root:
-        raise ConfigError("a site search needs the site's labelled folder: give DATA=folder "
-                          "(NORMAL/ and PNEUMONIA/ inside) and SITE=name.")
-    return Path(cfg.data.root).resolve().name
-
-
 def prepare(cfg: ExperimentConfig, search_name: str | None = None) -> SiteSearch:
     """The base version's members, scratch point and training site's images; `cfg` with the
     site's name, the base's image size and channels, and the base by its number, read once
@@ -67,7 +57,12 @@ def prepare(cfg: ExperimentConfig, search_name: str | None = None) -> SiteSearch
     if cfg.data.image_size != size or cfg.data.channels != channels:
         log.info("Site search at the base's preprocessing: %d px, %d channel(s).", size,
                  channels)
-    site = site_name(cfg)
+    site = cfg.site.name  # SITE=, else the data folder's name
+    if not site:
+        if not cfg.data.root:
+            raise ConfigError("a site search needs the site's labelled folder: give "
+                              "DATA=folder (NORMAL/ and PNEUMONIA/ inside) and SITE=name.")
+        site = Path(cfg.data.root).resolve().name
     cfg = dataclasses.replace(
         cfg, data=dataclasses.replace(cfg.data, image_size=size, channels=channels),
         site=dataclasses.replace(cfg.site, name=site, base=version_uri(version)),
