@@ -199,11 +199,9 @@ def assess_site(model: PneumoniaClassifier, arrays: dict[Any, np.ndarray],
     prob = model.probabilities(arrays)
     validated = contract.validated_figures()
     prevalence = estimated_prevalence(float(np.mean(prob >= model.threshold)), validated)
-    sensitivity, specificity = (Validated.value(validated.sensitivity),
-                                Validated.value(validated.specificity))
-    chance = (f"sensitivity {sensitivity:.2f}, specificity {specificity:.2f}"
-              if prevalence is None and sensitivity is not None and specificity is not None
-              else "")  # figures it has, that estimate nothing
+    figures = [Validated.value(validated.sensitivity), Validated.value(validated.specificity)]
+    chance = ("sensitivity {:.2f}, specificity {:.2f}".format(*figures)  # that estimate nothing
+              if prevalence is None and None not in figures else "")
     drawn = prevalence is not None and contract.features.knows_classes
     at = prevalence if drawn else None
     source = _look(model.features(arrays), contract.features, groups, at)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pneumo_exp.config import ExperimentConfig, PopulationConfig
 from pneumo_exp.data.site_folder import csv_population
@@ -32,8 +31,7 @@ from pneumo_exp.tracking.store import connect
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SiteSearch:
+class SiteSearch(NamedTuple):
     cfg: ExperimentConfig  # at the base's preprocessing, the site named
     context: dict[str, Any]  # the hypermodel's base members, scratch point, training site
     lineage: dict[str, str]  # tags of the search's runs

@@ -106,6 +106,7 @@ def build_parser(make_command: str | None = None) -> argparse.ArgumentParser:
 
     users = sub.add_parser("users", help="users of a tracking server started with --auth, "
                            "and their permissions (as its admin)")
+    users.set_defaults(func=store.cmd_users)
     users_sub = users.add_subparsers(dest="users_command", required=True, metavar="COMMAND")
     add = users_sub.add_parser("add", help="add a user; the password from "
                                "$PNEUMO_EXP_USER_PASSWORD or --password-file")
@@ -120,8 +121,6 @@ def build_parser(make_command: str | None = None) -> argparse.ArgumentParser:
     grant.add_argument("--experiment", action="append", help="an architecture (aug_cnn) or "
                        "experiment name (repeatable)")
     grant.add_argument("--model", action="append", help="a registered model (repeatable)")
-    for p in (add, grant):
-        p.set_defaults(func=store.cmd_users)
 
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")

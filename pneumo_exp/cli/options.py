@@ -57,8 +57,7 @@ OPTIONS: tuple[Option, ...] = (
            ".npz; default data/chest_xray, else the bundled sample", CONFIG_COMMANDS,
            key="data.root"),
     Option("--epochs", "maximum epochs per trial or fold, screened trials included",
-           CONFIG_COMMANDS,
-           key="train.epochs", type=int),
+           CONFIG_COMMANDS, key="train.epochs", type=int),
     Option("--image-size", "images are resized to SIZE x SIZE", CONFIG_COMMANDS,
            key="data.image_size", type=int),
     Option("--batch-size", "training batch size", CONFIG_COMMANDS, key="train.batch_size",
@@ -101,8 +100,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--search", "promote the best trials of this search only (its name)", ("promote",),
            make="NAME"),
     Option("--any-trial", "consider every finished full-fidelity trial, also those stopped "
-           "by a rule or cut by the time budget", ("promote",),
-           flag_only=True),
+           "by a rule or cut by the time budget", ("promote",), flag_only=True),
     Option("--model-name", "registered model name (default registry.model_name, "
            "pneumonia-classifier)", ("promote",)),
     Option("--min-sensitivity", "the decision threshold keeps this sensitivity on validation "
@@ -151,8 +149,7 @@ OPTIONS: tuple[Option, ...] = (
            "user or a small machine)", ("server",), type=int, default=4),
     Option("--auth", "require a login: MLflow's basic-auth app, the admin's password from "
            "$PNEUMO_EXP_ADMIN_PASSWORD or --admin-password-file", ("server",), flag_only=True),
-    Option("--admin-user", "the server's admin (default admin)", ("server",),
-           default="admin"),
+    Option("--admin-user", "the server's admin (default admin)", ("server",), default="admin"),
     Option("--admin-password-file", "a file whose first line is the admin's password",
            ("server",)),
     Option("--auth-database", "users and permissions: default sqlite under mlruns/, or e.g. "

@@ -57,8 +57,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if cfg.arch == SITE_ARCH:
         from pneumo_exp.adaptation.site_search import prepare
 
-        site = prepare(cfg, args.name)
-        cfg, context, lineage = site.cfg, site.context, site.lineage
+        cfg, context, lineage = prepare(cfg, args.name)
     result = run_search(cfg, name=args.name, fresh=args.fresh, verbose=_keras_verbosity(),
                         role=role, debug=args.debug, context=context, lineage=lineage)
     if role is not None and not role.is_chief:
