@@ -1,11 +1,5 @@
-"""What one search's runs tell, read from MLflow: a row per trial, the objective's curves
-for the median rule, the best trial, an estimate of the time left, the trials table with
-its noise marks, and the importance of the hyperparameters (`SearchRecord`). The writing
-side, the parent run and the trial runs, is search_tracker.py.
-
-MLflow is the record every process of a search shares, a distributed one included, so the
-console, the summary table and the parent's `best_run_id` are all read from it; so are the
-searches of the store afterwards (`pneumo-exp runs`, `compare`).
+"""What one search's runs tell, read from MLflow (`SearchRecord`), the record every process
+of a search shares, a distributed one included; the writing side is search_tracker.py.
 """
 
 from __future__ import annotations
@@ -25,7 +19,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from pneumo_exp.config import ExperimentConfig
 from pneumo_exp.evaluation.noise import BEST, NEAR_BEST, NOISE_NOTE, Scored, difference
 from pneumo_exp.settings import VALIDATION_FIGURES
-from pneumo_exp.text import describe, text_table
+from pneumo_exp.text import cell, describe, text_table
 from pneumo_exp.tracking.names import (
     FIDELITY_PARAM,
     FULL,
@@ -39,9 +33,7 @@ from pneumo_exp.tracking.names import (
     VAL_PREDICTIONS,
 )
 from pneumo_exp.tracking.queries import every, quoted
-from pneumo_exp.tracking.runs import (
-    parent_config,
-)
+from pneumo_exp.tracking.runs import parent_config
 
 log = logging.getLogger(__name__)
 
@@ -90,18 +82,10 @@ def format_table(table: Sequence[Mapping[str, Any]]) -> str:
     columns = [c for c in COLUMNS
                if c != "fidelity" or any(r.get("fidelity") == SCREEN for r in table)]
 
-    def fmt(column: int, value: Any) -> str:
-        key = columns[column]
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return "-"
-        if key == "seconds":
-            return f"{value:.0f}"
-        if isinstance(value, float):
-            return f"{value:.4f}" if key == "val_auc" else f"{value:.3f}"
-        return str(value)
-
+    digits = {"seconds": 0, "val_auc": 4}
     text = text_table([HEADS[k] for k in columns],
-                      [[r.get(k) for k in columns] for r in table], fmt)
+                      [[r.get(k) for k in columns] for r in table],
+                      lambda column, value: cell(value, digits.get(columns[column], 3)))
     if any(r.get("vs_best") == NEAR_BEST for r in table):
         text += "\n" + NOISE_NOTE
     return text
@@ -198,9 +182,7 @@ class SearchRecord:
                 "ended_s": (end - search_start) / 1000, "finished": info.status == "FINISHED"}
 
     def trial_row(self, trial_id: str) -> dict[str, Any] | None:
-        start = self.client.get_run(self.parent_run_id).info.start_time
-        runs = [r for r in self._trial_runs() if r.data.tags.get(TAG_TRIAL) == trial_id]
-        return self._row(runs[0], start) if runs else None
+        return next((r for r in self.rows() if r["trial"] == trial_id), None)
 
     def objective_curves(self, fidelity: str = FULL) -> list[list[float]]:
         """The objective per epoch of every finished trial of a fidelity, for the median
