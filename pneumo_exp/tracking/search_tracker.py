@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from pneumo_exp.config import ExperimentConfig
@@ -140,15 +141,13 @@ class SearchTracker(SearchRecord):
         says that its trials from now on are not those the first machine would give."""
         record = machine_record(self.cfg.train.threads)
         before = self.client.get_run(self.parent_run_id).data.tags
-        kind = f"{MACHINE_PREFIX}isa"
-        if self.resumed and before.get(kind) and (
-                before[kind], before.get(f"{MACHINE_PREFIX}cpu")) != (
-                record[kind], record[f"{MACHINE_PREFIX}cpu"]):
+        keys = (f"{MACHINE_PREFIX}cpu", f"{MACHINE_PREFIX}isa")
+        was, now = tuple(before.get(k) for k in keys), tuple(record[k] for k in keys)
+        if self.resumed and was[1] and was != now:
             log.warning("search '%s' began on another kind of CPU (%s; %s) than this one "
                         "(%s; %s): TensorFlow's kernels differ, so the trials run from here "
                         "on give other figures than they would have there.", self.search_name,
-                        before.get(f"{MACHINE_PREFIX}cpu"), before[kind],
-                        record[f"{MACHINE_PREFIX}cpu"], record[kind])
+                        *was, *now)
         for key, value in record.items():
             self.client.set_tag(self.parent_run_id, key, value)
 
@@ -202,9 +201,8 @@ class SearchTracker(SearchRecord):
         """Summary metrics and the trials table for comparing searches, then close the
         parent run. `best` is (trial id, run id) of the best trial."""
         assert self.parent_run_id
-        for tag, key in ((TAG_TRIALS_PLANNED, "planned_trials"),
-                         (TAG_TRIALS_COMPLETED, "completed_trials"), (TAG_TRIALS_CUT,
-                                                                      "cut_trials")):
+        for tag, key in ((TAG_TRIALS_PLANNED, "planned_trials"), (TAG_TRIALS_CUT, "cut_trials"),
+                         (TAG_TRIALS_COMPLETED, "completed_trials")):
             if key in counts:
                 self.client.set_tag(self.parent_run_id, tag, counts[key])
         if self.trials_this_session or not self.resumed:
@@ -265,9 +263,7 @@ def log_trials(record: SearchRecord) -> None:
     if not rows:
         return
     table = trials_table(rows, record.vs_best(rows))
-    with contextlib.suppress(ImportError):
-        import pandas as pd
-        log_table(record.client, record.parent_run_id, pd.DataFrame(table), TRIALS_TABLE)
+    log_table(record.client, record.parent_run_id, pd.DataFrame(table), TRIALS_TABLE)
     record.client.log_text(record.parent_run_id, format_table(table) + "\n", TRIALS_TEXT)
     name = record.cfg.search.objective
     fig = plots.search_progress_figure(
