@@ -97,12 +97,6 @@ def describe_version(model_uri: str) -> str:
     return f"{model_uri}: {v.name} version {v.version} ({version_summary(v.tags)}{aliases})"
 
 
-def _figure(client: MlflowClient, run_id: str | None, key: str) -> float | None:
-    if not run_id:
-        return None
-    return client.get_run(run_id).data.metrics.get(key)
-
-
 def _aliases(client: MlflowClient, versions: list[ModelVersion]) -> dict[tuple[str, str],
                                                                           list[str]]:
     aliases: dict[tuple[str, str], list[str]] = {}
@@ -121,16 +115,15 @@ def models_table(client: MlflowClient, name: str | None = None) -> str:
     for v in versions:
         t = v.tags
         evaluation = t.get(TAG_EVALUATION_RUN)
+        test = client.get_run(evaluation).data.metrics if evaluation else {}
         sources = t.get(TAG_SOURCES, "")
         val_auc = t.get(figure_tag("val_auc"))
         rows.append([v.name, v.version,
                      ",".join(sorted(aliases.get((v.name, str(v.version)), []))) or "-",
                      version_summary(t), sources[:8] + ("…" if len(sources) > 8 else ""),
                      float(val_auc) if val_auc else None,
-                     _figure(client, evaluation, "test_auc"),
-                     _figure(client, evaluation, "test_accuracy_at_thr"),
-                     _figure(client, evaluation, "test_sensitivity_at_thr"),
-                     _figure(client, evaluation, "test_specificity_at_thr"),
+                     *(test.get(f"test_{k}") for k in
+                       ("auc", "accuracy_at_thr", "sensitivity_at_thr", "specificity_at_thr")),
                      t.get(TAG_THRESHOLD, "-")[:5]])
     if not rows:
         return "No registered model yet: make search ARCH=aug_cnn, then make promote."
@@ -166,9 +159,6 @@ def search_children(client: MlflowClient, parent: Run) -> list[Run]:
 
 def versions_using(client: MlflowClient, run_ids: set[str]) -> list[Mapping[str, Any]]:
     """Registered versions packaging one of these trial runs."""
-    used = []
-    for v in every(client.search_model_versions, ""):
-        sources = set(filter(None, v.tags.get(TAG_SOURCES, "").split(",")))
-        if sources & run_ids:
-            used.append({"name": v.name, "version": v.version})
-    return used
+    return [{"name": v.name, "version": v.version}
+            for v in every(client.search_model_versions, "")
+            if set(filter(None, v.tags.get(TAG_SOURCES, "").split(","))) & run_ids]
