@@ -35,8 +35,7 @@ class SearchSummary:
 
     def best_predictions(self) -> Scored | None:
         """The best full-fidelity trial's validation probabilities."""
-        best = self.best
-        return self.record.validation_predictions(best["run_id"]) if best else None
+        return self.record.validation_predictions(self.best["run_id"]) if self.best else None
 
     def curve(self) -> list[tuple[float, int, float]]:
         """(minutes, trials ended, best full-fidelity objective so far) after each trial."""
@@ -54,12 +53,8 @@ class SearchSummary:
 
     @property
     def best(self) -> dict[str, Any] | None:
-        done = [r for r in self.rows if r["fidelity"] == FULL and r["finished"]
-                and r.get(self.objective) is not None and not math.isnan(r[self.objective])]
-        if not done:
-            return None
-        pick = max if self.direction == "max" else min
-        return pick(done, key=lambda r: r[self.objective])
+        found = self.record.best_so_far(FULL, self.rows)
+        return next(r for r in self.rows if r["trial"] == found[0]) if found else None
 
 
 def summarize(client: MlflowClient, parent: Run) -> SearchSummary:
