@@ -33,9 +33,8 @@ from pneumo_exp.tracking.names import (
 )
 from pneumo_exp.tracking.queries import quoted
 
-# A tracking server or its database may restart under a running search: every request
-# retries (on a refused connection and on 429/5xx) after 1, 2, 4, ... s, up to 120 s apart,
-# 8 times: about 4 minutes in all before a client gives up. The environment overrides them.
+# Every request retries while a tracking server or its database restarts (docs/cluster.md,
+# "Restarts"); the environment overrides them.
 HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "8", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 
@@ -72,13 +71,9 @@ def init_sqlite_store(db: Path) -> None:
     _ready_stores.add(db)
 
 
-# The MLflow UI (3.17) opens in its GenAI view unless told otherwise: the experiment kind
-# tag says these are model-training experiments (MLflow's own demos set it). Its runs table
-# shows no metric until columns are chosen, and only a saved view (an experiment tag the UI
-# lists under "Views", and opens from a link) carries columns from the server: each
-# experiment gets two, the full-fidelity trials (the link a search prints) and the
-# screened ones. MLflow opens a view as a shared view, from a link or from its own Views
-# list alike, with a banner offering to keep it ("Override saved view") as the browser's own.
+# The experiment kind tag keeps the MLflow UI (3.17) out of its GenAI view; only a saved view
+# (an experiment tag) carries the runs table's columns from the server: each experiment gets
+# two (docs/searching.md, "The MLflow UI").
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # the UI's saved views
 VIEWS = {FULL: ("pneumo-exp-trials", "pneumo-exp: full-fidelity trials, best first"),
@@ -123,19 +118,16 @@ def experiment_id(client: MlflowClient, name: str, key_params: Sequence[str] = (
     saved views of the trials, with `key_params` (the architecture's main hyperparameters)
     as columns, sorted by `objective`."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        experiment = exp.experiment_id
-    else:
-        try:
-            experiment = client.create_experiment(name)
-        except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent search
-            experiment = client.get_experiment_by_name(name).experiment_id
-    tags = exp.tags if exp is not None else {}
-    created = exp.creation_time if exp is not None else client.get_experiment(
-        experiment).creation_time
-    views = {f"{VIEW_TAG_PREFIX}{key}": runs_view(fidelity, key_params, objective, created or 0)
+    if exp is None:
+        # MlflowException: created meanwhile by a concurrent search
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            client.create_experiment(name)
+        exp = client.get_experiment_by_name(name)
+    elif exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    experiment, tags = exp.experiment_id, exp.tags
+    views = {f"{VIEW_TAG_PREFIX}{key}": runs_view(fidelity, key_params, objective,
+                                                  exp.creation_time or 0)
              for fidelity, (key, _) in VIEWS.items()}
     if LEGACY_VIEW_TAG in tags:
         with contextlib.suppress(mlflow.exceptions.MlflowException):
@@ -170,7 +162,4 @@ def code_version() -> dict[str, str]:
 def provenance(data_fingerprint: str | None) -> dict[str, str]:
     """The tags every run the product writes carries: the code version and the fingerprint
     of the data it read."""
-    tags = dict(code_version())
-    if data_fingerprint:
-        tags[TAG_DATA] = data_fingerprint
-    return tags
+    return {**code_version(), **({TAG_DATA: data_fingerprint} if data_fingerprint else {})}
