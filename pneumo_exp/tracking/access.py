@@ -1,14 +1,7 @@
 """Who may do what on a team's tracking server: MLflow's basic-auth app, its users and
 their permissions per experiment and per registered model, and one clear message when a
-server refuses a request.
-
-The server (`pneumo-exp server --auth`) starts with no permission for anyone but its admin
-(default_permission NO_PERMISSIONS); `pneumo-exp users` adds users and grants READ (browse,
-predict, evaluate locally), EDIT (search, promote, adapt) or MANAGE (delete, grant) per
-experiment and per registered model, through MLflow's auth REST API. Clients send
-MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), as every
-MLflow client does. No password is printed, logged or written outside the files below,
-which only its owner reads.
+server refuses a request (docs/cluster.md, "Who may use the server"). No password is
+printed, logged or written outside the files below, which only its owner reads.
 """
 
 from __future__ import annotations
@@ -94,8 +87,7 @@ def auth_server(folder: Path, database: str, admin: str, password: str) -> AuthS
         "default_permission": "NO_PERMISSIONS", "database_uri": database,
         "admin_username": admin,
         "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
-        # a verified login is remembered for a minute (keyed by an HMAC of the password,
-        # in memory): checking its scrypt hash costs 0.13 s of CPU, on every request
+        # a verified login is remembered for a minute (docs/cluster.md)
         "auth_cache_ttl_seconds": str(AUTH_CACHE_SECONDS)}
     path = folder / "basic_auth.ini"
     with atomic_path(path) as tmp:

@@ -1,12 +1,7 @@
-"""Why this model: which hyperparameters moved a search's objective, and how.
-
-Optuna's fANOVA evaluator (Hutter et al. 2014) on an in-memory study built from the
-search's finished trials: each hyperparameter's share of the objective's variance, over
-the values the trials tried (numbers as ranges, log ones when they span decades, the rest
-as choices; a value no trial varied is left out). Optuna draws the shares, a
-parallel-coordinates image of the trials coloured by the objective, and the objective
-against each of the most important hyperparameters. With few trials the estimate is
-rough, and the result says so.
+"""Why this model: which hyperparameters moved a search's objective, and how (Optuna's
+fANOVA evaluator on an in-memory study of the search's finished trials, and Optuna's
+figures; docs/searching.md, "Why this model"). With few trials the estimate is rough, and
+the result says so.
 """
 
 from __future__ import annotations

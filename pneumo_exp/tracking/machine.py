@@ -1,11 +1,7 @@
 """What decides a search's figures besides its configuration and seed: the CPU and its
-instruction sets, TensorFlow's oneDNN settings and thread count, and the library versions.
-
-TensorFlow's CPU kernels (oneDNN) choose their code paths and blocking by the instructions
-a CPU has, so the same seed gives the same trials on one kind of CPU at any core count and
-speed (train.threads fixes how the sums are split), and other figures on another kind: an
-AVX2-only machine, one with AVX-512 and AMX, or an AMD Zen 5 each give their own. The record
-goes on every search's parent run (tags machine.*), so two searches can be told apart.
+instruction sets, TensorFlow's oneDNN settings and thread count, and the library versions
+(docs/searching.md, "Trials decide, the clock only caps"). The record goes on every
+search's parent run (tags machine.*), so two searches can be told apart.
 """
 
 from __future__ import annotations
