@@ -115,26 +115,21 @@ def dataset_root(root: str | None) -> Path:
     return FULL_DATA_DIR if FULL_DATA_DIR.is_dir() else SAMPLE_DIR
 
 
-def dataset_settings(root: str | None) -> Path | None:
-    """A dataset folder's own settings file, if it has one (the bundled sample does)."""
-    path = dataset_root(root) / DATASET_SETTINGS
-    return path if path.is_file() else None
-
-
 def load_config(arch: str, overrides: dict[str, Any] | None = None,
                 experiments_dir: Path = EXPERIMENTS_DIR) -> ExperimentConfig:
     """defaults.yaml <- the file <arch>.yaml extends, if any <- <arch>.yaml <- the dataset
     folder's pneumo-exp.yaml, if any <- overrides ({"train.epochs": 2, ...})."""
     merged = _read_yaml(experiments_dir / "defaults.yaml")
     for path in _experiment_files(arch, experiments_dir):
-        _deep_merge(merged, _read_yaml(path), source=str(path))
+        _deep_merge(merged, _read_yaml(path))
     overrides = overrides or {}
     root = overrides.get("data.root", (merged.get("data") or {}).get("root"))
-    settings = dataset_settings(root if isinstance(root, str) else None)  # else DataConfig says
-    if settings is not None:
-        _deep_merge(merged, _read_yaml(settings), source=str(settings))
+    # the dataset folder's own settings, if any (a root that is no string: DataConfig says)
+    settings = dataset_root(root if isinstance(root, str) else None) / DATASET_SETTINGS
+    if settings.is_file():
+        _deep_merge(merged, _read_yaml(settings))
     for dotted, value in overrides.items():
-        _deep_merge(merged, _nest(dotted, value), source="the command line")
+        _deep_merge(merged, _nest(dotted, value))
     return _build(arch, merged)
 
 
@@ -185,16 +180,12 @@ def _build(arch: str, merged: dict[str, Any]) -> ExperimentConfig:
                           "data, search, train, model, space, tracking, registry, "
                           "population, site.")
     sections: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():  # each section checks its keys (settings.py)
+    for name in (*_SECTIONS, "model", "space"):
         values = merged.get(name) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"'{name}' must be a mapping of keys; got {values!r}.")
-        sections[name] = cls(**values)
-    for name in ("model", "space"):
-        value = merged.get(name) or {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"'{name}' must be a mapping of keys; got {value!r}.")
-        sections[name] = value
+        # each section checks its keys (settings.py)
+        sections[name] = _SECTIONS[name](**values) if name in _SECTIONS else values
     check_space(sections["space"])
     return ExperimentConfig(arch=arch, **sections)
 
@@ -216,10 +207,10 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any], source: str) -> None:
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "space":
-            _deep_merge(base[key], value, source)
+            _deep_merge(base[key], value)
         elif isinstance(value, dict) and isinstance(base.get(key), dict):
             base[key] = {**base[key], **value}  # a space entry replaces the default whole
         else:
