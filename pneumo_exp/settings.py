@@ -163,11 +163,9 @@ class SearchConfig(_Section):
 
     @property
     def split(self) -> tuple[int, int]:
-        """(screened, full-fidelity) trials. A search runs `planned_trials` in all; with
-        screening, they are shared between the stages as screen_trials : full_trials (at
-        least 1 at full fidelity), so MAX_TRIALS=30 doubles aug_cnn's 12 + 3 to 24 + 6; when
-        that leaves no more to screen than to train, screening would choose nothing, and
-        every trial runs at full fidelity (MAX_TRIALS=2: 2 full trials)."""
+        """(screened, full-fidelity) trials: `planned_trials` shared as screen_trials :
+        full_trials, or all at full fidelity when that leaves no more to screen than to
+        train (docs/searching.md, "Multi-fidelity")."""
         total = self.planned_trials
         if not self.screen_trials:
             return 0, total
