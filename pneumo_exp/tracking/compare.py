@@ -109,11 +109,9 @@ def compare_figure(searches: Sequence[SearchSummary]) -> Figure:
         curve = s.curve()
         if not curve:
             continue
-        label = f"{s.name} ({s.arch})"
-        by_time.step([m for m, _, _ in curve], [b for _, _, b in curve], where="post",
-                     marker="o", label=label)
-        by_trial.step([n for _, n, _ in curve], [b for _, _, b in curve], where="post",
-                      marker="o", label=label)
+        for ax, x in ((by_time, [m for m, _, _ in curve]), (by_trial, [n for _, n, _ in curve])):
+            ax.step(x, [b for _, _, b in curve], where="post", marker="o",
+                    label=f"{s.name} ({s.arch})")
     objectives = sorted({s.objective for s in searches})
     for ax, x in ((by_time, "minutes into the search"), (by_trial, "trials ended")):
         ax.set_xlabel(x)
