@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import re
 from importlib import metadata
 from pathlib import Path
 
@@ -29,15 +30,10 @@ def _cpuinfo() -> tuple[str, frozenset[str]]:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or platform.machine(), frozenset()
-    model, flags = "", frozenset[str]()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and not model:
-            model = value.strip()
-        elif key == "flags" and not flags:
-            flags = frozenset(value.split())
-    return model or platform.machine(), flags
+    model, flags = (re.search(rf"^{key}\s*:(.*)$", text, re.MULTILINE)
+                    for key in ("model name", "flags"))
+    return ((model[1].strip() if model else "") or platform.machine(),
+            frozenset(flags[1].split() if flags else ()))
 
 
 def cpu_kind() -> str:
