@@ -111,9 +111,7 @@ def child_run(experiment: str, parent_run_id: str, run_name: str, role: str,
     """The active nested run of a trial or a fold: FAILED (with the reason) if its block
     raises an error, KILLED when it is interrupted (Ctrl-C, the time budget), FINISHED
     otherwise."""
-    run = mlflow.start_run(experiment_id=experiment, run_name=run_name,
-                           parent_run_id=parent_run_id,
-                           tags={TAG_ROLE: role, **tags, **provenance(data_fingerprint)})
+    run = start_run(experiment, run_name, role, data_fingerprint, tags, parent_run_id)
     try:
         mlflow.log_params(dict(params))
         yield run.info.run_id
@@ -128,11 +126,12 @@ def child_run(experiment: str, parent_run_id: str, run_name: str, role: str,
 
 
 def start_run(experiment: str, run_name: str, role: str, data_fingerprint: str | None,
-              tags: Mapping[str, str] | None = None) -> mlflow.ActiveRun:
+              tags: Mapping[str, str] | None = None, parent_run_id: str | None = None
+              ) -> mlflow.ActiveRun:
     """The active run of a promotion, an evaluation or an adaptation (a `with` block)."""
     return mlflow.start_run(experiment_id=experiment, run_name=run_name,
-                            tags={TAG_ROLE: role, **(tags or {}),
-                                  **provenance(data_fingerprint)})
+                            parent_run_id=parent_run_id, tags={TAG_ROLE: role, **(tags or {}),
+                                                              **provenance(data_fingerprint)})
 
 
 def log_table(client: MlflowClient, run_id: str, table: Any, artifact_file: str) -> None:
