@@ -37,12 +37,12 @@ from pneumo_exp.tracking.runs import parent_config
 
 log = logging.getLogger(__name__)
 
-ROW_FIGURES = tuple(f"val_{f}" for f in VALIDATION_FIGURES)
-COLUMNS = ("trial", "fidelity", "val_auc", "vs_best", "val_sensitivity", "val_specificity",
-           "epochs", "seconds", "status", "changed")  # the hyperparameters last: the longest
-HEADS = {"trial": "trial", "fidelity": "fidelity", "changed": "hyperparameters that differ",
-         "val_auc": "val AUC", "vs_best": "vs best", "val_sensitivity": "sens",
-         "val_specificity": "spec", "epochs": "epochs", "seconds": "s", "status": "status"}
+# The trials table's columns and their heads; the hyperparameters last: the longest.
+HEADS = {"trial": "trial", "fidelity": "fidelity", "val_auc": "val AUC", "vs_best": "vs best",
+         "val_sensitivity": "sens", "val_specificity": "spec", "epochs": "epochs",
+         "seconds": "s", "status": "status", "changed": "hyperparameters that differ"}
+
+
 def progress_kind(row: Mapping[str, Any]) -> str:
     """How the progress plot draws a trial (plots.PROGRESS_KINDS)."""
     if row["status"].startswith(STATUS_CUT):
@@ -70,18 +70,16 @@ def trials_table(rows: Sequence[Mapping[str, Any]],
     table = []
     for row in rows:
         params = row.get("params", {})
-        record = {k: row.get(k) for k in COLUMNS}
-        record["vs_best"] = (vs_best or {}).get(row["trial"], "")
-        record["changed"] = describe({n: params[n] for n in varying if n in params})
-        table.append(record)
+        table.append({**{k: row.get(k) for k in HEADS},
+                      "vs_best": (vs_best or {}).get(row["trial"], ""),
+                      "changed": describe({n: params[n] for n in varying if n in params})})
     return table
 
 
 def format_table(table: Sequence[Mapping[str, Any]]) -> str:
     """Fixed-width text of `trials_table` (the fidelity column when some were screened)."""
-    columns = [c for c in COLUMNS
+    columns = [c for c in HEADS
                if c != "fidelity" or any(r.get("fidelity") == SCREEN for r in table)]
-
     digits = {"seconds": 0, "val_auc": 4}
     text = text_table([HEADS[k] for k in columns],
                       [[r.get(k) for k in columns] for r in table],
@@ -131,9 +129,8 @@ class SearchRecord:
                 continue
             out[best[0]] = BEST
             top = self.validation_predictions(self.trial_run_id(best[0], rows) or "")
-            for r in rows:
-                if (r["trial"] == best[0] or r["fidelity"] != fidelity or not r["finished"]
-                        or top is None):
+            for r in rows if top is not None else ():
+                if r["trial"] == best[0] or r["fidelity"] != fidelity or not r["finished"]:
                     continue
                 other = self.validation_predictions(r["run_id"])
                 if other is not None and np.array_equal(other.labels, top.labels) and \
@@ -176,7 +173,7 @@ class SearchRecord:
                 "candidate": run.data.tags.get(TAG_CANDIDATE) == "true",
                 "params": {k: v for k, v in run.data.params.items()
                            if not k.startswith(FIDELITY_PARAM)},
-                **{k: m.get(f"best_{k}") for k in ROW_FIGURES},
+                **{f"val_{k}": m.get(f"best_val_{k}") for k in VALIDATION_FIGURES},
                 "epochs": int(m["epochs"]) if "epochs" in m else None,
                 "seconds": (end - info.start_time) / 1000, "status": status,
                 "ended_s": (end - search_start) / 1000, "finished": info.status == "FINISHED"}
