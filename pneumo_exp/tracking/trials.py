@@ -40,13 +40,9 @@ def log_classifier(model: keras.Model, data: LabeledImages, history: Mapping[str
                    log_model: bool = True, title: str = "", gradcam_images: int = 0,
                    sensitivity_target: float = 0.95, reliability: bool = True
                    ) -> dict[str, float]:
-    """Into the active run: curves, the figures of the best checkpoint (`best_val_*`, with
-    the calibration error and Brier score), the epochs trained, its validation
-    probabilities (for the noise of the objective: tracking.noise), the validation
-    confusion matrix and ROC; with `reliability` the reliability diagram (not for a
-    screened trial, whose calibration says little of the trained network); Grad-CAM grids of
-    the `gradcam_images` most confident errors of each kind and of images answered right;
-    and with `log_model` the model with its signature."""
+    """Into the active run, what docs/searching.md ("Where runs land") lists for a trial;
+    `reliability` is off for a screened trial, whose calibration says little of the trained
+    network."""
     prob = model.predict(data.images, batch_size=256, verbose=0).ravel()
     figures = binary_metrics(data.labels, prob, prefix="best_val_",
                              sensitivity_target=sensitivity_target)
