@@ -148,8 +148,7 @@ def auth_client(uri: str) -> object:
 
 
 def add_user(uri: str, username: str, password: str) -> None:
-    client = auth_client(uri)
-    client.create_user(username, password)
+    auth_client(uri).create_user(username, password)
 
 
 def grant(uri: str, username: str, resource_type: str, resource_id: str,
