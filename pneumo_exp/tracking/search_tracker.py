@@ -16,6 +16,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.entities import RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from pneumo_exp.config import ExperimentConfig
@@ -129,12 +130,15 @@ class SearchTracker(SearchRecord):
                                  {"train": data.train, "val": data.val}, data.skipped)
         self.data_fingerprint = data.fingerprint
         self._record_machine()
-        # Budgets may grow when a search is extended, so they are tags, not params.
-        self.client.set_tag(self.parent_run_id, TAG_MAX_TRIALS, self.cfg.search.planned_trials)
-        self.client.set_tag(self.parent_run_id, TAG_SPLIT,
-                            "{} screened + {} full".format(*self.cfg.search.split))
-        self.client.set_tag(self.parent_run_id, TAG_TIME_BUDGET, self.cfg.search.time_budget_min)
+        s = self.cfg.search  # budgets may grow when a search is extended: tags, not params
+        self._tag(self.parent_run_id, {
+            TAG_MAX_TRIALS: s.planned_trials, TAG_TIME_BUDGET: s.time_budget_min,
+            TAG_SPLIT: "{} screened + {} full".format(*s.split)})
         return self.parent_run_id
+
+    def _tag(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Tags in one request, each value as str() writes it (as set_tag does)."""
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def _record_machine(self) -> None:
         """The machine record on the parent run; a search resumed on another kind of CPU
@@ -148,8 +152,7 @@ class SearchTracker(SearchRecord):
                         "(%s; %s): TensorFlow's kernels differ, so the trials run from here "
                         "on give other figures than they would have there.", self.search_name,
                         *was, *now)
-        for key, value in record.items():
-            self.client.set_tag(self.parent_run_id, key, value)
+        self._tag(self.parent_run_id, record)
 
     def _previous_parent(self) -> str | None:
         if not self._run_file.is_file():
@@ -201,18 +204,16 @@ class SearchTracker(SearchRecord):
         """Summary metrics and the trials table for comparing searches, then close the
         parent run. `best` is (trial id, run id) of the best trial."""
         assert self.parent_run_id
-        for tag, key in ((TAG_TRIALS_PLANNED, "planned_trials"), (TAG_TRIALS_CUT, "cut_trials"),
-                         (TAG_TRIALS_COMPLETED, "completed_trials")):
-            if key in counts:
-                self.client.set_tag(self.parent_run_id, tag, counts[key])
+        self._tag(self.parent_run_id, {tag: counts[key] for tag, key in (
+            (TAG_TRIALS_PLANNED, "planned_trials"), (TAG_TRIALS_COMPLETED, "completed_trials"),
+            (TAG_TRIALS_CUT, "cut_trials")) if key in counts})
         if self.trials_this_session or not self.resumed:
             metrics = {f"n_{k}": float(v) for k, v in counts.items()}
             metrics["wall_time_s"] = self.elapsed()
             if best:
                 trial_id, run_id = best
                 metrics.update(self.best_figures(run_id))
-                self.client.set_tag(self.parent_run_id, TAG_BEST_TRIAL, trial_id)
-                self.client.set_tag(self.parent_run_id, TAG_BEST_RUN, run_id)
+                self._tag(self.parent_run_id, {TAG_BEST_TRIAL: trial_id, TAG_BEST_RUN: run_id})
             log_summary(self.client, self.parent_run_id, metrics)
             log_trials(self)
             log_importance(self)
@@ -239,8 +240,7 @@ class SearchTracker(SearchRecord):
 
     def set_trial_status(self, run_id: str, status: str, candidate: bool = False) -> None:
         """How a trial ended, and whether promote may package it."""
-        self.client.set_tag(run_id, TAG_STATUS, status[:500])
-        self.client.set_tag(run_id, TAG_CANDIDATE, str(candidate).lower())
+        self._tag(run_id, {TAG_STATUS: status[:500], TAG_CANDIDATE: str(candidate).lower()})
 
     def set_checkpoint_note(self, run_id: str, stage: Any) -> None:
         """Where the trial's best checkpoint is; a screened trial says why it keeps none (its
@@ -253,8 +253,7 @@ class SearchTracker(SearchRecord):
                 "never promoted); its configuration is trained at full fidelity if it ranks "
                 "among the best of the screening. Its curves, validation confusion matrix "
                 "and ROC are here.")
-        self.client.set_tag(run_id, TAG_CHECKPOINT, "none: a screened trial")
-        self.client.set_tag(run_id, MLFLOW_RUN_NOTE, note)
+        self._tag(run_id, {TAG_CHECKPOINT: "none: a screened trial", MLFLOW_RUN_NOTE: note})
 
 
 def log_trials(record: SearchRecord) -> None:
