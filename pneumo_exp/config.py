@@ -1,9 +1,6 @@
-"""Constants, path defaults and the experiment configuration (experiments/*.yaml).
-
-Every default lives here, in settings.py (the sections) or in experiments/defaults.yaml. A
-configuration is the defaults, deep-merged with experiments/<arch>.yaml, then with
-command-line overrides; every key is checked, and a bad one is reported with its dotted
-name and its value.
+"""Constants, path defaults and the experiment configuration (experiments/*.yaml): the
+defaults deep-merged with the files and overrides `load_config` names, every key checked
+(settings.py) and a bad one reported with its dotted name and its value.
 """
 
 from __future__ import annotations
