@@ -5,7 +5,6 @@ architecture and configuration under different tuners, or of different architect
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +26,6 @@ class SearchSummary:
     name: str
     arch: str
     objective: str
-    direction: str
     rows: list[dict[str, Any]]  # SearchRecord.rows, in the order the trials ended
     wall_time_s: float
     record: SearchRecord
@@ -39,17 +37,9 @@ class SearchSummary:
 
     def curve(self) -> list[tuple[float, int, float]]:
         """(minutes, trials ended, best full-fidelity objective so far) after each trial."""
-        pick = max if self.direction == "max" else min
-        best: float | None = None
-        out = []
-        for n, r in enumerate(self.rows, 1):
-            value = r.get(self.objective)
-            if r["fidelity"] == FULL and r["finished"] and value is not None \
-                    and not math.isnan(value):
-                best = value if best is None else pick(best, value)
-            if best is not None:
-                out.append((r["ended_s"] / 60, n, best))
-        return out
+        so_far = ((n, r, self.record.best_so_far(FULL, self.rows[:n]))
+                  for n, r in enumerate(self.rows, 1))
+        return [(r["ended_s"] / 60, n, best[1]) for n, r, best in so_far if best]
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -62,8 +52,7 @@ def summarize(client: MlflowClient, parent: Run) -> SearchSummary:
     rows = sorted(record.rows(), key=lambda r: r["ended_s"])
     validation = (*(parent.data.params.get(k) for k in VALIDATION_PARAMS),
                   parent.data.tags.get(TAG_DATA))
-    return SearchSummary(record.search_name, record.cfg.arch, record.cfg.search.objective,
-                         record.cfg.search.direction, rows,
+    return SearchSummary(record.search_name, record.cfg.arch, record.cfg.search.objective, rows,
                          float(parent.data.metrics.get("wall_time_s", rows[-1]["ended_s"]
                                                        if rows else 0.0)), record, validation)
 
