@@ -184,15 +184,11 @@ class SearchRecord:
     def objective_curves(self, fidelity: str = FULL) -> list[list[float]]:
         """The objective per epoch of every finished trial of a fidelity, for the median
         stopping rule."""
-        name = self.cfg.search.objective
-        curves = []
-        for run in self._trial_runs():
-            if run.info.status == "FINISHED" and run.data.tags.get(TAG_FIDELITY,
-                                                                   FULL) == fidelity:
-                history = self.client.get_metric_history(run.info.run_id, name)
-                values = [h.value for h in sorted(history, key=lambda h: h.step)]
-                curves.append([v for v in values if not math.isnan(v)])
-        return curves
+        histories = (self.client.get_metric_history(run.info.run_id, self.cfg.search.objective)
+                     for run in self._trial_runs() if run.info.status == "FINISHED"
+                     and run.data.tags.get(TAG_FIDELITY, FULL) == fidelity)
+        return [[h.value for h in sorted(history, key=lambda h: h.step) if not math.isnan(h.value)]
+                for history in histories]
 
     def best_so_far(self, fidelity: str = FULL, rows: Sequence[Mapping[str, Any]] | None = None
                     ) -> tuple[str, float] | None:
@@ -229,7 +225,5 @@ class SearchRecord:
     def trial_run_id(self, trial_id: str, rows: Sequence[Mapping[str, Any]] | None = None
                      ) -> str | None:
         """The finished run of a trial of this search."""
-        for row in (self.rows() if rows is None else rows):
-            if row["trial"] == trial_id and row["finished"]:
-                return row["run_id"]
-        return None
+        return next((r["run_id"] for r in (self.rows() if rows is None else rows)
+                     if r["trial"] == trial_id and r["finished"]), None)
