@@ -226,12 +226,11 @@ class PopulationConfig(_Section):
     def leaves_out(self, other: PopulationConfig | None) -> bool:
         """Whether every age of `other`'s range lies outside this one's (so a DICOM image of
         one of its patients is outside): False when `other` bounds no age."""
-        if other is None or (other.min_age is None and other.max_age is None):
-            return False
-        return ((self.min_age is not None and other.max_age is not None
-                 and self.min_age > other.max_age)
-                or (self.max_age is not None and other.min_age is not None
-                    and self.max_age < other.min_age))
+        return other is not None and (
+            (self.min_age is not None and other.max_age is not None
+             and self.min_age > other.max_age)
+            or (self.max_age is not None and other.min_age is not None
+                and self.max_age < other.min_age))
 
 
 SITE_ARCH = "site"  # a site version's search (experiments/site.yaml, hypermodels/site.py)
