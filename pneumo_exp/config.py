@@ -6,6 +6,7 @@ defaults deep-merged with the files and overrides `load_config` names, every key
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -198,10 +199,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _nest(dotted: str, value: Any) -> dict[str, Any]:
-    out: Any = value
-    for part in reversed(dotted.split(".")):
-        out = {part: out}
-    return out
+    return functools.reduce(lambda inner, part: {part: inner}, reversed(dotted.split(".")), value)
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
