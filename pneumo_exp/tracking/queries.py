@@ -30,6 +30,5 @@ def every(search: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
     while True:
         page = search(*args, page_token=token, **kwargs)
         results.extend(page)
-        token = page.token
-        if not token:
+        if not (token := page.token):
             return results
