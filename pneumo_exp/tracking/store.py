@@ -50,15 +50,11 @@ def connect() -> MlflowClient:
     return MlflowClient(uri)
 
 
-_ready_stores: set[Path] = set()
-
-
+@functools.cache
 def init_sqlite_store(db: Path) -> None:
     """Create (or migrate) a SQLite store once, under a file lock: MLflow's schema migrations
     fail when two processes create the same store at once. WAL journaling then lets
     concurrent searches write side by side."""
-    if db in _ready_stores:
-        return
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.parent / ".mlflow-init.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -68,7 +64,6 @@ def init_sqlite_store(db: Path) -> None:
             MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-    _ready_stores.add(db)
 
 
 # The experiment kind tag keeps the MLflow UI (3.17) out of its GenAI view; only a saved view
