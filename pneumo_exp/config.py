@@ -96,9 +96,8 @@ class ExperimentConfig:
 
 
 BUDGETS = ("max_trials", "time_budget_min")  # a search with larger budgets is the same search
-_SECTIONS = {"data": DataConfig, "search": SearchConfig, "train": TrainConfig,
-             "tracking": TrackingConfig, "registry": RegistryConfig,
-             "population": PopulationConfig, "site": SiteConfig}
+_SECTIONS = {cls.key: cls for cls in (DataConfig, SearchConfig, TrainConfig, TrackingConfig,
+                                       RegistryConfig, PopulationConfig, SiteConfig)}
 
 
 def architectures() -> list[str]:
