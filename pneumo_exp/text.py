@@ -3,6 +3,7 @@ noise, hyperparameters as `k=v`, and fixed-width tables. No TensorFlow, no MLflo
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -22,10 +23,8 @@ def duration(seconds: float) -> str:
 def literal(text: str) -> Any:
     """An MLflow param string back to the int, float, bool or str it was."""
     for cast in (int, float):
-        try:
+        with contextlib.suppress(ValueError):
             return cast(text)
-        except ValueError:
-            pass
     return {"True": True, "False": False}.get(text, text)
 
 
