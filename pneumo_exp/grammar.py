@@ -1,8 +1,6 @@
 """The grammar of the settings written as text or ranges: a test-time view
-(`registry.views`, what each does: data/views.py) and a search-space entry (`space`, read
-by hypermodels/space.py). The configuration checks them when it is read (the views in
-settings.py's RegistryConfig, the space in config.py), so a bad one stops before any
-training, with the key's name."""
+(`registry.views`, data/views.py) and a search-space entry (`space`, hypermodels/space.py),
+checked when the configuration is read, so a bad one stops before any training."""
 
 from __future__ import annotations
 

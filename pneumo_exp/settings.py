@@ -1,8 +1,6 @@
-"""The sections of an experiment's settings (experiments/*.yaml): what each may hold, its
-default and its bounds. Each is a strict pydantic dataclass, checked whenever it is built
-(config.py reads the files into them; `dataclasses.replace` builds anew), so a bad value
-stops before anything trains, as one ConfigError naming the key, the value and what is
-allowed."""
+"""The sections of an experiment's settings (experiments/*.yaml), each a strict pydantic
+dataclass checked whenever it is built (`dataclasses.replace` too), so a bad value stops
+before anything trains, as one ConfigError naming the key, the value and what is allowed."""
 
 from __future__ import annotations
 

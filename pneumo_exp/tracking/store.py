@@ -82,9 +82,8 @@ CLINICAL_METRICS = ("best_val_sensitivity", "best_val_specificity", "best_val_sp
 def runs_view(fidelity: str, key_params: Sequence[str] = (), objective: str = "val_auc",
               created_ms: int = 0) -> str:
     """A saved view of the runs table (the UI's envelope: name, times, state): the trials
-    of one fidelity, best objective first; their fidelity, epochs and clinical figures
-    (sensitivity and specificity at 0.5, specificity at the sensitivity target, AUC) as the
-    first columns, then how each ended and the main hyperparameters."""
+    of one fidelity, best objective first, with the columns of docs/searching.md ("The
+    MLflow UI")."""
     metrics = dict.fromkeys((*CLINICAL_METRICS, f"best_{objective}", "best_val_ece"))
     columns = [f"tags.`{TAG_FIDELITY}`", "metrics.`epochs`",
                *(f"metrics.`{m}`" for m in metrics), f"tags.`{TAG_STATUS}`",
