@@ -1,10 +1,8 @@
 """DICOM objects as 8-bit images, the way a PACS viewer would show them, and who they show.
 
 A file is DICOM by its content: the 128-byte preamble followed by `DICM`, whatever its
-name. Pixels are decoded by pydicom and its plugins for compressed transfer syntaxes:
-GDCM (python-gdcm) for JPEG Lossless and JPEG-LS, pylibjpeg's openjpeg for JPEG 2000 and
-its RLE plugin for RLE (`decoders()` names those installed). The one rule from stored
-values to 0-255:
+name. Pixels are decoded by pydicom and its plugins (docs/sites.md, "DICOM objects and PACS
+studies"; `decoders()` names those installed). The one rule from stored values to 0-255:
 
 1. the modality LUT (Rescale Slope and Intercept, or a Modality LUT Sequence);
 2. the first VOI LUT of the object (a VOI LUT Sequence, else Window Center and Width), if it
@@ -18,18 +16,9 @@ values to 0-255:
    its stored bits);
 5. a multi-frame object gives its first frame.
 
-What the header says of the image (`ImageFacts`): the patient id, read for grouping only
-(`patient_key` turns it into a salted hash, which is all that is kept); the patient's age
-and the view, for the population a version is for (serving/population.py). No other header
-value leaves this module.
-
-Ages are DICOM's: an age string (AS, `nnnD`, `nnnW`, `nnnM`, `nnnY`) is the age in
-completed units at the study, so `005Y` is 5 completed years and `011M` is 0. An age is kept
-as completed months over 12 (`age_years`), and judged in completed years (`completed_years`).
-A PatientAge that is not an age string falls back to the years between PatientBirthDate and
-the study's date, counted by the calendar (the day before the first birthday is 0 years);
-a bare number (`45`) with no dates is read as years, and says so. The view is ViewPosition,
-else the view the ViewCodeSequence codes (CID 4010, DX View).
+The header gives `ImageFacts` (the patient id, hashed before it is kept; the age and the
+view, read as docs/sites.md, "Whom a version is for", says); no other header value leaves
+this module.
 """
 
 from __future__ import annotations
@@ -114,14 +103,11 @@ class ImageFacts:
         return None if self.age is None else completed_years(self.age)
 
 
-def _text(value: object) -> str:
-    return str(value if value is not None else "").strip()
-
-
-def _get(obj: object, keyword: str) -> object:
-    """A header value, or None (a pydicom Dataset, or a mapping in tests)."""
+def _text(obj: object, keyword: str) -> str:
+    """A header value as stripped text, "" if absent (a pydicom Dataset, or a mapping in tests)."""
     get = getattr(obj, "get", None)
-    return get(keyword) if callable(get) else None
+    value = get(keyword) if callable(get) else None
+    return str(value if value is not None else "").strip()
 
 
 def completed_years(age: float) -> int:
@@ -161,12 +147,12 @@ def patient_age(ds: object) -> tuple[float | None, str | None]:
     """The patient's age (completed months / 12) from PatientAge, else from the birth and
     study dates, else a bare PatientAge read as years; or None and why not. A reason beside
     an age says what it rests on."""
-    text = _text(_get(ds, "PatientAge"))
+    text = _text(ds, "PatientAge")
     age = age_years(text)
     if age is not None:
         return age, None
-    born = _date(_text(_get(ds, "PatientBirthDate")))
-    seen = next((d for d in (_date(_text(_get(ds, k))) for k in STUDY_DATES) if d), None)
+    born = _date(_text(ds, "PatientBirthDate"))
+    seen = next((d for d in (_date(_text(ds, k)) for k in STUDY_DATES) if d), None)
     if born and seen and seen >= born:
         return months_between(born, seen) / 12, None
     if BARE.match(text):
@@ -193,17 +179,17 @@ def age_words(years: float) -> str:
 
 def view_position(ds: object) -> str | None:
     """ViewPosition (upper case), else the view ViewCodeSequence codes, else None."""
-    position = _text(_get(ds, "ViewPosition")).upper()
+    position = _text(ds, "ViewPosition").upper()
     if position:
         return position
     try:
-        item = next(iter(_get(ds, "ViewCodeSequence") or ()), None)
+        item = next(iter(ds.get("ViewCodeSequence") or ()), None)
     except TypeError:
         return None
-    code = _text(_get(item, "CodeValue")).upper()
+    code = _text(item, "CodeValue").upper()
     if code in VIEW_CODES:
         return VIEW_CODES[code]
-    return _text(_get(item, "CodeMeaning")).upper()[:64] or None
+    return _text(item, "CodeMeaning").upper()[:64] or None
 
 
 def is_dicom(head: bytes) -> bool:
@@ -222,26 +208,34 @@ def read_dicom(source: str | Path | BinaryIO) -> tuple[np.ndarray, ImageFacts]:
             ds = pydicom.dcmread(source)
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as e:
             raise DicomError(f"not a readable DICOM file ({type(e).__name__})") from e
-        if "PixelData" not in ds:
-            kind = getattr(ds.get("SOPClassUID"), "name", "an unknown SOP class")
-            raise DicomError(f"a DICOM object without pixel data ({kind})")
+        if reason := without_pixels(ds):
+            raise DicomError(reason)
         check_chest_radiograph(ds)
         pixels = _decode(ds)
         age, missing = patient_age(ds)
-        facts = ImageFacts(_text(ds.get("PatientID")) or None, age, missing, view_position(ds))
+        facts = ImageFacts(_text(ds, "PatientID") or None, age, missing, view_position(ds))
     return pixels, facts
+
+
+def without_pixels(ds: object) -> str | None:
+    """Why an object holds no image (no pixel data: a structured report, a presentation
+    state), or None."""
+    if "PixelData" in ds:
+        return None
+    kind = getattr(ds.get("SOPClassUID"), "name", "an unknown SOP class")
+    return f"a DICOM object without pixel data ({kind})"
 
 
 def check_chest_radiograph(ds: object) -> None:
     """Refuse an object whose Modality is not a radiograph's, or whose BodyPartExamined is
     not a chest. (Both are often missing: then the pixels decide, through the feature check
     of the model that reads them.)"""
-    modality = str(getattr(ds, "get", lambda *_: "")("Modality", "") or "").strip().upper()
+    modality = _text(ds, "Modality").upper()
     if modality and modality not in RADIOGRAPHY:
         what = MODALITY_NAMES.get(modality, f"modality {modality}")
         raise NotAChestRadiograph(f"not a chest radiograph: {what} (Modality {modality}; "
                                   f"a radiograph is {' or '.join(RADIOGRAPHY[:2])})")
-    part = str(getattr(ds, "get", lambda *_: "")("BodyPartExamined", "") or "").strip().upper()
+    part = _text(ds, "BodyPartExamined").upper()
     if part and not any(word in part for word in CHEST_WORDS):
         raise NotAChestRadiograph(f"not a chest radiograph: BodyPartExamined is {part}")
 
@@ -295,7 +289,7 @@ def _decode(ds: object) -> np.ndarray:
     elif "WindowCenter" in ds and "WindowWidth" in ds:
         values = apply_voi_lut(values, ds, index=0)  # keeps the range below
     out = _to_uint8(np.asarray(values, dtype=np.float64), low, high)
-    inverse = _text(ds.get("PresentationLUTShape")).upper() == "INVERSE"
+    inverse = _text(ds, "PresentationLUTShape").upper() == "INVERSE"
     return 255 - out if photometric == "MONOCHROME1" or inverse else out
 
 

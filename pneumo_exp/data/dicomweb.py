@@ -1,13 +1,8 @@
 """A PACS as a data source, over DICOMweb: QIDO-RS finds the instances of a study, a series or
-a query (modality, study date), WADO-RS retrieves them as stored, and each is kept under
-.pneumo/dicomweb/ de-identified on arrival (deidentify.py: what decoding needs, the patient
-as a salted hash), named by a digest of its SOP Instance UID, so a second pull reads the
-disk. `pneumo-exp cache` lists and clears what is kept.
-
-Credentials come from PNEUMO_EXP_DICOMWEB_USERNAME and PNEUMO_EXP_DICOMWEB_PASSWORD (HTTP
-basic authentication), never from the command line. Every failure is a DataError with one
-message: server down, wrong URL, refused credentials, nothing matched.
-"""
+a query (modality, study date), WADO-RS retrieves them as stored, and each is kept
+de-identified under .pneumo/dicomweb/, named by a digest of its UID, so a second pull reads
+the disk (docs/privacy.md). Credentials come from USER_ENV and PASSWORD_ENV (HTTP basic
+authentication), never the command line; every failure is one DataError."""
 
 from __future__ import annotations
 
@@ -26,6 +21,7 @@ import numpy as np
 
 from pneumo_exp.config import CLASS_NAMES, PACS_DIR
 from pneumo_exp.data.deidentify import deidentified, kept_name
+from pneumo_exp.data.dicom import without_pixels
 from pneumo_exp.errors import DataError
 from pneumo_exp.fileio import atomic_path, touch
 
@@ -78,7 +74,6 @@ class Pulled:
     instances: list[str] = field(default_factory=list)
     not_images: list[tuple[str, str]] = field(default_factory=list)  # (SOP UID, reason)
     from_cache: int = 0
-    seconds: float = 0.0
 
 
 def comma_list(text: str | None) -> tuple[str, ...]:
@@ -87,7 +82,8 @@ def comma_list(text: str | None) -> tuple[str, ...]:
 
 def pull(query: PacsQuery, cache_dir: Path | None = None) -> Pulled:
     """Find the query's instances and bring each to disk (once); in QIDO-RS order."""
-    started = time.time()
+    import pydicom
+
     client = _client(query)
     found = _search(client, query)
     if not found:
@@ -107,7 +103,7 @@ def pull(query: PacsQuery, cache_dir: Path | None = None) -> Pulled:
             with atomic_path(path) as tmp:
                 deidentified(dataset).save_as(tmp, enforce_file_format=True)
         size += path.stat().st_size
-        reason = _not_an_image(path)
+        reason = without_pixels(pydicom.dcmread(path, specific_tags=["PixelData", "SOPClassUID"]))
         if reason:
             pulled.not_images.append((instance, reason))
         else:
@@ -118,7 +114,6 @@ def pull(query: PacsQuery, cache_dir: Path | None = None) -> Pulled:
             log.info("Pulled %d of %d instances (%.1f MB; %d from the cache) from %s.", i,
                      len(found), size / 1e6, pulled.from_cache, query.where)
             last_report = time.time()
-    pulled.seconds = time.time() - started
     if not pulled.files:
         raise DataError(f"none of the {len(found)} instances pulled from {query.where} is an "
                         f"image: {pulled.not_images[0][1]}.")
@@ -175,17 +170,6 @@ def _forget_whole_instances(folder: Path) -> None:
     if whole:
         log.info("Deleted %d PACS instances an earlier version kept whole in %s; they are "
                  "pulled again, de-identified, when needed.", len(whole), folder)
-
-
-def _not_an_image(path: Path) -> str | None:
-    """Why an instance holds no image to read (no pixel data), or None."""
-    import pydicom
-
-    ds = pydicom.dcmread(path, specific_tags=["PixelData", "SOPClassUID"])
-    if "PixelData" in ds:
-        return None
-    return (f"a DICOM object without pixel data "
-            f"({getattr(ds.get('SOPClassUID'), 'name', 'an unknown SOP class')})")
 
 
 def _client(query: PacsQuery) -> Any:
