@@ -108,10 +108,9 @@ def load_training_data(cfg: DataConfig, seed: int, cache_dir: Path | None = None
         train, val = full_train.subset(train_idx), full_train.subset(val_idx)
         if "val" in loads:
             val = LabeledImages.concat(val, loads["val"].data)
-    for split in loads.values():
-        for name, reason in split.skipped:
-            log.warning("skipped %s: %s", name, reason)
-    if any(s.skipped for s in loads.values()):
-        log.warning("%d unreadable files skipped (listed above).",
-                    sum(len(s.skipped) for s in loads.values()))
-    return TrainingData(root=root, train=train, val=val, loads=loads)
+    data = TrainingData(root=root, train=train, val=val, loads=loads)
+    for name, reason in data.skipped:
+        log.warning("skipped %s: %s", name, reason)
+    if data.skipped:
+        log.warning("%d unreadable files skipped (listed above).", len(data.skipped))
+    return data

@@ -1,17 +1,6 @@
-"""DICOM objects as pneumo-exp keeps them at rest: only what decoding needs.
-
-What a PACS sends carries the patient's name, id, birth date, accession number, the
-institution and much more (DICOM PS3.15 Annex E lists them: the Basic Application Level
-Confidentiality Profile). An instance pulled over DICOMweb is kept (under .pneumo/dicomweb/)
-as a new object built from an allow-list instead: the image pixel module (pixels,
-photometric interpretation, bits), the modality and VOI LUTs (rescale, window), what
-tells a chest radiograph from other objects (SOP class, modality, body part, view, and the
-view's code without anything else its items hold), the patient's age as DICOM's age string
-(PatientAge, or computed on arrival from the birth and study dates, which are not kept),
-and the patient's grouping key as its salted hash (dicom.patient_key). Everything else,
-private tags included, is left behind, and the object says so (Patient Identity Removed
-YES, with the method) as the profile asks.
-"""
+"""DICOM objects as pneumo-exp keeps them at rest: a new object of only what decoding and the
+population check need (KEPT), the patient as a salted hash, and the de-identification
+recorded, as DICOM PS3.15 Annex E asks (docs/privacy.md, "De-identification on arrival")."""
 
 from __future__ import annotations
 

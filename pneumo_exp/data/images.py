@@ -3,10 +3,9 @@ formats Pillow reads, and DICOM (dicom.py), told apart by their content, not the
 
 Training, evaluation, prediction and adaptation all go through `decode_image`, so a
 registered model sees exactly the preprocessing it was trained with. Every container takes
-one path: the full-size pixels (Pillow's, or DICOM's by dicom.py's rule), then `resize`. So
-the same X-ray as a JPEG, a PNG of its decoded pixels or a DICOM object of them gives the
-same array. (libjpeg's reduced-scale "draft" decoding is faster on large JPEGs but gives
-other pixels than the full-size image a PACS sends as DICOM: a train/serve skew.)
+one path: the full-size pixels (Pillow's, or DICOM's by dicom.py's rule), then `resize`, so
+the same X-ray as a JPEG, a PNG or a DICOM object gives the same array (no JPEG draft
+decoding: docs/results.md, "One decoding for every container").
 """
 
 from __future__ import annotations
@@ -140,24 +139,21 @@ def decode_many(inputs: Sequence[str | Path | BinaryIO],
     reason. File objects are read from their start for each preprocessing."""
     keys = list(dict.fromkeys(preprocessing))
     arrays: dict[Preprocessing, list[np.ndarray]] = {key: [] for key in keys}
-    readable: list[int] = []
-    skipped: list[tuple[int, str]] = []
-    labels: dict[int, str] = {}
-    facts: dict[int, ImageFacts] = {}
+    out = Decoded({}, [], [])
     for i, item in enumerate(inputs):
         try:
             found = {key: read_image(_rewound(item), *key) for key in keys}
         except UnreadableImageError as e:
-            skipped.append((i, str(e)))
-            labels[i] = e.label
+            out.skipped.append((i, str(e)))
+            out.labels[i] = e.label
             continue
         for key, (array, header) in found.items():
             arrays[key].append(array)
             if header is not None:
-                facts[i] = header
-        readable.append(i)
-    return Decoded({k: np.stack(v) for k, v in arrays.items() if v}, readable, skipped, labels,
-                   facts)
+                out.facts[i] = header
+        out.readable.append(i)
+    out.arrays.update({k: np.stack(v) for k, v in arrays.items() if v})
+    return out
 
 
 def _rewound(item: str | Path | BinaryIO) -> str | Path | BinaryIO:

@@ -58,14 +58,9 @@ def site_images(folder: str | None, pacs: PacsQuery | None = None) -> Images:
     return image_inputs([folder] if folder else [], pacs)
 
 
-def labelled_root(folder: Path) -> Path:
-    """FOLDER if it holds NORMAL/, else FOLDER/test (a dataset root)."""
-    return folder if (folder / CLASS_NAMES[0]).is_dir() else folder / "test"
-
-
 def labelled_folder(folder: Path) -> LabelledSet:
     """FOLDER/{NORMAL,PNEUMONIA}/ or FOLDER/test/{NORMAL,PNEUMONIA}/."""
-    root = labelled_root(folder)
+    root = folder if (folder / CLASS_NAMES[0]).is_dir() else folder / "test"
     files, labels = [], []
     for label, name in enumerate(CLASS_NAMES):
         class_dir = root / name

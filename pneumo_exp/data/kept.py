@@ -1,19 +1,7 @@
 """What pneumo-exp keeps on disk besides the MLflow store, where, how large, and how it goes
-away (`pneumo-exp cache`). All of it lies under the state folder (.pneumo/, or
-$PNEUMO_EXP_HOME), private to its user (fileio.keep_private):
-
-- decoded images: a .npz per dataset split and preprocessing (pixels, labels, file names,
-  hashed patient keys), rebuilt whenever the files or the decoding change;
-- PACS instances: DICOM objects pulled over DICOMweb, de-identified on arrival
-  (deidentify.py), reused by later pulls;
-- tuner state: Keras Tuner's record of each search, which resuming needs (delete-search
-  removes a search's);
-- the patient salt: the secret that makes hashed patient keys unreadable; removing it
-  changes every key.
-
-A cache file's modification time is when it was last used, so `--older-than` clears what
-no command has read for that long.
-"""
+away (`pneumo-exp cache`): each kind under the state folder is listed in docs/privacy.md. A
+file's modification time is when it was last used, so `--older-than` clears what no command
+has read for that long."""
 
 from __future__ import annotations
 
@@ -44,7 +32,7 @@ class Kept:
 
 
 def _files(folder: Path) -> list[Path]:
-    return [f for f in folder.rglob("*") if f.is_file()] if folder.is_dir() else []
+    return [f for f in folder.rglob("*") if f.is_file()]  # none for a missing folder
 
 
 def inventory() -> list[Kept]:
@@ -70,8 +58,7 @@ def clear(kinds: tuple[str, ...], older_than_days: float | None = None) -> tuple
             if cutoff is None or st.st_mtime < cutoff:
                 f.unlink()
                 count, size = count + 1, size + st.st_size
-        for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True) \
-                if folder.is_dir() else []:
+        for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
             if not any(sub.iterdir()):
                 sub.rmdir()
     return count, size

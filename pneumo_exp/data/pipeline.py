@@ -13,11 +13,9 @@ from pneumo_exp.data.labeled import LabeledImages
 
 def make_dataset(data: LabeledImages, batch_size: int, *, shuffle: bool = False,
                  seed: int | None = None) -> tf.data.Dataset:
-    """Batches of (uint8 images, float labels), shuffled each epoch if `shuffle`.
-
-    tf.data's autotuner is off: on few cores it competes with training for a core and
-    made every other epoch ~60% slower here (3.1 s vs 5.1 s); slicing memory needs no
-    tuning, and two prefetched batches keep the model fed."""
+    """Batches of (uint8 images, float labels), shuffled each epoch if `shuffle`. tf.data's
+    autotuner is off: on few cores it competes with training for a core, and slicing memory
+    needs no tuning."""
     labels = data.labels.astype(np.float32).reshape(-1, 1)
     ds = tf.data.Dataset.from_tensor_slices((data.images, labels))
     if shuffle:

@@ -1,21 +1,8 @@
-"""A site's labelled images as a dataset: a folder `NORMAL/` and `PNEUMONIA/`, and
-optionally `labels.csv` naming each file's patient, for a site version's search (the
-validation split by patient is cut from them; there is no test split).
-
-The CSV has a header row with a `file` column (the file's name, or its path under the
-folder) and a `patient` or `patient_id` column; a `class` or `label` column, if there, must
-agree with the file's folder; a `patient_age` (or `age`) column holds DICOM age strings
-(`045Y`, `006M`, `003W`, `010D`) or years (`45`, `4.5`), and a `view_position` (or `view`)
-column DICOM's ViewPosition terms. Excel's files read as they are: UTF-8 with or without
-its byte order mark, separated by commas, semicolons or tabs. Each patient id is kept only
-as its salted hash (dicom.patient_key). Without a CSV, a DICOM object's PatientID is the
-patient, else the id the file name carries (data/split.py: `00001300_000.png` ->
-`00001300`), else the file.
-
-A CSV stops with one message naming every row it cannot use (a short row, a blank cell, an
-age that is not one, a file named twice), the rows that name no file of the folder, and the
-images without a row; a file that is no image needs no row (it is skipped, and named).
-No cell of a patient, an age or a view is ever repeated in a message: only row numbers.
+"""A site's labelled images as a dataset: a folder `NORMAL/` and `PNEUMONIA/`, and optionally
+`labels.csv` naming each file's patient (and perhaps its class, age and view), for a site
+version's search. Its columns and dialects: docs/sites.md, section 4. Each patient id is kept
+only as its salted hash, and a message names rows by number, never by a cell's value.
+Without a CSV, a DICOM object's PatientID is the patient, else the file name's (split.py).
 """
 
 from __future__ import annotations
@@ -30,9 +17,8 @@ from pneumo_exp.data.dicom import age_years, patient_key
 from pneumo_exp.errors import DataError
 
 LABELS_CSV = "labels.csv"
-FILE_COLUMNS, PATIENT_COLUMNS, CLASS_COLUMNS = ("file",), ("patient", "patient_id"), (
-    "class", "label")
-AGE_COLUMNS, VIEW_COLUMNS = ("patient_age", "age"), ("view_position", "view")
+COLUMNS = {"file": ("file",), "patient": ("patient", "patient_id"), "class": ("class", "label"),
+           "age": ("patient_age", "age"), "view": ("view_position", "view")}  # names read
 DELIMITERS = ",;\t"  # Excel writes ';' where the decimal mark is a comma
 NAMED = 5  # files or rows named in a message, at most
 
@@ -105,9 +91,7 @@ def read_labels(root: Path) -> Labels | None:
         return None
     records = _table(path)
     header = records[0][1] if records else []
-    cols = {"file": _column(header, FILE_COLUMNS), "patient": _column(header, PATIENT_COLUMNS),
-            "class": _column(header, CLASS_COLUMNS), "age": _column(header, AGE_COLUMNS),
-            "view": _column(header, VIEW_COLUMNS)}
+    cols = {key: _column(header, names) for key, names in COLUMNS.items()}
     if cols["file"] is None or cols["patient"] is None:
         raise DataError(f"{path} needs a header with a 'file' column and a 'patient' (or "
                         f"'patient_id') column; its header is: {', '.join(header) or 'empty'}.")

@@ -1,9 +1,5 @@
 """Test-time augmentation: each image scored as a few views (tighter and looser framings,
-small shifts) and the probabilities averaged.
-
-A hospital frames its chests tighter or looser and centres them differently from the
-training images; one view's score then moves with the framing, and the threshold set on
-validation with it. The mean over framings the network was trained to accept varies less
+small shifts) and the probabilities averaged, so a site's other framing moves the score less
 (docs/results.md, "The default: three trials, promoted over eight test-time views"). A
 view is text, kept in a version's config:
 
@@ -31,13 +27,8 @@ def parse_view(spec: str) -> View:
     """The function of a view's text; ValueError naming the grammar if it is none (the
     grammar is grammar.read_view's, so a bad view stops when the settings are read)."""
     name, args = read_view(spec)
-    if name == "crop":
-        return lambda x: _crop(x, args[0])
-    if name == "pad":
-        return lambda x: _pad(x, args[0])
-    if name == "shift":
-        return lambda x: _shift(x, args[0], args[1])
-    return lambda x: x
+    step = {"crop": _crop, "pad": _pad, "shift": _shift}.get(name)
+    return (lambda x: step(x, *args)) if step else (lambda x: x)
 
 
 def view_images(images: np.ndarray, spec: str) -> np.ndarray:

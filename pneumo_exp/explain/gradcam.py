@@ -38,20 +38,15 @@ def feature_layer(model: keras.Model) -> keras.Layer:
     return found
 
 
-def _feature_tensor(model: keras.Model, layer: keras.Layer) -> keras.KerasTensor:
-    """The map as this graph holds it: the input of the layer that reads it (a nested
-    model's `output` is a tensor of its own graph)."""
-    following = model.layers[model.layers.index(layer) + 1]
-    return following.input
-
-
 def grad_cam(model: keras.Model, images: np.ndarray, positive: np.ndarray | None = None,
              batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """(maps, probabilities): a map per image of the model's input size, in [0, 1], of the
     evidence for PNEUMONIA where `positive` is true and for NORMAL elsewhere (default: the
     answer at 0.5)."""
-    tensor = _feature_tensor(model, feature_layer(model))
-    # The network cut at the map: gradients flow from the head's output to its input.
+    # The map as this graph holds it: the input of the layer that reads it (a nested model's
+    # `output` is a tensor of its own graph). The network is cut there: gradients flow from
+    # the head's output to its input.
+    tensor = model.layers[model.layers.index(feature_layer(model)) + 1].input
     body = keras.Model(model.inputs, tensor)
     head = keras.Model(tensor, model.output)
     maps, probs = [], []
