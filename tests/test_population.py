@@ -18,7 +18,13 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from pneumo_exp.config import PopulationConfig, load_config
-from pneumo_exp.data.dicom import ImageFacts, age_string, patient_age, view_position
+from pneumo_exp.data.dicom import (
+    ImageFacts,
+    age_string,
+    completed_years,
+    patient_age,
+    view_position,
+)
 from pneumo_exp.data.images import OUTSIDE, decode_image
 from pneumo_exp.errors import ConfigError
 from pneumo_exp.serving.population import judge
@@ -88,7 +94,7 @@ def test_an_unreadable_age_falls_back_to_the_dates(text: str) -> None:
     study dates say so, and `refuse` gives no probability."""
     strict = PopulationConfig("children", 1, 5, ["PA", "AP"], "refuse")
     facts = _born("19790301", "20240101", PatientAge=text)
-    assert facts.years == 44 and facts.age_missing is None
+    assert completed_years(facts.age) == 44 and facts.age_missing is None
     judged = judge(strict, facts)
     assert judged.refuse and "aged 44 years" in judged.reason
 

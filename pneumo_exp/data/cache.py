@@ -1,10 +1,7 @@
-"""Decode once: decoded splits are stored as uint8 .npz files keyed by a fingerprint.
-
-The fingerprint covers the files (relative names, sizes, modification times), the
-preprocessing settings and the DICOM decoders installed (a new plugin reads files that
-were skipped), so a changed dataset, image size or decoder rebuilds, and an unchanged one
-loads in a fraction of a second. Patients are stored as grouping keys (DICOM PatientIDs
-only as salted hashes).
+"""Decode once: decoded splits are stored as uint8 .npz files keyed by a fingerprint of the
+files (relative names, sizes, modification times), the preprocessing and the DICOM decoders
+installed (a new plugin reads files that were skipped), so a changed dataset, image size or
+decoder rebuilds. Patients are stored as grouping keys (PatientIDs only as salted hashes).
 """
 
 from __future__ import annotations

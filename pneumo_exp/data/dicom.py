@@ -98,10 +98,6 @@ class ImageFacts:
     age_missing: str | None = None  # why there is no age, or what the age rests on (NO_UNIT)
     view: str | None = None  # ViewPosition (PA, AP, LL, ...), else ViewCodeSequence's
 
-    @property
-    def years(self) -> int | None:
-        return None if self.age is None else completed_years(self.age)
-
 
 def _text(obj: object, keyword: str) -> str:
     """A header value as stripped text, "" if absent (a pydicom Dataset, or a mapping in tests)."""
@@ -192,9 +188,19 @@ def view_position(ds: object) -> str | None:
     return _text(item, "CodeMeaning").upper()[:64] or None
 
 
-def is_dicom(head: bytes) -> bool:
-    """Whether these first bytes of a file are a DICOM preamble."""
-    return head[PREAMBLE:PREAMBLE + len(MAGIC)] == MAGIC
+def is_dicom(source: str | Path | BinaryIO) -> bool:
+    """Whether a file starts with a DICOM preamble (a file object is read where it stands
+    and put back there)."""
+    if hasattr(source, "read"):
+        start = source.tell()
+        head = source.read(PREAMBLE + len(MAGIC))
+        source.seek(start)
+        return head[PREAMBLE:] == MAGIC
+    try:
+        with open(source, "rb") as f:
+            return f.read(PREAMBLE + len(MAGIC))[PREAMBLE:] == MAGIC
+    except OSError:
+        return False  # Pillow names the problem
 
 
 def read_dicom(source: str | Path | BinaryIO) -> tuple[np.ndarray, ImageFacts]:
@@ -325,16 +331,11 @@ def decoders() -> str:
     """pydicom's version and the plugins that decode each compressed syntax here: part of
     the cache key, since a newly installed plugin turns a skipped file into an image."""
     import pydicom
+    from pydicom import uid
     from pydicom.pixels import get_decoder
-    from pydicom.uid import (
-        JPEG2000Lossless,
-        JPEGLosslessSV1,
-        JPEGLSLossless,
-        RLELossless,
-    )
 
-    plugins = [f"{uid.keyword}:{','.join(get_decoder(uid).available_plugins)}"
-               for uid in (JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless, RLELossless)]
+    plugins = [f"{s.keyword}:{','.join(get_decoder(s).available_plugins)}" for s in (
+        uid.JPEGLosslessSV1, uid.JPEGLSLossless, uid.JPEG2000Lossless, uid.RLELossless)]
     return f"pydicom {pydicom.__version__}; " + "; ".join(plugins)
 
 

@@ -132,18 +132,16 @@ def read_labels(path: Path) -> dict[str, int]:
     labels: dict[str, int] = {}
     with path.open(newline="") as f:
         for n, row in enumerate(csv.reader(f), 1):
-            if not row or (n == 1 and not UID.match(row[0].strip())):
+            uid = row[0].strip() if row else ""
+            if not row or (n == 1 and not UID.match(uid)):
                 continue  # blank, or the header
-            if len(row) < 2 or not UID.match(row[0].strip()):
+            if len(row) < 2 or not UID.match(uid):
                 raise DataError(f"{path} line {n}: expected StudyInstanceUID,label.")
             value = row[1].strip().upper()
-            if value in CLASS_NAMES:
-                labels[row[0].strip()] = CLASS_NAMES.index(value)
-            elif value in ("0", "1"):
-                labels[row[0].strip()] = int(value)
-            else:
+            if value not in (*CLASS_NAMES, "0", "1"):
                 raise DataError(f"{path} line {n}: the label must be NORMAL, PNEUMONIA, 0 or "
                                 f"1; got '{row[1].strip()}'.")
+            labels[uid] = CLASS_NAMES.index(value) if value in CLASS_NAMES else int(value)
     if not labels:
         raise DataError(f"{path} has no StudyInstanceUID,label rows.")
     return labels
@@ -186,13 +184,11 @@ def _client(query: PacsQuery) -> Any:
 
 
 def _search(client: Any, query: PacsQuery) -> list[tuple[str, str, str]]:
-    filters: dict[str, Any] = {}
-    if query.study_date:
-        filters["StudyDate"] = query.study_date
     found: list[tuple[str, str, str]] = []
     for study in query.studies or (None,):
         for modality in query.modalities or (None,):
-            these = {**filters, **({"Modality": modality} if modality else {})}
+            these = {k: v for k, v in (("StudyDate", query.study_date), ("Modality", modality))
+                     if v}
             results = _call(query, lambda s=study, f=these: client.search_for_instances(
                 study_instance_uid=s, series_instance_uid=query.series, search_filters=f,
                 get_remaining=True))

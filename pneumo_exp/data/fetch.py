@@ -1,11 +1,8 @@
 """Import a dataset archive (a URL or a local .zip/.tar[.gz]) into the Kaggle folder layout.
-
-Extraction refuses members with absolute paths, `..` or links that leave the target (tar:
-the standard library's "data" filter; zip: checked here), so a hostile archive cannot
-write outside the folder. The archive may nest the dataset (Kaggle's zip holds
-chest_xray/chest_xray/...): the folder that contains train/NORMAL and train/PNEUMONIA is
-moved to the destination.
-"""
+Members with absolute paths, `..` or links that leave the target are refused, so a hostile
+archive cannot write outside the folder; the folder holding train/NORMAL and
+train/PNEUMONIA, however deep (Kaggle's zip nests chest_xray/chest_xray/), becomes the
+destination."""
 
 from __future__ import annotations
 

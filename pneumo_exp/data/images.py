@@ -57,7 +57,7 @@ def read_image(path: str | Path | BinaryIO, image_size: int,
     """`decode_image`'s array, and what a DICOM object's header says (None for other
     files): its patient id for grouping only, to be hashed (dicom.patient_key) before it is
     kept; the age and view for the population check."""
-    if _starts_as_dicom(path):
+    if is_dicom(path):
         try:
             pixels, facts = read_dicom(path)
         except NotAChestRadiograph as e:
@@ -73,19 +73,6 @@ def read_image(path: str | Path | BinaryIO, image_size: int,
                 return resize(ImageOps.exif_transpose(im), image_size, channels), None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UnreadableImageError(_reason(e)) from e
-
-
-def _starts_as_dicom(source: str | Path | BinaryIO) -> bool:
-    if hasattr(source, "read"):
-        start = source.tell()
-        head = source.read(132)
-        source.seek(start)
-        return is_dicom(head)
-    try:
-        with open(source, "rb") as f:
-            return is_dicom(f.read(132))
-    except OSError:
-        return False  # Pillow names the problem
 
 
 def resize(im: Image.Image, image_size: int, channels: int) -> np.ndarray:

@@ -8,12 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from pneumo_exp.config import CLASS_NAMES
-from pneumo_exp.data.split import patient_id
-
-
-def groups_from_names(names: np.ndarray) -> np.ndarray:
-    """The patient of each image from its file name (the Kermany names carry it)."""
-    return np.array([patient_id(str(n).rsplit("/", 1)[-1]) for n in names], dtype=str)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from pneumo_exp.data.images import resize
-from pneumo_exp.data.labeled import LabeledImages, groups_from_names
+from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.errors import DataError
 
 
@@ -52,9 +52,10 @@ class NpzSource:
             raise DataError(f"{self.root}: {split}_images must be (N, H, W[, C]) and "
                             f"{split}_labels 0/1; got shapes {images.shape}, {labels.shape}.")
         resized = _resize(images.astype(np.uint8), image_size, channels)
-        names = np.array([f"{split}/{i}" for i in range(len(labels))], dtype=str)
+        index = [str(i) for i in range(len(labels))]  # no patient named: each image its own
+        names = np.array([f"{split}/{i}" for i in index], dtype=str)
         return LabeledImages(resized, labels.astype(np.int64), names,
-                             groups_from_names(names)), []
+                             np.array(index, dtype=str)), []
 
     def _require(self, split: str) -> None:
         for key in (f"{split}_images", f"{split}_labels"):

@@ -29,12 +29,10 @@ def patient_id(name: str) -> str:
 
 
 def group_codes(groups: np.ndarray) -> np.ndarray:
-    """Each image's patient as an integer, numbered in the order patients first appear.
-
-    scikit-learn's group splitters order groups by their labels; numbering them by first
-    appearance makes a split depend on which images share a patient and on the images'
-    order (their file names), not on how a patient is written: the PNG and the DICOM
-    copies of one dataset, grouped by file-name ids and by hashed PatientIDs, split alike."""
+    """Each image's patient as an integer, numbered in the order patients first appear, so a
+    split depends on which images share a patient, not on how a patient is written (the PNG
+    and DICOM copies of a dataset, grouped by file-name ids and hashed PatientIDs, split
+    alike; scikit-learn's splitters would order them by their labels)."""
     _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
     rank = np.empty(len(first), dtype=np.int64)
     rank[np.argsort(first, kind="stable")] = np.arange(len(first))
@@ -48,13 +46,10 @@ def group_kfold(n_splits: int, seed: int) -> StratifiedGroupKFold:
 
 def validation_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int,
                      both_classes: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val): about `fraction` in val, class ratio kept, no patient on both sides.
-
-    The first fold of a seeded StratifiedGroupKFold with round(1/fraction) folds: it needs
-    a patient a fold, and says so in one message where there are fewer. With
-    `both_classes` (no other validation images join), a side left without a class the
-    data has is one message too: a validation of one class validates nothing.
-    """
+    """Indices (train, val): about `fraction` in val, class ratio kept, no patient on both sides:
+    the first fold of a seeded StratifiedGroupKFold with round(1/fraction) folds. Too few
+    patients for the folds, or (with `both_classes`: no other validation images join) a side
+    left without a class, is one message."""
     n_splits = max(2, round(1 / fraction))
     codes = group_codes(groups)
     patients = len(np.unique(codes))

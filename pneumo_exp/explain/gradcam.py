@@ -1,14 +1,8 @@
 """Grad-CAM (Selvaraju et al. 2017): where in the image a model found the evidence for its
-answer.
-
-The map is the last convolutional feature map of the network, weighted per channel by the
-mean gradient of the answer's logit, rectified, upsampled to the image and scaled to
-[0, 1]. The feature map is found without a per-model setting: the last layer of the
-model's own graph whose output is a spatial map (the last conv block's for cnn and
-aug_cnn, the pretrained base's output for transfer; for the dense baseline networks, the
-scaled image itself, which makes it a gradient saliency map). For a NORMAL answer the
-evidence is the gradient of the negative logit.
-"""
+answer: the last spatial feature map (`feature_layer`, no per-model setting; for the dense
+baselines the scaled image itself, a gradient saliency map), weighted per channel by the
+mean gradient of the answer's logit (the negative logit for NORMAL), rectified, upsampled
+to the image and scaled to [0, 1]."""
 
 from __future__ import annotations
 
@@ -73,8 +67,7 @@ def grad_cam(model: keras.Model, images: np.ndarray, positive: np.ndarray | None
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """The X-ray in gray with the map in the jet colormap over it, as RGB floats."""
-    gray = image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else (
-        image.mean(axis=-1) if image.ndim == 3 else image)
+    gray = image.mean(axis=-1) if image.ndim == 3 else image
     gray = np.repeat((gray / 255.0)[..., None], 3, axis=-1)
     heat = colormaps["jet"](np.clip(cam, 0, 1))[..., :3]
     weight = alpha * np.clip(cam, 0, 1)[..., None] ** 0.5
