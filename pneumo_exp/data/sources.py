@@ -95,9 +95,9 @@ class FolderSource:
         if not self.site and not (root / "train").is_dir():
             found = sorted(p.name for p in root.iterdir() if p.is_dir())[:6]
             hint = f" (it holds: {', '.join(found)})" if found else " (it is empty)"
-            classes = [c for c in ("NORMAL", "PNEUMONIA") if (root / c).is_dir()]
+            classes = [c for c in CLASS_NAMES if (root / c).is_dir()]
             site = (f"; a site's folder needs both classes, and this one holds {classes[0]}/ "
-                    f"but no {({'NORMAL', 'PNEUMONIA'} - set(classes)).pop()}/"
+                    f"but no {(set(CLASS_NAMES) - set(classes)).pop()}/"
                     if len(classes) == 1 else "")
             raise DataError(f"{root} has no train/ folder{hint}. Expected the layout {LAYOUT} "
                             "(or, for a site's search, ROOT/{NORMAL,PNEUMONIA}/" + site + "); "
@@ -151,18 +151,18 @@ class FolderSource:
             return image, (patient_key(facts.patient) if facts and facts.patient
                            else patient_id(rel.rsplit("/", 1)[-1]))
 
+        rels = [rel for rel, _, _ in files]
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            results = list(pool.map(one, [rel for rel, _, _ in files]))
-        keep = [i for i, r in enumerate(results) if not isinstance(r, str)]
-        skipped = [(files[i][0], r) for i, r in enumerate(results) if isinstance(r, str)]
-        groups = [results[i][1] for i in keep]
+            results = list(pool.map(one, rels))
+        skipped = [(rel, r) for rel, r in zip(rels, results, strict=True) if isinstance(r, str)]
+        read = [(rel, label, r) for (rel, label, _), r in zip(files, results, strict=True)
+                if not isinstance(r, str)]
+        names = [rel for rel, _, _ in read]
+        groups = [r[1] for _, _, r in read]
         if labelled:  # every image needs its row; a file that is no image needs none
-            patients = csv_patients(self.root, [rel for rel, _, _ in files],
-                                    [files[i][0] for i in keep])
-            groups = [patients[files[i][0]] for i in keep]
-        images = (np.stack([results[i][0] for i in keep]) if keep
+            patients = csv_patients(self.root, rels, names)
+            groups = [patients[rel] for rel in names]
+        images = (np.stack([r[0] for _, _, r in read]) if read
                   else np.zeros((0, image_size, image_size, channels), np.uint8))
-        data = LabeledImages(images, np.array([files[i][1] for i in keep], dtype=np.int64),
-                             np.array([files[i][0] for i in keep], dtype=str),
-                             np.array(groups, dtype=str))
-        return data, skipped
+        return LabeledImages(images, np.array([label for _, label, _ in read], dtype=np.int64),
+                             np.array(names, dtype=str), np.array(groups, dtype=str)), skipped
