@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pneumo_exp.config import CLASS_NAMES, PACS_DIR
 from pneumo_exp.data.deidentify import deidentified, kept_name
 from pneumo_exp.data.dicom import without_pixels
@@ -145,15 +143,6 @@ def read_labels(path: Path) -> dict[str, int]:
     if not labels:
         raise DataError(f"{path} has no StudyInstanceUID,label rows.")
     return labels
-
-
-def labelled(pulled: Pulled, labels: dict[str, int]) -> tuple[list[Path], np.ndarray]:
-    """The pulled instances of the labelled studies, with their labels."""
-    keep = [i for i, s in enumerate(pulled.studies) if s in labels]
-    if not keep:
-        raise DataError("none of the pulled studies is in the labels file.")
-    return [pulled.files[i] for i in keep], np.array([labels[pulled.studies[i]]
-                                                      for i in keep])
 
 
 def _forget_whole_instances(folder: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo_exp.config import CLASS_NAMES
-from pneumo_exp.data.dicomweb import PacsQuery, labelled, pull, read_labels
+from pneumo_exp.data.dicomweb import PacsQuery, pull, read_labels
 from pneumo_exp.data.images import image_files
 from pneumo_exp.errors import DataError
 
@@ -80,6 +80,11 @@ def labelled_pacs(pacs: PacsQuery, labels_csv: Path) -> LabelledSet:
     if not pacs.studies:
         pacs = replace(pacs, studies=tuple(sorted(labels)))
     pulled = pull(pacs)
-    files, y = labelled(pulled, labels)
-    return LabelledSet(files, y, files[0].parent, f"{pacs.where}, {len(set(pulled.studies))} "
-                       f"studies labelled in {labels_csv}", "pacs")
+    read = [(f, labels[s]) for f, s in zip(pulled.files, pulled.studies, strict=True)
+            if s in labels]  # the pulled instances of the labelled studies
+    if not read:
+        raise DataError("none of the pulled studies is in the labels file.")
+    files = [f for f, _ in read]
+    return LabelledSet(files, np.array([y for _, y in read]), files[0].parent,
+                       f"{pacs.where}, {len(set(pulled.studies))} studies labelled in "
+                       f"{labels_csv}", "pacs")
