@@ -10,7 +10,7 @@ the configuration as its initial point; `--rung` names a cheaper fidelity to tra
 too). Then every trained network is scored:
 
 - on validation, by every candidate objective, named before any was measured: those of
-  pneumo_exp.evaluation.robustness (clean AUC and specificity at sensitivity 0.95; under
+  bench/perturbations.py (clean AUC and specificity at sensitivity 0.95; under
   the perturbations a new site brings, their mean and worst; pooled; the gap; the
   stability of a probability), and three more here: `views_auc` (AUC of the mean over the
   registry's eight views, what promote packages), `feature_mmd` (minus the mean MMD between
@@ -143,13 +143,13 @@ def score(result: dict[str, Any], args: argparse.Namespace,
         return json.loads(out.read_text())
     from mlflow.tracking import MlflowClient
     from new_site import CEILING_SENSITIVITY, halves
+    from perturbations import perturbed_sets, robustness_figures
     from sklearn.metrics import roc_auc_score
 
     from pneumo_exp.config import load_config
     from pneumo_exp.data.dataset import load_training_data
     from pneumo_exp.data.sources import load_split, open_source
     from pneumo_exp.evaluation.metrics import spec_at_sens
-    from pneumo_exp.evaluation.robustness import perturbed_sets, robustness_figures
     from pneumo_exp.evaluation.two_sample import mmd_test
     from pneumo_exp.registry.selection import candidate, trial_model
     from pneumo_exp.serving.batch_norm import adapted
