@@ -41,7 +41,7 @@ class ValidationFigures(keras.callbacks.Callback):
         self.images, self.labels = images, labels
         self.constant_epochs, self.batch_size = constant_epochs, batch_size
         self.sensitivity_target = sensitivity_target
-        self.constant_since: int | None = None
+        self.constant_for = 0  # epochs in a row of constant output
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ValidationFigures:
         """Keras Tuner copies the callbacks for every trial: share the images, reset state."""
@@ -59,12 +59,8 @@ class ValidationFigures(keras.callbacks.Callback):
         figures = binary_metrics(self.labels, prob, sensitivity_target=self.sensitivity_target)
         logs.update({f"val_{k}": figures[k] for k in VALIDATION_FIGURES})
         logs[SPREAD_KEY] = float(prob.max() - prob.min())
-        if logs[SPREAD_KEY] >= CONSTANT_SPREAD:
-            self.constant_since = None
-        elif self.constant_since is None:
-            self.constant_since = epoch
-        if self.constant_since is not None and epoch - self.constant_since + 1 >= (
-                self.constant_epochs):
+        self.constant_for = self.constant_for + 1 if logs[SPREAD_KEY] < CONSTANT_SPREAD else 0
+        if self.constant_for >= self.constant_epochs:
             self.model.stop_training = True
 
 

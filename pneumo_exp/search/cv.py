@@ -57,18 +57,6 @@ class CVResult:
     fold_groups: list[np.ndarray]  # patient ids of each fold's validation part
 
 
-class EpochLogger(keras.callbacks.Callback):
-    """Per-epoch metrics of a fold into its run (searches log at the tuner's hook instead)."""
-
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
-        super().__init__()
-        self.client, self.run_id = client, run_id
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if logs:
-            log_epoch_metrics(self.client, self.run_id, epoch, logs)
-
-
 def best_hyperparameters(client: MlflowClient, experiment: str, arch: str) -> tuple[
         dict[str, Any], str]:
     """Hyperparameters of the best trial of the latest finished search, and its run id."""
@@ -102,10 +90,8 @@ def run_cv(cfg: ExperimentConfig, folds: int = 5, source: str = "default",
     client = connect()
     hypermodel = build_hypermodel(cfg, data.labels)
     experiment = experiment_id(client, cfg.experiment_name, hypermodel.ui_params)
-    if source == "best":
-        values, source_run = best_hyperparameters(client, experiment, cfg.arch)
-    else:
-        values, source_run = {}, ""
+    values, source_run = (best_hyperparameters(client, experiment, cfg.arch)
+                          if source == "best" else ({}, ""))
     hp = kt.HyperParameters()
     for name, value in values.items():
         hp.Fixed(name, value)
@@ -132,12 +118,13 @@ def run_cv(cfg: ExperimentConfig, folds: int = 5, source: str = "default",
             with child_run(experiment, parent, f"fold-{k}", ROLE_FOLD, split.fingerprint,
                            {TAG_ARCH: cfg.arch, TAG_FOLD: str(k)}, values) as run_id:
                 model = hypermodel.build(hp.copy())
+                # each epoch's figures into the fold's run (a search logs at the tuner's hook)
+                epochs_logged = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: (
+                    log_epoch_metrics(client, run_id, epoch, logs or {})))
                 history = hypermodel.fit(
                     hp, model, make_dataset(train, t.batch_size, shuffle=True, seed=s.seed + k),
-                    epochs=t.epochs,
-                    callbacks=[*training_callbacks(cfg, val.images, val.labels,
-                                                   restore_best=True),
-                               EpochLogger(client, run_id)],
+                    epochs=t.epochs, callbacks=[*training_callbacks(
+                        cfg, val.images, val.labels, restore_best=True), epochs_logged],
                     shuffle=False, verbose=verbose)
                 figures.append(log_classifier(model, val, history.history, s.objective,
                                               s.direction, log_model=False,

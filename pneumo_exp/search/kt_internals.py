@@ -1,26 +1,7 @@
 """Every use of Keras Tuner's private API, in one place (written against keras-tuner 1.4.8).
 
-Keras Tuner has no public hook for these, and each is small:
-
-- `set_debug`: Keras Tuner prints a failed trial's traceback only in DEBUG mode.
-- `AtomicStateOracle`: the oracle's and each trial's state files written whole or not at
-  all (`save`, `_save_trial`, `_get_oracle_fname`, `_get_trial_dir`), so a kill -9
-  mid-write does not leave a truncated JSON that breaks resuming; and a reloaded oracle
-  keeps each running trial with its process (`reload`, `ongoing_trials`, `_retry_queue`).
-- `GivenPointsFirst`: the first trials are given points (the study's configuration, then
-  the configured initial points). `_random_values` is the draw every oracle's random phase
-  makes (Hyperband's brackets included), and draws again while `_duplicate` tells a point
-  already tried, which here also means one not distinct from a tried one; `_tried_so_far`
-  counts the points drawn.
-- `TunerMixin`: the tuner's state file written atomically too (`_get_tuner_fname`); Keras
-  Tuner builds the model once per conditional branch to find every hyperparameter
-  (`_populate_initial_space`), and a branch that does not fit the image must not stop the
-  search; which process of a distributed search this is (`_is_worker`).
-- `PatientOracleClient`: a worker's `OracleClient` (keras_tuner.src.distribute) whose calls
-  a dying chief cut (gRPC UNAVAILABLE) are made again once the chief is back.
-
-`PRIVATE_API` lists them; tests/test_kt_internals.py fails when a Keras Tuner release
-removes or renames one.
+Keras Tuner has no public hook for these. `PRIVATE_API` lists them; tests/test_kt_internals.py
+fails when a Keras Tuner release removes or renames one.
 """
 
 from __future__ import annotations
@@ -57,16 +38,12 @@ def set_debug(enabled: bool) -> None:
     kt_config.DEBUG = enabled
 
 
-def _write_state(path: str, state: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(state))
-
-
 class AtomicStateOracle:
-    """Oracle mixin: state files written atomically, and trials kept assigned across a
-    restart of the oracle."""
+    """Oracle mixin: state files written whole or not at all (a kill -9 mid-write leaves no
+    truncated JSON that breaks resuming), and trials kept assigned across a restart."""
 
     def save(self) -> None:
-        _write_state(self._get_oracle_fname(), self.get_state())
+        write_text_atomic(self._get_oracle_fname(), json.dumps(self.get_state()))
 
     def reload(self) -> None:
         """Keras Tuner sends the trials that were running when the oracle stopped back for
@@ -87,8 +64,8 @@ class AtomicStateOracle:
                 self.ongoing_trials[tuner_id] = trial
 
     def _save_trial(self, trial: kt.engine.trial.Trial) -> None:
-        _write_state(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"),
-                     trial.get_state())
+        write_text_atomic(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"),
+                          json.dumps(trial.get_state()))
 
 
 def allows(hp: kt.engine.hyperparameters.HyperParameter, value: Any) -> bool:
@@ -161,7 +138,7 @@ class TunerMixin:
     def save(self) -> None:
         if not self._is_worker():
             self.oracle.save()
-        _write_state(self._get_tuner_fname(), self.get_state())
+        write_text_atomic(self._get_tuner_fname(), json.dumps(self.get_state()))
 
     def _populate_initial_space(self) -> None:
         build = self.hypermodel.build

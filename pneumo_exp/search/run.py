@@ -116,7 +116,9 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
                 if stage.name == SCREEN and not worker:
                     screened = best_configurations(tuner, plan[-1].trials)
     except TimeBudgetSpent:
-        log.warning("%s", budget_spent(s.time_budget_min or 0, *_progress(tracker)))
+        c = _counts(tracker)
+        log.warning("%s", budget_spent(s.time_budget_min or 0, c["completed_trials"],
+                                       c["planned_trials"], c["cut_trials"]))
     except KeyboardInterrupt:
         if not worker:
             tracker.end(None, _counts(tracker), status="KILLED")
@@ -185,12 +187,9 @@ def _run_stage(cfg: ExperimentConfig, stage: Stage, data: TrainingData, tracker:
 
 @contextlib.contextmanager
 def long_lived_objects_frozen() -> Iterator[None]:
-    """Within: the objects alive now are left out of Python's garbage collection passes.
-    Keras Tuner collects garbage twice a trial (`clear_session` and its own `gc.collect`), each
-    time a full pass over the half a million objects that TensorFlow, Keras, MLflow and the
-    search keep for the whole process: four a trial, about a second each on a busy 2-core machine
-    (docs/results.md, "Where a trial's time goes"). What a trial leaves is still collected;
-    the frozen objects are thawed on the way out (gc.freeze, gc.unfreeze)."""
+    """Within: the objects alive now are left out of Python's garbage collection passes,
+    which Keras Tuner runs several times a trial over every long-lived object (docs/results.md,
+    "Where a trial's time goes"); what a trial leaves is still collected."""
     if gc.get_freeze_count():  # an outer search froze them already
         yield
         return
@@ -212,12 +211,6 @@ def best_configurations(tuner: kt.Tuner, k: int) -> list[dict[str, Any]]:
         if trial.status == "COMPLETED" and values not in found:
             found.append(values)
     return found[:k]
-
-
-def _progress(tracker: SearchTracker) -> tuple[int, int, int]:
-    """(completed, planned, cut) trials of the search."""
-    c = _counts(tracker)
-    return c["completed_trials"], c["planned_trials"], c["cut_trials"]
 
 
 def _counts(tracker: SearchTracker) -> dict[str, int]:
