@@ -121,15 +121,10 @@ def augmentation(space: Space, hp: kt.HyperParameters, seed: int | None = None,
                  shift: float = 0.2, zoom: float = 0.2, flip: bool = True,
                  brightness: float = 0.5, contrast: float = 0.0, aspect: bool = False,
                  blur: float = 0.0, crop: float = 0.0) -> keras.Layer:
-    """The study's ImageDataGenerator settings as Keras layers, active in training only.
-
-    Rotation is in degrees; brightness adds up to that fraction of `value_range` (the study
-    multiplied by 1.0-1.5). Off in the study, for images from other scanners and other
-    original shapes: contrast; `aspect`, zooming height and width independently (files of
-    every shape are resized to squares, which stretches the anatomy); `blur`, the fraction
-    of images blurred (sigma up to 1.5 px); `crop`, zooming in further than `zoom` (up to
-    that fraction of each side cut away): a site that frames its chests tighter, down to the
-    lung fields, shows framings that validation, cut from the same hospital, never does."""
+    """The study's ImageDataGenerator settings as Keras layers, active in training only;
+    rotation in degrees, brightness a fraction of `value_range`. Off in the study, for other
+    scanners and framings: contrast, `aspect` (height and width zoomed apart), `blur` (the
+    fraction of images blurred) and `crop` (zooming in further than `zoom`)."""
     rotation = space.float(hp, "rotation", 0.0, 30.0, rotation, step=5.0)
     shift = space.float(hp, "shift", 0.0, 0.3, shift, step=0.05)
     zoom = space.float(hp, "zoom", 0.0, 0.3, zoom, step=0.05)

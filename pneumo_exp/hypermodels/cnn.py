@@ -1,14 +1,7 @@
-"""cnn: the study's convolutional network, trained on the images as they are.
-
-Default point (the study): Conv 32 3x3, Conv 32 4x4, Conv 64 3x3, each with 2x2 max
-pooling; Flatten; Dense 64 relu; Dense 1 sigmoid; RMSprop (1e-3). It overfits.
-Searched: number of conv blocks, filters and kernel size (3/4/5) per block, batch
-normalization, the head (flatten or global average pooling), dense units, dropout,
-optimizer and learning rate, class weighting, and the intensity normalization of each
-image, which makes the model less sensitive to the exposure, contrast and tone curve of a
-scanner: none as in the study; `standardize`, zero mean and unit variance per image after
-augmentation; `equalize`, histogram equalization of the input, then `standardize`.
-"""
+"""cnn: the study's convolutional network, trained on the images as they are (its default
+point and space: docs/searching.md, "Architectures"). The intensity normalization of each
+image (none, `standardize` after augmentation, or `equalize` then standardize) makes the
+model less sensitive to a scanner's exposure, contrast and tone curve."""
 
 from __future__ import annotations
 

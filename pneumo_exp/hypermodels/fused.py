@@ -1,16 +1,7 @@
-"""Batch normalization trained through TensorFlow's fused kernel, the network unchanged.
-
-Keras 3 normalizes a batch in training with separate operations (the batch's moments, then
-the scale and shift) and differentiates each of them: on a CPU that was more than half of
-a train step of the default family, more than its convolutions (docs/results.md, "Where a
-trial's time goes"). TensorFlow's FusedBatchNormV3 computes the same normalization in
-one pass each way (oneDNN's kernel on x86, fused with the ReLU after it). While a model
-fits (`fused_batch_norm`), each of its BatchNormalization layers trains through that
-kernel, with Keras' moving-average update of the statistics. Only the training step
-changes: the layers stay Keras' own (class, configuration, weights), so the saved network,
-its inference and its adaptation on a new site (serving/batch_norm.py) are as before and a
-model loads without pneumo-exp.
-"""
+"""Batch normalization trained through TensorFlow's fused kernel (FusedBatchNormV3), the
+network unchanged: Keras 3's separate operations were more than half of a CPU train step
+(docs/searching.md, "How a trial trains"). Only the training step changes: the layers stay
+Keras' own, so the saved network, its inference and adaptation are as before."""
 
 from __future__ import annotations
 

@@ -1,19 +1,7 @@
 """site: a registered version fine-tuned on a site's own labelled images, or a network of
-the default family trained there from scratch; the search decides which holds.
-
-Searched (experiments/site.yaml): where to start (`start`: one of the base version's
-members, or `scratch`: the aug_cnn family at its given point), the learning rate, which
-layers train (`train_layers`: `head`, the dense layers; `top`, the last convolution block
-and the head; `all`), the epochs (annealed to 0 by a cosine schedule over them), the
-augmentation of a network trained from scratch (a member keeps the augmentation it was
-trained with), class weighting, and `mix`: the training site's images mixed in, as a share
-of the site's (0: the site's alone), so that the version does not forget the patients it
-came from.
-
-The base's members and the training site's images come in as arrays and Keras models
-(adaptation/site_search.py gets them from the registry, the base by its version number,
-which names the search): hypermodels know nothing of MLflow.
-"""
+the default family trained there from scratch; the search decides which holds (its space:
+docs/sites.md, "4. A site version of its own"). The base's members and the training site's
+images come in as Keras models and arrays: hypermodels know nothing of MLflow."""
 
 from __future__ import annotations
 

@@ -1,18 +1,7 @@
-"""transfer: a Keras applications network pretrained on ImageNet, frozen, with a new head.
-
-Default point (the study): ResNet50 with ImageNet weights, frozen; Flatten; Dense 256 relu;
-Dense 1 sigmoid; RMSprop 1e-3; the study's augmentation. Searched: the base network,
-pooling (flatten or global average), dense units, dropout, optimizer and learning rate,
-augmentation, class weighting, and an optional second phase that fine-tunes the top N
-layers of the base at a tenth of the learning rate.
-
-`model.weights` (experiments/transfer.yaml) is "auto" (ImageNet weights when they can be
-downloaded or are cached in ~/.keras/models, else a warning and none: the base is then
-trained with the head, not frozen), "imagenet" (stop
-with a message when they cannot be had), the path of a weights file of the base without
-its top, or null to train from scratch. Grayscale images are repeated to 3 channels, and
-each base gets its own `preprocess_input`, written as layers so the model loads safely.
-"""
+"""transfer: a Keras applications network pretrained on ImageNet, frozen, with a new head;
+optionally its top layers fine-tuned after (docs/searching.md, "Architectures", also for
+`model.weights`). Each base gets its own `preprocess_input`, written as layers so the
+model loads in Keras' safe mode."""
 
 from __future__ import annotations
 

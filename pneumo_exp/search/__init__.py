@@ -1,5 +1,2 @@
-"""Keras Tuner searches: the run of one search, its tuners and oracles, the callbacks of
-every training run, distributed searches, k-fold cross-validation, and the console.
-
-Importing this package loads nothing heavy; its modules import TensorFlow as they need.
-"""
+"""Keras Tuner searches, their tuners and callbacks, distributed searches and
+cross-validation. Importing this package loads nothing heavy."""

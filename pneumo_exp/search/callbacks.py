@@ -1,13 +1,8 @@
 """The Keras callbacks of every training run, trials and folds alike.
 
-`ValidationFigures` comes first: after each epoch it predicts the validation images once
-and writes scikit-learn's exact figures into the epoch's logs (`val_auc`, `val_loss`, ...),
-so the oracle's objective, EarlyStopping, Keras Tuner's best checkpoint, the console and
-MLflow all read the same number. The others stop what is not worth finishing: a trial
-whose output is constant, one that trails the median of the earlier trials (the median
-stopping rule of Google Vizier, Golovin et al. 2017), Ctrl-C, the time budget;
-`trial_status` says which of them ended a trial.
-"""
+`ValidationFigures` comes first: it writes scikit-learn's exact validation figures into each
+epoch's logs, so the oracle, EarlyStopping, the checkpoint, the console and MLflow read one
+number. The others stop what is not worth finishing (docs/searching.md, "Searches")."""
 
 from __future__ import annotations
 
@@ -65,10 +60,9 @@ class ValidationFigures(keras.callbacks.Callback):
 
 
 def predict_in_batches(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """The model's probabilities, batch by batch through `predict_on_batch`: the numbers
-    `predict` gives for the same batches, without the data pipeline, progress bar and
-    callbacks it sets up at every call, which cost more than the prediction of a few
-    hundred small validation images (docs/results.md, "Where a trial's time goes")."""
+    """The numbers `predict` gives for the same batches, through `predict_on_batch`: without
+    the pipeline and callbacks `predict` sets up at each call, which cost more than a few
+    hundred small images (docs/results.md, "Where a trial's time goes")."""
     return np.concatenate([np.asarray(model.predict_on_batch(images[i:i + batch_size]))
                            for i in range(0, len(images), batch_size)]).ravel()
 
@@ -170,9 +164,8 @@ def training_callbacks(cfg: ExperimentConfig, val_images: np.ndarray, val_labels
 
 class CosineDecayPerEpoch(keras.callbacks.Callback):
     """Keras' CosineDecay from the trial's learning rate to 0 over train.epochs, set at each
-    epoch's start: a fixed epoch budget ends annealed, where a plateau rule would still be
-    waiting for its patience to run out. (A Hyperband round shorter than train.epochs ends
-    part-way down the curve; the round that resumes it continues from that epoch.)"""
+    epoch's start: a fixed epoch budget ends annealed (a Hyperband round resumes the curve
+    from its epoch)."""
 
     def __init__(self, epochs: int) -> None:
         super().__init__()

@@ -1,10 +1,6 @@
-"""k-fold cross-validation of one configuration, tracked in MLflow.
-
-The train split is cut into folds by patient (data.split.group_kfold); each fold is a nested
-run with its curves and confusion matrix, and the parent run carries the mean and standard
-deviation of the validation figures. The configuration is the study's (the space's default
-point) or the best trial of the latest finished search of the architecture.
-"""
+"""k-fold cross-validation of one configuration by patient, tracked in MLflow: a nested run
+per fold, the mean and standard deviation on the parent (docs/searching.md,
+"Cross-validation")."""
 
 from __future__ import annotations
 

@@ -1,14 +1,7 @@
-"""Distributed search with Keras Tuner's own chief/worker mode.
-
-The chief runs the oracle (a gRPC server, no training) and the search's MLflow parent run;
-each worker asks it for trials, trains them and logs them as nested runs under that parent,
-found by the search's name. Keras Tuner reads its role from the environment:
-KERASTUNER_TUNER_ID ("chief", or a worker id), KERASTUNER_ORACLE_IP and _PORT.
-
-A worker restarted with the same id gets back the trial it was running when it died (Keras
-Tuner keeps it assigned to that id); its dead run is then closed as KILLED. `run_local`
-starts a chief and N workers on this machine and restarts a worker that dies.
-"""
+"""Distributed search with Keras Tuner's own chief/worker mode (docs/cluster.md): the chief
+runs the oracle and the parent run, the workers train trials under it. Keras Tuner reads its
+role from KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and _PORT; `run_local` starts a chief
+and N workers on this machine and restarts a worker that dies."""
 
 from __future__ import annotations
 

@@ -1,13 +1,6 @@
-"""Multi-fidelity: judge many configurations cheaply, train the promising ones fully.
-
-A search runs `search.max_trials` trials in all. With `search.screen_trials` > 0 they are
-shared between two stages as screen_trials : full_trials (SearchConfig.split), each stage a
-Keras Tuner search of its own: the screening stage judges its configurations, proposed by
-the configured tuner, at a lower resolution, on a patient-grouped part of train and for a
-few epochs (never more than a full trial's); the full stage then trains the best of them
-(by the screened objective) at full fidelity. Only full-fidelity trials are candidates for
-promotion. Trials are numbered through both stages, so trial i trains with seed + i however
-the search is cut and resumed.
+"""Multi-fidelity: screen many configurations cheaply, then train the best fully, each stage
+a Keras Tuner search of its own (docs/searching.md, "Multi-fidelity"). Trials are numbered
+through both stages, so trial i trains with seed + i however the search is cut and resumed.
 """
 
 from __future__ import annotations

@@ -46,11 +46,9 @@ class AtomicStateOracle:
         write_text_atomic(self._get_oracle_fname(), json.dumps(self.get_state()))
 
     def reload(self) -> None:
-        """Keras Tuner sends the trials that were running when the oracle stopped back for
-        retry, to whichever process asks first. In a distributed search the chief may be
-        the one that stopped while its workers still run their trials: a trial stays with
-        the process it was given to, which ends it, or gets it back when it restarts under
-        its id. (A single process gets its own trial back all the same.)"""
+        """A trial running when the oracle stopped stays with the process it was given to
+        (Keras Tuner would hand it to whichever asks first), which ends it, or gets it back
+        when it restarts under its id: a distributed search's chief may stop mid-trial."""
         super().reload()
         with open(self._get_oracle_fname()) as f:
             ongoing = json.load(f).get("ongoing_trials", {})
@@ -166,10 +164,9 @@ class TunerMixin:
 
 
 class PatientOracleClient:
-    """A worker's link to the chief's oracle that outlives a chief restart: a call cut by
-    the chief's death (gRPC UNAVAILABLE: the stub waits for a chief that is down, not for
-    one that dies mid-call) is made again, every few seconds, for up to `patience` s. The
-    restarted chief has the oracle's saved state, so the worker's trial is still its own."""
+    """A worker's link to the chief's oracle that outlives a chief restart: a call the
+    chief's death cut (gRPC UNAVAILABLE) is made again every few seconds, for up to
+    `patience` s; the restarted chief's saved state keeps the worker's trial its own."""
 
     RPCS = PRIVATE_API[OracleClient]
 

@@ -1,10 +1,8 @@
 """A Keras Tuner search of one architecture, tracked in MLflow: `run_search`.
 
-The data, the hypermodel, the tuner (tuners.py) and the search's MLflow runs
-(tracking.search_tracker) are put together here, once per stage (fidelity.py); the oracles'
-state under .pneumo/tuner/<arch>/<search>/ makes an interrupted search resume where it
-stopped. Trial and epoch budgets decide what a search finds; a time budget only caps it.
-"""
+The data, the hypermodel, the tuner and the search's MLflow runs, put together once per
+stage (fidelity.py); the oracles' state under .pneumo/tuner/<arch>/<search>/ makes an
+interrupted search resume where it stopped."""
 
 from __future__ import annotations
 
@@ -67,13 +65,10 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
                verbose: int = 2, role: Role | None = None, debug: bool = False,
                context: Mapping[str, Any] | None = None,
                lineage: Mapping[str, str] | None = None) -> SearchResult:
-    """Search `cfg.arch`, in one stage or, with screening, two (fidelity.py); resume the
-    search of the same name where it stopped.
-
-    With a `role`, this process is the chief (the oracles and the parent run) or a worker
-    (trains trials) of a distributed search (distributed.py). `debug` prints the traceback
-    of a failed trial. A site version's search (adaptation/site_search.py) brings the
-    hypermodel's `context` (the base's members, ...) and the `lineage` its runs record."""
+    """Search `cfg.arch` in its stages (fidelity.py), resuming the search of that name.
+    `role`: chief or worker of a distributed search; `debug` prints a failed trial's
+    traceback; a site search (adaptation/site_search.py) brings the hypermodel's `context`
+    and the `lineage` its runs record."""
     s = cfg.search
     worker = role is not None and not role.is_chief
     pin_threads(cfg.train.threads)

@@ -1,10 +1,6 @@
-"""Keras Tuner's tuners and oracles as pneumo-exp runs them.
-
-Tracking (a nested MLflow run per trial), per-trial seeding, stopping rules, progress on
-the console and the time budget attach at the tuner's hooks (`on_trial_begin`,
-`run_trial`, `on_epoch_end`, `on_trial_end`); the oracles start from the study's
-configuration and the configured initial points (kt_internals.py).
-"""
+"""Keras Tuner's tuners and oracles as pneumo-exp runs them: tracking, per-trial seeding,
+stopping rules, progress and the time budget attach at the tuner's hooks; the oracles start
+from the given points (kt_internals.py)."""
 
 from __future__ import annotations
 
@@ -59,10 +55,9 @@ class HyperbandOracle(GivenPointsFirst, kt.oracles.HyperbandOracle):
 
 
 class TrackedTuner(TunerMixin, kt.Tuner):
-    """A Keras Tuner tuner with a nested MLflow run per trial, a seed per trial, the
-    median stopping rule, a line of progress per trial, and a time budget that caps the
-    search: past it no trial starts, and the running one is cut and runs again, from its
-    start, when the search resumes (a distributed search's workers finish their epoch)."""
+    """A Keras Tuner tuner with a nested MLflow run and a seed per trial, the median
+    stopping rule, a line of progress per trial, and the time budget: past it no trial
+    starts, and the running one is cut, to run again when the search resumes."""
 
     def __init__(self, oracle: kt.Oracle, hypermodel: kt.HyperModel, *, tracker: SearchTracker,
                  val: LabeledImages, stage: Stage, cfg: ExperimentConfig,
