@@ -1,9 +1,6 @@
-"""Whether a probability means what it says, and a one-parameter fix for it.
-
-Expected calibration error (ECE, 15 equal-width bins as in Guo et al. 2017) and the Brier
-score measure it; temperature scaling (Guo et al.) divides the model's logit by a single
-T > 0 fitted on validation by maximum likelihood, which changes no ranking (the AUC) and
-moves the probabilities to match the observed frequencies.
+"""Whether a probability means what it says, and a one-parameter fix for it: the ECE (15
+equal-width bins) and the Brier score; temperature scaling (Guo et al. 2017) divides the
+logit by one T fitted on validation, which changes no ranking (the AUC).
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """How far apart two validation figures must be before they mean something: a bootstrap
-interval of their difference over the validation images.
-
-With 142 NORMAL images among 538 (the full data's validation set), one NORMAL image scored
-differently moves the specificity by 0.007 and the AUC by up to as much: a ranking by the
-third decimal may be a ranking by chance. Two models scored on the same images are
-compared pairwise (each resample draws the same images for both, so what the images share
-cancels out); on different validation sets each is resampled on its own.
+interval of their difference over the validation images (docs/searching.md, "Validation
+noise"). Two models scored on the same images are compared pairwise, so what the images
+share cancels out; on different validation sets each is resampled on its own.
 """
 
 from __future__ import annotations

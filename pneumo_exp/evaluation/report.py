@@ -1,10 +1,6 @@
-"""A site's verdict on a registered version from its own labelled cases, on one page: the
-ROC with the stored operating point, the confusion matrix and the reliability diagram at
-that point, sensitivity and specificity with exact (Clopper-Pearson) intervals, and whether
-both hold what the version validated at its stored threshold (a site that keeps the
-sensitivity but flags a third of its normal studies is told so). A PNG, and an HTML page
-that embeds it (opened in any browser, no server). The threshold is never re-chosen here:
-a small local sample verifies a threshold, it does not tune one.
+"""A site's verdict on a registered version from its own labelled cases, on one page (a PNG,
+and an HTML page that embeds it; docs/sites.md, "2. A few labelled cases"). The threshold
+is never re-chosen here: a small local sample verifies a threshold, it does not tune one.
 """
 
 from __future__ import annotations

@@ -11,13 +11,9 @@ from pneumo_exp.evaluation.calibration import logit
 
 def choose_threshold(y_true: np.ndarray, prob: np.ndarray, min_sensitivity: float) -> float:
     """A threshold with the highest specificity among those whose sensitivity reaches
-    `min_sensitivity` (missed pneumonia is the costly error).
-
-    Every threshold between the lowest PNEUMONIA score it must keep and the next NORMAL
-    score below gives these same validation figures; the one returned lies midway between
-    the two in logit space, the largest margin on both sides. (The top of that gap, right
-    under the PNEUMONIA scores, loses the sensitivity as soon as another site's scores
-    move down a little, which confident models make likely: their scores crowd near 1.)"""
+    `min_sensitivity` (missed pneumonia is the costly error): of the thresholds that give
+    these validation figures, the one midway in logit space between the lowest PNEUMONIA
+    score kept and the next NORMAL score, so that another site's scores may move a little."""
     y_true, prob = np.asarray(y_true).astype(int), np.asarray(prob, dtype=np.float64)
     fpr, tpr, thresholds = roc_curve(y_true, prob)
     reaching = np.flatnonzero(tpr >= min_sensitivity)  # roc_curve: thresholds decreasing

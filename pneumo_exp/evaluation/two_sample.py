@@ -1,20 +1,7 @@
 """Do two sets of images come from one population? Two-sample tests on the features a
-network sees (serving/features.py), for the site check.
-
-- `classifier_auc`: a classifier two-sample test (Lopez-Paz and Oquab 2017). A logistic
-  regression learns to tell the site's images from the reference's; its cross-validated
-  AUC, with folds grouped by patient on both sides, is the size of the shift: 0.5 when
-  nothing tells them apart, 1.0 when everything does. It reads like the model's own
-  figures.
-- `mmd_test`: the maximum mean discrepancy with a Gaussian kernel (median bandwidth) and
-  its permutation p-value (scipy.stats.permutation_test): is there any shift at all?
-  Patients are permuted, not images: the images of one patient are alike, and permuting
-  them as if independent finds a "shift" between any two groups of patients.
-
-Both take each side's patients (`*_groups`, any labels; None: each image its own
-patient). Neither knows the classes: a change of prevalence is a change of population to
-them, so the site check draws the reference to the site's prevalence first
-(adaptation/site_check.py).
+network sees, for the site check (docs/sites.md, "1. The site check"): a classifier test
+(its cross-validated AUC is the size of the shift) and an MMD permutation test (is there
+any shift at all?). Both take each side's patients (None: each image its own patient).
 """
 
 from __future__ import annotations
