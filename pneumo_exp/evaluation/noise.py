@@ -117,6 +117,4 @@ def difference(name: str, a: Scored, b: Scored, paired: bool, resamples: int = R
 
 def _counts(draws: np.ndarray) -> np.ndarray:
     """(resamples x images) how often each image was drawn."""
-    counts = np.zeros(draws.shape, dtype=np.float64)
-    np.add.at(counts, (np.arange(len(draws))[:, None], draws), 1.0)
-    return counts
+    return np.array([np.bincount(d, minlength=draws.shape[1]) for d in draws], dtype=float)

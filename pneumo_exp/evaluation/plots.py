@@ -80,20 +80,27 @@ def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, title: str = "") ->
 
 def roc_figure(y_true: np.ndarray, prob: np.ndarray, title: str = "",
                threshold: float | None = None) -> Figure:
-    """ROC of PNEUMONIA (positive) against NORMAL, with the operating threshold marked."""
+    """The ROC, its operating threshold marked, its axes named in words."""
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
-    RocCurveDisplay.from_predictions(y_true, prob, ax=ax, name="PNEUMONIA vs NORMAL",
-                                     pos_label=1, plot_chance_level=True)
-    if threshold is not None:
-        fpr, tpr, thresholds = roc_curve(y_true, prob)
-        i = int(np.argmin(np.abs(thresholds - threshold)))
-        ax.plot(fpr[i], tpr[i], "o", color="red", label=f"threshold {threshold:.3f}")
-        ax.legend(loc="lower right", fontsize=8)
+    roc_panel(ax, y_true, prob, threshold)
     ax.set_xlabel("1 - specificity (NORMAL called PNEUMONIA)")
     ax.set_ylabel("sensitivity (PNEUMONIA found)")
     ax.set_title(title or "ROC", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def roc_panel(ax: Axes, y_true: np.ndarray, prob: np.ndarray, threshold: float | None,
+              label: str = "threshold", markersize: float | None = None) -> None:
+    """ROC of PNEUMONIA (positive) against NORMAL, with the operating threshold marked."""
+    RocCurveDisplay.from_predictions(y_true, prob, ax=ax, name="PNEUMONIA vs NORMAL",
+                                     pos_label=1, plot_chance_level=True)
+    if threshold is not None:
+        fpr, tpr, thresholds = roc_curve(y_true, prob)
+        i = int(np.argmin(np.abs(thresholds - threshold)))
+        ax.plot(fpr[i], tpr[i], "o", color="red", markersize=markersize,
+                label=f"{label} {threshold:.3f}")
+        ax.legend(loc="lower right", fontsize=8)
 
 
 def reliability_figure(y_true: np.ndarray, prob: np.ndarray, bins: int, title: str = "",

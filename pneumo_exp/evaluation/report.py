@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 from scipy.stats import binomtest
-from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, roc_auc_score, roc_curve
+from sklearn.metrics import ConfusionMatrixDisplay, roc_auc_score
 
 from pneumo_exp.config import CLASS_NAMES
 from pneumo_exp.evaluation.calibration import ECE_BINS, expected_calibration_error
-from pneumo_exp.evaluation.plots import plt
+from pneumo_exp.evaluation.plots import plt, roc_panel
 
 CONFIDENCE = 0.95
 RELIABILITY_BINS = 10  # equal-count bins of the reliability panel
@@ -147,15 +147,8 @@ def report_figure(y_true: np.ndarray, prob: np.ndarray, report: SiteReport,
     """The page: ROC, confusion matrix, reliability diagram, figures and verdict."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 10))
     (roc_ax, cm_ax), (rel_ax, text_ax) = axes
-    positives_and_negatives = len(np.unique(y_true)) == 2
-    if positives_and_negatives:
-        RocCurveDisplay.from_predictions(y_true, prob, ax=roc_ax, name="PNEUMONIA vs NORMAL",
-                                         plot_chance_level=True)
-        fpr, tpr, thresholds = roc_curve(y_true, prob)
-        i = int(np.argmin(np.abs(thresholds - report.threshold)))
-        roc_ax.plot(fpr[i], tpr[i], "o", color="red", markersize=9,
-                    label=f"stored threshold {report.threshold:.3f}")
-        roc_ax.legend(loc="lower right", fontsize=8)
+    if len(np.unique(y_true)) == 2:
+        roc_panel(roc_ax, y_true, prob, report.threshold, "stored threshold", markersize=9)
     roc_ax.set_title(f"ROC (AUC {report.auc:.3f})", fontsize=10)
     ConfusionMatrixDisplay.from_predictions(
         y_true, (prob >= report.threshold).astype(int), labels=[0, 1],

@@ -117,23 +117,20 @@ def compile_binary(model: keras.Model, how: Training) -> keras.Model:
 
 
 def augmentation(space: Space, hp: kt.HyperParameters, seed: int | None = None,
-                 value_range: tuple[float, float] = (0.0, 1.0), rotation: float = 15.0,
-                 shift: float = 0.2, zoom: float = 0.2, flip: bool = True,
-                 brightness: float = 0.5, contrast: float = 0.0, aspect: bool = False,
-                 blur: float = 0.0, crop: float = 0.0) -> keras.Layer:
+                 value_range: tuple[float, float] = (0.0, 1.0)) -> keras.Layer:
     """The study's ImageDataGenerator settings as Keras layers, active in training only;
     rotation in degrees, brightness a fraction of `value_range`. Off in the study, for other
     scanners and framings: contrast, `aspect` (height and width zoomed apart), `blur` (the
     fraction of images blurred) and `crop` (zooming in further than `zoom`)."""
-    rotation = space.float(hp, "rotation", 0.0, 30.0, rotation, step=5.0)
-    shift = space.float(hp, "shift", 0.0, 0.3, shift, step=0.05)
-    zoom = space.float(hp, "zoom", 0.0, 0.3, zoom, step=0.05)
-    crop = space.float(hp, "crop", 0.0, 0.6, crop, step=0.1)
-    flip = space.boolean(hp, "flip", flip)
-    brightness = space.float(hp, "brightness", 0.0, 0.5, brightness, step=0.1)
-    contrast = space.float(hp, "contrast", 0.0, 0.5, contrast, step=0.1)
-    aspect = space.boolean(hp, "aspect", aspect)
-    blur = space.float(hp, "blur", 0.0, 1.0, blur, step=0.25)
+    rotation = space.float(hp, "rotation", 0.0, 30.0, 15.0, step=5.0)
+    shift = space.float(hp, "shift", 0.0, 0.3, 0.2, step=0.05)
+    zoom = space.float(hp, "zoom", 0.0, 0.3, 0.2, step=0.05)
+    crop = space.float(hp, "crop", 0.0, 0.6, 0.0, step=0.1)
+    flip = space.boolean(hp, "flip", True)
+    brightness = space.float(hp, "brightness", 0.0, 0.5, 0.5, step=0.1)
+    contrast = space.float(hp, "contrast", 0.0, 0.5, 0.0, step=0.1)
+    aspect = space.boolean(hp, "aspect", False)
+    blur = space.float(hp, "blur", 0.0, 1.0, 0.0, step=0.25)
     # Each layer draws from its own seed: layers given one seed draw the same numbers, so
     # every zoom-in would come with the same rotation, shift and contrast (one random
     # transformation per image, not one per layer).

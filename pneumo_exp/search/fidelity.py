@@ -37,10 +37,6 @@ class Stage:
                 f"{FIDELITY_PARAM}train_fraction": self.train_fraction,
                 f"{FIDELITY_PARAM}epochs": self.epochs}
 
-    def folder(self, multi: bool) -> str:
-        """Keras Tuner's project folder of the stage, under the search's."""
-        return self.name if multi else ""
-
 
 def stages(cfg: ExperimentConfig) -> list[Stage]:
     """The stages of a search: its split of max_trials, the screen's epochs capped by

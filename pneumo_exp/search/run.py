@@ -104,10 +104,10 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
     try:
         with long_lived_objects_frozen():
             for i, stage in enumerate(plan):
-                tuner = _run_stage(cfg, stage, data, tracker, project_dir / stage.folder(
-                    len(plan) > 1), fresh, screened, deadline, verbose, debug,
-                    dataclasses.replace(role, port=role.port + i) if role else None,
-                    context or {})
+                folder = project_dir / (stage.name if len(plan) > 1 else "")  # Keras Tuner's
+                tuner = _run_stage(cfg, stage, data, tracker, folder, fresh, screened, deadline,
+                                   verbose, debug, dataclasses.replace(role, port=role.port + i)
+                                   if role else None, context or {})
                 if stage.name == SCREEN and not worker:
                     screened = best_configurations(tuner, plan[-1].trials)
     except TimeBudgetSpent:

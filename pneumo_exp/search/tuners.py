@@ -97,11 +97,9 @@ class TrackedTuner(TunerMixin, kt.Tuner):
         # Trial i trains from seed + i whatever the order, so a resumed search reproduces it.
         keras.utils.set_random_seed(cfg.search.seed + int(number))
         values = trial.hyperparameters.values
-        median = None
-        if cfg.search.median_stopping:
-            median = MedianStopping(cfg.search.objective, cfg.search.direction,
-                                    self.tracker.objective_curves(stage.name),
-                                    cfg.search.median_stopping)
+        median = MedianStopping(cfg.search.objective, cfg.search.direction,
+                                self.tracker.objective_curves(stage.name),
+                                cfg.search.median_stopping) if cfg.search.median_stopping else None
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), *([median] if median else [])]
         kwargs["verbose"] = self.fit_verbose
         with self.tracker.trial_run(number, values, self.tuner_id, stage.name,
