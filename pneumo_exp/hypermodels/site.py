@@ -24,10 +24,6 @@ SCRATCH_AUGMENTATION = {"rotation": (0.0, 15.0, 5.0), "zoom": (0.0, 0.3, 0.05),
                         "contrast": (0.0, 0.5, 0.1)}
 
 
-def member_start(i: int) -> str:
-    return f"member {i}"
-
-
 def trainable_from(model: keras.Model, which: str) -> None:
     """Freeze all but `which` of the model: its dense head, or the last convolution block
     and the head, or nothing. A frozen batch normalization layer keeps its statistics."""
@@ -57,7 +53,7 @@ class Site(StudyHyperModel):
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         s = self.space
-        starts = [member_start(i) for i in range(len(self.base_models))] + [SCRATCH]
+        starts = [f"member {i}" for i in range(len(self.base_models))] + [SCRATCH]
         start = s.choice(hp, "start", starts, starts[0])
         how = training(s, hp, "adam", 1e-4)
         train_layers = s.choice(hp, "train_layers", list(TRAIN_LAYERS), "all")

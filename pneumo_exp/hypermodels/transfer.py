@@ -140,11 +140,9 @@ class Transfer(StudyHyperModel):
         if not n_layers or not history.epoch or base.trainable:  # trainable: no pretraining
             return history
         base.trainable = True
-        for layer in base.layers[:-n_layers]:
-            layer.trainable = False
-        for layer in base.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
+        for i, layer in enumerate(base.layers):  # the top n_layers, but batch normalization
+            layer.trainable = (i >= len(base.layers) - n_layers
+                               and not isinstance(layer, keras.layers.BatchNormalization))
         compile_binary(model, Training(hp.get("optimizer"), hp.get("learning_rate") / 10,
                                        hp.get("label_smoothing")))
         epochs = kwargs.get("epochs", 1)

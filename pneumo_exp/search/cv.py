@@ -103,14 +103,13 @@ def run_cv(cfg: ExperimentConfig, folds: int = 5, source: str = "default",
              "parent run %s.", cfg.arch, source, folds, parent)
     figures: list[dict[str, float]] = []
     fold_groups: list[np.ndarray] = []
-    groups = data.groups
     status = "FAILED"
     try:
         for k, (train_idx, val_idx) in enumerate(group_kfold(folds, s.seed).split(
-                data.images, data.labels, group_codes(groups))):
+                data.images, data.labels, group_codes(data.groups))):
             keras.utils.set_random_seed(s.seed + k)
             train, val = data.subset(train_idx), data.subset(val_idx)
-            fold_groups.append(np.unique(groups[val_idx]))
+            fold_groups.append(np.unique(data.groups[val_idx]))
             with child_run(experiment, parent, f"fold-{k}", ROLE_FOLD, split.fingerprint,
                            {TAG_ARCH: cfg.arch, TAG_FOLD: str(k)}, values) as run_id:
                 model = hypermodel.build(hp.copy())
