@@ -44,10 +44,6 @@ from pneumo_exp.tracking.search_tracker import SearchTracker
 log = logging.getLogger(__name__)
 
 
-class SearchInterrupted(InterruptedByUser):
-    """Ctrl-C: finished trials are kept; the same command resumes."""
-
-
 @dataclass(frozen=True)
 class SearchResult:
     name: str
@@ -117,7 +113,7 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
     except KeyboardInterrupt:
         if not worker:
             tracker.end(None, _counts(tracker), status="KILLED")
-        raise SearchInterrupted(
+        raise InterruptedByUser(
             f"search '{name}' interrupted; finished trials are kept. Run the same command "
             "again to resume, or add --fresh (FRESH=1) to start over.") from None
     except BaseException:
