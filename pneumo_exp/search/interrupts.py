@@ -1,10 +1,7 @@
-"""Ctrl-C and `kill` (SIGTERM) end a job cleanly: its runs are marked KILLED and the user is
-told how to resume.
-
-The handler raises KeyboardInterrupt at once, and also records the request: Python drops an
-exception raised while it runs a weakref or __del__ callback, so training also checks the
-record after every batch (`check`) and raises from a well-defined place.
-"""
+"""Ctrl-C and `kill` (SIGTERM) end a job cleanly: its runs marked KILLED, the user told how
+to resume. The handler raises KeyboardInterrupt and records the request: Python drops an
+exception raised in a weakref or __del__ callback, so training also checks the record after
+every batch (`check`) and raises from a well-defined place."""
 
 from __future__ import annotations
 
