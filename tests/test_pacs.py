@@ -112,8 +112,11 @@ def test_predict_from_the_pacs_equals_predict_from_the_files(
     from_disk = {Path(r["file"]).name.removesuffix(".dcm"): r["probability"]
                  for r in json.loads(capsys.readouterr().out)}
     assert len(from_pacs) == len(loaded["test"]) and from_pacs.keys() == from_disk.keys()
+    # the same pixels, in another order: the pull's order follows the study UIDs, drawn anew
+    # each run, so an image may sit elsewhere in its batch, where float32 sums differ in the
+    # last bits (1.4e-6 seen)
     for name, p in from_disk.items():
-        assert from_pacs[name] == pytest.approx(p, abs=1e-6)
+        assert from_pacs[name] == pytest.approx(p, abs=1e-5)
     # a second pull reads every instance from the cache
     from pneumo_exp.data.dicomweb import PacsQuery, pull
     again = pull(PacsQuery(loaded["url"], tuple(s for _, s, _ in loaded["test"])))
