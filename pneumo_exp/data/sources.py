@@ -1,4 +1,5 @@
-"""Dataset sources: the Kaggle folder layout and MedMNIST-style .npz files.
+"""Dataset sources: the Kaggle folder layout and MedMNIST-style .npz files
+(pneumoniamnist*.npz with {train,val,test}_{images,labels}).
 
 A source lists a split's entries (for the cache fingerprint) and decodes it; `load_split`
 adds the cache around both. Layout problems raise DataError with the path and the fix.
@@ -12,14 +13,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
+from PIL import Image
 
 from pneumo_exp.config import CLASS_NAMES
 from pneumo_exp.data import cache
 from pneumo_exp.data.dicom import decoders, patient_key
-from pneumo_exp.data.images import UnreadableImageError, read_image
+from pneumo_exp.data.images import UnreadableImageError, read_image, resize
 from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.data.site_folder import LABELS_CSV, csv_patients, is_site_folder, read_labels
 from pneumo_exp.data.split import patient_id
@@ -31,15 +32,6 @@ LAYOUT = "ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg|png|dcm"
 Skipped = tuple[str, str]  # (file relative to the root, reason)
 
 
-class Source(Protocol):
-    root: Path
-
-    def has_split(self, split: str) -> bool: ...
-    def entries(self, split: str) -> list[tuple[str, int, int]]: ...
-    def decode(self, split: str, image_size: int,
-               channels: int) -> tuple[LabeledImages, list[Skipped]]: ...
-
-
 @dataclass(frozen=True)
 class SplitData:
     data: LabeledImages
@@ -49,7 +41,7 @@ class SplitData:
     seconds: float
 
 
-def open_source(root: str | Path) -> Source:
+def open_source(root: str | Path) -> FolderSource | NpzSource:
     """A FolderSource for a directory, an NpzSource for a .npz file."""
     path = Path(root).expanduser()
     if not path.exists():
@@ -57,14 +49,13 @@ def open_source(root: str | Path) -> Source:
                         f"{LAYOUT}) or a pneumoniamnist .npz file, or leave DATA out to use "
                         "the bundled sample.")
     if path.is_file() and path.suffix == ".npz":
-        from pneumo_exp.data.npz import NpzSource
         return NpzSource(path)
     if not path.is_dir():
         raise DataError(f"{path} is neither a dataset folder ({LAYOUT}) nor a .npz file.")
     return FolderSource(path)
 
 
-def load_split(source: Source, split: str, image_size: int, channels: int,
+def load_split(source: FolderSource | NpzSource, split: str, image_size: int, channels: int,
                cache_dir: Path | None = None) -> SplitData:
     """Decoded split from the cache when its fingerprint matches, else decoded and cached."""
     start = time.perf_counter()
@@ -166,3 +157,65 @@ class FolderSource:
                   else np.zeros((0, image_size, image_size, channels), np.uint8))
         return LabeledImages(images, np.array([label for _, label, _ in read], dtype=np.int64),
                              np.array(names, dtype=str), np.array(groups, dtype=str)), skipped
+
+
+class NpzSource:
+    """Arrays of (N, H, W) or (N, H, W, C) uint8 images and (N,) or (N, 1) 0/1 labels."""
+
+    def __init__(self, path: Path) -> None:
+        self.root = path
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                self._keys = set(z.files)
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read {path} as a .npz file: {e}") from e
+        if not {"train_images", "train_labels"} <= self._keys:
+            raise DataError(f"{path} lacks train_images/train_labels (it has: "
+                            f"{', '.join(sorted(self._keys))}). Expected the MedMNIST keys "
+                            "{train,val,test}_{images,labels}.")
+
+    def has_split(self, split: str) -> bool:
+        return f"{split}_images" in self._keys
+
+    def entries(self, split: str) -> list[tuple[str, int, int]]:
+        self._require(split)
+        st = self.root.stat()
+        return [(f"{self.root.name}:{split}", st.st_size, st.st_mtime_ns)]
+
+    def decode(self, split: str, image_size: int,
+               channels: int) -> tuple[LabeledImages, list[Skipped]]:
+        self._require(split)
+        try:
+            with np.load(self.root, allow_pickle=False) as z:
+                images, labels = z[f"{split}_images"], z[f"{split}_labels"]
+        except ValueError as e:  # object arrays: never unpickled
+            raise DataError(f"{self.root}: {split} arrays hold Python objects, which are not "
+                            "loaded (no unpickling); save plain uint8 arrays.") from e
+        labels = labels.reshape(len(labels), -1)[:, 0] if labels.ndim > 1 else labels
+        if len(images) != len(labels):
+            raise DataError(f"{self.root}: {split}_images has {len(images)} images but "
+                            f"{split}_labels has {len(labels)} labels; they must match.")
+        if images.ndim not in (3, 4) or not np.isin(labels, (0, 1)).all():
+            raise DataError(f"{self.root}: {split}_images must be (N, H, W[, C]) and "
+                            f"{split}_labels 0/1; got shapes {images.shape}, {labels.shape}.")
+        resized = _resize(images.astype(np.uint8), image_size, channels)
+        index = [str(i) for i in range(len(labels))]  # no patient named: each image its own
+        names = np.array([f"{split}/{i}" for i in index], dtype=str)
+        return LabeledImages(resized, labels.astype(np.int64), names,
+                             np.array(index, dtype=str)), []
+
+    def _require(self, split: str) -> None:
+        for key in (f"{split}_images", f"{split}_labels"):
+            if key not in self._keys:
+                raise DataError(f"{self.root} has no '{key}' array; a MedMNIST file holds "
+                                "{train,val,test}_{images,labels}.")
+
+
+def _resize(images: np.ndarray, image_size: int, channels: int) -> np.ndarray:
+    """Through decode_image's own conversion and filter (data.images.resize), so .npz and
+    folder data are preprocessed alike."""
+    out = np.empty((len(images), image_size, image_size, channels), np.uint8)
+    for i, img in enumerate(images):
+        im = Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img)
+        out[i] = resize(im, image_size, channels)
+    return out
