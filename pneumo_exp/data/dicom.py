@@ -50,13 +50,19 @@ PLUGINS = ("pylibjpeg", "pillow", "pydicom", "gdcm")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
 
 
-class DicomError(Exception):
-    """A DICOM object that gives no image; the message says why, without header values."""
+class UnreadableImageError(Exception):
+    """A file that is no image that can be decoded (not an image, corrupt, truncated, empty, a
+    DICOM object without pixels or whose compression no installed plugin reads); the message
+    says why, without header values."""
+
+    label = "unreadable"  # the label of an input that gives no image
 
 
-class NotAChestRadiograph(DicomError):
+class RefusedImageError(UnreadableImageError):
     """An image that is not a chest radiograph by its own header: another modality (CT, MR,
     ultrasound, ...) or another body part. The model has nothing to say about it."""
+
+    label = "not a chest radiograph"
 
 
 # DICOM modalities of a projection radiograph: computed, digital, and (retired) general.
@@ -126,12 +132,9 @@ def age_years(text: str, plain: bool = False) -> float | None:
 
 def _date(text: str) -> date | None:
     match = DATE.match(text)
-    if not match:
-        return None
-    try:
-        return date(*(int(g) for g in match.groups()))
-    except ValueError:
-        return None
+    with contextlib.suppress(ValueError):  # not a day of the calendar
+        return date(*(int(g) for g in match.groups())) if match else None
+    return None
 
 
 def months_between(born: date, seen: date) -> int:
@@ -191,16 +194,14 @@ def view_position(ds: object) -> str | None:
 def is_dicom(source: str | Path | BinaryIO) -> bool:
     """Whether a file starts with a DICOM preamble (a file object is read where it stands
     and put back there)."""
-    if hasattr(source, "read"):
-        start = source.tell()
-        head = source.read(PREAMBLE + len(MAGIC))
-        source.seek(start)
-        return head[PREAMBLE:] == MAGIC
     try:
-        with open(source, "rb") as f:
-            return f.read(PREAMBLE + len(MAGIC))[PREAMBLE:] == MAGIC
+        with contextlib.nullcontext(source) if hasattr(source, "read") else open(source, "rb") as f:
+            start = f.tell()
+            head = f.read(PREAMBLE + len(MAGIC))
+            f.seek(start)
     except OSError:
         return False  # Pillow names the problem
+    return head[PREAMBLE:] == MAGIC
 
 
 def read_dicom(source: str | Path | BinaryIO) -> tuple[np.ndarray, ImageFacts]:
@@ -213,9 +214,9 @@ def read_dicom(source: str | Path | BinaryIO) -> tuple[np.ndarray, ImageFacts]:
         try:
             ds = pydicom.dcmread(source)
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as e:
-            raise DicomError(f"not a readable DICOM file ({type(e).__name__})") from e
+            raise UnreadableImageError(f"not a readable DICOM file ({type(e).__name__})") from e
         if reason := without_pixels(ds):
-            raise DicomError(reason)
+            raise UnreadableImageError(reason)
         check_chest_radiograph(ds)
         pixels = _decode(ds)
         age, missing = patient_age(ds)
@@ -239,11 +240,11 @@ def check_chest_radiograph(ds: object) -> None:
     modality = _text(ds, "Modality").upper()
     if modality and modality not in RADIOGRAPHY:
         what = MODALITY_NAMES.get(modality, f"modality {modality}")
-        raise NotAChestRadiograph(f"not a chest radiograph: {what} (Modality {modality}; "
-                                  f"a radiograph is {' or '.join(RADIOGRAPHY[:2])})")
+        raise RefusedImageError(f"not a chest radiograph: {what} (Modality {modality}; "
+                                f"a radiograph is {' or '.join(RADIOGRAPHY[:2])})")
     part = _text(ds, "BodyPartExamined").upper()
     if part and not any(word in part for word in CHEST_WORDS):
-        raise NotAChestRadiograph(f"not a chest radiograph: BodyPartExamined is {part}")
+        raise RefusedImageError(f"not a chest radiograph: BodyPartExamined is {part}")
 
 
 def _decode(ds: object) -> np.ndarray:
@@ -252,21 +253,21 @@ def _decode(ds: object) -> np.ndarray:
 
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if syntax is None:
-        raise DicomError("a DICOM file without a transfer syntax in its file meta")
+        raise UnreadableImageError("a DICOM file without a transfer syntax in its file meta")
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError as e:
-        raise DicomError(f"no decoder exists for the transfer syntax {syntax.name} "
-                         f"({syntax})") from e
+        raise UnreadableImageError(f"no decoder exists for the transfer syntax {syntax.name} "
+                                   f"({syntax})") from e
     if not decoder.is_available:
         missing = "; ".join(decoder.missing_dependencies) or "a pixel data plugin"
-        raise DicomError(f"the transfer syntax {syntax.name} ({syntax}) needs a decoder that "
-                         f"is not installed ({missing}); pip install -e '.[cpu]' installs "
-                         "pneumo-exp's (GDCM, openjpeg, RLE)")
+        raise UnreadableImageError(f"the transfer syntax {syntax.name} ({syntax}) needs a "
+                                   f"decoder that is not installed ({missing}); pip install -e "
+                                   "'.[cpu]' installs pneumo-exp's (GDCM, openjpeg, RLE)")
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric not in GRAY + COLOUR:
-        raise DicomError(f"photometric interpretation {photometric or 'missing'} is not an "
-                         "X-ray's (grayscale or colour)")
+        raise UnreadableImageError(f"photometric interpretation {photometric or 'missing'} is "
+                                   "not an X-ray's (grayscale or colour)")
     plugins = sorted(decoder.available_plugins, key=lambda p: (
         PLUGINS.index(p) if p in PLUGINS else len(PLUGINS))) or [""]
     errors = []
@@ -280,10 +281,10 @@ def _decode(ds: object) -> np.ndarray:
         hint = (f"; not installed: {'; '.join(decoder.missing_dependencies)} (pip install "
                 "'pneumo-exp[libjpeg]' adds libjpeg, GPLv3)" if decoder.missing_dependencies
                 else "")
-        raise DicomError(f"cannot decode the {syntax.name} pixel data ({'; '.join(errors)})"
-                         f"{hint}")
+        raise UnreadableImageError(f"cannot decode the {syntax.name} pixel data "
+                                   f"({'; '.join(errors)}){hint}")
     if arr.dtype.kind == "f":
-        raise DicomError("floating-point pixel data is not an X-ray's")
+        raise UnreadableImageError("floating-point pixel data is not an X-ray's")
     if photometric in COLOUR:
         top = 2 ** int(ds.get("BitsStored", 8)) - 1
         return _to_uint8(arr.astype(np.float64), 0.0, float(top))

@@ -21,30 +21,17 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from pneumo_exp.data.dicom import (
-    DicomError,
     ImageFacts,
-    NotAChestRadiograph,
+    RefusedImageError,
+    UnreadableImageError,
     is_dicom,
     read_dicom,
 )
 from pneumo_exp.errors import DataError
 
-UNREADABLE = "unreadable"  # the label of an input that gives no image
-REFUSED = "not a chest radiograph"  # the label of a DICOM image of another kind
+UNREADABLE = UnreadableImageError.label  # the label of an input that gives no image
+REFUSED = RefusedImageError.label  # the label of a DICOM image of another kind
 OUTSIDE = "outside the intended population"  # of a DICOM image of whom a version is not for
-
-
-class UnreadableImageError(Exception):
-    """The file is not an image that can be decoded (not an image, corrupt, truncated,
-    empty, a DICOM object without pixels or whose compression no installed plugin reads)."""
-
-    label = UNREADABLE
-
-
-class RefusedImageError(UnreadableImageError):
-    """An image that says it is not a chest radiograph (DICOM Modality, BodyPartExamined)."""
-
-    label = REFUSED
 
 
 def decode_image(path: str | Path | BinaryIO, image_size: int, channels: int) -> np.ndarray:
@@ -58,12 +45,7 @@ def read_image(path: str | Path | BinaryIO, image_size: int,
     files): its patient id for grouping only, to be hashed (dicom.patient_key) before it is
     kept; the age and view for the population check."""
     if is_dicom(path):
-        try:
-            pixels, facts = read_dicom(path)
-        except NotAChestRadiograph as e:
-            raise RefusedImageError(str(e)) from e
-        except DicomError as e:
-            raise UnreadableImageError(str(e)) from e
+        pixels, facts = read_dicom(path)
         return resize(Image.fromarray(pixels), image_size, channels), facts
     try:
         with warnings.catch_warnings():
