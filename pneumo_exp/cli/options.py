@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pneumo_exp.config import LOCALHOST, SERVE_PORT, UI_PORT
+from pneumo_exp.config import LOCALHOST, SERVE_PORT, UI_PORT, parse_override
 from pneumo_exp.errors import UserError
 
 CONFIG_COMMANDS = ("search", "cv")
@@ -102,9 +102,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--any-trial", "consider every finished full-fidelity trial, also those stopped "
            "by a rule or cut by the time budget", ("promote",), flag_only=True),
     Option("--model-name", "registered model name (default registry.model_name, "
-           "pneumonia-classifier)", ("promote",)),
+           "pneumonia-classifier)", ("promote",), key="registry.model_name"),
     Option("--min-sensitivity", "the decision threshold keeps this sensitivity on validation "
-           "(default registry.min_sensitivity)", ("promote",), type=float),
+           "(default registry.min_sensitivity)", ("promote",), key="registry.min_sensitivity",
+           type=float),
     Option("--model", "registered model URI (default models:/pneumonia-classifier@champion)",
            MODEL_COMMANDS),
     Option("paths", "image files or folders", ("predict", "explain"), nargs="*",
@@ -198,6 +199,11 @@ def config_overrides(args: argparse.Namespace, command: str) -> dict[str, Any]:
     """The options that set configuration keys, as {dotted key: value}."""
     return {o.key: getattr(args, o.dest) for o in for_command(command)
             if o.key and getattr(args, o.dest, None) is not None}
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Named options and --set KEY=VALUE, as dotted configuration keys."""
+    return {**config_overrides(args, args.command), **dict(map(parse_override, args.set))}
 
 
 def argv(args: argparse.Namespace, command: str, skip: Sequence[str] = ()) -> list[str]:

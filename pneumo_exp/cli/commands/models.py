@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pneumo_exp.cli import options
 from pneumo_exp.cli.processes import run_server
 from pneumo_exp.cli.tf_import import import_tensorflow
-from pneumo_exp.config import LOCALHOST, load_config, parse_override, tracking_uri
+from pneumo_exp.config import LOCALHOST, load_config, tracking_uri
 from pneumo_exp.data.dicomweb import PacsQuery, comma_list
 from pneumo_exp.data.images import OUTSIDE, REFUSED, UNREADABLE
 from pneumo_exp.data.inputs import (
@@ -68,16 +69,8 @@ def _ci(f: dict[str, float], key: str, digits: int = 4) -> str:
     return f"{f[key]:.{digits}f} [{f[key + '_ci_low']:.3f}, {f[key + '_ci_high']:.3f}]"
 
 
-def _over_views(views: list[str]) -> str:
-    return "" if len(views) == 1 else f", each image the mean of {len(views)} views"
-
-
 def cmd_promote(args: argparse.Namespace) -> int:
-    overrides = {"registry.model_name": args.model_name,
-                 "registry.min_sensitivity": args.min_sensitivity}
-    overrides.update(parse_override(item) for item in args.set)
-    cfg = load_config(args.arch or "aug_cnn",
-                      {k: v for k, v in overrides.items() if v is not None})
+    cfg = load_config(args.arch or "aug_cnn", options.overrides(args))
     import_tensorflow()
     from pneumo_exp.registry.promote import promote
 
@@ -93,7 +86,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
         print(f"Trial run(s) {sources} are already {name} version {v.version} (aliases: "
               f"{aliases}); nothing registered. Champion: version {p.champion}.")
         return 0
-    f, t = p.figures, v.tags
+    f, t, views = p.figures, v.tags, len(cfg.registry.views)
     if p.site is not None:
         return _site_promoted(args, p, name)
     members = int(t.get(TAG_MEMBERS, "1"))
@@ -105,7 +98,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
           f"temperature {float(t[TAG_TEMPERATURE]):.3f} (calibration error "
           f"{t[figure_tag('val_uncalibrated_ece')]} -> {t[figure_tag('val_ece')]}); threshold "
           f"{f['test_threshold']:.3f} (highest specificity with validation sensitivity >= "
-          f"{cfg.registry.min_sensitivity}{_over_views(cfg.registry.views)})")
+          f"{cfg.registry.min_sensitivity}"
+          f"{f', each image the mean of {views} views' if views > 1 else ''})")
     print(f"  test, threshold 0.5: accuracy {_ci(f, 'test_accuracy')}, AUC "
           f"{_ci(f, 'test_auc')}, sensitivity {f['test_sensitivity']:.4f}, specificity "
           f"{f['test_specificity']:.4f}")

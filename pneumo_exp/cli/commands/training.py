@@ -9,20 +9,13 @@ from typing import Any
 
 from pneumo_exp.cli import options
 from pneumo_exp.cli.tf_import import import_tensorflow
-from pneumo_exp.config import LOCALHOST, UI_PORT, ExperimentConfig, load_config, parse_override
+from pneumo_exp.config import LOCALHOST, UI_PORT, ExperimentConfig, load_config
 from pneumo_exp.errors import ConfigError, UserError
 from pneumo_exp.search.distributed import role_from_args, run_local
 from pneumo_exp.settings import SITE_ARCH
 from pneumo_exp.tracking.store import ui_url
 
 SUMMARY = ("val_auc", "val_accuracy", "val_loss", "val_sensitivity", "val_specificity")
-
-
-def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Named options and --set KEY=VALUE, as dotted configuration keys."""
-    overrides = options.config_overrides(args, args.command)
-    overrides.update(parse_override(item) for item in args.set)
-    return overrides
 
 
 def _keras_verbosity() -> int:
@@ -35,7 +28,7 @@ def _checked_config(args: argparse.Namespace) -> ExperimentConfig:
     before TensorFlow loads, so a wrong folder is reported in a second."""
     from pneumo_exp.data.dataset import check_layout
 
-    cfg = load_config(args.arch, _config_overrides(args))
+    cfg = load_config(args.arch, options.overrides(args))
     check_layout(cfg.data)
     return cfg
 
