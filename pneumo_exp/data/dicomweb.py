@@ -161,14 +161,11 @@ def _forget_whole_instances(folder: Path) -> None:
 
 def _client(query: PacsQuery) -> Any:
     from dicomweb_client.api import DICOMwebClient
-    from dicomweb_client.session_utils import create_session, create_session_from_auth
+    from dicomweb_client.session_utils import create_session, create_session_from_user_pass
 
-    user, password = os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV)
-    if user:
-        from requests.auth import HTTPBasicAuth
-        session = create_session_from_auth(HTTPBasicAuth(user, password or ""))
-    else:
-        session = create_session()
+    user = os.environ.get(USER_ENV)
+    session = (create_session_from_user_pass(user, os.environ.get(PASSWORD_ENV, "")) if user
+               else create_session())
     return DICOMwebClient(url=query.url, session=session)
 
 
