@@ -2,12 +2,14 @@
 answer: the last spatial feature map (`feature_layer`, no per-model setting; for the dense
 baselines the scaled image itself, a gradient saliency map), weighted per channel by the
 mean gradient of the answer's logit (the negative logit for NORMAL), rectified, upsampled
-to the image and scaled to [0, 1]."""
+to the image and scaled to [0, 1]. An ensemble's map is the mean of its members'."""
 
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
 import keras
 import numpy as np
@@ -16,7 +18,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from pneumo_exp.config import CLASS_NAMES
-from pneumo_exp.evaluation.plots import plt  # the Agg backend, set there
+from pneumo_exp.data.images import Decoded, Preprocessing, image_files
+from pneumo_exp.evaluation import plots  # its plt has the Agg backend, set there
 
 
 def feature_layer(model: keras.Model) -> keras.Layer:
@@ -85,7 +88,7 @@ def grid_figure(images: np.ndarray, maps: np.ndarray, captions: Sequence[str],
     inches wide; titles wrap to stay inside the figure."""
     n = max(len(images), 1)
     rows = (n + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(cell * columns, (cell + 0.3) * rows),
+    fig, axes = plots.plt.subplots(rows, columns, figsize=(cell * columns, (cell + 0.3) * rows),
                              squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
@@ -128,3 +131,43 @@ def review_figures(model: keras.Model, images: np.ndarray, labels: np.ndarray,
     return figures
 
 
+class Classifier(Protocol):
+    """What explain needs of a version (serving.model.PneumoniaClassifier has it)."""
+
+    members: Sequence[Any]  # each with .model, .image_size, .preprocessing
+    threshold: float
+
+    def decode(self, images: Sequence[Any]) -> Decoded: ...
+    def probabilities(self, arrays: Mapping[Preprocessing, np.ndarray]) -> np.ndarray: ...
+
+
+def explain_files(model: Classifier, name: str, paths: Sequence[str],
+                  out: Path) -> list[tuple[Path, str]]:
+    """Write out/<file stem>_gradcam.png per readable image; returns (path, caption).
+    `name` says which model in the figure's title."""
+    files = image_files(paths)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for f in files:
+        decoded = model.decode([f.read_bytes()])
+        if not decoded.readable:
+            written.append((f, f"unreadable: {decoded.skipped[0][1]}"))
+            continue
+        prob = float(model.probabilities(decoded.arrays)[0])
+        positive = np.array([prob >= model.threshold])
+        size = max(m.image_size for m in model.members)
+        maps = []
+        for m in model.members:
+            cam, _ = grad_cam(m.model, decoded.arrays[m.preprocessing], positive)
+            maps.append(tf.image.resize(cam[..., None], (size, size))[..., 0].numpy())
+        cam = np.mean(maps, axis=0)
+        shown = next(a for (s, _), a in decoded.arrays.items() if s == size)
+        text = caption(prob, model.threshold)
+        fig = grid_figure(shown, cam, [f"{f.name}: {text}"],
+                          f"Grad-CAM of {name}: evidence for "
+                          f"{CLASS_NAMES[int(positive[0])]}", columns=1, cell=4.5)
+        target = out / f"{f.stem}_gradcam.png"
+        fig.savefig(target, dpi=120)
+        plots.close(fig)
+        written.append((target, text))
+    return written

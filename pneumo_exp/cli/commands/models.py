@@ -259,7 +259,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     _need(args.paths, "no image files or folders to explain", "", "FILES", "'a.jpeg dir/'")
     import_tensorflow()
-    from pneumo_exp.explain.overlays import explain_files
+    from pneumo_exp.explain.gradcam import explain_files
     from pneumo_exp.serving.model import classifier
     from pneumo_exp.serving.predict import load
     from pneumo_exp.tracking.listing import describe_version
