@@ -14,8 +14,8 @@ import pytest
 from dicom_copies import DCMTK, VARIANTS, write_dicom
 from PIL import Image
 
-from pneumo_exp.data import cache
 from pneumo_exp.data.images import UnreadableImageError, decode_image, decode_many, read_image
+from pneumo_exp.data.sources import fingerprint
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 PNGS = sorted((SAMPLE / "test" / "NORMAL").iterdir())[:2] + sorted(
@@ -219,9 +219,9 @@ def test_presentation_lut_shape_inverse_is_applied_once(tmp_path: Path) -> None:
 
 def test_the_cache_key_follows_the_installed_decoders() -> None:
     entries = [("train/NORMAL/a.dcm", 100, 1)]
-    one = cache.fingerprint(entries, {"size": 32, "channels": 1, "decoders": "pydicom 3"})
-    two = cache.fingerprint(entries, {"size": 32, "channels": 1,
-                                      "decoders": "pydicom 3; JPEGLosslessSV1:pylibjpeg"})
+    one = fingerprint(entries, {"size": 32, "channels": 1, "decoders": "pydicom 3"})
+    two = fingerprint(entries, {"size": 32, "channels": 1,
+                                "decoders": "pydicom 3; JPEGLosslessSV1:pylibjpeg"})
     assert one != two
 
 

@@ -1,35 +1,43 @@
 """Dataset sources: the Kaggle folder layout and MedMNIST-style .npz files
-(pneumoniamnist*.npz with {train,val,test}_{images,labels}).
+(pneumoniamnist*.npz with {train,val,test}_{images,labels}), and the cache that decodes once.
 
-A source lists a split's entries (for the cache fingerprint) and decodes it; `load_split`
-adds the cache around both. Layout problems raise DataError with the path and the fix.
+A source lists a split's entries and decodes it; `load_split` keeps the decoded split as a
+uint8 .npz keyed by a fingerprint of the entries (relative names, sizes, modification
+times), the preprocessing and the DICOM decoders installed (a new plugin reads files that
+were skipped). Patients are kept as grouping keys (PatientIDs only as salted hashes).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
+import zipfile
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from pneumo_exp.config import CLASS_NAMES
-from pneumo_exp.data import cache
+from pneumo_exp.config import CACHE_DIR, CLASS_NAMES
 from pneumo_exp.data.dicom import decoders, patient_key
 from pneumo_exp.data.images import UnreadableImageError, read_image, resize
 from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.data.site_folder import LABELS_CSV, csv_patients, is_site_folder, read_labels
 from pneumo_exp.data.split import patient_id
 from pneumo_exp.errors import DataError
+from pneumo_exp.fileio import atomic_path, touch
 
 log = logging.getLogger(__name__)
 
 LAYOUT = "ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg|png|dcm"
 Skipped = tuple[str, str]  # (file relative to the root, reason)
+CACHE_FORMAT = 3  # bump when decoding changes, to invalidate old caches (3: no JPEG draft)
 
 
 @dataclass(frozen=True)
@@ -59,20 +67,44 @@ def load_split(source: FolderSource | NpzSource, split: str, image_size: int, ch
                cache_dir: Path | None = None) -> SplitData:
     """Decoded split from the cache when its fingerprint matches, else decoded and cached."""
     start = time.perf_counter()
-    key = cache.fingerprint(source.entries(split), {"size": image_size, "channels": channels,
-                                                    "decoders": decoders()})
-    path = cache.cache_path(split, key, cache_dir)
-    cached = cache.load(path)
+    key = fingerprint(source.entries(split), {"size": image_size, "channels": channels,
+                                              "decoders": decoders()})
+    path = (cache_dir or CACHE_DIR) / f"{split}-{key}.npz"
+    cached = _cached(path)
     if cached is not None:
-        data, skipped = cached
-        return SplitData(data, skipped, key, True, time.perf_counter() - start)
+        return SplitData(*cached, key, True, time.perf_counter() - start)
     data, skipped = source.decode(split, image_size, channels)
     for label, name in enumerate(CLASS_NAMES):
         if not np.any(data.labels == label):
             raise DataError(f"{source.root}: the {split} split has no readable {name} image "
                             f"({len(skipped)} files skipped). Every split needs both classes.")
-    cache.save(path, data, skipped)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, images=data.images, labels=data.labels, names=data.names.astype(str),
+                 groups=data.groups.astype(str),
+                 skipped_names=np.array([s[0] for s in skipped], dtype=str),
+                 skipped_reasons=np.array([s[1] for s in skipped], dtype=str))
     return SplitData(data, skipped, key, False, time.perf_counter() - start)
+
+
+def fingerprint(entries: Iterable[Any], settings: dict[str, Any]) -> str:
+    payload = json.dumps({"format": CACHE_FORMAT, "settings": settings, "entries": list(entries)},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _cached(path: Path) -> tuple[LabeledImages, list[Skipped]] | None:
+    """The cached split, or None when absent or unreadable (it is then rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = LabeledImages(z["images"], z["labels"], z["names"], z["groups"])
+            skipped = list(zip(z["skipped_names"].tolist(), z["skipped_reasons"].tolist(),
+                               strict=True))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    touch(path)
+    return data, skipped
 
 
 class FolderSource:
