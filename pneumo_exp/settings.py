@@ -55,12 +55,6 @@ BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<
           "less_than": "<"}  # pydantic's error types of Field bounds
 
 
-def _types(annotation: Any) -> set[type]:
-    """The plain types an annotation admits (through Optional and Annotated)."""
-    args = typing.get_args(annotation)
-    return {annotation} if not args else set().union(*(_types(a) for a in args))
-
-
 def _message(cls: type, error: Any) -> str:
     """'data.image_size': must be greater than or equal to 8; got 0."""
     key = ".".join([cls.key, *error["loc"][:1]])
@@ -71,8 +65,8 @@ def _message(cls: type, error: Any) -> str:
     if error["type"] == "string_pattern_mismatch":  # the pattern in words
         said = "must be " + cls.__pydantic_fields__[error["loc"][0]].description
     if error["type"] in BOUNDS:  # 'must be an integer >= 1', as the files write it
-        field = cls.__pydantic_fields__[error["loc"][0]]
-        kind = "a number" if float in _types(field.annotation) else "an integer"
+        annotation = cls.__pydantic_fields__[error["loc"][0]].annotation  # float | None too
+        kind = "a number" if float in (annotation, *typing.get_args(annotation)) else "an integer"
         said = f"must be {kind} {BOUNDS[error['type']]} {next(iter(error['ctx'].values())):g}"
     return f"'{key}': {said[:1].lower()}{said[1:]}; got {error['input']!r}."
 

@@ -143,15 +143,11 @@ def build_parser(make_command: str | None = None) -> argparse.ArgumentParser:
 
 def _with_make_variables(argv: list[str]) -> tuple[list[str], str | None]:
     """`pneumo-exp --make COMMAND ...`: the command's make variables become its options."""
-    if "--make" not in argv:
+    i = argv.index("--make") + 1 if "--make" in argv else len(argv)
+    j = next((j for j in range(i, len(argv)) if not argv[j].startswith("-")), None)
+    if j is None:
         return argv, None
-    i = argv.index("--make")
-    rest = argv[i + 1:]
-    command = next((a for a in rest if not a.startswith("-")), None)
-    if command is None:
-        return argv, None
-    j = rest.index(command)
-    return [*argv[:i + 1], *rest[:j + 1], *options.from_make(command), *rest[j + 1:]], command
+    return [*argv[:j + 1], *options.from_make(argv[j]), *argv[j + 1:]], argv[j]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -88,9 +88,8 @@ def _check_member(archive: Path, name: str, is_link: bool) -> None:
 
 def _find_root(extracted: Path) -> Path:
     for candidate in sorted(extracted.rglob("train"), key=lambda p: len(p.parts)):
-        if "__MACOSX" in candidate.parts:
-            continue
-        if all((candidate / name).is_dir() for name in CLASS_NAMES):
+        if "__MACOSX" not in candidate.parts and all((candidate / name).is_dir()
+                                                     for name in CLASS_NAMES):
             return candidate.parent
     raise DataError("the archive holds no train/NORMAL and train/PNEUMONIA folders: expected "
                     "the Kaggle layout ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/.")
