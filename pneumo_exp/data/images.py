@@ -1,12 +1,7 @@
 """Decode image files of any size and colour mode to uint8 arrays: JPEG, PNG and the other
 formats Pillow reads, and DICOM (dicom.py), told apart by their content, not their names.
-
-Training, evaluation, prediction and adaptation all go through `decode_image`, so a
-registered model sees exactly the preprocessing it was trained with. Every container takes
-one path: the full-size pixels (Pillow's, or DICOM's by dicom.py's rule), then `resize`, so
-the same X-ray as a JPEG, a PNG or a DICOM object gives the same array (no JPEG draft
-decoding: docs/results.md, "One decoding for every container").
-"""
+Training, evaluation, prediction and adaptation all read through `read_image`: the full-size
+pixels, then `resize` (docs/sites.md; docs/results.md, "One decoding for every container")."""
 
 from __future__ import annotations
 

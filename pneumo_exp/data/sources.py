@@ -1,11 +1,7 @@
-"""Dataset sources: the Kaggle folder layout and MedMNIST-style .npz files
-(pneumoniamnist*.npz with {train,val,test}_{images,labels}), and the cache that decodes once.
-
-A source lists a split's entries and decodes it; `load_split` keeps the decoded split as a
-uint8 .npz keyed by a fingerprint of the entries (relative names, sizes, modification
-times), the preprocessing and the DICOM decoders installed (a new plugin reads files that
-were skipped). Patients are kept as grouping keys (PatientIDs only as salted hashes).
-"""
+"""Dataset sources (the Kaggle folder layout, MedMNIST's pneumoniamnist*.npz), and the cache
+that decodes once: `load_split` keeps a split as a uint8 .npz keyed by its entries (names,
+sizes, modification times), the preprocessing and the DICOM decoders installed (a new
+plugin reads files that were skipped); patients as grouping keys (PatientIDs hashed)."""
 
 from __future__ import annotations
 

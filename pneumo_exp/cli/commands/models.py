@@ -199,11 +199,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     uri = _model_uri(args)
     table = predict_files(load(uri), images.files, images.names)
-    if args.format == "csv":
-        print(table.to_csv(index=False), end="")
-        return 0
-    if args.format == "json":
-        print(json.dumps(table.to_dict(orient="records"), indent=1))
+    if args.format != "table":  # csv or json
+        print(table.to_csv(index=False).removesuffix("\n") if args.format == "csv"
+              else json.dumps(table.to_dict(orient="records"), indent=1))
         return 0
     print(f"# {describe_version(uri)}")
     print("file\tprobability of PNEUMONIA\tlabel\tnote")
