@@ -1,24 +1,14 @@
 """DICOM objects as 8-bit images, the way a PACS viewer would show them, and who they show.
-
-A file is DICOM by its content: the 128-byte preamble followed by `DICM`, whatever its
-name. Pixels are decoded by pydicom and its plugins (docs/sites.md, "DICOM objects and PACS
-studies"; `decoders()` names those installed). The one rule from stored values to 0-255:
-
-1. the modality LUT (Rescale Slope and Intercept, or a Modality LUT Sequence);
-2. the first VOI LUT of the object (a VOI LUT Sequence, else Window Center and Width), if it
-   has one;
-3. the range the object can hold at that point (the stored bits through steps 1-2, as
-   pydicom defines it) maps linearly onto 0-255: an 8-bit MONOCHROME2 object is unchanged,
-   so its pixels equal those of the same X-ray saved as an 8-bit PNG;
-4. MONOCHROME1 (bone dark) is inverted, and so is an object whose Presentation LUT Shape is
-   INVERSE; once, since the standard pairs INVERSE with MONOCHROME1 (PS3.3 C.7.6.1.1) and
-   both then state the one inversion. RGB and YBR objects become RGB (colour is scaled by
-   its stored bits);
-5. a multi-frame object gives its first frame.
-
-The header gives `ImageFacts` (the patient id, hashed before it is kept; the age and the
-view, read as docs/sites.md, "Whom a version is for", says); no other header value leaves
-this module.
+A file is DICOM by its content (the 128-byte preamble, then `DICM`), whatever its name;
+pydicom and its plugins decode the pixels (`decoders()` names those installed). The rule
+from stored values to 0-255: the modality LUT, then the object's first VOI LUT (a sequence,
+else Window Center and Width) if it has one; the range the object can hold at that point
+(pydicom's) maps linearly onto 0-255, so an 8-bit MONOCHROME2 object is unchanged;
+MONOCHROME1, or a Presentation LUT Shape INVERSE, is inverted once (PS3.3 C.7.6.1.1 pairs
+them); RGB and YBR become RGB scaled by their stored bits; a multi-frame object gives its
+first frame (docs/sites.md, "DICOM objects and PACS studies"). The header gives `ImageFacts`
+(the patient id, hashed before it is kept; the age and view: docs/sites.md, "Whom a version
+is for"); no other header value leaves this module.
 """
 
 from __future__ import annotations
