@@ -88,14 +88,14 @@ def _joined(digests: dict[str, str]) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 
-def load_training_data(cfg: DataConfig, seed: int, cache_dir: Path | None = None) -> TrainingData:
+def load_training_data(cfg: DataConfig, seed: int) -> TrainingData:
     """Train and validation images. Validation is cut from train by patient, plus official val/,
     or (validation: official) the official val/ alone. The test split is not read."""
     root = resolve_root(cfg.root)
     source = open_source(root)
-    loads = {"train": load_split(source, "train", cfg.image_size, cfg.channels, cache_dir)}
+    loads = {"train": load_split(source, "train", cfg.image_size, cfg.channels)}
     if source.has_split("val"):
-        loads["val"] = load_split(source, "val", cfg.image_size, cfg.channels, cache_dir)
+        loads["val"] = load_split(source, "val", cfg.image_size, cfg.channels)
     elif cfg.validation == "official":
         raise DataError(f"{root} has no val split, and data.validation is 'official'. "
                         "Use data.validation: split to cut validation from train.")

@@ -181,8 +181,7 @@ def _search(client: Any, query: PacsQuery) -> list[tuple[str, str, str]]:
             found += [(r[STUDY]["Value"][0], r[SERIES]["Value"][0], r[INSTANCE]["Value"][0])
                       for r in results if all(t in r for t in (STUDY, SERIES, INSTANCE))]
     unique = list(dict.fromkeys(found))
-    bad = [uid for t in unique for uid in t if not UID.match(uid)]
-    if bad:
+    if not all(UID.match(uid) for t in unique for uid in t):
         raise DataError(f"the PACS at {query.where} answered with malformed UIDs.")
     return unique
 
