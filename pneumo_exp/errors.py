@@ -4,6 +4,8 @@
 class UserError(Exception):
     """A problem with the input or the configuration, not a bug: no traceback is shown."""
 
+    exit_code = 2
+
 
 class ConfigError(UserError):
     """A configuration key has a bad value; the message names the key and the value."""
@@ -16,7 +18,4 @@ class DataError(UserError):
 class InterruptedByUser(UserError):
     """Ctrl-C during a long job: what was finished is kept; the message says how to resume."""
 
-
-def exit_code(error: UserError) -> int:
-    """130 for an interruption (as a shell reports Ctrl-C), 2 for any other user error."""
-    return 130 if isinstance(error, InterruptedByUser) else 2
+    exit_code = 130  # as a shell reports Ctrl-C

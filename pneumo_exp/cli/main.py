@@ -13,7 +13,7 @@ from typing import NoReturn
 from pneumo_exp.cli import options
 from pneumo_exp.cli.commands import models, store, training
 from pneumo_exp.config import FULL_DATA_DIR, SAMPLE_DIR, STATE_DIR
-from pneumo_exp.errors import UserError, exit_code
+from pneumo_exp.errors import UserError
 from pneumo_exp.fileio import keep_private
 from pneumo_exp.search import interrupts
 from pneumo_exp.tracking.access import refusal
@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_in, make_command = _with_make_variables(list(sys.argv[1:] if argv is None else argv))
     except UserError as e:  # a make variable's quotes do not close
         print(f"pneumo-exp: error: {e}", file=sys.stderr)
-        return exit_code(e)
+        return e.exit_code
     args = build_parser(make_command).parse_args(args_in)
     interrupts.install()
     keep_private(STATE_DIR)
@@ -183,4 +183,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
         message = options.make_words(str(error), make_command) if make_command else str(error)
         print(f"pneumo-exp: error: {message}", file=sys.stderr)
-        return exit_code(error)
+        return error.exit_code
