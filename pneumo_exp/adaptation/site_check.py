@@ -1,10 +1,6 @@
-"""`pneumo-exp site-check`: "will it work on our patients?", asked before anything is
-labelled. A site's unlabeled images are compared with the version's validation images on
-their pooled features (serving/features.py) by two-sample tests (evaluation/two_sample.py),
-validation drawn to the site's estimated prevalence, images grouped by patient; the
-comparison as registered decides, the one adapted in memory is shown. The tests, the
-verdicts and their thresholds: docs/sites.md, section 1.
-"""
+"""`pneumo-exp site-check`: "will it work on our patients?", before anything is labelled:
+the site's images against validation's features (serving/features.py), by two-sample tests
+(evaluation/two_sample.py). The tests, verdicts and thresholds: docs/sites.md, section 1."""
 
 from __future__ import annotations
 
@@ -218,25 +214,16 @@ def assess_site(model: PneumoniaClassifier, arrays: dict[Any, np.ndarray],
 
 def site_patients(files: list[Path], decoded: Decoded, root: Path | None) -> np.ndarray:
     """The patient of each decoded file (`decoded.readable` of `files`): the hashed DICOM
-    PatientID when its header has one, else its row of ROOT/labels.csv when there is one
-    (hashed; its rows may name any file of the folder, and a file that is no image needs
-    none), else the id its name carries (data/split.py)."""
-    read = [files[i] for i in decoded.readable]
-    found: list[str | None] = [
-        patient_key(decoded.facts[i].patient)
-        if i in decoded.facts and decoded.facts[i].patient else None
-        for i in decoded.readable]
-    if None in found and root is not None and (root / LABELS_CSV).is_file():
+    PatientID, else its row of ROOT/labels.csv, else the id its name carries (docs/sites.md,
+    section 1)."""
+    keys = {i: patient_key(f.patient) for i, f in decoded.facts.items() if f.patient}
+    rest = [i for i in decoded.readable if i not in keys]
+    if rest and root is not None and (root / LABELS_CSV).is_file():
         every = [f.relative_to(root).as_posix() for f in files]  # links as they are named
-        named = [every[i] for i in decoded.readable]
-        csv = csv_patients(root, every,
-                           [rel for k, rel in zip(found, named, strict=True) if k is None],
+        csv = csv_patients(root, every, [every[i] for i in rest],
                            classes=False)  # the check reads no label
-        if csv is not None:
-            found = [k if k is not None else csv[rel] for k, rel in zip(found, named,
-                                                                       strict=True)]
-    return np.array([k if k is not None else patient_id(f.name)
-                     for k, f in zip(found, read, strict=True)])
+        keys.update({i: csv[every[i]] for i in rest} if csv is not None else {})
+    return np.array([keys.get(i) or patient_id(files[i].name) for i in decoded.readable])
 
 
 def check_figure(check: SiteCheck, title: str) -> Any:

@@ -1,12 +1,7 @@
-"""What the network sees: each image's pooled features (what the classifier head reads, the
-members' side by side), and `FeatureReference`, the picture of validation's a version
-carries to tell the training population from another without labels: a projection, the
-projected features of validation split by patient into a reference and a held-out part,
-the reference part's classes and patients (as integers: no id), validation's calibrated
-scores; as registered and as adapted to validation itself (batch_norm.py), the latter also
-seen adapted to validation drawn to each of ADAPTED_PREVALENCES (docs/sites.md, "1. The
-site check"). No image, name or id: a few numbers per image, no patient readable from them.
-"""
+"""What the network sees: each image's pooled features (what the head reads, the members'
+side by side), and `FeatureReference`, the picture of validation's a version carries to
+tell the training population from another without labels (docs/sites.md, "1. The site
+check"). No image, name or id: a few numbers per image, no patient readable from them."""
 
 from __future__ import annotations
 
@@ -89,21 +84,20 @@ class FeatureReference:
 
     @classmethod
     def fit(cls, features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
-            scores: np.ndarray, seed: int = 0) -> FeatureReference:
+            scores: np.ndarray) -> FeatureReference:
         """From validation's features, split by patient into the reference and held-out
         parts; the projection is the reference part's."""
-        keep, held = reference_split(labels, groups, seed)
+        keep, held = reference_split(labels, groups)
         center = features[keep].mean(axis=0)
         scale = features[keep].std(axis=0)
         scale = np.where(scale > 1e-8, scale, 1.0)
         z = (features[keep] - center) / scale
         _, _, vt = np.linalg.svd(z - z.mean(axis=0), full_matrices=False)
-        empty = np.empty((0, 0))
-        found = cls(center, scale, vt[:COMPONENTS], empty, empty,
-                    np.asarray(scores, dtype=np.float64),
-                    np.asarray(labels, dtype=np.int64)[keep], group_codes(groups)[keep])
-        return replace(found, reference=found.project(features[keep]),
-                       held_out=found.project(features[held]))
+        components = vt[:COMPONENTS]
+        return cls(center, scale, components, z @ components.T,
+                   ((features[held] - center) / scale) @ components.T,
+                   np.asarray(scores, dtype=np.float64),
+                   np.asarray(labels, dtype=np.int64)[keep], group_codes(groups)[keep])
 
     @property
     def knows_classes(self) -> bool:
@@ -111,12 +105,12 @@ class FeatureReference:
         before they were have neither)."""
         return len(self.labels) == len(self.reference) == len(self.groups) > 0
 
-    def drawn_to(self, prevalence: float | None, seed: int = 0) -> np.ndarray:
+    def drawn_to(self, prevalence: float | None) -> np.ndarray:
         """Rows of the reference part drawn to `prevalence` (drawn_rows); every row when
         the prevalence is None or the classes are not kept."""
         if prevalence is None or not self.knows_classes:
             return np.arange(len(self.reference))
-        return drawn_rows(self.labels, prevalence, np.random.default_rng(seed))
+        return drawn_rows(self.labels, prevalence, np.random.default_rng(0))
 
     def seen_at(self, prevalence: float | None) -> np.ndarray:
         """The reference part as seen adapted to validation drawn to `prevalence`
@@ -177,11 +171,10 @@ def drawn_rows(labels: np.ndarray, prevalence: float, rng: np.random.Generator
                          rng.choice(pneumonia, take, replace=False)])
 
 
-def reference_split(labels: np.ndarray, groups: np.ndarray, seed: int = 0) -> tuple[
-        np.ndarray, np.ndarray]:
+def reference_split(labels: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Indices of validation's reference part and of its held-out part (a third of its
     patients, the classes kept)."""
-    fold = group_kfold(HELD_OUT_FOLDS, seed)
+    fold = group_kfold(HELD_OUT_FOLDS, 0)
     return next(fold.split(np.zeros(len(labels)), labels, group_codes(groups)))
 
 
