@@ -1,9 +1,6 @@
-"""A site's labelled images as a dataset: a folder `NORMAL/` and `PNEUMONIA/`, and optionally
-`labels.csv` naming each file's patient (and perhaps its class, age and view), for a site
-version's search. Its columns and dialects: docs/sites.md, section 4. Each patient id is kept
-only as its salted hash, and a message names rows by number, never by a cell's value.
-Without a CSV, a DICOM object's PatientID is the patient, else the file name's (split.py).
-"""
+"""A site's labelled folder (`NORMAL/`, `PNEUMONIA/`) and its optional `labels.csv` naming
+each file's patient, perhaps its class, age and view (docs/sites.md, section 4). Patient ids
+are kept only as salted hashes; a message names rows by number, never by a cell's value."""
 
 from __future__ import annotations
 

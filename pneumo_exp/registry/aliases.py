@@ -1,10 +1,7 @@
-"""Which aliases a new version takes: one rule, for every path that registers a version.
-
-`champion` and `challenger` are the training site's: only a promotion of its own trials,
-evaluated once on its test split, moves them. A site's version (its `TAG_SITE`), promoted
-from the site's search or adapted to its images, takes `site-<name>` and nothing else: its
-validation is of other patients and never ranks against the champion's. Aliases move last,
-once everything that can fail has run (docs/sites.md; tests/test_alias_rule.py)."""
+"""Which aliases a new version takes, one rule for every path that registers a version:
+`champion` and `challenger` are the training site's; a site's version (its `TAG_SITE`)
+takes `site-<name>` only, its validation being of other patients. Aliases move last, once
+everything that can fail has run (docs/sites.md; tests/test_alias_rule.py)."""
 
 from __future__ import annotations
 
@@ -59,9 +56,8 @@ def promotion_site(trials: Sequence[Run], site: str | None) -> str | None:
 
 def move_aliases(client: MlflowClient, name: str, version: str, direction: str = "max",
                  tested: bool = False) -> str:
-    """The new version's aliases, by the rule above: a site's version (its tags say which
-    site) takes `site-<name>`; a tested version of the training site takes `challenger`,
-    and `champion` if it beats the champion. Returns the champion's version afterwards."""
+    """Move the new version's aliases by the rule above (`champion` too when a tested
+    version beats it); the champion's version afterwards."""
     champion = alias_version(client, name, CHAMPION)
     new = client.get_model_version(name, version).tags
     if TAG_SITE in new:

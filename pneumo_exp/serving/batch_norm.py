@@ -39,10 +39,8 @@ class NothingToAdaptError(ValueError):
 def adapt_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int = TRAINING_BATCH,
                      passes: int = PASSES, seed: int = 0) -> int:
     """Set every BatchNormalization layer's moving mean and variance to the average of its
-    input's batch statistics on `images` (uint8, the model's input shape) in training mode:
-    what training would have stored on this site. Seeded, so the same images give the same
-    statistics. Returns the number of layers adapted; raises NothingToAdaptError when there
-    is none."""
+    input's batch statistics on `images` (uint8) in training mode: what training would have
+    stored on this site, seeded. The number of layers adapted; NothingToAdaptError: none."""
     layers = batch_norm_layers(model)
     if not layers:
         raise NothingToAdaptError(f"model '{model.name}' has no BatchNormalization layer: "
@@ -76,11 +74,9 @@ def adapt_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int = T
 def image_shift(models: Sequence[keras.Model], arrays: Sequence[np.ndarray],
                 batch_size: int = 64) -> np.ndarray | None:
     """Each image's distance from the statistics the members' batch-normalization layers
-    stored in training (its channel means in stored standard deviations, and the log ratio
-    of its channel variances; the root of both squares' channel means, averaged over the
-    layers, then over the members); None without batch normalization. The per-image check
-    of versions registered before feature references, which kept its limit (`shift_limit`,
-    validation's 99th percentile) in their reference."""
+    stored (channel means in stored standard deviations, and log variance ratios), averaged
+    over layers and members; None without batch normalization. The per-image check of
+    versions registered before feature references (their limit: `shift_limit`)."""
     found = []
     for model, images in zip(models, arrays, strict=True):
         layers = batch_norm_layers(model)
