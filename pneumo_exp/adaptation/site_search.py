@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from pneumo_exp.config import ExperimentConfig, PopulationConfig
 from pneumo_exp.data.site_folder import csv_population
@@ -31,17 +31,12 @@ from pneumo_exp.tracking.store import connect
 log = logging.getLogger(__name__)
 
 
-class SiteSearch(NamedTuple):
-    cfg: ExperimentConfig  # at the base's preprocessing, the site named
-    context: dict[str, Any]  # the hypermodel's base members, scratch point, training site
-    lineage: dict[str, str]  # tags of the search's runs
-
-
-def prepare(cfg: ExperimentConfig, search_name: str | None = None) -> SiteSearch:
-    """The base version's members, scratch point and training site's images; `cfg` with the
-    site's name, the base's image size and channels, and the base by its number, read once
-    here so that the search's name (a digest of `cfg`) and record name the version it
-    starts from (a search `search_name` resumed from another base is refused)."""
+def prepare(cfg: ExperimentConfig, search_name: str | None = None
+            ) -> tuple[ExperimentConfig, dict[str, Any], dict[str, str]]:
+    """`cfg` with the site's name, the base's image size and channels, and the base by its
+    number, read once here so that the search's name (a digest of `cfg`) and record name the
+    version it starts from; the hypermodel's context (the base's members, scratch point and
+    training site's images); the lineage tags of the search's runs."""
     if not cfg.site.base:
         raise ConfigError("a site search starts from a registered version: give "
                           "BASE=models:/pneumonia-classifier@champion (or --base).")
@@ -65,25 +60,21 @@ def prepare(cfg: ExperimentConfig, search_name: str | None = None) -> SiteSearch
         cfg, data=dataclasses.replace(cfg.data, image_size=size, channels=channels),
         site=dataclasses.replace(cfg.site, name=site, base=version_uri(version)),
         population=population(cfg, site))
-    lineage = {TAG_SITE: site, TAG_BASE_VERSION: base.name, TAG_BASE_RUN: version.run_id}
-    if search_name is not None:
-        same_base(client, cfg.experiment_name, search_name, lineage[TAG_BASE_VERSION])
-    return SiteSearch(cfg, base.context(cfg.train.batch_size), lineage)
-
-
-def same_base(client: Any, experiment_name: str, search_name: str, base: str) -> None:
-    """Refuse to resume the search `search_name` from another base than it recorded (the
-    alias BASE named moved since it began): its trials would start from one version and
-    its record name another."""
-    experiment = client.get_experiment_by_name(experiment_name)
+    # a search `search_name` resumed from another base than it recorded (the alias BASE
+    # named moved since) is refused: its trials would start from one version, its record
+    # name another
+    experiment = (client.get_experiment_by_name(cfg.experiment_name)
+                  if search_name is not None else None)
     searches = every(client.search_runs, [experiment.experiment_id],
                      f"tags.`{TAG_ROLE}` = {quoted(ROLE_SEARCH)} and "
                      f"tags.`{TAG_SEARCH}` = {quoted(search_name)}") if experiment else []
-    recorded = sorted({r.data.tags.get(TAG_BASE_VERSION, "?") for r in searches} - {base})
+    recorded = sorted({r.data.tags.get(TAG_BASE_VERSION, "?") for r in searches} - {base.name})
     if recorded:
         raise UserError(f"search '{search_name}' started from {', '.join(recorded)}, and BASE "
-                        f"names {base} now: a search has one base. Resume it with "
+                        f"names {base.name} now: a search has one base. Resume it with "
                         f"BASE=models:/{recorded[0]}, or give the new one another NAME=.")
+    return cfg, base.context(cfg.train.batch_size), {
+        TAG_SITE: site, TAG_BASE_VERSION: base.name, TAG_BASE_RUN: version.run_id}
 
 
 def population(cfg: ExperimentConfig, site: str) -> PopulationConfig:
