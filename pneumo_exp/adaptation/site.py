@@ -105,24 +105,22 @@ def adapt(model_uri: str, files: list[Path], root: Path, images_from: str,
                         f"{MIN_ADAPTATION_IMAGES} images of the site.")
     for member in model.members:
         adapt_batch_norm(member.model, decoded.arrays[member.preprocessing])
-    files = read
-    digest = files_fingerprint(root, files)
-    source_run = client.get_run(source.run_id)
-    lineage = {k: v for k, v in source.tags.items() if k in LINEAGE_TAGS}
-    lineage.update({TAG_SITE: site, TAG_ADAPTED_FROM_VERSION: str(number),
-                    TAG_ADAPTATION_IMAGES: str(len(files)), TAG_ADAPTATION_FINGERPRINT: digest})
-    with start_run(source_run.info.experiment_id, f"adaptation-{site}-of-v{number}",
-                   ROLE_ADAPTATION, digest,
+    digest = files_fingerprint(root, read)
+    lineage = {**{k: v for k, v in source.tags.items() if k in LINEAGE_TAGS}, TAG_SITE: site,
+               TAG_ADAPTED_FROM_VERSION: number, TAG_ADAPTATION_IMAGES: str(len(read)),
+               TAG_ADAPTATION_FINGERPRINT: digest}
+    with start_run(client.get_run(source.run_id).info.experiment_id,
+                   f"adaptation-{site}-of-v{number}", ROLE_ADAPTATION, digest,
                    {TAG_SITE: site, TAG_ADAPTED_FROM: f"{name}/{number}"}) as run:
         mlflow.log_params({"source": f"models:/{name}/{number}", "site": site,
-                           "images": len(files), "skipped_files": skipped,
+                           "images": len(read), "skipped_files": skipped,
                            "fingerprint": digest, "images_from": images_from,
                            "batch_norm_layers": layers})
         version = write_version(name, contract, [m.model for m in model.members],
                                 {**lineage, TAG_ADAPTATION_RUN: run.info.run_id})
-    card = model_card.for_adaptation(source.description or "", name, str(version.version),
-                                     str(number), site, len(files), digest, layers)
-    model_card.publish(client, name, str(version.version), card, run.info.run_id)
-    move_aliases(client, name, str(version.version))  # its TAG_SITE: site-<site> only
-    return Adaptation(client.get_model_version(name, version.version), source, len(files),
-                      skipped, layers)
+    new = str(version.version)
+    card = model_card.for_adaptation(source.description or "", name, new, number, site,
+                                     len(read), digest, layers)
+    model_card.publish(client, name, new, card, run.info.run_id)
+    move_aliases(client, name, new)  # its TAG_SITE: site-<site> only
+    return Adaptation(client.get_model_version(name, new), source, len(read), skipped, layers)
