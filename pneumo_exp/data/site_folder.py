@@ -76,11 +76,6 @@ def _table(path: Path) -> list[tuple[int, list[str]]]:
     return records
 
 
-def _column(header: list[str], names: tuple[str, ...]) -> int | None:
-    lowered = [h.strip().lower() for h in header]
-    return next((lowered.index(n) for n in names if n in lowered), None)
-
-
 def read_labels(root: Path) -> Labels | None:
     """ROOT/labels.csv, every row checked; None without the CSV."""
     path = root / LABELS_CSV
@@ -88,7 +83,9 @@ def read_labels(root: Path) -> Labels | None:
         return None
     records = _table(path)
     header = records[0][1] if records else []
-    cols = {key: _column(header, names) for key, names in COLUMNS.items()}
+    lowered = [h.strip().lower() for h in header]
+    cols = {key: next((lowered.index(n) for n in names if n in lowered), None)
+            for key, names in COLUMNS.items()}
     if cols["file"] is None or cols["patient"] is None:
         raise DataError(f"{path} needs a header with a 'file' column and a 'patient' (or "
                         f"'patient_id') column; its header is: {', '.join(header) or 'empty'}.")
