@@ -305,8 +305,7 @@ def run_site_check(model_uri: str, files: list[Path], root: Path, images_from: s
     check = assess_site(model, decoded.arrays, site_patients(files, decoded, root),
                         len(decoded.skipped))
     title = f"Site check: {model_uri} on {name}"
-    fig = check_figure(check, title)
-    png = png_bytes(fig)
+    png = png_bytes(fig := check_figure(check, title))
     plots.close(fig)
     client = connect()
     with start_run(experiment_id(client, EVALUATION_EXPERIMENT), f"site-check-{name}",

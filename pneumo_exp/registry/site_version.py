@@ -161,9 +161,8 @@ class Kept:
         """Whether it keeps its base's patients, and why, in words."""
         why = [f"{self.describe()}, {'not ' if self.ranks else ''}below the base's by more "
                f"than {KEEP_MARGIN} beyond the noise"]
-        if self.operating is not None:
-            short = self.operating.shortfalls()
-            o = self.operating
+        if (o := self.operating) is not None:
+            short = o.shortfalls()
             why.append(f"at its threshold {'; '.join(short)}" if short else
                        f"at its threshold sensitivity {o.sensitivity.text()} and specificity "
                        f"{o.specificity.text()}, as its base validated")

@@ -33,9 +33,7 @@ def feature_layer(model: Any) -> Any:
     pooled = [layer for layer in model.layers
               if isinstance(layer, keras.layers.GlobalAveragePooling2D
                             | keras.layers.GlobalMaxPooling2D)]
-    if pooled:
-        return pooled[-1].output
-    return model.layers[-1].input
+    return pooled[-1].output if pooled else model.layers[-1].input
 
 
 _PROBES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
