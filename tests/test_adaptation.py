@@ -130,6 +130,16 @@ def test_nothing_to_adapt_and_too_few_images() -> None:
         adapt_batch_norm(_tiny_bn_model(), np.zeros((5, 32, 32, 1), np.uint8))
 
 
+def test_a_model_with_one_batch_norm_layer_is_adapted() -> None:
+    """One layer's probe returns one tensor, not a list of them."""
+    inputs = keras.Input((8, 8, 1))
+    norm = keras.layers.BatchNormalization()
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(norm(inputs))))
+    images = np.random.default_rng(0).integers(100, 200, (64, 8, 8, 1), dtype=np.uint8)
+    assert adapt_batch_norm(model, images) == 1
+    assert float(norm.moving_mean.numpy()[0]) == pytest.approx(images.mean(), rel=0.02)
+
+
 # ---- pneumo-exp adapt, on the session's search ---------------------------------------------
 
 def _register_plain_model(searched: dict[str, Any]) -> None:

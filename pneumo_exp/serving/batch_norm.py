@@ -59,6 +59,7 @@ def adapt_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int = T
         shuffled = images[order.permutation(len(images))]
         for i in range(0, len(shuffled) - batch_size + 1, batch_size):  # whole batches
             found = probe([shuffled[i:i + batch_size].astype(np.float32)], training=True)
+            found = found if isinstance(found, list | tuple) else [found]  # one layer's
             for k, (layer, x) in enumerate(zip(layers, found, strict=True)):
                 x = keras.ops.convert_to_numpy(x).astype(np.float64)
                 axes = tuple(a for a in range(x.ndim) if a != layer.axis % x.ndim)
