@@ -26,7 +26,6 @@ from pneumo_exp.data.pipeline import make_dataset
 from pneumo_exp.errors import InterruptedByUser, UserError
 from pneumo_exp.hypermodels import HYPERMODELS, build_hypermodel
 from pneumo_exp.search.callbacks import Deadline, TimeBudgetSpent, training_callbacks
-from pneumo_exp.search.console import budget_spent
 from pneumo_exp.search.distributed import Role, activate
 from pneumo_exp.search.fidelity import (
     SCREEN,
@@ -108,8 +107,12 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
                     screened = best_configurations(tuner, plan[-1].trials)
     except TimeBudgetSpent:
         c = _counts(tracker)
-        log.warning("%s", budget_spent(s.time_budget_min or 0, c["completed_trials"],
-                                       c["planned_trials"], c["cut_trials"]))
+        cut = c["cut_trials"]
+        log.warning("Time budget of %g min spent: %d of the %d planned trials completed%s. The "
+                    "same command with a larger budget (TIME_BUDGET=, or none) finishes the "
+                    "planned trials without redoing any%s", s.time_budget_min or 0,
+                    c["completed_trials"], c["planned_trials"], f", {cut} cut short" if cut else "",
+                    " (a cut trial runs again from its start)." if cut else ".")
     except KeyboardInterrupt:
         if not worker:
             tracker.end(None, _counts(tracker), status="KILLED")

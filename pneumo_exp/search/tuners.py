@@ -5,8 +5,10 @@ from the given points (kt_internals.py)."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import keras
@@ -16,7 +18,7 @@ from pneumo_exp.config import ExperimentConfig
 from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.errors import ConfigError
 from pneumo_exp.hypermodels import StudyHyperModel
-from pneumo_exp.search import console, interrupts
+from pneumo_exp.search import interrupts
 from pneumo_exp.search.callbacks import (
     MedianStopping,
     TimeBudgetSpent,
@@ -25,6 +27,7 @@ from pneumo_exp.search.callbacks import (
 )
 from pneumo_exp.search.fidelity import Stage
 from pneumo_exp.search.kt_internals import GivenPointsFirst, TunerMixin, allows, set_debug
+from pneumo_exp.text import describe, duration
 from pneumo_exp.tracking.names import STATUS_CUT
 from pneumo_exp.tracking.search_tracker import SearchTracker
 from pneumo_exp.tracking.trials import log_classifier, log_epoch_metrics
@@ -86,10 +89,11 @@ class TrackedTuner(TunerMixin, kt.Tuner):
         changed = {k: v for k, v in trial.hyperparameters.values.items()
                    if not k.startswith("tuner/") and defaults.get(k) != v}
         number = self.number(trial)
-        log.info("\n%s", console.trial_begins(
-            number, int(number) + 1, self.tracker.cfg.search.planned_trials, changed,
-            self.tracker.elapsed(), "" if self.stage.full and not self.stage.offset
-            else self.stage.name))
+        what = ("the space's default point" if not changed
+                else f"{describe(changed)}; the rest at the space's defaults")
+        stage = "" if self.stage.full and not self.stage.offset else f" ({self.stage.name})"
+        log.info("\nTrial %s%s [%d/%d], %s into the search: %s", number, stage, int(number) + 1,
+                 self.tracker.cfg.search.planned_trials, duration(self.tracker.elapsed()), what)
 
     def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
         interrupts.check()
@@ -152,9 +156,30 @@ class TrackedTuner(TunerMixin, kt.Tuner):
         number = self.number(trial)
         row = self.tracker.trial_row(number)
         best = self.tracker.best_so_far(self.stage.name)
-        log.info("%s", console.trial_ends(
-            number, row, best, seconds, self.tracker.elapsed(),
-            self.tracker.remaining_estimate(self.deadline)))
+        log.info("%s", trial_ends(number, row, best, seconds, self.tracker.elapsed(),
+                                  self.tracker.remaining_estimate(self.deadline)))
+
+
+def trial_ends(trial_id: str, row: Mapping[str, Any] | None, best: tuple[str, float] | None,
+               seconds: float, elapsed: float, remaining: float | None) -> str:
+    """The console's line as a trial ends: its figures and status, the best so far, the
+    time spent and an estimate of what remains."""
+    if row is None:
+        result = "no record"
+    else:
+        auc = row.get("val_auc")
+        result = (f"val AUC {auc:.4f}, sensitivity {row['val_sensitivity']:.3f}, specificity "
+                  f"{row['val_specificity']:.3f} at 0.5, {row['epochs']} epoch"
+                  f"{'s' if row['epochs'] != 1 else ''}"
+                  if auc is not None and not math.isnan(auc) else "no figures")
+        result += f"; {row['status']}"
+    line = f"Trial {trial_id} ended after {duration(seconds)}: {result.rstrip('.')}."
+    if best:
+        line += f" Best so far: trial {best[0]} ({best[1]:.4f})."
+    line += f" Elapsed {duration(elapsed)}"
+    if remaining:
+        line += f", about {duration(remaining)} to go"
+    return line + "."
 
 
 def stop_new_trials(oracle: kt.Oracle) -> None:
