@@ -352,7 +352,7 @@ def main() -> None:
     args = p.parse_args()
 
     from pneumo_exp.config import load_config
-    from pneumo_exp.search.threads import pin_threads
+    from pneumo_exp.search.run import pin_threads
 
     threads = load_config(args.arch, {"data.root": args.data}).train.threads
     import tensorflow as tf

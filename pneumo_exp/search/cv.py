@@ -22,7 +22,7 @@ from pneumo_exp.data.split import group_codes, group_kfold
 from pneumo_exp.errors import ConfigError, InterruptedByUser, UserError
 from pneumo_exp.hypermodels import build_hypermodel
 from pneumo_exp.search.callbacks import training_callbacks
-from pneumo_exp.search.threads import pin_threads
+from pneumo_exp.search.run import pin_threads
 from pneumo_exp.text import literal
 from pneumo_exp.tracking.names import (
     ROLE_CV,

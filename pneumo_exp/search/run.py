@@ -19,6 +19,7 @@ from typing import Any
 
 import keras
 import keras_tuner as kt
+import tensorflow as tf
 
 from pneumo_exp.config import TUNER_DIR, ExperimentConfig
 from pneumo_exp.data.dataset import TrainingData, load_training_data
@@ -35,7 +36,6 @@ from pneumo_exp.search.fidelity import (
     stages,
     train_part,
 )
-from pneumo_exp.search.threads import pin_threads
 from pneumo_exp.search.tuners import TrackedTuner, make_tuner, stop_new_trials
 from pneumo_exp.tracking.names import FULL, STATUS_CUT
 from pneumo_exp.tracking.search_tracker import SearchTracker
@@ -177,6 +177,21 @@ def _run_stage(cfg: ExperimentConfig, stage: Stage, data: TrainingData, tracker:
                         "names and run the same command again; the finished trials are "
                         "kept.") from None
     return tuner
+
+
+def pin_threads(threads: int | None) -> None:
+    """TensorFlow's intra- and inter-op threads of this process (None: its default), which
+    decide how it splits its sums, so the last digits of every weight: pinned, a search gives
+    the same trials on 1 core or 2, however busy the machine. Call before TensorFlow runs."""
+    if threads is None:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already ran an op in this process (e.g. tests)
+        if tf.config.threading.get_intra_op_parallelism_threads() != threads:
+            log.warning("TensorFlow is already running with its own thread count; "
+                        "train.threads=%d does not apply in this process.", threads)
 
 
 @contextlib.contextmanager
