@@ -148,7 +148,7 @@ def project_epoch(data: Path, size: int, batch: int, cache: Path,
 
     from pneumo_exp.data.pipeline import make_dataset
     from pneumo_exp.data.sources import load_split, open_source
-    from pneumo_exp.hypermodels.aug_cnn import AugCNN
+    from pneumo_exp.hypermodels.cnn import AugCNN
     train = load_split(open_source(data), "train", size, 1, cache).data
     model = AugCNN((size, size, 1), seed=0).build(kt.HyperParameters())
     ds = make_dataset(train, batch, shuffle=True, seed=0)

@@ -5,7 +5,7 @@ import pytest
 
 from pneumo_exp.errors import ConfigError
 from pneumo_exp.hypermodels import HYPERMODELS, StudyHyperModel
-from pneumo_exp.hypermodels.aug_cnn import AugCNN
+from pneumo_exp.hypermodels.cnn import AugCNN
 
 
 def _layers(model: keras.Model, kind: type) -> list:
@@ -165,7 +165,7 @@ def test_baseline_default_point_is_the_study_model() -> None:
 
 
 def test_regularized_adds_l2_on_the_first_dense_layer() -> None:
-    from pneumo_exp.hypermodels.regularized import Regularized
+    from pneumo_exp.hypermodels.baseline import Regularized
     hp = kt.HyperParameters()
     model = Regularized((64, 64, 3)).build(hp)
     first, second, _ = _layers(model, keras.layers.Dense)

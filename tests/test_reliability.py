@@ -124,7 +124,7 @@ def test_concurrent_searches_share_one_store(tmp_path: Path) -> None:
 def test_a_diverging_trial_fails_and_the_search_goes_on(workdir: Path) -> None:
     import keras_tuner as kt
 
-    from pneumo_exp.hypermodels.aug_cnn import AugCNN
+    from pneumo_exp.hypermodels.cnn import AugCNN
     defaults = kt.HyperParameters()
     AugCNN((32, 32, 1)).build(defaults)
     space = {f"space.{k}": v for k, v in defaults.values.items()}  # all fixed ...

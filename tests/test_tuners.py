@@ -138,7 +138,7 @@ def test_a_collapsed_trial_is_stopped_and_named(tmp_path: Path,
     from conftest import make_folder_dataset
 
     from pneumo_exp import hypermodels
-    from pneumo_exp.hypermodels.aug_cnn import AugCNN
+    from pneumo_exp.hypermodels.cnn import AugCNN
     from pneumo_exp.search.run import run_search
 
     monkeypatch.chdir(tmp_path)
@@ -191,7 +191,7 @@ def test_the_default_second_trial_is_a_new_configuration(tmp_path: Path) -> None
 def test_validation_probabilities_are_keras_predicts() -> None:
     """The validation figures predict batch by batch without Keras' per-call set-up: the
     same probabilities, to the bit, as `predict` over the same batches."""
-    from pneumo_exp.hypermodels.aug_cnn import AugCNN
+    from pneumo_exp.hypermodels.cnn import AugCNN
     from pneumo_exp.search.callbacks import predict_in_batches
 
     model = AugCNN((32, 32, 1), space={"batch_norm": True}).build(kt.HyperParameters())

@@ -9,11 +9,9 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from pneumo_exp.config import ExperimentConfig
 from pneumo_exp.errors import ConfigError
-from pneumo_exp.hypermodels.aug_cnn import AugCNN
 from pneumo_exp.hypermodels.base import StudyHyperModel
-from pneumo_exp.hypermodels.baseline import Baseline
-from pneumo_exp.hypermodels.cnn import CNN
-from pneumo_exp.hypermodels.regularized import Regularized
+from pneumo_exp.hypermodels.baseline import Baseline, Regularized
+from pneumo_exp.hypermodels.cnn import CNN, AugCNN
 from pneumo_exp.hypermodels.site import Site
 from pneumo_exp.hypermodels.transfer import Transfer
 

@@ -1,7 +1,9 @@
 """cnn: the study's convolutional network, trained on the images as they are (its default
 point and space: docs/searching.md, "Architectures"). The intensity normalization of each
 image (none, `standardize` after augmentation, or `equalize` then standardize) makes the
-model less sensitive to a scanner's exposure, contrast and tone curve."""
+model less sensitive to a scanner's exposure, contrast and tone curve.
+aug_cnn: the study's final model, its CNN trained on augmented images; the search adds the
+augmentation strengths to the cnn's space."""
 
 from __future__ import annotations
 
@@ -86,3 +88,9 @@ class CNN(StudyHyperModel):
             raise kt.errors.FailedTrialError(
                 f"{len(kernels)} conv blocks with kernels {kernels} do not fit "
                 f"{self.input_shape[0]}px images; this trial is skipped.")
+
+
+class AugCNN(CNN):
+    arch = "aug_cnn"
+    augment = True
+    learning_rate = 1e-4

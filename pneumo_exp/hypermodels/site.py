@@ -13,8 +13,8 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from pneumo_exp.hypermodels.aug_cnn import AugCNN
 from pneumo_exp.hypermodels.base import StudyHyperModel, Training, compile_binary, training
+from pneumo_exp.hypermodels.cnn import AugCNN
 from pneumo_exp.settings import SITE_ARCH
 
 SCRATCH = "scratch"
