@@ -57,7 +57,7 @@ def test_the_ece_and_the_diagram_share_scikit_learn_s_bins() -> None:
     np.testing.assert_array_equal(model.get_ydata(), observed)
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["Perfectly calibrated", "model", "before"]
-    plots.close(fig)
+    plots.plt.close(fig)
 
 
 def test_temperature_undoes_overconfidence_and_keeps_the_ranking() -> None:

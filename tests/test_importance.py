@@ -6,7 +6,7 @@ from __future__ import annotations
 import matplotlib
 import numpy as np
 
-from pneumo_exp.evaluation.plots import close
+from pneumo_exp.evaluation.plots import plt
 from pneumo_exp.tracking.importance import (
     TOP,
     estimate,
@@ -45,4 +45,4 @@ def test_the_figures_draw_the_estimate() -> None:
     assert drawn["learning_rate"].get_xscale() == "log"  # it spans two decades
     assert dict(matplotlib.rcParams) == style  # Optuna's style stays with its figures
     for fig in (bars, parallel, landscape):
-        close(fig)
+        plt.close(fig)

@@ -19,7 +19,7 @@ def test_curves_mark_the_best_epoch_and_keep_the_loss_readable() -> None:
     best = [line for line in auc_ax.get_lines() if line.get_label() == "best epoch 2"]
     assert best and best[0].get_xdata()[0] == 2  # numbered as the MLflow steps, from 0
     assert list(auc_ax.get_lines()[0].get_xdata()) == [0, 1, 2, 3, 4]
-    plots.close(fig)
+    plots.plt.close(fig)
 
 
 def test_roc_names_the_classes_and_marks_the_threshold() -> None:
@@ -32,4 +32,4 @@ def test_roc_names_the_classes_and_marks_the_threshold() -> None:
     assert any("PNEUMONIA vs NORMAL" in t for t in labels)
     assert any("threshold 0.500" in t for t in labels)
     assert ax.get_title() == "ROC, validation of trial 1"
-    plots.close(fig)
+    plots.plt.close(fig)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from scipy.stats import beta
 
-from pneumo_exp.evaluation import plots
 from pneumo_exp.evaluation.report import (
     Proportion,
     Validated,
@@ -75,7 +74,6 @@ def test_the_page_embeds_the_figure_and_escapes_text() -> None:
     counts = [t.get_text() for t in fig.axes[2].texts]  # the reliability panel's bins
     assert len(counts) == 8 and sum(map(int, counts)) == 80
     png = png_bytes(fig)
-    plots.close(fig)
     assert png.startswith(b"\x89PNG")
     page = report_html(report, png, "Site <north>", {"data": "a&b"})
     assert "Site &lt;north&gt;" in page and "a&amp;b" in page

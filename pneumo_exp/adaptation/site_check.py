@@ -18,7 +18,6 @@ from pneumo_exp.data.images import Decoded, decode_many, files_fingerprint
 from pneumo_exp.data.site_folder import LABELS_CSV, csv_patients
 from pneumo_exp.data.split import patient_id
 from pneumo_exp.errors import DataError, UserError
-from pneumo_exp.evaluation import plots
 from pneumo_exp.evaluation.plots import plt
 from pneumo_exp.evaluation.report import Validated, png_bytes
 from pneumo_exp.evaluation.two_sample import MMD, classifier_auc, mmd_test
@@ -305,8 +304,8 @@ def run_site_check(model_uri: str, files: list[Path], root: Path, images_from: s
     check = assess_site(model, decoded.arrays, site_patients(files, decoded, root),
                         len(decoded.skipped))
     title = f"Site check: {model_uri} on {name}"
-    png = png_bytes(fig := check_figure(check, title))
-    plots.close(fig)
+    fig = check_figure(check, title)
+    png = png_bytes(fig)
     client = connect()
     with start_run(experiment_id(client, EVALUATION_EXPERIMENT), f"site-check-{name}",
                    ROLE_EVALUATION, files_fingerprint(root, read),

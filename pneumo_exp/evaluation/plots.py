@@ -165,7 +165,3 @@ def search_progress_figure(points: Sequence[tuple[str, float, float | None, str]
     ax.set_title(f"Search progress, {title}", fontsize=10)
     fig.tight_layout()
     return fig
-
-
-def close(fig: Figure) -> None:
-    plt.close(fig)

@@ -197,8 +197,10 @@ def _lines(report: SiteReport) -> list[str]:
 
 
 def png_bytes(fig: Figure) -> bytes:
+    """The figure as a PNG; the figure is closed."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
     return buffer.getvalue()
 
 

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from pneumo_exp.config import CLASS_NAMES
 from pneumo_exp.data.images import Decoded, Preprocessing, image_files
-from pneumo_exp.evaluation import plots  # its plt has the Agg backend, set there
+from pneumo_exp.evaluation.plots import plt  # with the Agg backend, set there
 
 
 def feature_layer(model: keras.Model) -> keras.Layer:
@@ -88,7 +88,7 @@ def grid_figure(images: np.ndarray, maps: np.ndarray, captions: Sequence[str],
     inches wide; titles wrap to stay inside the figure."""
     n = max(len(images), 1)
     rows = (n + columns - 1) // columns
-    fig, axes = plots.plt.subplots(rows, columns, figsize=(cell * columns, (cell + 0.3) * rows),
+    fig, axes = plt.subplots(rows, columns, figsize=(cell * columns, (cell + 0.3) * rows),
                              squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
@@ -168,6 +168,6 @@ def explain_files(model: Classifier, name: str, paths: Sequence[str],
                           f"{CLASS_NAMES[int(positive[0])]}", columns=1, cell=4.5)
         target = out / f"{f.stem}_gradcam.png"
         fig.savefig(target, dpi=120)
-        plots.close(fig)
+        plt.close(fig)
         written.append((target, text))
     return written

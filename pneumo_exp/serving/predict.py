@@ -18,7 +18,6 @@ from pneumo_exp.config import CLASS_NAMES, RegistryConfig
 from pneumo_exp.data.images import files_fingerprint
 from pneumo_exp.data.inputs import LabelledSet
 from pneumo_exp.errors import DataError, UserError
-from pneumo_exp.evaluation import plots
 from pneumo_exp.evaluation.report import (
     SiteReport,
     png_bytes,
@@ -106,8 +105,7 @@ def evaluate(model_uri: str, labelled: LabelledSet, out: Path,
         counts = {f"eval_{name}_images": float((y == i).sum())
                   for i, name in enumerate(CLASS_NAMES)}
         mlflow.log_metrics(counts)
-        png = png_bytes(fig := report_figure(y, prob, report, f"Site report: {title}"))
-        plots.close(fig)
+        png = png_bytes(report_figure(y, prob, report, f"Site report: {title}"))
         page = report_html(report, png, f"Site report: {title}",
                            {"model": model_uri, "data": labelled.source,
                             "evaluation run": run.info.run_id})

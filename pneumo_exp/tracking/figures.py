@@ -12,13 +12,14 @@ from pneumo_exp.config import CLASS_NAMES
 from pneumo_exp.evaluation import plots
 from pneumo_exp.evaluation.calibration import ECE_BINS
 from pneumo_exp.evaluation.metrics import binary_metrics, confusion_counts, evaluation_figures
+from pneumo_exp.evaluation.plots import plt
 from pneumo_exp.tracking.names import plot, plot_counts, rounded
 
 
 def log_figure(fig: Figure, name: str) -> None:
     """plots/<name>.png, then the figure is closed."""
     mlflow.log_figure(fig, plot(name))
-    plots.close(fig)
+    plt.close(fig)
 
 
 def log_confusion(y_true: np.ndarray, prob: np.ndarray, threshold: float, name: str,

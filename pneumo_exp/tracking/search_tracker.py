@@ -23,6 +23,7 @@ from pneumo_exp.config import ExperimentConfig
 from pneumo_exp.data.dataset import TrainingData
 from pneumo_exp.errors import UserError
 from pneumo_exp.evaluation import plots
+from pneumo_exp.evaluation.plots import plt
 from pneumo_exp.fileio import write_text_atomic
 from pneumo_exp.tracking.importance import (
     Importance,
@@ -270,7 +271,7 @@ def log_trials(record: SearchRecord) -> None:
          if r.get(name) is not None or r["status"].startswith(STATUS_CUT)],
         name, record.cfg.search.direction, f"search {record.search_name} ({record.cfg.arch})")
     record.client.log_figure(record.parent_run_id, fig, SEARCH_PROGRESS_PLOT)
-    plots.close(fig)
+    plt.close(fig)
 
 
 def log_importance(record: SearchRecord) -> Importance | None:
@@ -291,5 +292,5 @@ def log_importance(record: SearchRecord) -> Importance | None:
                                              landscape_figure), strict=True):
         fig = make(imp, title)
         record.client.log_figure(record.parent_run_id, fig, plot(name))
-        plots.close(fig)
+        plt.close(fig)
     return imp

@@ -20,6 +20,7 @@ from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.evaluation import plots
 from pneumo_exp.evaluation.calibration import ECE_BINS, calibration_figures
 from pneumo_exp.evaluation.metrics import binary_metrics
+from pneumo_exp.evaluation.plots import plt
 from pneumo_exp.explain.gradcam import review_figures
 from pneumo_exp.tracking.figures import log_confusion, log_figure
 from pneumo_exp.tracking.names import TRIAL_MODEL, VAL_PREDICTIONS, gradcam_plot, rounded
@@ -68,7 +69,7 @@ def log_classifier(model: keras.Model, data: LabeledImages, history: Mapping[str
         for kind, fig in review_figures(model, data.images, data.labels, prob,
                                         gradcam_images, title).items():
             mlflow.log_figure(fig, gradcam_plot(kind))
-            plots.close(fig)
+            plt.close(fig)
     if log_model:
         # An uncompiled copy: inference needs the weights, not the optimizer state.
         inference = keras.models.clone_model(model)

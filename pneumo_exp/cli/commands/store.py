@@ -145,7 +145,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Searches side by side: their best so far against time and trials, their best."""
-    from pneumo_exp.evaluation.plots import close
+    from pneumo_exp.evaluation.plots import plt
     from pneumo_exp.tracking.compare import (
         compare_figure,
         compare_table,
@@ -164,7 +164,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(f"  {line}")
     fig = compare_figure(searches)
     fig.savefig(args.out, dpi=110)
-    close(fig)
+    plt.close(fig)
     print(f"Best so far against time and against trials: {args.out}")
     return 0
 
