@@ -7,6 +7,7 @@ Hypermodels know nothing of MLflow; tracking attaches to the tuner's hooks
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 from collections.abc import Mapping
@@ -47,17 +48,15 @@ class StudyHyperModel(kt.HyperModel):
         self.space = Space(space)
         self.balanced_class_weight = dict(class_weight) if class_weight else None
         self.seed = seed
-        self._defaults: dict[str, Any] | None = None
 
+    @functools.cached_property
     def defaults(self) -> dict[str, Any]:
         """The default point of the space (the study's configuration, unless `space`
         changed a default)."""
-        if self._defaults is None:
-            hp = kt.HyperParameters()
-            with contextlib.suppress(kt.errors.FailedTrialError):  # declared, did not fit
-                self.build(hp)
-            self._defaults = dict(hp.values)
-        return dict(self._defaults)
+        hp = kt.HyperParameters()
+        with contextlib.suppress(kt.errors.FailedTrialError):  # declared, did not fit
+            self.build(hp)
+        return dict(hp.values)
 
     def class_weighting(self, hp: kt.HyperParameters) -> str:
         """none, as in the study, or balanced: weights inverse to class frequency."""

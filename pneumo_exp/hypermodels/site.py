@@ -39,13 +39,11 @@ class Site(StudyHyperModel):
     arch = SITE_ARCH
     ui_params = ("start", "train_layers", "epochs", "mix")
 
-    def __init__(self, input_shape: tuple[int, int, int], space: Mapping[str, Any] | None = None,
-                 class_weight: Mapping[int, float] | None = None, seed: int | None = None,
-                 base_models: Sequence[keras.Model] = (),
+    def __init__(self, input_shape: tuple[int, int, int], base_models: Sequence[keras.Model] = (),
                  scratch_point: Mapping[str, Any] | None = None,
                  training_site: tuple[np.ndarray, np.ndarray] | None = None,
-                 batch_size: int = 32) -> None:
-        super().__init__(input_shape, space, class_weight, seed)
+                 batch_size: int = 32, **kwargs: Any) -> None:
+        super().__init__(input_shape, **kwargs)
         self.base_models = list(base_models)
         self.batch_size = batch_size  # the search's (train.batch_size), for the mixed batches
         self.scratch_point = dict(scratch_point or {})

@@ -1,13 +1,7 @@
-"""Search spaces that a configuration can reshape without touching code.
-
-A hypermodel declares each hyperparameter with its default range through `Space`;
-`space:` in experiments/<arch>.yaml may replace any of them:
-
-    learning_rate: 0.001                  # fixed value           -> hp.Fixed
-    optimizer: [adam, rmsprop]            # list of choices       -> hp.Choice
-    dropout: {min: 0.0, max: 0.5, step: 0.1}          # range     -> hp.Float / hp.Int
-    learning_rate: {min: 1e-5, max: 1e-2, sampling: log}
-"""
+"""Search spaces that a configuration can reshape without touching code: a hypermodel
+declares each hyperparameter with its default range through `Space`, and an entry of `space:`
+replaces it (a value: hp.Fixed; a list: hp.Choice; {min, max, step, sampling}: hp.Int or
+hp.Float)."""
 
 from __future__ import annotations
 

@@ -135,10 +135,9 @@ class Deadline(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if time.time() <= self.deadline:
             return
-        if self.finish_trial:
-            self.model.stop_training = True
-            return
-        raise TimeBudgetSpent(epoch + 1)
+        if not self.finish_trial:
+            raise TimeBudgetSpent(epoch + 1)
+        self.model.stop_training = True
 
 
 def training_callbacks(cfg: ExperimentConfig, val_images: np.ndarray, val_labels: np.ndarray,

@@ -85,7 +85,7 @@ class TrackedTuner(TunerMixin, kt.Tuner):
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_begin(trial)
         self._started[trial.trial_id] = time.time()
-        defaults = self.hypermodel.defaults()
+        defaults = self.hypermodel.defaults
         changed = {k: v for k, v in trial.hyperparameters.values.items()
                    if not k.startswith("tuner/") and defaults.get(k) != v}
         number = self.number(trial)
@@ -154,9 +154,9 @@ class TrackedTuner(TunerMixin, kt.Tuner):
         self._run_id = None
         seconds = time.time() - self._started.pop(trial.trial_id, time.time())
         number = self.number(trial)
-        row = self.tracker.trial_row(number)
-        best = self.tracker.best_so_far(self.stage.name)
-        log.info("%s", trial_ends(number, row, best, seconds, self.tracker.elapsed(),
+        log.info("%s", trial_ends(number, self.tracker.trial_row(number),
+                                  self.tracker.best_so_far(self.stage.name), seconds,
+                                  self.tracker.elapsed(),
                                   self.tracker.remaining_estimate(self.deadline)))
 
 
