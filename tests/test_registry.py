@@ -20,9 +20,8 @@ import pytest
 from PIL import Image
 
 from pneumo_exp.config import RegistryConfig
-from pneumo_exp.evaluation.calibration import apply_temperature
+from pneumo_exp.evaluation.calibration import apply_temperature, choose_threshold
 from pneumo_exp.evaluation.metrics import bootstrap_ci
-from pneumo_exp.evaluation.thresholds import choose_threshold
 from pneumo_exp.registry.aliases import move_aliases
 from pneumo_exp.registry.promote import promote
 from pneumo_exp.tracking.names import METRIC_DECIMALS

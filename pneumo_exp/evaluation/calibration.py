@@ -1,6 +1,7 @@
 """Whether a probability means what it says, and a one-parameter fix for it: the ECE (15
 equal-width bins) and the Brier score; temperature scaling (Guo et al. 2017) divides the
-logit by one T fitted on validation, which changes no ranking (the AUC).
+logit by one T fitted on validation, which changes no ranking (the AUC). Then the decision
+threshold of a registered version, chosen on validation only.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit
 from scipy.special import logit as _logit
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import brier_score_loss, log_loss
+from sklearn.metrics import brier_score_loss, log_loss, roc_curve
 
 ECE_BINS = 15
 _EPS = 1e-7
@@ -65,3 +66,19 @@ def fit_temperature(y_true: np.ndarray, prob: np.ndarray) -> float:
 
     result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(result.x))
+
+
+def choose_threshold(y_true: np.ndarray, prob: np.ndarray, min_sensitivity: float) -> float:
+    """A threshold with the highest specificity among those whose sensitivity reaches
+    `min_sensitivity` (missed pneumonia is the costly error): of the thresholds that give
+    these validation figures, the one midway in logit space between the lowest PNEUMONIA
+    score kept and the next NORMAL score, so that another site's scores may move a little."""
+    y_true, prob = np.asarray(y_true).astype(int), np.asarray(prob, dtype=np.float64)
+    fpr, tpr, thresholds = roc_curve(y_true, prob)
+    reaching = np.flatnonzero(tpr >= min_sensitivity)  # roc_curve: thresholds decreasing
+    best = reaching[np.argmin(fpr[reaching])]
+    top = float(min(thresholds[best], 1.0))
+    below = prob[(y_true == 0) & (prob < top)]
+    if not len(below):
+        return top
+    return float(expit((logit(top) + logit(below.max())) / 2))

@@ -21,11 +21,10 @@ from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.data.pipeline import make_dataset
 from pneumo_exp.data.split import group_codes, group_kfold
 from pneumo_exp.errors import UserError
-from pneumo_exp.evaluation.calibration import apply_temperature, fit_temperature
+from pneumo_exp.evaluation.calibration import apply_temperature, choose_threshold, fit_temperature
 from pneumo_exp.evaluation.metrics import binary_metrics
 from pneumo_exp.evaluation.noise import Scored
 from pneumo_exp.evaluation.report import Proportion
-from pneumo_exp.evaluation.thresholds import choose_threshold
 from pneumo_exp.hypermodels import build_hypermodel
 from pneumo_exp.registry.selection import Candidate
 from pneumo_exp.serving.model import Member, ensemble_probability
