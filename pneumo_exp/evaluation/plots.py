@@ -138,11 +138,12 @@ def search_progress_figure(points: Sequence[tuple[str, float, float | None, str]
     scored = [v for _, _, v, _ in points if v is not None]
     bottom = min(scored) if scored else 0.0
     pick = max if direction == "max" else min
-    best, curve = None, []
+    best, curve = None, []  # the best so far, from the first full-fidelity trial on
     for _, t, v, kind in points:
         if v is not None and kind == "completed":
             best = v if best is None else pick(best, v)
-        curve.append((t / 60, best))
+        if best is not None:
+            curve.append((t / 60, best))
     for kind, style in PROGRESS_KINDS.items():
         these = [(t / 60, bottom if v is None else v, trial)
                  for trial, t, v, k in points if k == kind]
@@ -152,10 +153,9 @@ def search_progress_figure(points: Sequence[tuple[str, float, float | None, str]
             for x, y, trial in these:
                 ax.annotate(trial, (x, y), textcoords="offset points", xytext=(3, 3),
                             fontsize=7)
-    drawn = [(x, b) for x, b in curve if b is not None]
-    if drawn:
-        ax.step([x for x, _ in drawn], [b for _, b in drawn], where="post",
-                label="best so far (full fidelity)", color="tab:green")
+    if curve:
+        ax.step(*zip(*curve, strict=True), where="post", label="best so far (full fidelity)",
+                color="tab:green")
     ax.set_xlabel("minutes into the search")
     ax.set_ylabel(f"{objective} (best checkpoint)")
     _robust_ylim(ax, scored)

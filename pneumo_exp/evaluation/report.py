@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 from scipy.stats import binomtest
-from sklearn.metrics import ConfusionMatrixDisplay, roc_auc_score
+from sklearn.metrics import ConfusionMatrixDisplay
 
 from pneumo_exp.config import CLASS_NAMES
 from pneumo_exp.evaluation.calibration import ECE_BINS, expected_calibration_error
+from pneumo_exp.evaluation.metrics import binary_metrics, confusion_counts
 from pneumo_exp.evaluation.plots import plt, roc_panel
 
 CONFIDENCE = 0.95
@@ -117,14 +118,10 @@ class SiteReport:
 
 def site_report(y_true: np.ndarray, prob: np.ndarray, threshold: float, target: float,
                 validated: Validated | None = None) -> SiteReport:
-    y_true, prob = np.asarray(y_true).astype(int), np.asarray(prob, dtype=np.float64)
-    pred = prob >= threshold
-    positives, negatives = y_true == 1, y_true == 0
-    auc = (float(roc_auc_score(y_true, prob)) if positives.any() and negatives.any()
-           else float("nan"))
-    return SiteReport(Proportion(int((pred & positives).sum()), int(positives.sum())),
-                      Proportion(int((~pred & negatives).sum()), int(negatives.sum())),
-                      auc, expected_calibration_error(y_true, prob), threshold, target,
+    figures = binary_metrics(y_true, prob, threshold)
+    (tn, fp), (fn, tp) = confusion_counts(figures)
+    return SiteReport(Proportion(tp, tp + fn), Proportion(tn, tn + fp), figures["auc"],
+                      expected_calibration_error(y_true, prob), threshold, target,
                       validated or Validated())
 
 

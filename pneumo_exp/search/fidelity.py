@@ -33,9 +33,8 @@ class Stage:
     @property
     def params(self) -> dict[str, Any]:
         """What each of its trial runs records of the fidelity."""
-        return {f"{FIDELITY_PARAM}image_size": self.image_size,
-                f"{FIDELITY_PARAM}train_fraction": self.train_fraction,
-                f"{FIDELITY_PARAM}epochs": self.epochs}
+        return {f"{FIDELITY_PARAM}{name}": getattr(self, name)
+                for name in ("image_size", "train_fraction", "epochs")}
 
 
 def stages(cfg: ExperimentConfig) -> list[Stage]:
