@@ -12,8 +12,8 @@ import os
 import secrets
 import socket
 import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlflow.exceptions import RestException
 
@@ -69,19 +69,10 @@ def read_secret(env: str, file: str | None, what: str) -> str:
     return secret
 
 
-@dataclass(frozen=True)
-class AuthServer:
-    """What `mlflow server --app-name basic-auth` reads: a config file and the admin's
-    password in its environment."""
-
-    config: Path
-    env: dict[str, str]
-
-
-def auth_server(folder: Path, database: str, admin: str, password: str) -> AuthServer:
-    """The basic-auth app's configuration under `folder` (mode 600): users' permissions in
-    `database`, no permission unless granted, `admin` bootstrapped with `password` on the
-    first start (MLflow ignores it once the admin exists)."""
+def auth_server(folder: Path, database: str, admin: str, password: str) -> dict[str, str]:
+    """The environment of `mlflow server --app-name basic-auth`: its configuration under
+    `folder` (mode 600; users' permissions in `database`, no permission unless granted), and
+    `admin`'s `password` for the first start (MLflow ignores it once the admin exists)."""
     config = configparser.ConfigParser()
     config["mlflow"] = {
         "default_permission": "NO_PERMISSIONS", "database_uri": database,
@@ -94,9 +85,8 @@ def auth_server(folder: Path, database: str, admin: str, password: str) -> AuthS
         with tmp.open("w") as f:
             config.write(f)
         tmp.chmod(0o600)
-    return AuthServer(path, {"MLFLOW_AUTH_CONFIG_PATH": str(path),
-                             "MLFLOW_AUTH_ADMIN_PASSWORD": password,
-                             SECRET_KEY_ENV: _secret_key(folder)})
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(path), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+            SECRET_KEY_ENV: _secret_key(folder)}
 
 
 def _secret_key(folder: Path) -> str:
@@ -112,43 +102,29 @@ def _secret_key(folder: Path) -> str:
     return path.read_text().strip()
 
 
-def _status(error: BaseException) -> int | None:
-    """The HTTP status of a refused request, from requests' or MLflow's exception."""
-    status = getattr(getattr(error, "response", None), "status_code", None)
-    if status:
-        return int(status)
-    code = str(getattr(error, "error_code", ""))
-    if code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
-        return 401 if code == "UNAUTHENTICATED" else 403
-    text = str(error)
-    for status in (401, 403):
-        if f"error code {status}" in text or f"{status} Client Error" in text:
-            return status
-    return None
+REFUSALS = {
+    401: "the tracking server refused the credentials (HTTP 401): set MLFLOW_TRACKING_USERNAME "
+         "and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to a user of the server.",
+    403: "the tracking server refused the request (HTTP 403): your user has no permission for "
+         "it. An admin grants it with pneumo-exp users grant."}
 
 
 def refusal(error: BaseException) -> AccessDenied | None:
-    """The one message for a server's 401 or 403, or None for any other error."""
-    status = _status(error)
-    if status == 401:
-        return AccessDenied("the tracking server refused the credentials (HTTP 401): set "
-                            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
-                            "MLFLOW_TRACKING_TOKEN) to a user of the server.")
-    if status == 403:
-        return AccessDenied("the tracking server refused the request (HTTP 403): your user "
-                            "has no permission for it. An admin grants it with pneumo-exp "
-                            "users grant.")
-    return None
+    """The one message for a server's 401 or 403, or None for any other error. The status
+    comes from requests' response, else MLflow's error code, else the message's text."""
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    code = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}.get(
+        str(getattr(error, "error_code", "")))
+    text = str(error)
+    status = int(status) if status else code or next(
+        (s for s in REFUSALS if f"error code {s}" in text or f"{s} Client Error" in text), None)
+    return AccessDenied(REFUSALS[status]) if status in REFUSALS else None
 
 
-def auth_client(uri: str) -> object:
+def auth_client(uri: str) -> Any:
     from mlflow.server import get_app_client
 
     return get_app_client("basic-auth", tracking_uri=uri)
-
-
-def add_user(uri: str, username: str, password: str) -> None:
-    auth_client(uri).create_user(username, password)
 
 
 def grant(uri: str, username: str, resource_type: str, resource_id: str,

@@ -17,7 +17,7 @@ from pneumo_exp.tracking.access import (
     RESOURCE_EXPERIMENT,
     RESOURCE_MODEL,
     USER_PASSWORD_ENV,
-    add_user,
+    auth_client,
     auth_server,
     grant,
     is_loopback,
@@ -78,8 +78,7 @@ def cmd_server(args: argparse.Namespace) -> int:
                                "admin password")
         database = args.auth_database or f"sqlite:///{MLRUNS_DIR.resolve() / 'basic_auth.db'}"
         STATE_DIR.mkdir(parents=True, exist_ok=True)
-        auth = auth_server(STATE_DIR, database, args.admin_user, password)
-        env.update(auth.env)
+        env.update(auth_server(STATE_DIR, database, args.admin_user, password))
         cmd += ["--app-name", "basic-auth"]
     print(f"MLflow tracking server on http://{args.host}:{args.port} (backend "
           f"{redacted(backend)}, artifacts {redacted(artifacts)}"
@@ -100,8 +99,8 @@ def cmd_users(args: argparse.Namespace) -> int:
         raise UserError(f"users live on a tracking server; MLFLOW_TRACKING_URI is {uri}. Set "
                         "it to the server's http(s) address.")
     if args.users_command == "add":
-        add_user(uri, args.username, read_secret(USER_PASSWORD_ENV, args.password_file,
-                                                 f"password of {args.username}"))
+        auth_client(uri).create_user(args.username, read_secret(
+            USER_PASSWORD_ENV, args.password_file, f"password of {args.username}"))
         print(f"Added user {args.username} to {uri}.")
         return 0
     client = connect()
