@@ -12,7 +12,6 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
 from pneumo_exp.config import CLASS_NAMES, RegistryConfig
 from pneumo_exp.data.images import files_fingerprint
@@ -86,8 +85,8 @@ def evaluate(model_uri: str, labelled: LabelledSet, out: Path,
     if not readable.any():
         raise DataError(f"none of the {len(labelled.files)} files of {labelled.source} is a "
                         "readable image.")
-    client = connect()
-    tags = registry_tags(client, model_uri)
+    client = connect()  # a registered version's tags; none for a model outside the registry
+    tags = dict(registered_version(client, model_uri).tags) if model_uri.startswith(PREFIX) else {}
     contract = version_contract(model, tags)
     threshold = contract.threshold
     y, prob = labels[readable], predictions["probability"].to_numpy(float)[readable]
@@ -138,10 +137,3 @@ def version_contract(model: mlflow.pyfunc.PyFuncModel, tags: Mapping[str, str]
     registry `tags` complete that of a version registered before the contract."""
     return VersionContract.from_dict(model.model_config, tags,
                                      getattr(classifier(model), "artifacts", None))
-
-
-def registry_tags(client: MlflowClient, model_uri: str) -> dict[str, str]:
-    """A registered version's tags; none for a model outside the registry."""
-    if not model_uri.startswith(PREFIX):
-        return {}
-    return dict(registered_version(client, model_uri).tags)

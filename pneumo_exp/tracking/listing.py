@@ -12,7 +12,6 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Run
-from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -45,19 +44,13 @@ def experiments(client: MlflowClient) -> dict[str, str]:
         client.search_experiments, filter_string=f"name LIKE {quoted(EXPERIMENT_PREFIX + '%')}")}
 
 
-def parent_runs(client: MlflowClient) -> list[Run]:
-    """Searches and cross-validations, newest first."""
-    ids = list(experiments(client))
-    if not ids:
-        return []
-    runs = [r for role in (ROLE_SEARCH, ROLE_CV) for r in every(
-        client.search_runs, ids, f"tags.`{TAG_ROLE}` = {quoted(role)}")]  # tags take no IN
-    return sorted(runs, key=lambda r: r.info.start_time, reverse=True)
-
-
 def runs_table(client: MlflowClient) -> str:
+    """The searches and cross-validations, newest first."""
+    ids = list(experiments(client))
+    runs = [r for role in (ROLE_SEARCH, ROLE_CV) for r in every(  # tags take no IN
+        client.search_runs, ids, f"tags.`{TAG_ROLE}` = {quoted(role)}")] if ids else []
     rows = []
-    for run in parent_runs(client):
+    for run in sorted(runs, key=lambda r: r.info.start_time, reverse=True):
         m, t = run.data.metrics, run.data.tags
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000))
         completed = m.get("n_completed_trials")
@@ -97,20 +90,14 @@ def describe_version(model_uri: str) -> str:
     return f"{model_uri}: {v.name} version {v.version} ({version_summary(v.tags)}{aliases})"
 
 
-def _aliases(client: MlflowClient, versions: list[ModelVersion]) -> dict[tuple[str, str],
-                                                                          list[str]]:
-    aliases: dict[tuple[str, str], list[str]] = {}
-    for model in {v.name for v in versions}:  # search results carry no aliases
-        for alias, number in client.get_registered_model(model).aliases.items():
-            aliases.setdefault((model, str(number)), []).append(alias)
-    return aliases
-
-
 def models_table(client: MlflowClient, name: str | None = None) -> str:
     filter_string = f"name = {quoted(name)}" if name else ""
     versions = sorted(every(client.search_model_versions, filter_string),
                       key=lambda v: (v.name, int(v.version)), reverse=True)
-    aliases = _aliases(client, versions)
+    aliases: dict[tuple[str, str], list[str]] = {}
+    for model in {v.name for v in versions}:  # search results carry no aliases
+        for alias, number in client.get_registered_model(model).aliases.items():
+            aliases.setdefault((model, str(number)), []).append(alias)
     rows = []
     for v in versions:
         t = v.tags
