@@ -1,9 +1,6 @@
 """What a registered version carries besides its networks, defined once: the pyfunc model's
-config (`VersionContract`) and its arrays (.npz artifacts beside it). registry/packaging.py
-is its one producer and refuses one that lacks what the checks read (`missing`); everything
-reads it through `from_dict`, which also reads versions registered before the contract
-(schema 1) or before a field. Adding a field: docs/architecture.md, "A field of a version".
-"""
+config (`VersionContract`) and its arrays (.npz artifacts beside it); docs/architecture.md,
+"A prediction" and "A field of a version"."""
 
 from __future__ import annotations
 
@@ -104,12 +101,9 @@ class VersionContract:
         arrays = {name: FeatureReference.load(artifacts[artifact])
                   for name, artifact in FEATURE_ARTIFACTS.items()
                   if name in (config.get("features") or []) and artifact in artifacts}
-        validated = config.get("validated")
-        if validated is None and TAG_VALIDATED in tags:
-            validated = json.loads(tags[TAG_VALIDATED])
-        min_sensitivity = config.get("min_sensitivity")
-        if min_sensitivity is None and TAG_MIN_SENSITIVITY in tags:
-            min_sensitivity = float(tags[TAG_MIN_SENSITIVITY])
+        validated, min_sensitivity = (
+            config.get(k) if config.get(k) is not None or tag not in tags else json.loads(tags[tag])
+            for k, tag in (("validated", TAG_VALIDATED), ("min_sensitivity", TAG_MIN_SENSITIVITY)))
         return cls(
             members=tuple((int(m["image_size"]), int(m["channels"]))
                           for m in config["members"]),
@@ -144,11 +138,9 @@ class VersionContract:
     def tags(self) -> dict[str, str]:
         """The registry tags derived from the contract: what people filter versions by in
         the MLflow UI and `pneumo-exp models` lists."""
-        tags = {TAG_THRESHOLD: f"{self.threshold:.6f}",
-                TAG_TEMPERATURE: f"{self.temperature:.6f}"}
-        if self.min_sensitivity is not None:
-            tags[TAG_MIN_SENSITIVITY] = str(self.min_sensitivity)
-        return tags
+        return {TAG_THRESHOLD: f"{self.threshold:.6f}", TAG_TEMPERATURE: f"{self.temperature:.6f}",
+                **({} if self.min_sensitivity is None
+                   else {TAG_MIN_SENSITIVITY: str(self.min_sensitivity)})}
 
     def validated_figures(self, tags: Mapping[str, str] | None = None) -> Validated:
         """What validation showed at the threshold, for a site's report: counts, or for a

@@ -1,11 +1,6 @@
-"""The deployable model: raw image bytes in, probability of pneumonia and a label out.
-
-A registered version is an MLflow pyfunc model logged from code (`mlflow_model.py`, no
-pickle): its Keras members (loaded in Keras' safe mode) and its contract (contract.py) as
-its config. An image gets no probability when it cannot be read, is no chest radiograph or
-shows a patient outside the version's population under `refuse` (`reason` says which), and
-is flagged (`check`) outside it under `flag`, or when its features lie unlike validation's.
-"""
+"""The deployable model: raw image bytes in, probability of pneumonia and a label out; an
+MLflow pyfunc model logged from code (`mlflow_model.py`, no pickle) with its Keras members
+(loaded in Keras' safe mode) and its contract (contract.py) as its config."""
 
 from __future__ import annotations
 
@@ -67,8 +62,10 @@ def ensemble_probability(members: Sequence[Member], arrays: Mapping[Preprocessin
 
 class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
     """pyfunc model over a DataFrame with an `image` column of encoded image files (bytes,
-    or base64 text as in a served JSON request). Returns `probability` (null for a file
-    that is not an image) and `label`."""
+    or base64 text as in a served JSON request). Returns `probability` and `label`; an image
+    unread, no chest radiograph, or of a patient outside a `refuse` population gets no
+    probability (`reason` says why); `check` flags one outside a `flag` population or whose
+    features lie unlike validation's."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         import keras
