@@ -37,8 +37,13 @@ bacterial from viral pneumonia, or pneumonia from other opacities. It has not be
 evaluated prospectively."""
 
 
-def population_text(population: PopulationConfig | None) -> str:
-    """Whom the version is for, and what it does with a DICOM image of someone else."""
+def intended(population: PopulationConfig | None) -> str:
+    """What the version is for, whom, what it does with a DICOM image of someone else, and
+    what it is not for."""
+    return f"{INTENDED_USE}\n\n{_population(population)}\n\n{NOT_FOR}"
+
+
+def _population(population: PopulationConfig | None) -> str:
     if population is None or not (population.description or population.views
                                   or population.min_age is not None
                                   or population.max_age is not None):
@@ -92,6 +97,13 @@ def _figures_table(rows: Sequence[tuple[str, Mapping[str, Any], str]]) -> str:
     return "\n".join(lines)
 
 
+def _counts(p: Mapping[str, str]) -> str:
+    """The class counts of the search's train and validation splits, from its params."""
+    return ", ".join(f"{split} {p.get(f'data.{split}_NORMAL', '?')} NORMAL / "
+                     f"{p.get(f'data.{split}_PNEUMONIA', '?')} PNEUMONIA"
+                     for split in ("train", "val"))
+
+
 def _params(params: Mapping[str, str]) -> str:
     """k=v, sorted, without float noise (contrast=0.3, not 0.30000000000000004)."""
     return describe({k: v for k, v in sorted(params.items()) if not k.startswith("tuner/")},
@@ -106,9 +118,6 @@ def for_promotion(name: str, version: str, candidates: Sequence[Any],
     search = candidates[0].search
     objective = candidates[0].cfg.search.objective
     p = search.data.params
-    counts = ", ".join(f"{split} {p.get(f'data.{split}_NORMAL', '?')} NORMAL / "
-                       f"{p.get(f'data.{split}_PNEUMONIA', '?')} PNEUMONIA"
-                       for split in ("train", "val"))
     members = "\n".join(
         f"- {c.label} (run `{c.trial.info.run_id}`, search `{c.search.info.run_name}`), "
         f"{c.cfg.data.image_size} px, {c.cfg.data.channels} channel(s): "
@@ -119,14 +128,10 @@ def for_promotion(name: str, version: str, candidates: Sequence[Any],
 
 {kind.capitalize()}, promoted by its validation {objective} ({val[objective]:.4f}).
 
-{INTENDED_USE}
-
-{population_text(contract.population)}
-
-{NOT_FOR}
+{intended(contract.population)}
 
 **Training data.** {p.get('data.source', '?')} (fingerprint
-`{search.data.tags.get(TAG_DATA, '?')}`): {counts}. Validation is cut from
+`{search.data.tags.get(TAG_DATA, '?')}`): {_counts(p)}. Validation is cut from
 train by patient; the test split was read once, for the figures below.
 
 **Architecture and hyperparameters.**
@@ -162,10 +167,7 @@ def for_site(name: str, version: str, candidates: Sequence[Any], val: Mapping[st
     and its threshold from all of the site's labelled images out of fold, with intervals
     (registry/site_version.py, site_folds.py)."""
     search = candidates[0].search
-    p = search.data.params
-    counts = ", ".join(f"{split} {p.get(f'data.{split}_NORMAL', '?')} NORMAL / "
-                       f"{p.get(f'data.{split}_PNEUMONIA', '?')} PNEUMONIA"
-                       for split in ("train", "val"))
+    counts = _counts(search.data.params)
     members = "\n".join(f"- {c.label} (run `{c.trial.info.run_id}`): "
                         f"{_params(c.trial.data.params)}" for c in candidates)
     rows = [("the site's validation", val, "val_")]
@@ -200,11 +202,7 @@ def for_site(name: str, version: str, candidates: Sequence[Any], val: Mapping[st
 A site version of `{base}`, searched on site `{site}`'s own labelled images: {counts}
 (validation by patient). Its alias is `site-{site}`; it is no candidate for `champion`.
 
-{INTENDED_USE}
-
-{population_text(contract.population)}
-
-{NOT_FOR}
+{intended(contract.population)}
 
 **Trials.** {choice.why[0].upper() + choice.why[1:]}:
 {members}{judged}

@@ -252,11 +252,6 @@ def validation_figures(val: Scored, calibration: Calibration, n_bootstrap: int,
     return figures
 
 
-def _arch(candidates: Sequence[Candidate]) -> str:
-    return ",".join(dict.fromkeys(c.trial.data.tags.get(TAG_ARCH, c.cfg.arch)
-                                  for c in candidates))
-
-
 def evaluate_and_register(name: str, candidates: Sequence[Candidate], members: Sequence[Member],
                           contract: VersionContract, val_figures: Mapping[str, float],
                           test: Scored | None, registry: RegistryConfig
@@ -267,14 +262,13 @@ def evaluate_and_register(name: str, candidates: Sequence[Candidate], members: S
     first = candidates[0]
     title = (first.label if len(candidates) == 1 else f"ensemble of {len(candidates)}: "
              + ", ".join(c.label for c in candidates))
-    sources = [c.trial.info.run_id for c in candidates]
     calibration = Calibration(contract.temperature, contract.threshold)
+    tags = lineage(candidates, val_figures)
     with start_run(first.trial.info.experiment_id,
                    "evaluation-" + title.replace(" ", "-").replace(",", ""), ROLE_EVALUATION,
-                   first.search.data.tags.get(TAG_DATA, ""),
-                   {TAG_ARCH: _arch(candidates), TAG_SOURCES: sources_key(sources)}) as run:
+                   tags[TAG_DATA], {k: tags[k] for k in (TAG_ARCH, TAG_SOURCES)}) as run:
         # (the packaged model logs its config, members, threshold and temperature, as params)
-        mlflow.log_params({"source_run_ids": ",".join(sources),
+        mlflow.log_params({"source_run_ids": ",".join(c.trial.info.run_id for c in candidates),
                            "threshold_rule": f"max specificity with calibrated val "
                                              f"sensitivity >= {registry.min_sensitivity}",
                            "test_size": len(test.labels) if test else 0})
@@ -283,7 +277,7 @@ def evaluate_and_register(name: str, candidates: Sequence[Candidate], members: S
             test.labels, calibration.apply(test), calibration.threshold, "test",
             registry.bootstrap, title=f"{title}, test split", uncalibrated=test.prob)
         version = write_version(name, contract, [m.model for m in members],
-                                lineage(candidates, val_figures, run.info.run_id))
+                                {**tags, TAG_EVALUATION_RUN: run.info.run_id})
     return version, run.info.run_id, figures
 
 
@@ -294,8 +288,8 @@ def score_summary(scores: np.ndarray, threshold: float) -> dict[str, Any]:
             "score_quantiles": [float(q) for q in np.quantile(scores, np.linspace(0, 1, 21))]}
 
 
-def lineage(candidates: Sequence[Candidate], val_figures: Mapping[str, float],
-            evaluation_run: str) -> dict[str, str]:
+def lineage(candidates: Sequence[Candidate], val_figures: Mapping[str, float]
+            ) -> dict[str, str]:
     """Where a promoted version comes from, and its validation figures, as tags."""
     first = candidates[0]
     objective = first.cfg.search.objective
@@ -305,9 +299,11 @@ def lineage(candidates: Sequence[Candidate], val_figures: Mapping[str, float],
     return {
         **{k: search_tags[k] for k in (TAG_SITE, TAG_BASE_VERSION) if k in search_tags},
         TAG_SOURCES: sources_key([c.trial.info.run_id for c in candidates]),
-        TAG_MEMBERS: str(len(candidates)), TAG_EVALUATION_RUN: evaluation_run,
+        TAG_MEMBERS: str(len(candidates)),
         TAG_SEARCH_RUNS: ",".join(dict.fromkeys(c.search.info.run_id for c in candidates)),
-        TAG_ARCH: _arch(candidates), TAG_DATA: first.search.data.tags.get(TAG_DATA, ""),
+        TAG_ARCH: ",".join(dict.fromkeys(c.trial.data.tags.get(TAG_ARCH, c.cfg.arch)
+                                         for c in candidates)),
+        TAG_DATA: first.search.data.tags.get(TAG_DATA, ""),
         TAG_OBJECTIVE: objective, TAG_OBJECTIVE_VALUE: str(val_figures[objective]),
         TAG_HYPERPARAMETERS: json.dumps(hyperparameters, sort_keys=True)[:5000],
         **{figure_tag(k): f"{val_figures[k]:.4f}" for k in VERSION_FIGURES},
