@@ -1,8 +1,6 @@
-"""The one producer of a registered version: Keras members and their contract
-(serving/contract.py) logged as an MLflow pyfunc model from code (pneumo_exp.serving.model),
-no pickle, with a snapshot of the package's code, so that the version loads as it was made;
-then registered with the tags derived from the contract and the lineage its caller gives.
-Promotion, adaptation and a site's search all write versions through `write_version`."""
+"""The one producer of a registered version (docs/architecture.md, "A promotion"): a pyfunc
+model logged from code, no pickle, with a snapshot of the package's code, so that the
+version loads as it was made."""
 
 from __future__ import annotations
 
@@ -58,11 +56,8 @@ def pip_requirements() -> list[str]:
 def write_version(name: str, contract: VersionContract, models: Sequence[Any],
                   lineage: Mapping[str, str]) -> ModelVersion:
     """Into the active run: the Keras `models` (one per member of `contract`, in order) and
-    the contract, as one pyfunc model that averages the members' probabilities over the
-    views; then a new version of the registered model `name`, tagged with `lineage` (where
-    it came from) and the contract's own tags. A contract that lacks what the checks read
-    (VersionContract.missing: whom it is for, its views, validation's features) is refused
-    before anything is logged."""
+    the contract as one pyfunc model; then a new version of `name`, tagged with `lineage`
+    and the contract's tags. A contract lacking what the checks read is refused first."""
     if len(models) != len(contract.members):
         raise ValueError(f"{len(models)} networks for a contract of "
                          f"{len(contract.members)} members")

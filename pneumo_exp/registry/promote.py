@@ -1,10 +1,6 @@
-"""Promote the best validation model to the MLflow Model Registry, evaluated once on test.
-
-`promote` is a list of steps (docs/architecture.md, "A promotion"): select, load, score
-validation, calibrate, evaluate once on test, register, publish the card, and last move the
-aliases (aliases.py). A site's trials make a site version (site_version.py). Promoting runs
-that already have a version does nothing.
-"""
+"""Promote the best validation model to the MLflow Model Registry, evaluated once on test:
+a list of steps (docs/architecture.md, "A promotion"). Promoting runs that already have a
+version does nothing."""
 
 from __future__ import annotations
 

@@ -78,14 +78,11 @@ def is_candidate(run: Run) -> bool:
 def best_trial_runs(client: MlflowClient, arch: str | None, top: int | None = 1,
                     any_trial: bool = False, search: str | None = None,
                     site: str | None = None) -> list[Run]:
-    """The best candidate trial run by `best_<objective>` (each trial's best checkpoint,
-    the figure its search's oracle ranked), then the next best validated on the same images
-    (the same dataset, validation split and seed), up to `top` in all (None: every one,
-    best first, as a site's promotion weighs them: site_version.choose); of one `search` if
-    given; of a `site`'s searches if given, else of the training site's only (a site's
-    validation figures never rank against the training site's: registry/aliases.py).
-    `any_trial`: every finished full-fidelity trial is a candidate (a screened one has no
-    model to pack)."""
+    """The best candidate trial run by `best_<objective>`, then the next best validated on
+    the same images, up to `top` (None: every one, best first); of one `search`, of a
+    `site`'s searches or else the training site's only (registry/aliases.py). `any_trial`:
+    every finished full-fidelity trial is a candidate (docs/searching.md, "Registry and
+    reuse")."""
     objective, direction, names = objective_of(arch)
     ids = [e.experiment_id for n in names if (e := client.get_experiment_by_name(n))]
     order = "DESC" if direction == "max" else "ASC"

@@ -23,32 +23,31 @@ ONEDNN_ENV = ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
 
 
 @functools.cache
-def _cpuinfo() -> tuple[str, frozenset[str]]:
-    """(model name, flags) of the first processor in /proc/cpuinfo; elsewhere the platform's
-    processor string and no flags."""
+def _cpuinfo() -> tuple[str, str]:
+    """(model name, its ISA_FLAGS) of the first processor in /proc/cpuinfo; elsewhere the
+    platform's processor string and no flags."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return platform.processor() or platform.machine(), frozenset()
+        return platform.processor() or platform.machine(), "unknown"
     model, flags = (re.search(rf"^{key}\s*:(.*)$", text, re.MULTILINE)
                     for key in ("model name", "flags"))
+    found = flags[1].split() if flags else ()
     return ((model[1].strip() if model else "") or platform.machine(),
-            frozenset(flags[1].split() if flags else ()))
+            " ".join(f for f in ISA_FLAGS if f in found) or "unknown")
 
 
 def cpu_kind() -> str:
     """The CPU model and the instruction sets that change TensorFlow's kernels, e.g.
     'Intel(R) Xeon(R) Processor; avx2 fma avx512f ... amx_tile'."""
-    model, flags = _cpuinfo()
-    isa = " ".join(f for f in ISA_FLAGS if f in flags) or "unknown"
-    return f"{model}; {isa}"
+    return "; ".join(_cpuinfo())
 
 
 def machine_record(threads: int | None) -> dict[str, str]:
     """Tags machine.*: CPU and instruction sets, cores this process may use, TensorFlow's
     threads and oneDNN settings, and the versions of Python and the libraries."""
-    model, _ = _cpuinfo()
-    record = {"cpu": model, "isa": cpu_kind().split("; ", 1)[1],
+    model, isa = _cpuinfo()
+    record = {"cpu": model, "isa": isa,
               "cores": str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                            else os.cpu_count()),
               "threads": str(threads) if threads else "one per core (train.threads: null)",

@@ -1,10 +1,7 @@
-"""Which registered version a `models:/` URI names, read with MLflow's public client API.
-
-`models:/name/3` is version 3; `models:/name@champion` is the version the alias points at
-now (an alias moves: whatever records a base or a source records the number, never the
-alias); `models:/name/latest` is the highest version number. A stage (`models:/name/Staging`)
-is MLflow's deprecated registry model and names nothing here.
-"""
+"""Which registered version a `models:/` URI names, read with MLflow's public client API:
+`models:/name/3`, `models:/name@champion` (where the alias points now: an alias moves, so
+what records a base or a source records the number) or `models:/name/latest` (the highest
+number). A stage (`models:/name/Staging`, MLflow's deprecated registry) names nothing."""
 
 from __future__ import annotations
 

@@ -52,28 +52,17 @@ def progress_kind(row: Mapping[str, Any]) -> str:
     return "completed" if row["candidate"] or row["status"] in ("completed", "") else "stopped"
 
 
-def changed_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The hyperparameters whose values differ between the trials."""
-    names: list[str] = []
-    for row in rows:
-        names += [k for k in row.get("params", {}) if k not in names and not k.startswith("tuner/")]
-    return [n for n in names
-            if len({str(r.get("params", {}).get(n)) for r in rows}) > 1]
-
-
 def trials_table(rows: Sequence[Mapping[str, Any]],
                  vs_best: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """One flat record per trial: id, the hyperparameters that differ, figures, status, and
     (`vs_best`, by trial id) whether it is the best of its fidelity or within the noise of
     it."""
-    varying = changed_columns(rows)
-    table = []
-    for row in rows:
-        params = row.get("params", {})
-        table.append({**{k: row.get(k) for k in HEADS},
-                      "vs_best": (vs_best or {}).get(row["trial"], ""),
-                      "changed": describe({n: params[n] for n in varying if n in params})})
-    return table
+    params = [r.get("params", {}) for r in rows]
+    names = dict.fromkeys(k for p in params for k in p if not k.startswith("tuner/"))
+    varying = [n for n in names if len({str(p.get(n)) for p in params}) > 1]
+    return [{**{k: row.get(k) for k in HEADS}, "vs_best": (vs_best or {}).get(row["trial"], ""),
+             "changed": describe({n: p[n] for n in varying if n in p})}
+            for row, p in zip(rows, params, strict=True)]
 
 
 def format_table(table: Sequence[Mapping[str, Any]]) -> str:
