@@ -128,7 +128,8 @@ def promote(registry: RegistryConfig, arch: str | None = None, run_id: str | Non
         members=tuple(m.preprocessing for m in members), threshold=calibration.threshold,
         temperature=calibration.temperature, views=tuple(registry.views),
         min_sensitivity=registry.min_sensitivity,
-        validated=calibration.validated(fitted.folds.scores if fitted else val),
+        validated={k: (p.hits, p.total) for k, p in  # what a site's report is judged against
+                   calibration.proportions(fitted.folds.scores if fitted else val).items()},
         reference=score_summary(scores, calibration.threshold), features=features,
         features_adapted=features_adapted,
         population=fitted.population if fitted else candidates[0].cfg.population)

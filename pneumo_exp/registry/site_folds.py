@@ -57,11 +57,6 @@ class Calibration:
         return {"sensitivity": Proportion(int(f["tp"]), int(f["tp"] + f["fn"])),
                 "specificity": Proportion(int(f["tn"]), int(f["tn"] + f["fp"]))}
 
-    def validated(self, scores: Scored) -> dict[str, tuple[int, int]]:
-        """The contract's validated counts, (hits, total) of each: what a site's report is
-        judged against, with its interval."""
-        return {k: (p.hits, p.total) for k, p in self.proportions(scores).items()}
-
 
 @dataclass(frozen=True)
 class OutOfFold(Calibration):
