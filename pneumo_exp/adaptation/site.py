@@ -72,9 +72,7 @@ def adapt(model_uri: str, files: list[Path], root: Path, images_from: str,
     name, number = source.name, str(source.version)
     loaded = load(version_uri(source))  # by its number: an alias may move meanwhile
     model = classifier(loaded)
-    normalized = [batch_norm_layers(m.model) for m in model.members]
-    layers = sum(map(len, normalized))
-    if not all(normalized):
+    if not all(batch_norm_layers(m.model) for m in model.members):
         raise UserError(f"{model_uri} has nothing to adapt: "
                         f"{'a member has' if len(model.members) > 1 else 'it has'} no batch "
                         "normalization layer, so there are no normalization statistics to "
@@ -103,8 +101,8 @@ def adapt(model_uri: str, files: list[Path], root: Path, images_from: str,
         found = f"{len(files)} files, {len(read)} readable images" if files else "no files"
         raise DataError(f"{images_from} has {found}; adapting needs at least "
                         f"{MIN_ADAPTATION_IMAGES} images of the site.")
-    for member in model.members:
-        adapt_batch_norm(member.model, decoded.arrays[member.preprocessing])
+    layers = sum(adapt_batch_norm(m.model, decoded.arrays[m.preprocessing])
+                 for m in model.members)
     digest = files_fingerprint(root, read)
     lineage = {**{k: v for k, v in source.tags.items() if k in LINEAGE_TAGS}, TAG_SITE: site,
                TAG_ADAPTED_FROM_VERSION: number, TAG_ADAPTATION_IMAGES: str(len(read)),

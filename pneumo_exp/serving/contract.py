@@ -83,8 +83,7 @@ class VersionContract:
         """The arrays of the contract written into `folder`, by artifact name."""
         files = {}
         for name, artifact in FEATURE_ARTIFACTS.items():
-            found = getattr(self, name)
-            if found is not None:
+            if (found := getattr(self, name)) is not None:
                 path = folder / f"{artifact}.npz"
                 path.write_bytes(found.to_bytes())
                 files[artifact] = str(path)
