@@ -24,17 +24,12 @@ from pneumo_exp.evaluation.two_sample import MMD, classifier_auc, mmd_test
 from pneumo_exp.serving.batch_norm import MIN_ADAPTATION_IMAGES, adapted, can_adapt
 from pneumo_exp.serving.features import FeatureReference
 from pneumo_exp.serving.model import PneumoniaClassifier, classifier
-from pneumo_exp.serving.predict import keep_page, load
+from pneumo_exp.serving.predict import evaluation_run, keep_page, load
 from pneumo_exp.tracking.names import (
-    EVALUATION_EXPERIMENT,
-    ROLE_EVALUATION,
     SITE_CHECK_HTML,
     SITE_CHECK_PNG,
-    TAG_MODEL_URI,
     rounded,
 )
-from pneumo_exp.tracking.runs import start_run
-from pneumo_exp.tracking.store import connect, experiment_id
 
 LIKE, SHIFTED, ANOTHER = "like the training site", "shifted", "another population"
 VERDICTS = (LIKE, SHIFTED, ANOTHER)
@@ -304,12 +299,8 @@ def run_site_check(model_uri: str, files: list[Path], root: Path, images_from: s
     check = assess_site(model, decoded.arrays, site_patients(files, decoded, root),
                         len(decoded.skipped))
     title = f"Site check: {model_uri} on {name}"
-    fig = check_figure(check, title)
-    png = png_bytes(fig)
-    client = connect()
-    with start_run(experiment_id(client, EVALUATION_EXPERIMENT), f"site-check-{name}",
-                   ROLE_EVALUATION, files_fingerprint(root, read),
-                   {TAG_MODEL_URI: model_uri}) as run:
+    png = png_bytes(check_figure(check, title))
+    with evaluation_run(model_uri, f"site-check-{name}", files_fingerprint(root, read)) as run:
         mlflow.log_params({"model_uri": model_uri, "data": images_from, "images": check.images,
                            "skipped_files": check.skipped, "check": "site, unlabeled",
                            "patients": check.patients, "verdict": check.kind,

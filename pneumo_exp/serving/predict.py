@@ -93,9 +93,8 @@ def evaluate(model_uri: str, labelled: LabelledSet, out: Path,
     target = contract.min_sensitivity or RegistryConfig().min_sensitivity  # or the default
     report = site_report(y, prob, threshold, target, contract.validated_figures(tags))
     title = f"{model_uri} on {labelled.name}"
-    with start_run(experiment_id(client, EVALUATION_EXPERIMENT), f"evaluate-{labelled.name}",
-                   ROLE_EVALUATION, files_fingerprint(labelled.root, labelled.files),
-                   {TAG_MODEL_URI: model_uri}) as run:
+    with evaluation_run(model_uri, f"evaluate-{labelled.name}",
+                        files_fingerprint(labelled.root, labelled.files)) as run:
         mlflow.log_params({"model_uri": model_uri, "data": labelled.source,
                            "files": len(labelled.files),
                            "unreadable_files": int((~readable).sum())})
@@ -112,6 +111,12 @@ def evaluate(model_uri: str, labelled: LabelledSet, out: Path,
                          f"{model_uri.removeprefix('models:/')}-{labelled.name}")
     return Evaluation({**figures, **counts, "eval_unreadable_images": float((~readable).sum())},
                       run.info.run_id, report, html)
+
+
+def evaluation_run(model_uri: str, run_name: str, fingerprint: str) -> mlflow.ActiveRun:
+    """A run of the evaluation experiment judging `model_uri` on the images of `fingerprint`."""
+    return start_run(experiment_id(connect(), EVALUATION_EXPERIMENT), run_name,
+                     ROLE_EVALUATION, fingerprint, {TAG_MODEL_URI: model_uri})
 
 
 def keep_page(png: bytes, page: str, artifacts: tuple[str, str], out: Path,
