@@ -114,7 +114,6 @@ def for_promotion(name: str, version: str, candidates: Sequence[Any],
                   val: Mapping[str, float], test: Mapping[str, float],
                   contract: VersionContract, registry: Any) -> str:
     """The card of a promoted version (one trial, or an ensemble of trials)."""
-    threshold, temperature = contract.threshold, contract.temperature
     search = candidates[0].search
     objective = candidates[0].cfg.search.objective
     p = search.data.params
@@ -141,13 +140,13 @@ train by patient; the test split was read once, for the figures below.
 
 {_figures_table([("validation", val, "val_"), ("test", test, "test_")])}
 
-**Threshold rule.** {threshold:.3f}: the highest specificity whose sensitivity on the
+**Threshold rule.** {contract.threshold:.3f}: the highest specificity whose sensitivity on the
 calibrated validation probabilities is at least {registry.min_sensitivity} (a missed
 pneumonia is the costly error; validation is cut from the training data, whose labels are
 less checked than a reviewed test set's, so a site's sensitivity is usually higher).
 Each image is scored as {_views(registry.views)}, the probabilities averaged.
 
-**Calibration.** Temperature {temperature:.3f}, fitted on validation (Guo et al. 2017).
+**Calibration.** Temperature {contract.temperature:.3f}, fitted on validation (Guo et al. 2017).
 Expected calibration error (15 bins) on validation {_pct(val.get('val_uncalibrated_ece'))}
 before, {_pct(val.get('val_ece'))} after; on test {_pct(test.get('test_uncalibrated_ece'))}
 before, {_pct(test.get('test_ece'))} after.

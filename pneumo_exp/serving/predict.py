@@ -80,7 +80,6 @@ def evaluate(model_uri: str, labelled: LabelledSet, out: Path,
     its one-page site report (also written to `out`)."""
     model = load(model_uri)
     predictions = predict_files(model, labelled.files)
-    labels = labelled.labels
     readable = predictions["probability"].notna().to_numpy()
     if not readable.any():
         raise DataError(f"none of the {len(labelled.files)} files of {labelled.source} is a "
@@ -89,7 +88,7 @@ def evaluate(model_uri: str, labelled: LabelledSet, out: Path,
     tags = dict(registered_version(client, model_uri).tags) if model_uri.startswith(PREFIX) else {}
     contract = version_contract(model, tags)
     threshold = contract.threshold
-    y, prob = labels[readable], predictions["probability"].to_numpy(float)[readable]
+    y, prob = labelled.labels[readable], predictions["probability"].to_numpy(float)[readable]
     target = contract.min_sensitivity or RegistryConfig().min_sensitivity  # or the default
     report = site_report(y, prob, threshold, target, contract.validated_figures(tags))
     title = f"{model_uri} on {labelled.name}"
