@@ -37,7 +37,7 @@ from pneumo_exp.tracking.names import (
     TAG_SOURCES,
     TRAINING_SITE,
 )
-from pneumo_exp.tracking.runs import log_summary
+from pneumo_exp.tracking.runs import log_metrics
 
 log = logging.getLogger(__name__)
 # The AUC on its base's validation a site version may lose beyond the noise and still be for
@@ -216,7 +216,7 @@ def choose(client: MlflowClient, ranked: Sequence[Run], top: int,
         k = kept(base, [member], registry.views)
         assert k is not None
         kept_by.append(k)
-        log_summary(client, run.info.run_id, {f"{TRAINING_SITE}auc": k.difference.a})
+        log_metrics(client, run.info.run_id, {f"{TRAINING_SITE}auc": k.difference.a})
         d = difference(s.objective, site[i], site[0], paired=True,
                        sensitivity_target=s.sensitivity_target)
         within = i == 0 or ((d.high >= 0) if s.direction == "max" else (d.low <= 0))
@@ -295,7 +295,7 @@ def publish(client: MlflowClient, name: str, number: str, candidates: Sequence[C
     tags = candidates[0].search.data.tags
     training = site_fit.kept.figures() if site_fit.kept else {}
     folds = site_fit.folds.figures()
-    log_summary(client, evaluation_run, {**training, **folds})
+    log_metrics(client, evaluation_run, {**training, **folds})
     card = model_card.for_site(name, number, candidates, val_figures, training, site_fit,
                                choice, contract, registry, tags[TAG_SITE],
                                tags[TAG_BASE_VERSION])

@@ -34,9 +34,9 @@ from pneumo_exp.tracking.names import (
     TAG_ROLE,
 )
 from pneumo_exp.tracking.queries import every, quoted
-from pneumo_exp.tracking.runs import child_run, create_parent_run, log_data_description, log_summary
+from pneumo_exp.tracking.runs import child_run, create_parent_run, log_data_description, log_metrics
 from pneumo_exp.tracking.store import connect, experiment_id
-from pneumo_exp.tracking.trials import log_classifier, log_epoch_metrics
+from pneumo_exp.tracking.trials import log_classifier
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def run_cv(cfg: ExperimentConfig, folds: int = 5, source: str = "default",
                 model = hypermodel.build(hp.copy())
                 # each epoch's figures into the fold's run (a search logs at the tuner's hook)
                 epochs_logged = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: (
-                    log_epoch_metrics(client, run_id, epoch, logs or {})))
+                    log_metrics(client, run_id, logs or {}, epoch)))
                 history = hypermodel.fit(
                     hp, model, make_dataset(train, t.batch_size, shuffle=True, seed=s.seed + k),
                     epochs=t.epochs, callbacks=[*training_callbacks(
@@ -133,7 +133,7 @@ def run_cv(cfg: ExperimentConfig, folds: int = 5, source: str = "default",
                                 "run it again to start over.") from None
     finally:
         summary = _summary(figures, folds, time.time() - started)
-        log_summary(client, parent, summary)
+        log_metrics(client, parent, summary)
         client.set_terminated(parent, status=status)
     return CVResult(experiment, parent, figures, summary, values, fold_groups)
 

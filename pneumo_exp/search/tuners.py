@@ -29,8 +29,9 @@ from pneumo_exp.search.fidelity import Stage
 from pneumo_exp.search.kt_internals import GivenPointsFirst, TunerMixin, allows, set_debug
 from pneumo_exp.text import describe, duration
 from pneumo_exp.tracking.names import STATUS_CUT
+from pneumo_exp.tracking.runs import log_metrics
 from pneumo_exp.tracking.search_tracker import SearchTracker
-from pneumo_exp.tracking.trials import log_classifier, log_epoch_metrics
+from pneumo_exp.tracking.trials import log_classifier
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class TrackedTuner(TunerMixin, kt.Tuner):
                      logs: dict[str, Any] | None = None) -> None:
         super().on_epoch_end(trial, model, epoch, logs)
         if self._run_id and logs:
-            log_epoch_metrics(self.tracker.client, self._run_id, epoch, logs)
+            log_metrics(self.tracker.client, self._run_id, logs, epoch)
 
     def on_trial_end(self, trial: Any) -> None:
         if trial.message:  # Keras Tuner keeps the traceback; one line says it

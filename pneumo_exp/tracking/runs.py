@@ -10,6 +10,7 @@ import posixpath
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -97,11 +98,15 @@ def log_data_description(client: MlflowClient, run_id: str, root: Path,
     client.log_inputs(run_id, datasets=inputs)
 
 
-def log_summary(client: MlflowClient, run_id: str, metrics: Mapping[str, float]) -> None:
-    """Summary metrics of a parent run. Searches and cvs share the names (best_val_auc,
-    best_val_accuracy, best_val_loss, n_trials, wall_time_s) so the UI compares them."""
+def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, Any],
+                step: int = 0) -> None:
+    """The numbers among `metrics` in one request: a trial's epoch (`step`), or a parent
+    run's summary, whose names searches and cvs share (best_val_auc, n_trials, wall_time_s)
+    so the UI compares them."""
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in rounded(metrics).items()])
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, Real)}
+    client.log_batch(run_id, metrics=[Metric(k, v, now, step)
+                                      for k, v in rounded(numbers).items()])
 
 
 @contextlib.contextmanager

@@ -71,7 +71,7 @@ from pneumo_exp.tracking.runs import (
     child_run,
     create_parent_run,
     log_data_description,
-    log_summary,
+    log_metrics,
     log_table,
 )
 from pneumo_exp.tracking.search_record import (
@@ -215,7 +215,7 @@ class SearchTracker(SearchRecord):
                 trial_id, run_id = best
                 metrics.update(self.best_figures(run_id))
                 self._tag(self.parent_run_id, {TAG_BEST_TRIAL: trial_id, TAG_BEST_RUN: run_id})
-            log_summary(self.client, self.parent_run_id, metrics)
+            log_metrics(self.client, self.parent_run_id, metrics)
             log_trials(self)
             log_importance(self)
         self.client.set_terminated(self.parent_run_id, status=status)

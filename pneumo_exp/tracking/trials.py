@@ -4,17 +4,13 @@ bookkeeping without it is in search_tracker.py."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import keras
 import mlflow
 import numpy as np
 import tensorflow as tf
-from mlflow.entities import Metric
 from mlflow.models import infer_signature
-from mlflow.tracking import MlflowClient
 
 from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.evaluation import plots
@@ -24,16 +20,6 @@ from pneumo_exp.evaluation.plots import plt
 from pneumo_exp.explain.gradcam import review_figures
 from pneumo_exp.tracking.figures import log_confusion, log_figure
 from pneumo_exp.tracking.names import TRIAL_MODEL, VAL_PREDICTIONS, gradcam_plot, rounded
-
-
-def log_epoch_metrics(client: MlflowClient, run_id: str, epoch: int,
-                      logs: Mapping[str, Any]) -> None:
-    now = int(time.time() * 1000)
-    numbers = {k: v for k, v in logs.items()
-               if isinstance(v, int | float | np.floating | np.integer)}
-    metrics = [Metric(k, v, now, epoch) for k, v in rounded(numbers).items()]
-    if metrics:
-        client.log_batch(run_id, metrics=metrics)
 
 
 def log_classifier(model: keras.Model, data: LabeledImages, history: Mapping[str, Sequence[float]],
