@@ -16,7 +16,7 @@ from pneumo_exp.config import FULL_DATA_DIR, SAMPLE_DIR, STATE_DIR
 from pneumo_exp.errors import UserError
 from pneumo_exp.fileio import keep_private
 from pneumo_exp.search import interrupts
-from pneumo_exp.tracking.access import refusal
+from pneumo_exp.tracking.access import PERMISSIONS, refusal
 
 # name -> (help, description (None: the help; SUPPRESS: none), function)
 COMMANDS = {
@@ -115,7 +115,7 @@ def build_parser(make_command: str | None = None) -> argparse.ArgumentParser:
     grant = users_sub.add_parser("grant", help="grant a user READ, EDIT or MANAGE on "
                                  "experiments and registered models")
     grant.add_argument("username")
-    grant.add_argument("--permission", required=True, choices=("READ", "EDIT", "MANAGE"),
+    grant.add_argument("--permission", required=True, choices=PERMISSIONS,
                        help="READ: browse and predict; EDIT: also search, promote, adapt; "
                        "MANAGE: also delete and grant")
     grant.add_argument("--experiment", action="append", help="an architecture (aug_cnn) or "

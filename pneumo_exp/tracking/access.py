@@ -131,9 +131,6 @@ def grant(uri: str, username: str, resource_type: str, resource_id: str,
           permission: str) -> None:
     """`permission` on one experiment (by id) or registered model (by name), in place of
     the one the user held there (MLflow keeps one a user and resource)."""
-    if permission not in PERMISSIONS:
-        raise UserError(f"permission must be one of {', '.join(PERMISSIONS)}; got "
-                        f"{permission!r}.")
     client = auth_client(uri)
     try:
         client.grant_user_permission(username, resource_type, resource_id, permission)
