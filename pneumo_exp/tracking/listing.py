@@ -13,7 +13,6 @@ from typing import Any
 import mlflow
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from pneumo_exp.errors import UserError
 from pneumo_exp.text import text_table
@@ -137,11 +136,6 @@ def find_search(client: MlflowClient, search: str) -> Run:
         raise UserError(f"{len(runs)} searches are named '{search}' ({listed}); give the "
                         "run id of the one you mean.")
     return runs[0]
-
-
-def search_children(client: MlflowClient, parent: Run) -> list[Run]:
-    return every(client.search_runs, [parent.info.experiment_id],
-                 f"tags.`{MLFLOW_PARENT_RUN_ID}` = {quoted(parent.info.run_id)}")
 
 
 def versions_using(client: MlflowClient, run_ids: set[str]) -> list[Mapping[str, Any]]:

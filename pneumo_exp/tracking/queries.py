@@ -6,6 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
 from pneumo_exp.errors import UserError
 
 
@@ -32,3 +36,10 @@ def every(search: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
         results.extend(page)
         if not (token := page.token):
             return results
+
+
+def children(client: MlflowClient, experiment: str, parent_run_id: str | None, where: str = "",
+             **kwargs: Any) -> list[Run]:
+    """Every nested run of a parent run; `where` adds conditions (" and ...")."""
+    return every(client.search_runs, [experiment],
+                 f"tags.`{MLFLOW_PARENT_RUN_ID}` = {quoted(parent_run_id)}{where}", **kwargs)

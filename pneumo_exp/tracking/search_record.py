@@ -14,7 +14,6 @@ import mlflow
 import numpy as np
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from pneumo_exp.config import ExperimentConfig
 from pneumo_exp.evaluation.noise import BEST, NEAR_BEST, NOISE_NOTE, Scored, difference
@@ -32,7 +31,7 @@ from pneumo_exp.tracking.names import (
     TAG_TRIAL,
     VAL_PREDICTIONS,
 )
-from pneumo_exp.tracking.queries import every, quoted
+from pneumo_exp.tracking.queries import children
 from pneumo_exp.tracking.runs import parent_config
 
 log = logging.getLogger(__name__)
@@ -140,9 +139,8 @@ class SearchRecord:
 
     def _trial_runs(self) -> list[Run]:
         """The latest run of each trial (a killed run's trial runs again), by trial id."""
-        runs = every(self.client.search_runs, [self.experiment_id],
-                     f"tags.`{MLFLOW_PARENT_RUN_ID}` = {quoted(self.parent_run_id)}",
-                     order_by=["attributes.start_time ASC"])
+        runs = children(self.client, self.experiment_id, self.parent_run_id,
+                        order_by=["attributes.start_time ASC"])
         latest = {r.data.tags.get(TAG_TRIAL, ""): r for r in runs}
         return [latest[k] for k in sorted(latest, key=lambda t: int(t) if t.isdigit() else -1)]
 

@@ -17,7 +17,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.entities import RunTag
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from pneumo_exp.config import ExperimentConfig
 from pneumo_exp.data.dataset import TrainingData
@@ -66,7 +66,7 @@ from pneumo_exp.tracking.names import (
     TRIALS_TEXT,
     plot,
 )
-from pneumo_exp.tracking.queries import every, quoted
+from pneumo_exp.tracking.queries import children, quoted
 from pneumo_exp.tracking.runs import (
     child_run,
     create_parent_run,
@@ -193,9 +193,8 @@ class SearchTracker(SearchRecord):
 
     def _close_stale_trial_runs(self, extra_filter: str = "") -> None:
         """Trial runs left RUNNING by a killed process end as KILLED."""
-        for run in every(self.client.search_runs, [self.experiment_id],
-                         f"tags.`{MLFLOW_PARENT_RUN_ID}` = {quoted(self.parent_run_id)} "
-                         f"and attributes.status = 'RUNNING'{extra_filter}"):
+        for run in children(self.client, self.experiment_id, self.parent_run_id,
+                            f" and attributes.status = 'RUNNING'{extra_filter}"):
             self.client.set_terminated(run.info.run_id, status="KILLED")
             log.info("trial run %s (trial %s) was left running by an interrupted search; "
                      "marked KILLED.", run.info.run_id, run.data.tags.get(TAG_TRIAL))

@@ -171,19 +171,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_delete_search(args: argparse.Namespace) -> int:
     """Delete one search's runs (parent and trials) and its tuner state; refused while a
     registered version packages one of its trials."""
-    from pneumo_exp.tracking.listing import find_search, search_children, versions_using
+    from pneumo_exp.tracking.listing import find_search, versions_using
     from pneumo_exp.tracking.names import TAG_ARCH
+    from pneumo_exp.tracking.queries import children
 
     client = connect()
     parent = find_search(client, args.search_name)
-    children = search_children(client, parent)
-    used = versions_using(client, {r.info.run_id for r in children})
+    trials = children(client, parent.info.experiment_id, parent.info.run_id)
+    used = versions_using(client, {r.info.run_id for r in trials})
     if used:
         listed = ", ".join(f"{u['name']} version {u['version']}" for u in used)
         raise UserError(f"search '{args.search_name}' cannot be deleted: {listed} packages "
                         "its trials. Delete those versions first (MLflow UI, Models).")
     state = TUNER_DIR / parent.data.tags.get(TAG_ARCH, "?") / args.search_name
-    what = (f"search '{args.search_name}': its run {parent.info.run_id}, {len(children)} "
+    what = (f"search '{args.search_name}': its run {parent.info.run_id}, {len(trials)} "
             f"trial runs{', and ' + str(state) if state.is_dir() else ''}")
     if not args.yes:
         if not sys.stdin.isatty():
@@ -192,7 +193,7 @@ def cmd_delete_search(args: argparse.Namespace) -> int:
         if input(f"Delete {what}? [y/N] ").strip().lower() not in ("y", "yes"):
             print("Nothing deleted.")
             return 1
-    for run in [*children, parent]:
+    for run in [*trials, parent]:
         client.delete_run(run.info.run_id)
     if state.is_dir():
         shutil.rmtree(state)
