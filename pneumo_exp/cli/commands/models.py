@@ -26,6 +26,7 @@ from pneumo_exp.data.inputs import (
 )
 from pneumo_exp.errors import UserError
 from pneumo_exp.settings import SITE_ARCH
+from pneumo_exp.tracking.listing import describe_version, models_table
 from pneumo_exp.tracking.names import (
     CHAMPION,
     OUT_OF_FOLD,
@@ -170,7 +171,6 @@ def cmd_site_check(args: argparse.Namespace) -> int:
     images = _site_images(args)
     import_tensorflow()
     from pneumo_exp.adaptation.site_check import run_site_check
-    from pneumo_exp.tracking.listing import describe_version
 
     uri = _model_uri(args)
     name = args.site or ("pacs" if args.dicomweb else Path(args.data).resolve().name)
@@ -195,7 +195,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     images = image_inputs(args.paths, _pacs(args))
     import_tensorflow()
     from pneumo_exp.serving.predict import load, predict_files
-    from pneumo_exp.tracking.listing import describe_version
 
     uri = _model_uri(args)
     table = predict_files(load(uri), images.files, images.names)
@@ -232,7 +231,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import_tensorflow()
     from pneumo_exp.registry.model_card import add_site_evaluation
     from pneumo_exp.serving.predict import evaluate
-    from pneumo_exp.tracking.listing import describe_version
 
     uri = _model_uri(args)
     e = evaluate(uri, labelled_set, Path(args.out))
@@ -260,7 +258,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from pneumo_exp.explain.gradcam import explain_files
     from pneumo_exp.serving.model import classifier
     from pneumo_exp.serving.predict import load
-    from pneumo_exp.tracking.listing import describe_version
 
     uri = _model_uri(args)
     written = explain_files(classifier(load(uri)), uri, args.paths, Path(args.out))
@@ -283,7 +280,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from pneumo_exp.tracking.listing import models_table
-
     print(models_table(connect()))
     return 0

@@ -24,15 +24,15 @@ from pneumo_exp.tracking.access import (
     read_secret,
     redacted,
 )
-from pneumo_exp.tracking.store import connect
+from pneumo_exp.tracking.listing import experiments, find_search, runs_table, versions_using
+from pneumo_exp.tracking.names import TAG_ARCH, arch_experiment
+from pneumo_exp.tracking.queries import children
+from pneumo_exp.tracking.store import connect, experiment_id, init_sqlite_store, ui_url
 
 log = logging.getLogger(__name__)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from pneumo_exp.tracking.listing import experiments
-    from pneumo_exp.tracking.store import ui_url
-
     _open_to_the_network(args, secured=False)  # the UI has no login: pneumo-exp server
     client = connect()
     uri = tracking_uri()
@@ -66,7 +66,6 @@ def cmd_server(args: argparse.Namespace) -> int:
     _open_to_the_network(args, args.auth)
     backend = args.backend_store_uri or f"sqlite:///{MLRUNS_DIR.resolve() / 'mlflow.db'}"
     if backend.startswith("sqlite:///"):
-        from pneumo_exp.tracking.store import init_sqlite_store
         init_sqlite_store(Path(backend.removeprefix("sqlite:///")))
     artifacts = args.artifacts_destination or str((MLRUNS_DIR / "artifacts").resolve())
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
@@ -91,9 +90,6 @@ def cmd_server(args: argparse.Namespace) -> int:
 def cmd_users(args: argparse.Namespace) -> int:
     """Add a user to the tracking server, or grant one a permission on experiments and
     registered models (as the server's admin: MLFLOW_TRACKING_USERNAME and _PASSWORD)."""
-    from pneumo_exp.tracking.names import arch_experiment
-    from pneumo_exp.tracking.store import experiment_id
-
     uri = tracking_uri()
     if not uri.startswith(("http://", "https://")):
         raise UserError(f"users live on a tracking server; MLFLOW_TRACKING_URI is {uri}. Set "
@@ -119,8 +115,6 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """The searches and cross-validations; or one search's trials (and importance)."""
-    from pneumo_exp.tracking.listing import find_search, runs_table
-
     client = connect()
     if not args.search:
         if args.importance:
@@ -151,7 +145,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         noise_verdicts,
         summarize,
     )
-    from pneumo_exp.tracking.listing import find_search
 
     client = connect()
     searches = [summarize(client, find_search(client, s)) for s in args.searches]
@@ -171,10 +164,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_delete_search(args: argparse.Namespace) -> int:
     """Delete one search's runs (parent and trials) and its tuner state; refused while a
     registered version packages one of its trials."""
-    from pneumo_exp.tracking.listing import find_search, versions_using
-    from pneumo_exp.tracking.names import TAG_ARCH
-    from pneumo_exp.tracking.queries import children
-
     client = connect()
     parent = find_search(client, args.search_name)
     trials = children(client, parent.info.experiment_id, parent.info.run_id)
