@@ -76,7 +76,6 @@ def cmd_server(args: argparse.Namespace) -> int:
         password = read_secret(ADMIN_PASSWORD_ENV, args.admin_password_file,
                                "admin password")
         database = args.auth_database or f"sqlite:///{MLRUNS_DIR.resolve() / 'basic_auth.db'}"
-        STATE_DIR.mkdir(parents=True, exist_ok=True)
         env.update(auth_server(STATE_DIR, database, args.admin_user, password))
         cmd += ["--app-name", "basic-auth"]
     print(f"MLflow tracking server on http://{args.host}:{args.port} (backend "
