@@ -6,8 +6,10 @@ pixels, then `resize` (docs/sites.md; docs/results.md, "One decoding for every c
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -99,24 +101,30 @@ class Decoded:
 
 def decode_many(inputs: Sequence[str | Path | BinaryIO],
                 preprocessing: Iterable[Preprocessing]) -> Decoded:
-    """Every input decoded for every preprocessing; an unreadable one is skipped with its
-    reason. File objects are read from their start for each preprocessing."""
+    """Every input decoded for every preprocessing, a few at a time; an unreadable one is
+    skipped with its reason. File objects are read from their start for each preprocessing."""
     keys = list(dict.fromkeys(preprocessing))
-    arrays: dict[Preprocessing, list[np.ndarray]] = {key: [] for key in keys}
-    out = Decoded({}, [], [])
-    for i, item in enumerate(inputs):
+
+    def one(item: str | Path | BinaryIO
+            ) -> dict[Preprocessing, tuple[np.ndarray, ImageFacts | None]] | UnreadableImageError:
         try:
-            found = {key: read_image(_rewound(item), *key) for key in keys}
+            return {key: read_image(_rewound(item), *key) for key in keys}
         except UnreadableImageError as e:
-            out.skipped.append((i, str(e)))
-            out.labels[i] = e.label
-            continue
-        for key, (array, header) in found.items():
-            arrays[key].append(array)
-            if header is not None:
-                out.facts[i] = header
-        out.readable.append(i)
-    out.arrays.update({k: np.stack(v) for k, v in arrays.items() if v})
+            return e
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(one, inputs))
+    out = Decoded({}, [], [])
+    for i, found in enumerate(results):
+        if isinstance(found, UnreadableImageError):
+            out.skipped.append((i, str(found)))
+            out.labels[i] = found.label
+        else:
+            out.readable.append(i)
+            if headers := [header for _, header in found.values() if header is not None]:
+                out.facts[i] = headers[-1]
+    if out.readable:
+        out.arrays.update({k: np.stack([results[i][k][0] for i in out.readable]) for k in keys})
     return out
 
 

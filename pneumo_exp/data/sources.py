@@ -12,7 +12,6 @@ import os
 import time
 import zipfile
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from PIL import Image
 
 from pneumo_exp.config import CACHE_DIR, CLASS_NAMES
 from pneumo_exp.data.dicom import decoders, patient_key
-from pneumo_exp.data.images import UnreadableImageError, read_image, resize
+from pneumo_exp.data.images import decode_many, resize
 from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.data.site_folder import LABELS_CSV, csv_patients, is_site_folder, read_labels
 from pneumo_exp.data.split import patient_id
@@ -162,29 +161,20 @@ class FolderSource:
                  len(files), self.root if self.site else self.root / split, image_size,
                  image_size, channels)
 
-        def one(rel: str) -> tuple[np.ndarray, str] | str:
-            try:
-                image, facts = read_image(self.root / rel, image_size, channels)
-            except UnreadableImageError as e:
-                return str(e)
-            return image, (patient_key(facts.patient) if facts and facts.patient
-                           else patient_id(rel.rsplit("/", 1)[-1]))
-
         rels = [rel for rel, _, _ in files]
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            results = list(pool.map(one, rels))
-        skipped = [(rel, r) for rel, r in zip(rels, results, strict=True) if isinstance(r, str)]
-        read = [(rel, label, r) for (rel, label, _), r in zip(files, results, strict=True)
-                if not isinstance(r, str)]
-        names = [rel for rel, _, _ in read]
-        groups = [r[1] for _, _, r in read]
+        decoded = decode_many([self.root / rel for rel in rels], [(image_size, channels)])
+        names = [rels[i] for i in decoded.readable]
+        groups = [patient_key(facts.patient) if (facts := decoded.facts.get(i)) and facts.patient
+                  else patient_id(rels[i]) for i in decoded.readable]
         if labelled:  # every image needs its row; a file that is no image needs none
             patients = csv_patients(self.root, rels, names)
             groups = [patients[rel] for rel in names]
-        images = (np.stack([r[0] for _, _, r in read]) if read
-                  else np.zeros((0, image_size, image_size, channels), np.uint8))
-        return LabeledImages(images, np.array([label for _, label, _ in read], dtype=np.int64),
-                             np.array(names, dtype=str), np.array(groups, dtype=str)), skipped
+        images = decoded.arrays.get((image_size, channels),
+                                    np.zeros((0, image_size, image_size, channels), np.uint8))
+        labels = np.array([files[i][1] for i in decoded.readable], dtype=np.int64)
+        return (LabeledImages(images, labels, np.array(names, dtype=str),
+                              np.array(groups, dtype=str)),
+                [(rels[i], why) for i, why in decoded.skipped])
 
 
 class NpzSource:
