@@ -51,7 +51,9 @@ def read_image(path: str | Path | BinaryIO, image_size: int,
                 im.load()
                 return resize(ImageOps.exif_transpose(im), image_size, channels), None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UnreadableImageError(_reason(e)) from e
+        text = str(e) or type(e).__name__
+        raise UnreadableImageError("not an image file" if "cannot identify image file" in text
+                                   else text.splitlines()[0][:200]) from e
 
 
 def resize(im: Image.Image, image_size: int, channels: int) -> np.ndarray:
@@ -76,13 +78,6 @@ def _to_8bit(im: Image.Image, channels: int) -> Image.Image:
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") and target == "L":
         im = im.convert("RGB")  # drop alpha first, so it does not darken the gray values
     return im if im.mode == target else im.convert(target)
-
-
-def _reason(e: Exception) -> str:
-    text = str(e) or type(e).__name__
-    if "cannot identify image file" in text:
-        return "not an image file"
-    return text.splitlines()[0][:200]
 
 
 Preprocessing = tuple[int, int]  # (image size, channels) a model was trained at
