@@ -127,11 +127,6 @@ def _date(text: str) -> date | None:
     return None
 
 
-def months_between(born: date, seen: date) -> int:
-    """Completed months by the calendar: 11 on the day before the first birthday."""
-    return (seen.year - born.year) * 12 + seen.month - born.month - (seen.day < born.day)
-
-
 def patient_age(ds: object) -> tuple[float | None, str | None]:
     """The patient's age (completed months / 12) from PatientAge, else from the birth and
     study dates, else a bare PatientAge read as years; or None and why not. A reason beside
@@ -142,8 +137,9 @@ def patient_age(ds: object) -> tuple[float | None, str | None]:
         return age, None
     born = _date(_text(ds, "PatientBirthDate"))
     seen = next((d for d in (_date(_text(ds, k)) for k in STUDY_DATES) if d), None)
-    if born and seen and seen >= born:
-        return months_between(born, seen) / 12, None
+    if born and seen and seen >= born:  # completed months: 11 the day before a first birthday
+        months = (seen.year - born.year) * 12 + seen.month - born.month - (seen.day < born.day)
+        return months / 12, None
     if BARE.match(text):
         return float(int(text)), NO_UNIT
     why = "its PatientAge is unreadable" if text else "it has no PatientAge"
