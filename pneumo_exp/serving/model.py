@@ -85,7 +85,8 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
     def decode(self, images: Sequence[Any]) -> Decoded:
         """The readable images (bytes or base64 text) decoded for each member's
         preprocessing."""
-        return decode_many([_as_file(data) for data in images],
+        return decode_many([io.BytesIO(base64.b64decode(data) if isinstance(data, str)
+                                       else bytes(data)) for data in images],
                            [m.preprocessing for m in self.members])
 
     def probabilities(self, arrays: Mapping[Preprocessing, np.ndarray]) -> np.ndarray:
@@ -139,13 +140,6 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"probability": pd.Series(prob, dtype=object), "label": labels,
                              "reason": pd.Series(reason, dtype=object),
                              "check": pd.Series(check, dtype=object)})
-
-
-def _as_file(value: Any) -> io.BytesIO:
-    """Bytes pass through; base64 text (served JSON) is decoded; decode_image reads both."""
-    if isinstance(value, str):
-        value = base64.b64decode(value)
-    return io.BytesIO(bytes(value))
 
 
 def images_frame(paths: Iterable[str | Path]) -> pd.DataFrame:
