@@ -5,6 +5,7 @@ plugin reads files that were skipped); patients as grouping keys (PatientIDs has
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -65,9 +66,13 @@ def load_split(source: FolderSource | NpzSource, split: str, image_size: int, ch
     key = fingerprint(source.entries(split), {"size": image_size, "channels": channels,
                                               "decoders": decoders()})
     path = (cache_dir or CACHE_DIR) / f"{split}-{key}.npz"
-    cached = _cached(path)
-    if cached is not None:
-        return SplitData(*cached, key, True, time.perf_counter() - start)
+    with contextlib.suppress(OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        with np.load(path, allow_pickle=False) as z:  # absent or unreadable: decoded again
+            data = LabeledImages(z["images"], z["labels"], z["names"], z["groups"])
+            skipped = list(zip(z["skipped_names"].tolist(), z["skipped_reasons"].tolist(),
+                               strict=True))
+        touch(path)
+        return SplitData(data, skipped, key, True, time.perf_counter() - start)
     data, skipped = source.decode(split, image_size, channels)
     for label, name in enumerate(CLASS_NAMES):
         if not np.any(data.labels == label):
@@ -85,21 +90,6 @@ def fingerprint(entries: Iterable[Any], settings: dict[str, Any]) -> str:
     payload = json.dumps({"format": CACHE_FORMAT, "settings": settings, "entries": list(entries)},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def _cached(path: Path) -> tuple[LabeledImages, list[Skipped]] | None:
-    """The cached split, or None when absent or unreadable (it is then rebuilt)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = LabeledImages(z["images"], z["labels"], z["names"], z["groups"])
-            skipped = list(zip(z["skipped_names"].tolist(), z["skipped_reasons"].tolist(),
-                               strict=True))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None
-    touch(path)
-    return data, skipped
 
 
 class FolderSource:
