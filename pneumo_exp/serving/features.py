@@ -39,23 +39,17 @@ def feature_layer(model: Any) -> Any:
 _PROBES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _probe(model: Any) -> Any:
-    """A model from the member's input to its features, built once per member (it shares
-    the member's layers, so adapted statistics reach it)."""
-    import keras
-
-    if model not in _PROBES:
-        _PROBES[model] = keras.Model(model.inputs, feature_layer(model))
-    return _PROBES[model]
-
-
 def pooled_features(models: Sequence[Any], arrays: Sequence[np.ndarray],
                     batch_size: int = 128) -> np.ndarray:
     """(images, features) the members' features of the same images (each member on its own
     preprocessing), side by side."""
+    import keras
+
     found = []
     for model, images in zip(models, arrays, strict=True):
-        features = _probe(model).predict(images, batch_size=batch_size, verbose=0)
+        if model not in _PROBES:  # built once per member; sharing its layers, it sees them adapted
+            _PROBES[model] = keras.Model(model.inputs, feature_layer(model))
+        features = _PROBES[model].predict(images, batch_size=batch_size, verbose=0)
         found.append(np.asarray(features, dtype=np.float64).reshape(len(images), -1))
     return np.concatenate(found, axis=1)
 
