@@ -262,7 +262,9 @@ def _decode(ds: object) -> np.ndarray:
             arr = pixel_array(ds, index=0, decoding_plugin=plugin)  # the first frame; YBR
             break  # comes back as RGB
         except Exception as e:  # the plugins raise many types for damaged data
-            errors.append(_last_line(e))  # pydicom's names its plugin
+            # the reason in one line: pydicom's names its plugin on a line of its own before it
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            errors.append((lines[-1] if lines else type(e).__name__)[:160])
     else:
         hint = (f"; not installed: {'; '.join(decoder.missing_dependencies)} (pip install "
                 "'pneumo-exp[libjpeg]' adds libjpeg, GPLv3)" if decoder.missing_dependencies
@@ -284,12 +286,6 @@ def _decode(ds: object) -> np.ndarray:
     out = _to_uint8(np.asarray(values, dtype=np.float64), low, high)
     inverse = _text(ds, "PresentationLUTShape").upper() == "INVERSE"
     return 255 - out if photometric == "MONOCHROME1" or inverse else out
-
-
-def _last_line(error: Exception) -> str:
-    """A plugin's reason in one line (pydicom puts it after a line of its own)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return (lines[-1] if lines else type(error).__name__)[:160]
 
 
 def _stored_range(ds: object) -> tuple[float, float]:
