@@ -164,17 +164,10 @@ def csv_patients(root: Path, files: list[str], images: list[str] | None = None,
             wrong.append(f"{row.file} (row {row.line}: {row.label}, in {folder}/)")
         patients[rel] = row.patient
     missing = [f for f in (files if images is None else images) if f not in patients]
-    problems = []
-    if unknown:
-        problems.append(f"{len(unknown)} rows name no file of the folder: {_some(unknown)}")
-    if missing:
-        problems.append(f"{len(missing)} files have no row: {_some(missing)}")
-    if wrong:
-        problems.append(f"{len(wrong)} rows give another class than the file's folder: "
-                        f"{_some(wrong)}")
-    if both:
-        problems.append(f"{len(both)} rows name a file that both folders hold (give its "
-                        f"path, NORMAL/name): {_some(both)}")
+    problems = [f"{len(found)} {what}: {_some(found)}" for found, what in (
+        (unknown, "rows name no file of the folder"), (missing, "files have no row"),
+        (wrong, "rows give another class than the file's folder"),
+        (both, "rows name a file that both folders hold (give its path, NORMAL/name)")) if found]
     if problems:
         raise DataError(f"{labels.path} does not match the folder: " + "; ".join(problems)
                         + ". Give every image one row (file, patient), or remove the CSV to "
