@@ -12,7 +12,7 @@ import pytest
 from conftest import checked_contract
 from PIL import Image
 
-from pneumo_exp.data.views import ORIGINAL, parse_view, view_images
+from pneumo_exp.data.views import ORIGINAL, view_images
 
 
 def _square(size: int = 20) -> np.ndarray:
@@ -47,7 +47,7 @@ def test_shift_moves_the_image_and_repeats_its_edge() -> None:
                                   "shift 0.1", "original 1", "crop x", "shift x 0", ""])
 def test_a_bad_view_names_the_grammar(spec: str) -> None:
     with pytest.raises(ValueError, match="is not a view: 'original'"):
-        parse_view(spec)
+        view_images(np.zeros((1, 4, 4, 1), np.uint8), spec)
 
 
 def test_a_bad_view_stops_when_the_settings_are_read() -> None:

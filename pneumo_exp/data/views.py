@@ -13,27 +13,21 @@ view is text, kept in a version's config:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from pneumo_exp.grammar import ORIGINAL, read_view
 
-__all__ = ["ORIGINAL", "View", "parse_view", "view_images"]
-View = Callable[[np.ndarray], np.ndarray]  # (N, H, W, C) -> (N, H, W, C), float32
-
-
-def parse_view(spec: str) -> View:
-    """The function of a view's text; ValueError naming the grammar if it is none (the
-    grammar is grammar.read_view's, so a bad view stops when the settings are read)."""
-    name, args = read_view(spec)
-    step = {"crop": _crop, "pad": _pad, "shift": _shift}.get(name)
-    return (lambda x: step(x, *args)) if step else (lambda x: x)
+__all__ = ["ORIGINAL", "view_images"]
 
 
 def view_images(images: np.ndarray, spec: str) -> np.ndarray:
-    """`images` (N, H, W, C) as the view `spec`, float32 on the same grey scale."""
-    return parse_view(spec)(np.asarray(images, dtype=np.float32))
+    """`images` (N, H, W, C) as the view `spec`, float32 on the same grey scale; ValueError
+    naming the grammar if `spec` is none (the grammar is grammar.read_view's, so a bad view
+    stops when the settings are read)."""
+    name, args = read_view(spec)
+    step = {"crop": _crop, "pad": _pad, "shift": _shift}.get(name)
+    x = np.asarray(images, dtype=np.float32)
+    return step(x, *args) if step else x
 
 
 def _resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
