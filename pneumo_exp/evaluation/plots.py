@@ -70,12 +70,16 @@ def curves_figure(history: Mapping[str, Sequence[float]], title: str = "",
 
 def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, title: str = "") -> Figure:
     fig, ax = plt.subplots(figsize=(4.4, 4.0))
+    confusion_panel(ax, y_true, y_pred, title or "confusion matrix")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_panel(ax: Axes, y_true: np.ndarray, y_pred: np.ndarray, title: str) -> None:
     ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=[0, 1],
                                             display_labels=list(CLASS_NAMES), ax=ax,
                                             colorbar=False, cmap="Blues")
-    ax.set_title(title or "confusion matrix", fontsize=10)
-    fig.tight_layout()
-    return fig
+    ax.set_title(title, fontsize=10)
 
 
 def roc_figure(y_true: np.ndarray, prob: np.ndarray, title: str = "",

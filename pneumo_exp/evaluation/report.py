@@ -13,12 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 from scipy.stats import binomtest
-from sklearn.metrics import ConfusionMatrixDisplay
 
-from pneumo_exp.config import CLASS_NAMES
 from pneumo_exp.evaluation.calibration import ECE_BINS, expected_calibration_error
 from pneumo_exp.evaluation.metrics import binary_metrics, confusion_counts
-from pneumo_exp.evaluation.plots import plt, roc_panel
+from pneumo_exp.evaluation.plots import confusion_panel, plt, roc_panel
 
 CONFIDENCE = 0.95
 RELIABILITY_BINS = 10  # equal-count bins of the reliability panel
@@ -147,10 +145,8 @@ def report_figure(y_true: np.ndarray, prob: np.ndarray, report: SiteReport,
     if len(np.unique(y_true)) == 2:
         roc_panel(roc_ax, y_true, prob, report.threshold, "stored threshold", markersize=9)
     roc_ax.set_title(f"ROC (AUC {report.auc:.3f})", fontsize=10)
-    ConfusionMatrixDisplay.from_predictions(
-        y_true, (prob >= report.threshold).astype(int), labels=[0, 1],
-        display_labels=list(CLASS_NAMES), ax=cm_ax, colorbar=False, cmap="Blues")
-    cm_ax.set_title(f"At the stored threshold {report.threshold:.3f}", fontsize=10)
+    confusion_panel(cm_ax, y_true, (prob >= report.threshold).astype(int),
+                    f"At the stored threshold {report.threshold:.3f}")
     # equal-count bins, each with its count: a site's few hundred studies crowd the
     # confident ends, and fixed-width bins leave the middle ones a handful each
     bins = [b for b in np.array_split(np.argsort(prob, kind="stable"),
