@@ -114,13 +114,18 @@ class SiteReport:
         return f"not shown: {both} are within what was validated; {more}."
 
 
+def proportions(figures: dict[str, float]) -> dict[str, Proportion]:
+    """Sensitivity and specificity of `binary_metrics`' figures, as counts."""
+    (tn, fp), (fn, tp) = confusion_counts(figures)
+    return {"sensitivity": Proportion(tp, tp + fn), "specificity": Proportion(tn, tn + fp)}
+
+
 def site_report(y_true: np.ndarray, prob: np.ndarray, threshold: float, target: float,
                 validated: Validated | None = None) -> SiteReport:
     figures = binary_metrics(y_true, prob, threshold)
-    (tn, fp), (fn, tp) = confusion_counts(figures)
-    return SiteReport(Proportion(tp, tp + fn), Proportion(tn, tn + fp), figures["auc"],
-                      expected_calibration_error(y_true, prob), threshold, target,
-                      validated or Validated())
+    return SiteReport(**proportions(figures), auc=figures["auc"],
+                      ece=expected_calibration_error(y_true, prob), threshold=threshold,
+                      target=target, validated=validated or Validated())
 
 
 def cases_needed(sensitivity: float, target: float, limit: int = 10000) -> int | None:

@@ -24,7 +24,7 @@ from pneumo_exp.errors import UserError
 from pneumo_exp.evaluation.calibration import apply_temperature, choose_threshold, fit_temperature
 from pneumo_exp.evaluation.metrics import binary_metrics
 from pneumo_exp.evaluation.noise import Scored
-from pneumo_exp.evaluation.report import Proportion
+from pneumo_exp.evaluation.report import Proportion, proportions
 from pneumo_exp.hypermodels import build_hypermodel
 from pneumo_exp.registry.selection import Candidate
 from pneumo_exp.serving.model import Member, ensemble_probability
@@ -53,9 +53,7 @@ class Calibration:
 
     def proportions(self, scores: Scored) -> dict[str, Proportion]:
         """Sensitivity and specificity at the threshold, as counts (exact intervals)."""
-        f = binary_metrics(scores.labels, self.apply(scores), self.threshold)
-        return {"sensitivity": Proportion(int(f["tp"]), int(f["tp"] + f["fn"])),
-                "specificity": Proportion(int(f["tn"]), int(f["tn"] + f["fp"]))}
+        return proportions(binary_metrics(scores.labels, self.apply(scores), self.threshold))
 
 
 @dataclass(frozen=True)
