@@ -4,6 +4,8 @@ the site's images against validation's features (serving/features.py), by two-sa
 
 from __future__ import annotations
 
+import base64
+import html
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from pneumo_exp.data.site_folder import LABELS_CSV, csv_patients
 from pneumo_exp.data.split import patient_id
 from pneumo_exp.errors import DataError, UserError
 from pneumo_exp.evaluation.plots import plt
-from pneumo_exp.evaluation.report import Validated, png_bytes
+from pneumo_exp.evaluation.report import Validated, html_page, png_bytes
 from pneumo_exp.evaluation.two_sample import MMD, classifier_auc, mmd_test
 from pneumo_exp.serving.batch_norm import MIN_ADAPTATION_IMAGES, adapted, can_adapt
 from pneumo_exp.serving.features import FeatureReference
@@ -268,21 +270,14 @@ def check_figure(check: SiteCheck, title: str) -> Any:
 
 
 def check_html(check: SiteCheck, png: bytes, title: str, about: dict[str, str]) -> str:
-    import base64
-    import html
-
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}</style></head>
-<body><h1>{html.escape(title)}</h1>
-<p><strong>Verdict:</strong> {html.escape(check.verdict)}</p>
-<p>{"<br>".join(f"{html.escape(k)}: {html.escape(v)}" for k, v in about.items())}</p>
+    listed = "<br>".join(f"{html.escape(k)}: {html.escape(v)}" for k, v in about.items())
+    return html_page(title, check.verdict, f"""<p>{listed}</p>
 <img alt="scores, feature distances and the features' first components against validation"
  style="width:100%" src="data:image/png;base64,{base64.b64encode(png).decode()}">
 <p>No label was read. The tests compare what the network sees of these images with what it
 saw of its validation images; they cannot show every change that matters, so verify on
 labelled cases before use.</p></body></html>
-"""
+""")
 
 
 def run_site_check(model_uri: str, files: list[Path], root: Path, images_from: str,
@@ -318,6 +313,6 @@ def run_site_check(model_uri: str, files: list[Path], root: Path, images_from: s
         mlflow.log_metrics(rounded(metrics))
         page = check_html(check, png, title, {"model": model_uri, "data": images_from,
                                               "evaluation run": run.info.run_id})
-        html = keep_page(png, page, (SITE_CHECK_PNG, SITE_CHECK_HTML), out,
+        written = keep_page(png, page, (SITE_CHECK_PNG, SITE_CHECK_HTML), out,
                          f"{model_uri.removeprefix('models:/')}-{name}-site-check")
-    return check, html, run.info.run_id
+    return check, written, run.info.run_id

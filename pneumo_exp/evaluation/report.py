@@ -218,18 +218,21 @@ def report_html(report: SiteReport, png: bytes, title: str, about: dict[str, str
                                 "calibration error (ECE)": f"{report.ece:.3f}",
                                 "threshold (stored)": f"{report.threshold:.3f}",
                                 "target sensitivity": f"{report.target:.2f}"}.items())
-    image = base64.b64encode(png).decode()
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
-th{{text-align:left;padding-right:2em}}td,th{{padding:2px}}</style></head>
-<body><h1>{html.escape(title)}</h1>
-<p><strong>Verdict:</strong> {html.escape(report.verdict)}</p>
-<table>{rows}</table>
+    return html_page(title, report.verdict, f"""<table>{rows}</table>
 <img alt="ROC, confusion matrix and reliability diagram" style="width:100%"
- src="data:image/png;base64,{image}">
+ src="data:image/png;base64,{base64.b64encode(png).decode()}">
 <p>Intervals are exact (Clopper-Pearson) 95%. The threshold is the version's, chosen on its
 validation set; it is not re-chosen from these cases: on held-out patients, thresholds chosen
 from 20 to 80 local images did worse than the stored one.</p>
 </body></html>
-"""
+""", style="\nth{text-align:left;padding-right:2em}td,th{padding:2px}")
+
+
+def html_page(title: str, verdict: str, body: str, style: str = "") -> str:
+    """A self-contained page: its title, the verdict, then `body`, its figure embedded."""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}{style}</style></head>
+<body><h1>{html.escape(title)}</h1>
+<p><strong>Verdict:</strong> {html.escape(verdict)}</p>
+{body}"""
