@@ -215,6 +215,12 @@ class PopulationConfig(_Section):
             raise ValueError(f"must be at least population.min_age ({low})")
         return max_age
 
+    @property
+    def stated(self) -> bool:
+        """Whether it says whom a version is for (else the site's labels.csv may)."""
+        return bool(self.description or self.views or self.min_age is not None
+                    or self.max_age is not None)
+
     def leaves_out(self, other: PopulationConfig | None) -> bool:
         """Whether every age of `other`'s range lies outside this one's (so a DICOM image of
         one of its patients is outside): False when `other` bounds no age."""

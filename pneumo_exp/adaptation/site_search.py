@@ -80,16 +80,15 @@ def prepare(cfg: ExperimentConfig, search_name: str | None = None
 def population(cfg: ExperimentConfig, site: str) -> PopulationConfig:
     """Whom the site's version is for: as its settings state it, else as its labels.csv
     shows it (its patients' ages and views), else the site's patients, unbounded."""
-    stated = cfg.population
-    if stated.description or stated.views or stated.min_age is not None or (
-            stated.max_age is not None):
-        return stated
+    given = cfg.population
+    if given.stated:
+        return given
     found = csv_population(Path(cfg.data.root)) if cfg.data.root else None
     if found is None:
-        return dataclasses.replace(stated, description=f"the patients of site {site}")
+        return dataclasses.replace(given, description=f"the patients of site {site}")
     low, high, views = found
     seen = ([f"aged {low:g}-{high:g}"] if low is not None and high is not None else []) + (
         [f"views {', '.join(views)}"] if views else [])
     return dataclasses.replace(
-        stated, min_age=low, max_age=high, views=views,
+        given, min_age=low, max_age=high, views=views,
         description=f"the patients of site {site} ({', '.join(seen)} in its labels.csv)")

@@ -44,9 +44,7 @@ def intended(population: PopulationConfig | None) -> str:
 
 
 def _population(population: PopulationConfig | None) -> str:
-    if population is None or not (population.description or population.views
-                                  or population.min_age is not None
-                                  or population.max_age is not None):
+    if population is None or not population.stated:
         return "**Intended population.** Not stated by its training data."
     bounds = []
     if population.min_age is not None or population.max_age is not None:
