@@ -78,11 +78,11 @@ def bootstrap_ci(y_true: np.ndarray, prob: np.ndarray, threshold: float, n: int 
 
 
 def evaluation_figures(y_true: np.ndarray, prob: np.ndarray, threshold: float, split: str,
-                       n_bootstrap: int = 1000,
-                       uncalibrated: np.ndarray | None = None) -> dict[str, float]:
+                       n_bootstrap: int = 1000, uncalibrated: np.ndarray | None = None,
+                       sensitivity_target: float = 0.95) -> dict[str, float]:
     """`<split>_<figure>` at 0.5, `<split>_<figure>_at_thr` at `threshold`, the CIs, the
     calibration error and Brier score (and both before calibration, if given)."""
-    figures = binary_metrics(y_true, prob, 0.5, prefix=f"{split}_")
+    figures = binary_metrics(y_true, prob, 0.5, f"{split}_", sensitivity_target)
     at_thr = binary_metrics(y_true, prob, threshold, prefix=f"{split}_")
     figures.update({f"{k}_at_thr": v for k, v in at_thr.items()
                     if not k.endswith(("_auc", "_loss", "_spec_at_sens"))})

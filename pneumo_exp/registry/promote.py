@@ -19,8 +19,7 @@ from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.data.sources import load_split, open_source
 from pneumo_exp.data.views import ORIGINAL
 from pneumo_exp.errors import ConfigError, UserError
-from pneumo_exp.evaluation.calibration import calibration_figures
-from pneumo_exp.evaluation.metrics import binary_metrics, bootstrap_ci
+from pneumo_exp.evaluation.metrics import binary_metrics, evaluation_figures
 from pneumo_exp.evaluation.noise import NOISE, WITHIN, Scored, difference, figure_function
 from pneumo_exp.registry import model_card, site_version
 from pneumo_exp.registry.aliases import alias_version, move_aliases, promotion_site
@@ -234,18 +233,14 @@ def mean_score(scores: Sequence[Scored]) -> Scored:
 
 def validation_figures(val: Scored, calibration: Calibration, n_bootstrap: int,
                        sensitivity_target: float = 0.95) -> dict[str, float]:
-    """The calibrated validation figures at 0.5 and at the threshold, with intervals, and
-    the calibration error before and after."""
-    y, prob, threshold = val.labels, calibration.apply(val), calibration.threshold
-    figures = {f"val_{k}": v for k, v in binary_metrics(
-        y, prob, sensitivity_target=sensitivity_target).items()}
-    figures.update({f"val_{k}_at_thr": v for k, v in binary_metrics(y, prob, threshold).items()
-                    if k in ("sensitivity", "specificity", "accuracy")})
-    figures.update(calibration_figures(y, prob, "val_"))
-    figures.update(calibration_figures(y, val.prob, "val_uncalibrated_"))
-    figures["val_uncalibrated_loss"] = binary_metrics(y, val.prob)["loss"]
-    for key, (low, high) in bootstrap_ci(y, prob, threshold, n_bootstrap).items():
-        figures[f"val_{key}_ci_low"], figures[f"val_{key}_ci_high"] = low, high
+    """The calibrated validation figures at 0.5 and at the threshold (sensitivity,
+    specificity and accuracy), with intervals, and the calibration error and loss before
+    calibration too."""
+    at_thr = {f"val_{k}_at_thr" for k in ("sensitivity", "specificity", "accuracy")}
+    figures = {k: v for k, v in evaluation_figures(
+        val.labels, calibration.apply(val), calibration.threshold, "val", n_bootstrap, val.prob,
+        sensitivity_target).items() if k in at_thr or not k.endswith(("_at_thr", "_threshold"))}
+    figures["val_uncalibrated_loss"] = binary_metrics(val.labels, val.prob)["loss"]
     return figures
 
 
