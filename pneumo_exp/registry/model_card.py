@@ -40,25 +40,22 @@ evaluated prospectively."""
 def intended(population: PopulationConfig | None) -> str:
     """What the version is for, whom, what it does with a DICOM image of someone else, and
     what it is not for."""
-    return f"{INTENDED_USE}\n\n{_population(population)}\n\n{NOT_FOR}"
-
-
-def _population(population: PopulationConfig | None) -> str:
-    if population is None or not population.stated:
-        return "**Intended population.** Not stated by its training data."
-    bounds = []
-    if population.min_age is not None or population.max_age is not None:
-        low = "0" if population.min_age is None else f"{population.min_age:g}"
-        high = "any" if population.max_age is None else f"{population.max_age:g}"
-        bounds.append(f"ages {low}-{high} (DICOM PatientAge)")
-    if population.views:
-        bounds.append(f"views {', '.join(population.views)} (ViewPosition)")
-    action = ("refused (no probability)" if population.outside == "refuse"
-              else "flagged (a probability, and a note)")
-    described = population.description or "as stated below"
-    return (f"**Intended population.** {described[0].upper() + described[1:]}. A DICOM "
-            f"image outside {' and '.join(bounds) or 'it'} is {action}; one with no age is "
-            "flagged saying so.")
+    whom = "Not stated by its training data."
+    if population is not None and population.stated:
+        bounds = []
+        if population.min_age is not None or population.max_age is not None:
+            low = "0" if population.min_age is None else f"{population.min_age:g}"
+            high = "any" if population.max_age is None else f"{population.max_age:g}"
+            bounds.append(f"ages {low}-{high} (DICOM PatientAge)")
+        if population.views:
+            bounds.append(f"views {', '.join(population.views)} (ViewPosition)")
+        action = ("refused (no probability)" if population.outside == "refuse"
+                  else "flagged (a probability, and a note)")
+        described = population.description or "as stated below"
+        whom = (f"{described[0].upper() + described[1:]}. A DICOM image outside "
+                f"{' and '.join(bounds) or 'it'} is {action}; one with no age is flagged "
+                "saying so.")
+    return f"{INTENDED_USE}\n\n**Intended population.** {whom}\n\n{NOT_FOR}"
 
 LIMITATIONS = """\
 **Known limitations.** The training images come from one hospital system. On other
