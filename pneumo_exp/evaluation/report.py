@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,8 +178,6 @@ def report_figure(y_true: np.ndarray, prob: np.ndarray, report: SiteReport,
 
 
 def _lines(report: SiteReport) -> list[str]:
-    import textwrap
-
     v = report.validated
     return [f"PNEUMONIA cases   {report.sensitivity.total}",
             f"NORMAL cases      {report.specificity.total}",
