@@ -69,7 +69,7 @@ class OutOfFold(Calibration):
         f = binary_metrics(self.scores.labels, self.apply(self.scores), self.threshold)
         out = {f"{OUT_OF_FOLD}auc": float(f["auc"]),
                f"{OUT_OF_FOLD}images": len(self.scores.labels), f"{OUT_OF_FOLD}folds": self.folds}
-        for key, p in self.proportions(self.scores).items():
+        for key, p in proportions(f).items():
             out[f"{OUT_OF_FOLD}{key}_at_thr"] = p.value
             (out[f"{OUT_OF_FOLD}{key}_at_thr_ci_low"],
              out[f"{OUT_OF_FOLD}{key}_at_thr_ci_high"]) = p.interval
