@@ -167,24 +167,20 @@ def for_site(name: str, version: str, candidates: Sequence[Any], val: Mapping[st
     rows = [("the site's validation", val, "val_")]
     if training:
         rows.append(("the training hospital's validation", training, TRAINING_SITE))
-    kept = site_fit.kept
+    kept, population = site_fit.kept, contract.population
     if kept is None:
-        keeps = ("\n\n**Its base's patients.** Not judged: the training hospital's validation "
-                 "images could not be rebuilt where it was promoted.")
+        keeps = ("Not judged: the training hospital's validation images could not be rebuilt "
+                 "where it was promoted.")
     elif kept.keeps:
-        keeps = f"\n\n**Its base's patients.** It {kept.verdict()}."
+        keeps = f"It {kept.verdict()}."
+    elif population is not None and population.leaves_out(site_fit.base.contract.population):
+        keeps = (f"It {kept.verdict()}: it is not for them, and its population leaves their "
+                 "ages out (above): a DICOM image of one of them is "
+                 f"{'refused' if population.outside == 'refuse' else 'flagged'}.")
     else:
-        population = contract.population
-        if population is not None and population.leaves_out(site_fit.base.contract.population):
-            refused = population.outside == "refuse"
-            keeps = (f"\n\n**Its base's patients.** It {kept.verdict()}: it is not for "
-                     "them, and its population leaves their ages out (above): a DICOM image "
-                     f"of one of them is {'refused' if refused else 'flagged'}.")
-        else:
-            keeps = (f"\n\n**Its base's patients.** It {kept.verdict()}: it is not for "
-                     "them, but no age range tells them from the site's patients, so an "
-                     "image of one of them gets a probability without a flag: do not use it "
-                     "for them.")
+        keeps = (f"It {kept.verdict()}: it is not for them, but no age range tells them from "
+                 "the site's patients, so an image of one of them gets a probability without a "
+                 "flag: do not use it for them.")
     judged = ("\n\nEach of the site's trials weighed, best first on the site's validation, "
               "with its AUC on the training hospital's (`training_site_auc` of its run):\n"
               + "\n".join(f"- {j}" for j in choice.judged) if choice.judged else "")
@@ -204,7 +200,9 @@ A site version of `{base}`, searched on site `{site}`'s own labelled images: {co
 **Figures** (at the decision threshold {contract.threshold:.3f}; the site's validation with
 95% bootstrap intervals):
 
-{_figures_table(rows)}{keeps}
+{_figures_table(rows)}
+
+**Its base's patients.** {keeps}
 
 **Threshold.** {contract.threshold:.3f}, chosen on all {n_pos + n_neg} of the site's labelled
 images ({n_pos} PNEUMONIA, {n_neg} NORMAL) out of fold: {folds.folds} folds by patient, the
