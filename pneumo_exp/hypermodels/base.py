@@ -86,6 +86,15 @@ class StudyHyperModel(kt.HyperModel):
     def inputs(self) -> keras.KerasTensor:
         return keras.Input(shape=self.input_shape, name="image")
 
+    def classifier(self, inputs: keras.KerasTensor, x: keras.KerasTensor, how: Training,
+                   units: int, dropout: float) -> keras.Model:
+        """The head on the features `x`: ReLU Dense of `units`, dropout, sigmoid; compiled."""
+        x = keras.layers.Dense(units, activation="relu")(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, seed=self.seed)(x)
+        outputs = keras.layers.Dense(1, activation="sigmoid", name="pneumonia")(x)
+        return compile_binary(keras.Model(inputs, outputs, name=self.arch), how)
+
 
 class Training(NamedTuple):
     optimizer: str

@@ -8,7 +8,7 @@ from __future__ import annotations
 import keras
 import keras_tuner as kt
 
-from pneumo_exp.hypermodels.base import StudyHyperModel, compile_binary, training
+from pneumo_exp.hypermodels.base import StudyHyperModel, training
 
 
 class Baseline(StudyHyperModel):
@@ -29,12 +29,10 @@ class Baseline(StudyHyperModel):
         inputs = self.inputs()
         x = keras.layers.Rescaling(1.0 / 255)(inputs)
         x = keras.layers.Flatten()(x)
-        for units, regularizer in ((units_1, penalty), (units_2, None)):
-            x = keras.layers.Dense(units, activation="relu", kernel_regularizer=regularizer)(x)
-            if dropout:
-                x = keras.layers.Dropout(dropout, seed=self.seed)(x)
-        outputs = keras.layers.Dense(1, activation="sigmoid", name="pneumonia")(x)
-        return compile_binary(keras.Model(inputs, outputs, name=self.arch), how)
+        x = keras.layers.Dense(units_1, activation="relu", kernel_regularizer=penalty)(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, seed=self.seed)(x)
+        return self.classifier(inputs, x, how, units_2, dropout)
 
 
 class Regularized(Baseline):

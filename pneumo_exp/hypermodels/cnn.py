@@ -13,7 +13,6 @@ import keras_tuner as kt
 from pneumo_exp.hypermodels.base import (
     StudyHyperModel,
     augmentation,
-    compile_binary,
     training,
 )
 
@@ -73,11 +72,7 @@ class CNN(StudyHyperModel):
             x = keras.layers.MaxPooling2D()(x)
         x = (keras.layers.Flatten() if head == "flatten"
              else keras.layers.GlobalAveragePooling2D())(x)
-        x = keras.layers.Dense(dense_units, activation="relu")(x)
-        if dropout:
-            x = keras.layers.Dropout(dropout, seed=self.seed)(x)
-        outputs = keras.layers.Dense(1, activation="sigmoid", name="pneumonia")(x)
-        return compile_binary(keras.Model(inputs, outputs, name=self.arch), how)
+        return self.classifier(inputs, x, how, dense_units, dropout)
 
     def _check_fits(self, kernels: list[int]) -> None:
         """Valid convolutions shrink the image; a stack that leaves nothing fails its trial."""

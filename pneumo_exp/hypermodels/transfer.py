@@ -102,11 +102,7 @@ class Transfer(StudyHyperModel):
         x = base(x, training=False)  # frozen batch-norm statistics, also when fine-tuning
         x = (keras.layers.Flatten() if pooling == "flatten"
              else keras.layers.GlobalAveragePooling2D())(x)
-        x = keras.layers.Dense(dense_units, activation="relu")(x)
-        if dropout:
-            x = keras.layers.Dropout(dropout, seed=self.seed)(x)
-        outputs = keras.layers.Dense(1, activation="sigmoid", name="pneumonia")(x)
-        return compile_binary(keras.Model(inputs, outputs, name=self.arch), how)
+        return self.classifier(inputs, x, how, dense_units, dropout)
 
     def _base(self, constructor: Callable[..., keras.Model], name: str,
               shape: tuple[int, int, int]) -> tuple[keras.Model, bool]:
