@@ -18,7 +18,7 @@ from typing import Any
 from mlflow.exceptions import RestException
 
 from pneumo_exp.errors import UserError
-from pneumo_exp.fileio import atomic_path
+from pneumo_exp.fileio import atomic_path, write_text_atomic
 
 PERMISSIONS = ("READ", "EDIT", "MANAGE")
 ADMIN_PASSWORD_ENV = "PNEUMO_EXP_ADMIN_PASSWORD"
@@ -81,10 +81,8 @@ def auth_server(folder: Path, database: str, admin: str, password: str) -> dict[
         # a verified login is remembered for a minute (docs/cluster.md)
         "auth_cache_ttl_seconds": str(AUTH_CACHE_SECONDS)}
     path = folder / "basic_auth.ini"
-    with atomic_path(path) as tmp:
-        with tmp.open("w") as f:
-            config.write(f)
-        tmp.chmod(0o600)
+    with atomic_path(path) as tmp, tmp.open("w") as f:  # 0600, as atomic_path makes it
+        config.write(f)
     return {"MLFLOW_AUTH_CONFIG_PATH": str(path), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
             SECRET_KEY_ENV: _secret_key(folder)}
 
@@ -96,9 +94,7 @@ def _secret_key(folder: Path) -> str:
         return os.environ[SECRET_KEY_ENV]
     path = folder / "server_secret_key"
     if not path.exists():
-        with atomic_path(path) as tmp:
-            tmp.write_text(secrets.token_hex(32))
-            tmp.chmod(0o600)
+        write_text_atomic(path, secrets.token_hex(32))
     return path.read_text().strip()
 
 
