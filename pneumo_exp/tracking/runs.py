@@ -19,21 +19,17 @@ import yaml
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run
 from mlflow.tracking import MlflowClient
 
-from pneumo_exp.config import ExperimentConfig, config_from_dict
+from pneumo_exp.config import BUDGETS, ExperimentConfig, config_from_dict
 from pneumo_exp.data.labeled import LabeledImages
 from pneumo_exp.tracking.names import (
     CONFIG_ARTIFACT,
     SKIPPED_ARTIFACT,
     TAG_ARCH,
     TAG_FAILURE,
-    TAG_MAX_TRIALS,
     TAG_ROLE,
-    TAG_TIME_BUDGET,
     rounded,
 )
 from pneumo_exp.tracking.store import provenance
-
-BUDGET_KEYS = (TAG_MAX_TRIALS, TAG_TIME_BUDGET)  # not params: a search may be extended
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -58,7 +54,7 @@ def create_parent_run(client: MlflowClient, experiment: str, cfg: ExperimentConf
                             tags={TAG_ROLE: role, TAG_ARCH: cfg.arch, **tags,
                                   **provenance(data_fingerprint)})
     params = flatten({k: v for k, v in cfg.to_dict().items() if k != "space"})
-    params = {k: v for k, v in params.items() if k not in BUDGET_KEYS}
+    params = {k: v for k, v in params.items() if k not in {f"search.{b}" for b in BUDGETS}}
     params.update({f"space.{k}": json.dumps(v) for k, v in cfg.space.items()})
     params.update(extra_params)
     log_params(client, run.info.run_id, params)
