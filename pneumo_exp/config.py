@@ -125,8 +125,9 @@ def load_config(arch: str, overrides: dict[str, Any] | None = None,
     settings = dataset_root(root if isinstance(root, str) else None) / DATASET_SETTINGS
     if settings.is_file():
         _deep_merge(merged, _read_yaml(settings))
-    for dotted, value in overrides.items():
-        _deep_merge(merged, _nest(dotted, value))
+    for dotted, value in overrides.items():  # "train.epochs": 2 as {"train": {"epochs": 2}}
+        _deep_merge(merged, functools.reduce(lambda inner, part: {part: inner},
+                                             reversed(dotted.split(".")), value))
     return _build(arch, merged)
 
 
@@ -195,10 +196,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path} must hold a mapping of sections; got {type(loaded).__name__}.")
     return loaded
-
-
-def _nest(dotted: str, value: Any) -> dict[str, Any]:
-    return functools.reduce(lambda inner, part: {part: inner}, reversed(dotted.split(".")), value)
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
