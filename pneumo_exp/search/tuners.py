@@ -154,9 +154,9 @@ class TrackedTuner(TunerMixin, kt.Tuner):
         super().on_trial_end(trial)
         self._run_id = None
         seconds = time.time() - self._started.pop(trial.trial_id, time.time())
-        number = self.number(trial)
-        log.info("%s", trial_ends(number, self.tracker.trial_row(number),
-                                  self.tracker.best_so_far(self.stage.name), seconds,
+        number, rows = self.number(trial), self.tracker.rows()
+        log.info("%s", trial_ends(number, next((r for r in rows if r["trial"] == number), None),
+                                  self.tracker.best_so_far(self.stage.name, rows), seconds,
                                   self.tracker.elapsed(),
                                   self.tracker.remaining_estimate(self.deadline)))
 

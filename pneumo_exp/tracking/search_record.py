@@ -165,9 +165,6 @@ class SearchRecord:
                 "seconds": (end - info.start_time) / 1000, "status": status,
                 "ended_s": (end - search_start) / 1000, "finished": info.status == "FINISHED"}
 
-    def trial_row(self, trial_id: str) -> dict[str, Any] | None:
-        return next((r for r in self.rows() if r["trial"] == trial_id), None)
-
     def objective_curves(self, fidelity: str = FULL) -> list[list[float]]:
         """The objective per epoch of every finished trial of a fidelity, for the median
         stopping rule."""
