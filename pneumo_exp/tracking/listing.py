@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from pneumo_exp.errors import UserError
 from pneumo_exp.text import text_table
+from pneumo_exp.tracking.model_uri import registered_version
 from pneumo_exp.tracking.names import (
     EXPERIMENT_PREFIX,
     ROLE_CV,
@@ -79,8 +80,6 @@ def version_summary(tags: Mapping[str, str]) -> str:
 
 def describe_version(model_uri: str) -> str:
     """Which registered version answers for a models:/ URI, with its aliases."""
-    from pneumo_exp.tracking.model_uri import registered_version
-
     try:
         v = registered_version(connect(), model_uri)
     except UserError:
