@@ -197,8 +197,7 @@ class TrackedHyperband(TrackedTuner, kt.Hyperband):
 
 def make_tuner(cfg: ExperimentConfig, hypermodel: StudyHyperModel, tracker: SearchTracker,
                val: LabeledImages, project_dir: Any, overwrite: bool, stage: Stage,
-               deadline: float | None = None, fit_verbose: int = 0,
-               debug: bool = False) -> TrackedTuner:
+               deadline: float | None, fit_verbose: int, debug: bool) -> TrackedTuner:
     """The tuner of one stage of the search (`cfg` is the stage's configuration); a failed
     trial is one line (and its run's failure tag) unless `debug`, which prints its
     traceback."""

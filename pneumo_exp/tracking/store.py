@@ -79,8 +79,7 @@ CLINICAL_METRICS = ("best_val_sensitivity", "best_val_specificity", "best_val_sp
                     "best_val_auc")
 
 
-def runs_view(fidelity: str, key_params: Sequence[str] = (), objective: str = "val_auc",
-              created_ms: int = 0) -> str:
+def runs_view(fidelity: str, key_params: Sequence[str], objective: str, created_ms: int) -> str:
     """A saved view of the runs table (the UI's envelope: name, times, state): the trials
     of one fidelity, best objective first, with the columns of docs/searching.md ("The
     MLflow UI")."""
