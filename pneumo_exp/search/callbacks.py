@@ -31,22 +31,21 @@ class ValidationFigures(keras.callbacks.Callback):
     constant for `constant_epochs` epochs."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, constant_epochs: int = 2,
-                 batch_size: int = 256, sensitivity_target: float = 0.95) -> None:
+                 sensitivity_target: float = 0.95) -> None:
         super().__init__()
         self.images, self.labels = images, labels
-        self.constant_epochs, self.batch_size = constant_epochs, batch_size
-        self.sensitivity_target = sensitivity_target
+        self.constant_epochs, self.sensitivity_target = constant_epochs, sensitivity_target
         self.constant_for = 0  # epochs in a row of constant output
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ValidationFigures:
         """Keras Tuner copies the callbacks for every trial: share the images, reset state."""
         return ValidationFigures(self.images, self.labels, self.constant_epochs,
-                                 self.batch_size, self.sensitivity_target)
+                                 self.sensitivity_target)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if logs is None:
             return
-        prob = predict_in_batches(self.model, self.images, self.batch_size)
+        prob = predict_in_batches(self.model, self.images, batch_size=256)
         if not np.all(np.isfinite(prob)):  # diverged: the hypermodel's fit names it
             logs.update({f"val_{k}": math.nan for k in VALIDATION_FIGURES})
             self.model.stop_training = True
