@@ -84,13 +84,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_cv(args: argparse.Namespace) -> int:
     cfg = _checked_config(args)
     import_tensorflow()
-    from pneumo_exp.search.cv import run_cv
+    from pneumo_exp.search.cv import FIGURES, run_cv
 
     result = run_cv(cfg, folds=args.folds, source=args.source, verbose=_keras_verbosity())
     m = result.summary
     print()
     print(f"{cfg.arch}, {args.folds}-fold cross-validation of the {args.source} configuration:")
-    for name in ("accuracy", "auc", "loss", "sensitivity", "specificity"):
+    for name in FIGURES:
         if f"cv_val_{name}_mean" in m:
             print(f"  validation {name:<12} {m[f'cv_val_{name}_mean']:.4f} "
                   f"± {m[f'cv_val_{name}_std']:.4f}")
