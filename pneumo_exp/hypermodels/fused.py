@@ -18,8 +18,12 @@ MIN_EPSILON = 1.001e-5  # FusedBatchNormV3 refuses a smaller one
 def fused_call(layer: keras.layers.BatchNormalization, inputs: Any, training: bool | None = None,
                mask: Any = None) -> Any:
     """The layer's call, its training step through TensorFlow's fused kernel where that
-    computes what Keras does; otherwise Keras' own call."""
-    if not (training and layer.trainable and fusable(layer, inputs, mask)):
+    computes what Keras does (a float32 image batch normalized over its channels, the last
+    axis, without a mask, renormalization or replicas); otherwise Keras' own call."""
+    if not (training and layer.trainable and keras.backend.backend() == "tensorflow"
+            and len(inputs.shape) == 4 and layer.axis in (-1, 3) and inputs.dtype == "float32"
+            and mask is None and not layer.renorm and not layer.synchronized
+            and layer.epsilon >= MIN_EPSILON):
         return type(layer).call(layer, inputs, training=training, mask=mask)
     import tensorflow as tf
 
@@ -35,14 +39,6 @@ def fused_call(layer: keras.layers.BatchNormalization, inputs: Any, training: bo
     layer.moving_mean.assign(layer.moving_mean * momentum + mean * (1.0 - momentum))
     layer.moving_variance.assign(layer.moving_variance * momentum + variance * (1.0 - momentum))
     return outputs
-
-
-def fusable(layer: keras.layers.BatchNormalization, inputs: Any, mask: Any) -> bool:
-    """Whether the fused kernel computes what Keras does: a float32 image batch normalized
-    over its channels (the last axis), without a mask, renormalization or replicas."""
-    return (keras.backend.backend() == "tensorflow" and len(inputs.shape) == 4
-            and layer.axis in (-1, 3) and inputs.dtype == "float32" and mask is None
-            and not layer.renorm and not layer.synchronized and layer.epsilon >= MIN_EPSILON)
 
 
 def batch_norm_layers(model: Any) -> list[keras.layers.BatchNormalization]:
