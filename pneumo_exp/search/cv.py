@@ -132,20 +132,16 @@ def run_cv(cfg: ExperimentConfig, folds: int = 5, source: str = "default",
         raise InterruptedByUser(f"cross-validation interrupted after {len(figures)} folds; "
                                 "run it again to start over.") from None
     finally:
-        summary = _summary(figures, folds, time.time() - started)
+        summary: dict[str, float] = {"n_trials": float(folds), "n_completed_trials": len(figures),
+                                     "wall_time_s": time.time() - started}
+        if figures:
+            for name in FIGURES:
+                per_fold = np.array([f[f"best_val_{name}"] for f in figures])
+                summary[f"cv_val_{name}_mean"] = float(np.mean(per_fold))
+                summary[f"cv_val_{name}_std"] = float(np.std(per_fold))
+            for name in ("auc", "accuracy", "loss"):  # the columns searches have too
+                summary[f"best_val_{name}"] = summary[f"cv_val_{name}_mean"]
         log_metrics(client, parent, summary)
         client.set_terminated(parent, status=status)
     return CVResult(experiment, parent, figures, summary, values, fold_groups)
 
-
-def _summary(figures: list[dict[str, float]], folds: int, seconds: float) -> dict[str, float]:
-    out: dict[str, float] = {"n_trials": float(folds), "n_completed_trials": len(figures),
-                             "wall_time_s": seconds}
-    if figures:
-        for name in FIGURES:
-            values = np.array([f[f"best_val_{name}"] for f in figures])
-            out[f"cv_val_{name}_mean"] = float(np.mean(values))
-            out[f"cv_val_{name}_std"] = float(np.std(values))
-        for name in ("auc", "accuracy", "loss"):  # the columns searches have too
-            out[f"best_val_{name}"] = out[f"cv_val_{name}_mean"]
-    return out
