@@ -7,14 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pneumo_exp.config import load_config
 from pneumo_exp.errors import UserError
+from pneumo_exp.evaluation.metrics import binary_metrics
 from pneumo_exp.search.cv import run_cv
 from pneumo_exp.text import literal
-from pneumo_exp.tracking.names import METRIC_DECIMALS
+from pneumo_exp.tracking.names import METRIC_DECIMALS, VAL_PREDICTIONS
 
 pytestmark = pytest.mark.slow  # cross-validations that train
 
@@ -29,7 +31,8 @@ def regularized_cv(tmp_path_factory: pytest.TempPathFactory) -> Any:
         mp.chdir(root)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         cfg = load_config("regularized", {"data.root": str(data), "data.image_size": 16,
-                                          "train.epochs": 2})
+                                          "train.epochs": 2,
+                                          "search.sensitivity_target": 0.6})
         result = run_cv(cfg, folds=3, verbose=0)
         return result, MlflowClient(mlflow.get_tracking_uri())
 
@@ -54,6 +57,18 @@ def test_parent_and_fold_runs(regularized_cv: Any) -> None:
         assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 2
         plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert {"plots/curves.png", "plots/val_confusion_matrix.png"} <= plots
+
+
+def test_folds_read_the_configured_sensitivity_target(regularized_cv: Any) -> None:
+    """A fold's specificity at sensitivity is at search.sensitivity_target (0.6), not 0.95."""
+    result, client = regularized_cv
+    folds = client.search_runs([result.experiment_id],
+                               f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
+    for run in folds:
+        saved = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{VAL_PREDICTIONS}")
+        labels, prob = np.array(saved["labels"]), np.array(saved["probabilities"])
+        at = binary_metrics(labels, prob, sensitivity_target=0.6)["spec_at_sens"]
+        assert run.data.metrics["best_val_spec_at_sens"] == pytest.approx(at, abs=1e-4)
 
 
 def test_no_patient_in_two_folds(regularized_cv: Any) -> None:

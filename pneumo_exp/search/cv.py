@@ -122,7 +122,8 @@ def run_cv(cfg: ExperimentConfig, folds: int = 5, source: str = "default",
                         cfg, val.images, val.labels, restore_best=True), epochs_logged],
                     shuffle=False, verbose=verbose)
                 figures.append(log_classifier(model, val, history.history, s.objective,
-                                              s.direction, log_model=False,
+                                              s.direction, sensitivity_target=s.sensitivity_target,
+                                              log_model=False,
                                               title=f"fold {k} of {cfg.arch}"))
             log.info("fold %d/%d: validation AUC %.4f, accuracy %.4f", k + 1, folds,
                      figures[-1]["best_val_auc"], figures[-1]["best_val_accuracy"])

@@ -23,9 +23,9 @@ from pneumo_exp.tracking.names import TRIAL_MODEL, VAL_PREDICTIONS, gradcam_plot
 
 
 def log_classifier(model: keras.Model, data: LabeledImages, history: Mapping[str, Sequence[float]],
-                   objective: str, direction: str, initial_epoch: int = 0,
-                   log_model: bool = True, title: str = "", gradcam_images: int = 0,
-                   sensitivity_target: float = 0.95, reliability: bool = True
+                   objective: str, direction: str, *, sensitivity_target: float,
+                   initial_epoch: int = 0, log_model: bool = True, title: str = "",
+                   gradcam_images: int = 0, reliability: bool = True
                    ) -> dict[str, float]:
     """Into the active run, what docs/searching.md ("Where runs land") lists for a trial;
     `reliability` is off for a screened trial, whose calibration says little of the trained
