@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,23 @@ def test_a_file_is_dicom_by_its_content_not_its_name(tmp_path: Path) -> None:
         decoded = decode_many([f, PNGS[0]], [(32, 1), (16, 3)])
     assert decoded.readable == [0, 1]
     assert (decoded.arrays[(32, 1)][0] == decoded.arrays[(32, 1)][1]).all()
+
+
+def test_decoding_leaves_the_warning_filters_as_it_found_them(tmp_path: Path) -> None:
+    """Warnings are off while a batch decodes, on a pool of threads; the process's filters
+    (a shared list that catch_warnings swaps) are the caller's afterwards, also when two
+    batches decode at once, as two requests to a served model do."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pixels = np.asarray(Image.open(PNGS[0]).convert("L"))
+    files = [write_dicom(pixels, tmp_path / f"{i}.dcm", "mono1") for i in range(12)]
+    before = list(warnings.filters)
+    with ThreadPoolExecutor(2) as pool:
+        for decoded in pool.map(lambda _: decode_many(files, [(16, 1)]), range(6)):
+            assert decoded.readable == list(range(12))
+    assert warnings.filters == before
+    with pytest.warns(UserWarning, match="still shown"):
+        warnings.warn("still shown", UserWarning, stacklevel=1)
 
 
 def test_multi_frame_gives_its_first_frame(tmp_path: Path) -> None:

@@ -21,7 +21,6 @@ import os
 import re
 import secrets
 import tempfile
-import warnings
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -195,18 +194,16 @@ def read_dicom(source: str | Path | BinaryIO) -> tuple[np.ndarray, ImageFacts]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    with warnings.catch_warnings():  # pydicom warns of every irregular element
-        warnings.simplefilter("ignore")
-        try:
-            ds = pydicom.dcmread(source)
-        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as e:
-            raise UnreadableImageError(f"not a readable DICOM file ({type(e).__name__})") from e
-        if reason := without_pixels(ds):
-            raise UnreadableImageError(reason)
-        check_chest_radiograph(ds)
-        pixels = _decode(ds)
-        age, missing = patient_age(ds)
-        facts = ImageFacts(_text(ds, "PatientID") or None, age, missing, view_position(ds))
+    try:
+        ds = pydicom.dcmread(source)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as e:
+        raise UnreadableImageError(f"not a readable DICOM file ({type(e).__name__})") from e
+    if reason := without_pixels(ds):
+        raise UnreadableImageError(reason)
+    check_chest_radiograph(ds)
+    pixels = _decode(ds)
+    age, missing = patient_age(ds)
+    facts = ImageFacts(_text(ds, "PatientID") or None, age, missing, view_position(ds))
     return pixels, facts
 
 

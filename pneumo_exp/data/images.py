@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -33,23 +35,36 @@ OUTSIDE = "outside the intended population"  # of a DICOM image of whom a versio
 
 def decode_image(path: str | Path | BinaryIO, image_size: int, channels: int) -> np.ndarray:
     """Return an (image_size, image_size, channels) uint8 array; the aspect ratio is not kept."""
-    return read_image(path, image_size, channels)[0]
+    with quiet_decoding():
+        return read_image(path, image_size, channels)[0]
+
+
+_DECODING = threading.Lock()
+
+
+@contextmanager
+def quiet_decoding() -> Iterator[None]:
+    """Warnings off while images decode (pydicom warns of every irregular element, Pillow of
+    large images). catch_warnings swaps the process's one list of filters, so it is entered
+    in the calling thread, one batch at a time, never in a decoding pool's threads."""
+    with _DECODING, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def read_image(path: str | Path | BinaryIO, image_size: int,
                channels: int) -> tuple[np.ndarray, ImageFacts | None]:
     """`decode_image`'s array, and what a DICOM object's header says (None for other
     files): its patient id for grouping only, to be hashed (dicom.patient_key) before it is
-    kept; the age and view for the population check."""
+    kept; the age and view for the population check. Callers silence warnings around it
+    (quiet_decoding)."""
     if is_dicom(path):
         pixels, facts = read_dicom(path)
         return resize(Image.fromarray(pixels), image_size, channels), facts
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()
-                return resize(ImageOps.exif_transpose(im), image_size, channels), None
+        with Image.open(path) as im:
+            im.load()
+            return resize(ImageOps.exif_transpose(im), image_size, channels), None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         text = str(e) or type(e).__name__
         raise UnreadableImageError("not an image file" if "cannot identify image file" in text
@@ -97,7 +112,8 @@ class Decoded:
 def decode_many(inputs: Sequence[str | Path | BinaryIO],
                 preprocessing: Iterable[Preprocessing]) -> Decoded:
     """Every input decoded for every preprocessing, a few at a time; an unreadable one is
-    skipped with its reason. File objects are read from their start for each preprocessing."""
+    skipped with its reason. File objects are read from their start for each preprocessing;
+    a file object is given once (the inputs are read on several threads)."""
     keys = list(dict.fromkeys(preprocessing))
 
     def one(item: str | Path | BinaryIO
@@ -107,7 +123,7 @@ def decode_many(inputs: Sequence[str | Path | BinaryIO],
         except UnreadableImageError as e:
             return e
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with quiet_decoding(), ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = list(pool.map(one, inputs))
     out = Decoded({}, [], [])
     for i, found in enumerate(results):
