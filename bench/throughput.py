@@ -50,7 +50,8 @@ def setup(args: argparse.Namespace, size: int):
     from pneumo_exp.data.dataset import load_training_data
     from pneumo_exp.hypermodels import build_hypermodel
 
-    cfg = load_config(args.arch, {"data.root": args.data, "data.image_size": size})
+    cfg = load_config(args.arch, {"data.root": args.data, "data.image_size": size,
+                                  **sets(args)})
     point = cfg.search.initial_points[0] if cfg.search.initial_points else {}
     cfg = dataclasses.replace(cfg, space={**cfg.space, **point})
     data = load_training_data(cfg.data, cfg.search.seed)
@@ -333,6 +334,13 @@ def flops(args: argparse.Namespace, size: int) -> dict:
     return {"size": size, **counted, "profiler_forward_mflop": profiled_forward_flops(model, size)}
 
 
+def sets(args: argparse.Namespace) -> dict:
+    """--set KEY=VALUE items as dotted configuration keys, their values read as the CLI's."""
+    from pneumo_exp.text import literal
+
+    return {key: literal(value) for key, _, value in (item.partition("=") for item in args.set)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=None, help="dataset folder (default: the search's)")
@@ -348,13 +356,15 @@ def main() -> None:
                         "for both)")
     p.add_argument("--profile-steps", type=int, default=40,
                    help="train steps profiled by `parts`")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting over experiments/<arch>.yaml, as the search's --set")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
 
     from pneumo_exp.config import load_config
     from pneumo_exp.search.run import pin_threads
 
-    threads = load_config(args.arch, {"data.root": args.data}).train.threads
+    threads = load_config(args.arch, {"data.root": args.data, **sets(args)}).train.threads
     import tensorflow as tf
 
     if args.threads:
