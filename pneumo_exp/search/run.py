@@ -125,11 +125,11 @@ def run_search(cfg: ExperimentConfig, name: str | None = None, fresh: bool = Fal
         raise
     if worker:
         return SearchResult(name, tracker.experiment_id, parent, None, None, {},
-                            {"trials": tracker.trials_this_session}, data, [])
+                            {"trials": tracker.trials_this_process}, data, [])
     best = tracker.best_so_far(FULL)
     best_run = (best[0], tracker.trial_run_id(best[0])) if best else None
     counts = _counts(tracker)
-    if tracker.resumed and not tracker.trials_this_session:
+    if tracker.resumed and not tracker.trials_this_process:
         log.info("Search '%s' already ran its %d trials: raise MAX_TRIALS to extend it, or add "
                  "FRESH=1 (--fresh) to start it over.", name, counts["trials"])
     tracker.end(best_run, counts)

@@ -99,7 +99,7 @@ class SearchTracker(SearchRecord):
         self.resumed = False
         self._started = time.time()
         self._previous_wall_time = 0.0
-        self.trials_this_session = 0
+        self.trials_this_process = 0
         self.data_fingerprint: str | None = None  # of the data this process trains on
         self.lineage = dict(lineage or {})  # a site search's base version and site
 
@@ -207,7 +207,7 @@ class SearchTracker(SearchRecord):
         self._tag(self.parent_run_id, {tag: counts[key] for tag, key in (
             (TAG_TRIALS_PLANNED, "planned_trials"), (TAG_TRIALS_COMPLETED, "completed_trials"),
             (TAG_TRIALS_CUT, "cut_trials")) if key in counts})
-        if self.trials_this_session or not self.resumed:
+        if self.trials_this_process or not self.resumed:
             metrics = {f"n_{k}": float(v) for k, v in counts.items()}
             metrics["wall_time_s"] = self.elapsed()
             if best:
@@ -220,7 +220,7 @@ class SearchTracker(SearchRecord):
         self.client.set_terminated(self.parent_run_id, status=status)
 
     def elapsed(self) -> float:
-        """Seconds this search has run, over all its sessions."""
+        """Seconds this search has run, over every process that ran it (a resumed search)."""
         return self._previous_wall_time + time.time() - self._started
 
     # ---- trial runs -------------------------------------------------------------------
@@ -229,7 +229,7 @@ class SearchTracker(SearchRecord):
                   ) -> contextlib.AbstractContextManager[str]:
         """The nested run of one trial, with every hyperparameter and its fidelity (image
         size, part of train, epochs) as params."""
-        self.trials_this_session += 1
+        self.trials_this_process += 1
         assert self.parent_run_id
         return child_run(self.experiment_id, self.parent_run_id, f"trial-{trial_id}",
                          ROLE_TRIAL, self.data_fingerprint,
