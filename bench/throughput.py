@@ -335,10 +335,10 @@ def flops(args: argparse.Namespace, size: int) -> dict:
 
 
 def sets(args: argparse.Namespace) -> dict:
-    """--set KEY=VALUE items as dotted configuration keys, their values read as the CLI's."""
-    from pneumo_exp.text import literal
+    """--set KEY=VALUE items as dotted configuration keys, read as the search's --set."""
+    from pneumo_exp.config import parse_override
 
-    return {key: literal(value) for key, _, value in (item.partition("=") for item in args.set)}
+    return dict(map(parse_override, args.set))
 
 
 def main() -> None:
