@@ -124,3 +124,36 @@ def test_a_cut_search_resumes_to_what_an_uncut_one_finds(workdir: Path,
         assert a[trial].info.status == b[trial].info.status == "FINISHED"
         assert a[trial].data.metrics["best_val_auc"] == b[trial].data.metrics["best_val_auc"]
         assert a[trial].data.params == b[trial].data.params
+
+
+@pytest.mark.slow
+def test_a_bayesian_search_cut_after_its_proposals_began_resumes_to_the_uncut_trials(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial's batches come in an order of its own, and the Gaussian process's proposals
+    go on with their random starts where the cut left them: resumed after trial 2 of 4, the
+    search trains what an uncut one trains."""
+    data = make_folder_dataset(workdir / "d")
+    cfg = load_config("aug_cnn", {**TINY, "data.root": str(data), "train.epochs": 1,
+                                  "search.tuner": "bayesian", "search.num_initial_points": 1,
+                                  "search.max_trials": 4, "search.time_budget_min": 60.0})
+    calls = {"n": 0}
+    original = Deadline.on_epoch_end
+
+    def cut_trial_2(self: Deadline, epoch: int, logs: Any = None) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:  # trial 2: the second proposal of the Gaussian process
+            raise TimeBudgetSpent(epoch + 1)
+        original(self, epoch, logs)
+
+    monkeypatch.setattr(Deadline, "on_epoch_end", cut_trial_2)
+    cut = run_search(cfg, name="capped", verbose=0)
+    assert cut.trials["completed_trials"] == 2 and cut.trials["cut_trials"] == 1
+    monkeypatch.setattr(Deadline, "on_epoch_end", original)
+    resumed = run_search(cfg, name="capped", verbose=0)
+    uncut = run_search(cfg, name="uncut", verbose=0)
+    client = MlflowClient()
+    a, b = _runs(client, resumed), _runs(client, uncut)
+    assert sorted(a) == sorted(b) == ["0", "1", "2", "3"]
+    for trial in a:
+        assert a[trial].data.params == b[trial].data.params, trial
+        assert a[trial].data.metrics["best_val_auc"] == b[trial].data.metrics["best_val_auc"]

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import keras_tuner as kt
+import numpy as np
 from keras_tuner.src import config as kt_config
 from keras_tuner.src.distribute.oracle_client import OracleClient
 
@@ -29,7 +30,8 @@ PRIVATE_API: dict[type, tuple[str, ...]] = {
     OracleClient: ("create_trial", "update_trial", "end_trial", "get_trial", "get_space",
                    "update_space", "get_best_trials"),
 }
-PRIVATE_ATTRIBUTES = {kt.Oracle: ("_tried_so_far", "ongoing_trials", "_retry_queue")}
+PRIVATE_ATTRIBUTES = {kt.Oracle: ("_tried_so_far", "ongoing_trials", "_retry_queue"),
+                      kt.oracles.BayesianOptimizationOracle: ("_random_state",)}
 PRIVATE_MODULES = {kt_config: ("DEBUG",)}
 
 
@@ -127,6 +129,24 @@ class GivenPointsFirst(AtomicStateOracle):
         if self._duplicate(hps.values):  # the space no longer tells it from a tried point
             return super()._random_values()
         return hps.values
+
+
+class ResumedRandomStarts:
+    """Bayesian oracle mixin: its state holds where the Gaussian process's random starts
+    are (`_random_state`, left out of Keras Tuner's), so a resumed search proposes what an
+    uninterrupted one does rather than drawing them from the seed again."""
+
+    def get_state(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, cached = self._random_state.get_state()
+        return {**super().get_state(),
+                "random_starts": [kind, keys.tolist(), pos, has_gauss, cached]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        if "random_starts" in state:  # absent in the state of an older search
+            kind, keys, pos, has_gauss, cached = state["random_starts"]
+            self._random_state.set_state((kind, np.array(keys, dtype=np.uint32), pos,
+                                          has_gauss, cached))
 
 
 class TunerMixin:

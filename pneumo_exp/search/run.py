@@ -23,7 +23,6 @@ import tensorflow as tf
 
 from pneumo_exp.config import TUNER_DIR, ExperimentConfig
 from pneumo_exp.data.dataset import TrainingData, load_training_data
-from pneumo_exp.data.pipeline import make_dataset
 from pneumo_exp.errors import InterruptedByUser, UserError
 from pneumo_exp.hypermodels import HYPERMODELS, build_hypermodel
 from pneumo_exp.search.callbacks import Deadline, TimeBudgetSpent, training_callbacks
@@ -164,10 +163,8 @@ def _run_stage(cfg: ExperimentConfig, stage: Stage, data: TrainingData, tracker:
         callbacks.append(Deadline(deadline, finish_trial=role is not None))
     # the tuner prints its own progress; Keras' epoch lines come with fit_verbose
     try:
-        tuner.search(make_dataset(train, cfg.train.batch_size, shuffle=True,
-                                  seed=cfg.search.seed),
-                     epochs=stage.epochs, callbacks=callbacks, shuffle=False,  # tf.data shuffles
-                     verbose=0)
+        tuner.search(train, epochs=stage.epochs, callbacks=callbacks,  # batched per trial
+                     shuffle=False, verbose=0)  # tf.data shuffles
     except RuntimeError as e:  # Keras Tuner gives up after failed trials in a row
         if "consecutive failures" not in str(e):
             raise

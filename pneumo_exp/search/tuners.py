@@ -16,6 +16,7 @@ import keras_tuner as kt
 
 from pneumo_exp.config import ExperimentConfig
 from pneumo_exp.data.labeled import LabeledImages
+from pneumo_exp.data.pipeline import make_dataset
 from pneumo_exp.errors import ConfigError
 from pneumo_exp.hypermodels import StudyHyperModel
 from pneumo_exp.search import interrupts
@@ -26,7 +27,13 @@ from pneumo_exp.search.callbacks import (
     trial_status,
 )
 from pneumo_exp.search.fidelity import Stage
-from pneumo_exp.search.kt_internals import GivenPointsFirst, TunerMixin, allows, set_debug
+from pneumo_exp.search.kt_internals import (
+    GivenPointsFirst,
+    ResumedRandomStarts,
+    TunerMixin,
+    allows,
+    set_debug,
+)
 from pneumo_exp.text import describe, duration
 from pneumo_exp.tracking.names import STATUS_CUT
 from pneumo_exp.tracking.runs import log_metrics
@@ -40,7 +47,8 @@ class RandomSearchOracle(GivenPointsFirst, kt.oracles.RandomSearchOracle):
     pass
 
 
-class BayesianOptimizationOracle(GivenPointsFirst, kt.oracles.BayesianOptimizationOracle):
+class BayesianOptimizationOracle(GivenPointsFirst, ResumedRandomStarts,
+                                 kt.oracles.BayesianOptimizationOracle):
     def populate_space(self, trial_id: str) -> dict[str, Any]:
         """The Gaussian process's proposal, unless it is no new point: then a random draw
         that is (no wasted trial)."""
@@ -96,11 +104,15 @@ class TrackedTuner(TunerMixin, kt.Tuner):
         log.info("\nTrial %s%s [%d/%d], %s into the search: %s", number, stage, int(number) + 1,
                  self.tracker.cfg.search.planned_trials, duration(self.tracker.elapsed()), what)
 
-    def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
+    def run_trial(self, trial: kt.engine.trial.Trial, train: LabeledImages, *args: Any,
+                  **kwargs: Any) -> Any:
         interrupts.check()
         cfg, number, stage = self.cfg, self.number(trial), self.stage
-        # Trial i trains from seed + i whatever the order, so a resumed search reproduces it.
-        keras.utils.set_random_seed(cfg.search.seed + int(number))
+        # Trial i trains from seed + i, its batches in an order of its own, whatever ran
+        # before it in this process: a resumed search or another worker reproduces it.
+        seed = cfg.search.seed + int(number)
+        keras.utils.set_random_seed(seed)
+        batches = make_dataset(train, cfg.train.batch_size, shuffle=True, seed=seed)
         values = trial.hyperparameters.values
         median = MedianStopping(cfg.search.objective, cfg.search.direction,
                                 self.tracker.objective_curves(stage.name),
@@ -111,7 +123,7 @@ class TrackedTuner(TunerMixin, kt.Tuner):
                                     stage.params) as run_id:
             self._run_id = run_id
             try:
-                histories = super().run_trial(trial, *args, **kwargs)
+                histories = super().run_trial(trial, batches, *args, **kwargs)
             except TimeBudgetSpent as cut:
                 self.tracker.set_trial_status(run_id, f"{STATUS_CUT} after {cut.epochs} "
                                               "epochs; it runs again when the search resumes")
