@@ -126,7 +126,6 @@ def test_a_cut_search_resumes_to_what_an_uncut_one_finds(workdir: Path,
         assert a[trial].data.params == b[trial].data.params
 
 
-@pytest.mark.slow
 def test_a_bayesian_search_cut_after_its_proposals_began_resumes_to_the_uncut_trials(
         workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A trial's batches come in an order of its own, and the Gaussian process's proposals
