@@ -70,6 +70,43 @@ def test_no_draw_repeats_a_tried_point(tmp_path: Path) -> None:
     assert all(distinct(a, b, [one]) for i, a in enumerate(values) for b in values[:i])
 
 
+class Bumpy(kt.Tuner):
+    """A tuner that trains nothing: a score with several optima over two floats and an
+    integer, where a Gaussian process's proposals depend on every digit of its fit."""
+
+    def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> dict:
+        hp = trial.hyperparameters
+        x, y = hp.Float("x", 0.0, 1.0, default=0.9), hp.Float("y", 0.0, 1.0, default=0.1)
+        z = hp.Int("z", 1, 8, default=3)
+        return {"score": float(np.sin(13 * x) * np.cos(11 * y) + 0.1 * z)}
+
+
+def _bumpy_search(directory: Path, max_trials: int) -> list[dict[str, Any]]:
+    """The points a seeded Bayesian search in `directory` has tried, in order; a search
+    already there resumes."""
+    oracle = BayesianOptimizationOracle(kt.Objective("score", "max"), max_trials=max_trials,
+                                        num_initial_points=2, seed=3)
+    oracle.given_points = [{}]  # the default point first, as a search's
+    Bumpy(oracle=oracle, directory=str(directory), project_name="b").search(verbose=0)
+    return [oracle.trials[i].hyperparameters.values for i in oracle.start_order]
+
+
+def test_a_resumed_bayesian_search_proposes_what_an_uninterrupted_one_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped after 4 trials of 9 and resumed, with the filesystem listing the trials'
+    files backwards: the Gaussian process is fitted to the trials in the order they ran and
+    its random starts go on where they were, so the last five points are the uncut ones."""
+    import tensorflow as tf  # Keras Tuner lists the trials' files with tf.io.gfile.glob
+
+    uncut = _bumpy_search(tmp_path / "uncut", 9)
+    assert _bumpy_search(tmp_path / "cut", 4) == uncut[:4]
+    listed = tf.io.gfile.glob
+    monkeypatch.setattr(tf.io.gfile, "glob",
+                        lambda pattern: sorted(listed(pattern), reverse=True))
+    resumed = _bumpy_search(tmp_path / "cut", 9)
+    assert len(resumed) == 9 and resumed == uncut
+
+
 class Probabilities(keras.Model):
     """A 'model' that answers the probability it is given, to test figures exactly."""
 

@@ -48,10 +48,15 @@ class AtomicStateOracle:
         write_text_atomic(self._get_oracle_fname(), json.dumps(self.get_state()))
 
     def reload(self) -> None:
-        """A trial running when the oracle stopped stays with the process it was given to
-        (Keras Tuner would hand it to whichever asks first), which ends it, or gets it back
-        when it restarts under its id: a distributed search's chief may stop mid-trial."""
+        """The trials in the order they started (Keras Tuner reads them in the order the
+        filesystem lists them, and a Gaussian process fitted to its rows in another order
+        proposes other points). A trial running when the oracle stopped stays with the
+        process it was given to (Keras Tuner would hand it to whichever asks first), which
+        ends it, or gets it back when it restarts under its id: a distributed search's chief
+        may stop mid-trial."""
         super().reload()
+        started = [i for i in self.start_order if i in self.trials]
+        self.trials = {**{i: self.trials[i] for i in started}, **self.trials}
         with open(self._get_oracle_fname()) as f:
             ongoing = json.load(f).get("ongoing_trials", {})
         for tuner_id, trial_id in ongoing.items():
