@@ -107,6 +107,21 @@ def test_a_resumed_bayesian_search_proposes_what_an_uninterrupted_one_does(
     assert len(resumed) == 9 and resumed == uncut
 
 
+def test_a_search_saved_without_its_random_starts_still_resumes(tmp_path: Path) -> None:
+    """An oracle state written before the random starts were saved: the search resumes to
+    its planned trials, first proposals from the seed again, as it always did."""
+    import json
+
+    _bumpy_search(tmp_path, 4)
+    state_file = tmp_path / "b" / "oracle.json"
+    state = json.loads(state_file.read_text())
+    del state["random_starts"]
+    state_file.write_text(json.dumps(state))
+    resumed = _bumpy_search(tmp_path, 9)
+    assert len(resumed) == 9
+    assert all(0 <= p["x"] <= 1 and 0 <= p["y"] <= 1 for p in resumed)
+
+
 class Probabilities(keras.Model):
     """A 'model' that answers the probability it is given, to test figures exactly."""
 
