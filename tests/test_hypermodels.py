@@ -120,6 +120,31 @@ def test_space_overrides() -> None:
     assert (by_name["dropout"].min_value, by_name["dropout"].max_value) == (0.2, 0.4)
 
 
+def test_weight_decay_shrinks_the_kernels_only_where_the_space_names_it() -> None:
+    hp = kt.HyperParameters()
+    AugCNN((32, 32, 1)).build(hp)
+    assert "weight_decay" not in {p.name for p in hp.space}  # other spaces keep their draws
+
+    hp = kt.HyperParameters()
+    space = {"batch_norm": True, "head": "global_avg",
+             "weight_decay": {"min": 0.01, "max": 1.0, "sampling": "log"}}
+    model = AugCNN((32, 32, 1), space=space).build(hp)
+    (decay,) = [p for p in hp.space if p.name == "weight_decay"]
+    assert (decay.min_value, decay.max_value, decay.sampling) == (0.01, 1.0, "log")
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    # Adam moves nothing on zero gradients: what changes is the decay alone
+    optimizer.apply_gradients([(keras.ops.zeros_like(v), v) for v in model.trainable_variables])
+    rate = float(optimizer.learning_rate.numpy()) * hp.values["weight_decay"]
+    for v, old in zip(model.trainable_variables, before, strict=True):
+        if v.name in ("gamma", "beta", "bias"):
+            np.testing.assert_array_equal(v.numpy(), old)
+        else:
+            np.testing.assert_allclose(v.numpy(), old * (1 - rate), rtol=1e-5)
+    assert {v.name for v in model.trainable_variables} >= {"kernel", "gamma", "beta", "bias"}
+
+
 def test_bad_space_entry_names_the_key() -> None:
     with pytest.raises(ConfigError, match=r"space\.dropout"):
         AugCNN((32, 32, 1), space={"dropout": {"low": 0.1}}).build(kt.HyperParameters())

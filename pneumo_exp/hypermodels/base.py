@@ -21,6 +21,9 @@ from pneumo_exp.hypermodels.space import Space
 
 OPTIMIZERS = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
               "sgd": keras.optimizers.SGD}
+# Scales and shifts of normalization, and biases, keep their size: decaying them regularizes
+# nothing (Loshchilov and Hutter 2019, "Decoupled weight decay regularization").
+NO_WEIGHT_DECAY = ("gamma", "beta", "bias")
 
 
 class StudyHyperModel(kt.HyperModel):
@@ -100,23 +103,33 @@ class Training(NamedTuple):
     optimizer: str
     learning_rate: float
     label_smoothing: float  # targets 0/1 become s/2 and 1 - s/2 (0 in the study)
+    weight_decay: float = 0.0  # decoupled: each step takes rate x decay of every weight
 
 
 def training(space: Space, hp: kt.HyperParameters, optimizer: str,
              learning_rate: float) -> Training:
-    """Optimizer, learning rate and label smoothing. Smoothing keeps a confident network's
-    scores off 0 and 1, where a threshold has no room and a new site's shift flips them
-    (Mueller et al. 2019, "When does label smoothing help?")."""
-    return Training(space.choice(hp, "optimizer", list(OPTIMIZERS), optimizer),
-                    space.float(hp, "learning_rate", 1e-5, 1e-2, learning_rate, sampling="log"),
-                    space.float(hp, "label_smoothing", 0.0, 0.2, 0.0, step=0.05))
+    """Optimizer, learning rate, label smoothing and weight decay. Smoothing keeps a
+    confident network's scores off 0 and 1, where a threshold has no room and a new site's
+    shift flips them (Mueller et al. 2019, "When does label smoothing help?"). Weight decay
+    is declared only where `space:` names it: a space without it keeps its random draws, and
+    a search saved without it resumes with the space it began with."""
+    how = Training(space.choice(hp, "optimizer", list(OPTIMIZERS), optimizer),
+                   space.float(hp, "learning_rate", 1e-5, 1e-2, learning_rate, sampling="log"),
+                   space.float(hp, "label_smoothing", 0.0, 0.2, 0.0, step=0.05))
+    if "weight_decay" in space.overrides:
+        how = how._replace(weight_decay=space.float(hp, "weight_decay", 0.0, 1.0, 0.0))
+    return how
 
 
 def compile_binary(model: keras.Model, how: Training) -> keras.Model:
     """Binary cross-entropy and the training metrics every search logs (the validation
     figures come from pneumo_exp.search.callbacks)."""
+    optimizer = OPTIMIZERS[how.optimizer](learning_rate=how.learning_rate,
+                                          weight_decay=how.weight_decay or None)
+    if how.weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
     model.compile(
-        optimizer=OPTIMIZERS[how.optimizer](learning_rate=how.learning_rate),
+        optimizer=optimizer,
         loss=keras.losses.BinaryCrossentropy(label_smoothing=how.label_smoothing),
         metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc"),
                  keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")],

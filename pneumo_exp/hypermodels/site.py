@@ -89,7 +89,8 @@ class Site(StudyHyperModel):
         compile_binary(model, Training(
             hp.values.get("optimizer", "adam"),
             keras.optimizers.schedules.CosineDecay(rate, max(1, epochs * steps)),
-            float(hp.values.get("label_smoothing", 0.0))))
+            float(hp.values.get("label_smoothing", 0.0)),
+            float(hp.values.get("weight_decay", 0.0))))
         kwargs["epochs"] = epochs
         return super().fit(hp, model, data, *args[1:], **kwargs)
 

@@ -140,7 +140,8 @@ class Transfer(StudyHyperModel):
             layer.trainable = (i >= len(base.layers) - n_layers
                                and not isinstance(layer, keras.layers.BatchNormalization))
         compile_binary(model, Training(hp.get("optimizer"), hp.get("learning_rate") / 10,
-                                       hp.get("label_smoothing")))
+                                       hp.get("label_smoothing"),
+                                       hp.values.get("weight_decay", 0.0)))
         epochs = kwargs.get("epochs", 1)
         done = history.epoch[-1] + 1
         kwargs.update(initial_epoch=done, epochs=done + max(1, (epochs - kwargs.get(
