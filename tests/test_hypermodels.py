@@ -145,6 +145,33 @@ def test_weight_decay_shrinks_the_kernels_only_where_the_space_names_it() -> Non
     assert {v.name for v in model.trainable_variables} >= {"kernel", "gamma", "beta", "bias"}
 
 
+def test_mixup_blends_images_and_labels_alike_and_follows_the_seed() -> None:
+    import tensorflow as tf
+
+    from pneumo_exp.hypermodels.base import mixed_up
+
+    labels = np.array([0, 1] * 16, dtype="float32").reshape(-1, 1)
+    images = np.broadcast_to(labels[:, :, None, None] * 255, (32, 8, 8, 1)).astype("uint8")
+    batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
+
+    def blends() -> list[tuple[np.ndarray, np.ndarray]]:
+        keras.utils.set_random_seed(3)
+        return [(x.numpy(), y.numpy()) for x, y in mixed_up(batches, 1.0)]
+
+    first = blends()
+    for x, y in first:  # an image that is 255 x its label stays so, blended
+        np.testing.assert_allclose(x[:, 0, 0, 0] / 255, y[:, 0], atol=1e-5)
+    assert any(((y > 0) & (y < 1)).any() for _, y in first)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(first, blends(), strict=True))
+
+    hm = AugCNN((32, 32, 1), space={"mixup": 0.4})
+    hp = kt.HyperParameters()
+    model = hm.build(hp)
+    assert hp.values["mixup"] == pytest.approx(0.4)
+    with pytest.raises(kt.errors.FailedTrialError, match=r"tf\.data"):
+        hm.fit(hp, model, np.zeros((4, 32, 32, 1), "uint8"), np.zeros((4, 1)), verbose=0)
+
+
 def test_bad_space_entry_names_the_key() -> None:
     with pytest.raises(ConfigError, match=r"space\.dropout"):
         AugCNN((32, 32, 1), space={"dropout": {"low": 0.1}}).build(kt.HyperParameters())

@@ -71,6 +71,9 @@ class StudyHyperModel(kt.HyperModel):
         (created inside it, they make TensorFlow trace it twice)."""
         if hp.values.get("class_weight") == "balanced" and self.balanced_class_weight:
             kwargs["class_weight"] = self.balanced_class_weight
+        if hp.values.get("mixup"):
+            args = (mixed_up(args[0] if args else kwargs.pop("x"), hp.values["mixup"]),
+                    *args[1:])
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         with fused_batch_norm(model):
@@ -104,21 +107,21 @@ class Training(NamedTuple):
     learning_rate: float
     label_smoothing: float  # targets 0/1 become s/2 and 1 - s/2 (0 in the study)
     weight_decay: float = 0.0  # decoupled: each step takes rate x decay of every weight
+    mixup: float = 0.0  # alpha of the Beta distribution images and labels are blended by
 
 
 def training(space: Space, hp: kt.HyperParameters, optimizer: str,
              learning_rate: float) -> Training:
-    """Optimizer, learning rate, label smoothing and weight decay. Smoothing keeps a
-    confident network's scores off 0 and 1, where a threshold has no room and a new site's
-    shift flips them (Mueller et al. 2019, "When does label smoothing help?"). Weight decay
-    is declared only where `space:` names it: a space without it keeps its random draws, and
-    a search saved without it resumes with the space it began with."""
-    how = Training(space.choice(hp, "optimizer", list(OPTIMIZERS), optimizer),
-                   space.float(hp, "learning_rate", 1e-5, 1e-2, learning_rate, sampling="log"),
-                   space.float(hp, "label_smoothing", 0.0, 0.2, 0.0, step=0.05))
-    if "weight_decay" in space.overrides:
-        how = how._replace(weight_decay=space.float(hp, "weight_decay", 0.0, 1.0, 0.0))
-    return how
+    """Optimizer, learning rate, label smoothing, and where `space:` names them, weight
+    decay and mixup. Smoothing keeps a confident network's scores off 0 and 1, where a
+    threshold has no room and a new site's shift flips them (Mueller et al. 2019, "When does
+    label smoothing help?"); mixup trains on blends of two images with the blend of their
+    labels (Zhang et al. 2018), for scores that change smoothly between the classes."""
+    return Training(space.choice(hp, "optimizer", list(OPTIMIZERS), optimizer),
+                    space.float(hp, "learning_rate", 1e-5, 1e-2, learning_rate, sampling="log"),
+                    space.float(hp, "label_smoothing", 0.0, 0.2, 0.0, step=0.05),
+                    space.float_if_named(hp, "weight_decay", 0.0, 1.0),
+                    space.float_if_named(hp, "mixup", 0.0, 1.0))
 
 
 def compile_binary(model: keras.Model, how: Training) -> keras.Model:
@@ -135,6 +138,22 @@ def compile_binary(model: keras.Model, how: Training) -> keras.Model:
                  keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")],
     )
     return model
+
+
+def mixed_up(batches: Any, alpha: float) -> Any:
+    """Each batch of (images, labels) blended with itself in another order by Keras' MixUp.
+    Its draws follow the trial's seed, which the tuner sets before each trial."""
+    if not hasattr(batches, "map"):
+        raise kt.errors.FailedTrialError(
+            "mixup blends batches of a tf.data dataset of (images, labels); this trial got "
+            f"{type(batches).__name__}.")
+    layer = keras.layers.MixUp(alpha)
+
+    def blend(images: Any, labels: Any) -> tuple[Any, Any]:
+        mixed = layer({"images": images, "labels": labels})
+        return mixed["images"], mixed["labels"]
+
+    return batches.map(blend)
 
 
 def augmentation(space: Space, hp: kt.HyperParameters, seed: int | None = None,

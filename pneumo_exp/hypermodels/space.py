@@ -30,6 +30,15 @@ class Space:
         return self._get(hp, name, {"min": float(min_value), "max": float(max_value),
                                     "step": step, "sampling": sampling, "default": default})
 
+    def float_if_named(self, hp: kt.HyperParameters, name: str, min_value: float,
+                       max_value: float, off: float = 0.0) -> float:
+        """`name` as `float` declares it where `space:` names it; elsewhere `off`, with no
+        hyperparameter declared: a space without it keeps its random draws, and a search
+        saved without it resumes with the space it began with."""
+        if name not in self.overrides:
+            return off
+        return self.float(hp, name, min_value, max_value, off)
+
     def int(self, hp: kt.HyperParameters, name: str, min_value: int, max_value: int,
             default: int, step: int = 1) -> int:
         return self._get(hp, name, {"min": min_value, "max": max_value, "step": step,
