@@ -144,6 +144,29 @@ def test_weight_decay_shrinks_the_kernels_only_where_the_space_names_it() -> Non
             np.testing.assert_allclose(v.numpy(), old * (1 - rate), rtol=1e-5)
     assert {v.name for v in model.trainable_variables} >= {"kernel", "gamma", "beta", "bias"}
 
+    # a layer's name holds no sway: Keras matches its exclusion pattern on layer/variable
+    from pneumo_exp.hypermodels.base import Training, compile_binary
+    inputs = keras.Input((4,))
+    named = keras.Model(inputs, keras.layers.Dense(1, name="debias_beta")(inputs))
+    compile_binary(named, Training("adam", 0.1, 0.0, weight_decay=0.5))
+    named.optimizer.build(named.trainable_variables)
+    kernel, bias = named.layers[-1].kernel, named.layers[-1].bias
+    kernel.assign(np.ones((4, 1)))
+    bias.assign(np.ones(1))
+    named.optimizer.apply_gradients([(keras.ops.zeros_like(v), v) for v in (kernel, bias)])
+    np.testing.assert_allclose(kernel.numpy(), 0.95)
+    np.testing.assert_array_equal(bias.numpy(), 1.0)
+
+    # a trial rebuilt from its values (cv --from best) decays without the space naming it
+    hp = kt.HyperParameters()
+    hp.Fixed("weight_decay", 0.3)
+    assert AugCNN((32, 32, 1)).build(hp).optimizer.weight_decay == pytest.approx(0.3)
+
+    with pytest.raises(ConfigError, match=r"space\.weight_decay.*1\.0e-4"):
+        AugCNN((32, 32, 1), space={"weight_decay": "1e-4"}).build(kt.HyperParameters())
+    with pytest.raises(ConfigError, match=r"space\.mixup"):
+        AugCNN((32, 32, 1), space={"mixup": -0.2}).build(kt.HyperParameters())
+
 
 def test_mixup_blends_images_and_labels_alike_and_follows_the_seed() -> None:
     import tensorflow as tf
@@ -156,12 +179,14 @@ def test_mixup_blends_images_and_labels_alike_and_follows_the_seed() -> None:
 
     def blends() -> list[tuple[np.ndarray, np.ndarray]]:
         keras.utils.set_random_seed(3)
-        return [(x.numpy(), y.numpy()) for x, y in mixed_up(batches, 1.0)]
+        return [(x.numpy(), y.numpy(), w.numpy())
+                for x, y, w in mixed_up(batches, 1.0, {0: 3.0, 1: 0.6})]
 
     first = blends()
-    for x, y in first:  # an image that is 255 x its label stays so, blended
+    for x, y, w in first:  # an image that is 255 x its label stays so, blended
         np.testing.assert_allclose(x[:, 0, 0, 0] / 255, y[:, 0], atol=1e-5)
-    assert any(((y > 0) & (y < 1)).any() for _, y in first)
+        np.testing.assert_allclose(w, 3.0 - 2.4 * y[:, 0], rtol=1e-5)  # class weights too
+    assert any(((y > 0) & (y < 1)).any() for _, y, _ in first)
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(first, blends(), strict=True))
 
     hm = AugCNN((32, 32, 1), space={"mixup": 0.4})

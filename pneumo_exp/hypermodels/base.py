@@ -72,8 +72,8 @@ class StudyHyperModel(kt.HyperModel):
         if hp.values.get("class_weight") == "balanced" and self.balanced_class_weight:
             kwargs["class_weight"] = self.balanced_class_weight
         if hp.values.get("mixup"):
-            args = (mixed_up(args[0] if args else kwargs.pop("x"), hp.values["mixup"]),
-                    *args[1:])
+            args = (mixed_up(args[0] if args else kwargs.pop("x"), hp.values["mixup"],
+                             kwargs.pop("class_weight", None)), *args[1:])
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         with fused_batch_norm(model):
@@ -129,8 +129,9 @@ def compile_binary(model: keras.Model, how: Training) -> keras.Model:
     figures come from pneumo_exp.search.callbacks)."""
     optimizer = OPTIMIZERS[how.optimizer](learning_rate=how.learning_rate,
                                           weight_decay=how.weight_decay or None)
-    if how.weight_decay:
-        optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
+    if how.weight_decay:  # by the variables: Keras matches names with their layer's name
+        optimizer.exclude_from_weight_decay(var_list=[
+            v for v in model.trainable_variables if v.name in NO_WEIGHT_DECAY])
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.BinaryCrossentropy(label_smoothing=how.label_smoothing),
@@ -140,18 +141,25 @@ def compile_binary(model: keras.Model, how: Training) -> keras.Model:
     return model
 
 
-def mixed_up(batches: Any, alpha: float) -> Any:
-    """Each batch of (images, labels) blended with itself in another order by Keras' MixUp.
-    Its draws follow the trial's seed, which the tuner sets before each trial."""
+def mixed_up(batches: Any, alpha: float,
+             class_weight: Mapping[int, float] | None = None) -> Any:
+    """Each batch of (images, labels) blended with itself in another order by Keras' MixUp,
+    as (images, labels, sample weights): a blend's weight is the blend of its two images'
+    class weights (Keras' class_weight would weigh it by its rounded label). Its draws follow
+    the trial's seed, which the tuner sets before each trial."""
     if not hasattr(batches, "map"):
         raise kt.errors.FailedTrialError(
             "mixup blends batches of a tf.data dataset of (images, labels); this trial got "
             f"{type(batches).__name__}.")
     layer = keras.layers.MixUp(alpha)
+    weights = dict(class_weight or {0: 1.0, 1: 1.0})
 
-    def blend(images: Any, labels: Any) -> tuple[Any, Any]:
-        mixed = layer({"images": images, "labels": labels})
-        return mixed["images"], mixed["labels"]
+    def blend(images: Any, labels: Any) -> tuple[Any, Any, Any]:
+        labels = keras.ops.cast(labels, "float32")
+        weight = weights[0] + (weights[1] - weights[0]) * labels
+        # one draw blends both columns: label and class weight by the same amount
+        mixed = layer({"images": images, "labels": keras.ops.concatenate([labels, weight], 1)})
+        return mixed["images"], mixed["labels"][:, :1], mixed["labels"][:, 1]
 
     return batches.map(blend)
 

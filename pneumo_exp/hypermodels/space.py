@@ -32,12 +32,17 @@ class Space:
 
     def float_if_named(self, hp: kt.HyperParameters, name: str, min_value: float,
                        max_value: float, off: float = 0.0) -> float:
-        """`name` as `float` declares it where `space:` names it; elsewhere `off`, with no
-        hyperparameter declared: a space without it keeps its random draws, and a search
-        saved without it resumes with the space it began with."""
-        if name not in self.overrides:
+        """`name` as `float` declares it where `space:` names it or `hp` holds it (a trial
+        rebuilt from its values); elsewhere `off`, with no hyperparameter declared: a space
+        without it keeps its random draws, and a search saved without it resumes with the
+        space it began with. Its value must be a number >= 0."""
+        if name not in self.overrides and name not in hp.values:
             return off
-        return self.float(hp, name, min_value, max_value, off)
+        value = self.float(hp, name, min_value, max_value, off)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"'space.{name}' must be a number >= 0 (YAML reads 1e-4 as "
+                              f"text: write 1.0e-4); got {value!r}.")
+        return value
 
     def int(self, hp: kt.HyperParameters, name: str, min_value: int, max_value: int,
             default: int, step: int = 1) -> int:
