@@ -460,6 +460,7 @@ def test_batch_norm_trains_through_the_fused_kernel_as_keras_does(tmp_path) -> N
     own to float rounding; a checkpoint written during the fit (Keras Tuner's best epoch)
     loads into a fresh build, and the model saved after is Keras' own, in safe mode."""
     from pneumo_exp.hypermodels.fused import fused_call
+    from pneumo_exp.serving.resample import one_resampling
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (16, 32, 32, 1)).astype("uint8")
@@ -478,7 +479,8 @@ def test_batch_norm_trains_through_the_fused_kernel_as_keras_does(tmp_path) -> N
     hm.fit(hp, fused, x, y, epochs=2, batch_size=8, verbose=0, callbacks=[Checkpoint()])
     assert calls and set(calls) == {fused_call}
     _, _, plain = _batch_normalized(0)
-    plain.fit(x, y, epochs=2, batch_size=8, verbose=0)  # Keras' own layer throughout
+    with one_resampling(plain):  # augmented as the fit augments: only the kernel differs
+        plain.fit(x, y, epochs=2, batch_size=8, verbose=0)  # Keras' own layer throughout
     assert len(fused.weights) == len(plain.weights)
     for a, b in zip(fused.weights, plain.weights, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-4, err_msg=a.path)
@@ -510,3 +512,83 @@ def test_a_fit_traces_its_train_step_once() -> None:
     y = rng.integers(0, 2, (20, 1)).astype("float32")
     hm.fit(hp, model, x, y, epochs=2, batch_size=8, verbose=0)
     assert len(traces) == 1
+
+
+def _geometric(seed: int, interpolation: str = "bilinear") -> keras.Sequential:
+    """A contrast change, then rotation, shift and zoom (height and width apart), each layer
+    with its own seed (the contrast first: it scales about the image's mean, which the
+    filled borders would move)."""
+    return keras.Sequential([
+        keras.layers.RandomContrast(0.3, value_range=(0, 1), seed=seed + 3),
+        keras.layers.RandomRotation(10 / 360, fill_mode="nearest", seed=seed,
+                                    interpolation=interpolation),
+        keras.layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1,
+                                       interpolation=interpolation),
+        keras.layers.RandomZoom((-0.3, 0.2), (-0.3, 0.2), fill_mode="nearest", seed=seed + 2,
+                                interpolation=interpolation),
+    ], name="augmentation")
+
+
+def test_rotation_shift_and_zoom_train_as_one_resampling_of_the_same_draws() -> None:
+    """Within `one_resampling`, a training batch goes through rotation, shift and zoom in
+    one resampling (serving/resample.py) with the draws Keras' layers make: on an image whose
+    grey values are linear in x and y (which bilinear interpolation reproduces exactly),
+    every pixel whose sample stays inside the image is what the three layers give one after
+    the other, image by image. Inference is untouched, and the layers' calls are restored."""
+    from pneumo_exp.serving.resample import one_resampling, resampled_call
+
+    yy, xx = np.meshgrid(np.arange(64.0), np.arange(64.0), indexing="ij")
+    images = np.repeat(((0.3 * xx + 0.7 * yy) / 64.0)[None, :, :, None], 8, axis=0)
+    images = images.astype("float32")
+    model = keras.Sequential([keras.Input((64, 64, 1)), _geometric(3)])
+    keras_own = keras.Sequential([keras.Input((64, 64, 1)), _geometric(3)])
+    once = []
+    with one_resampling(model):
+        assert model.layers[0].call.func is resampled_call
+        for _ in range(3):  # each call draws anew, as each of Keras' calls does
+            once.append(keras.ops.convert_to_numpy(model(images, training=True)))
+    three = [keras.ops.convert_to_numpy(keras_own(images, training=True)) for _ in range(3)]
+    assert "call" not in vars(model.layers[0])
+    centre = (slice(None), slice(24, 40), slice(24, 40))  # inside after any of these draws
+    for a, b in zip(once, three, strict=True):
+        np.testing.assert_allclose(a[centre], b[centre], atol=2e-4)
+        assert not np.allclose(a[0, 24:40, 24:40], a[1, 24:40, 24:40], atol=1e-2)  # by image
+    assert not np.allclose(once[0][centre], once[1][centre], atol=1e-2)
+    with one_resampling(model):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(images, training=False)),
+                                      images)
+
+
+def test_a_trial_and_adaptation_resample_once_and_the_saved_model_is_keras_own(tmp_path) -> None:
+    """The search's augmentation resamples once in a trial's fit and in adaptation's
+    training-mode passes; the model saved after is Keras' own, loaded in safe mode."""
+    from pneumo_exp.serving import resample
+    from pneumo_exp.serving.batch_norm import adapt_batch_norm
+
+    hm = AugCNN((48, 48, 1), seed=0, space={"batch_norm": True, "head": "global_avg",
+                                            "rotation": 5.0, "shift": 0.1, "zoom": 0.2})
+    hp = kt.HyperParameters()
+    model = hm.build(hp)
+    seen: list[int] = []
+    composed = resample.resample_once
+
+    def counted(layers, images):
+        seen.append(len(layers))
+        return composed(layers, images)
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (32, 48, 48, 1)).astype("uint8")
+    y = rng.integers(0, 2, (32, 1)).astype("float32")
+    resample.resample_once = counted
+    try:
+        hm.fit(hp, model, x, y, epochs=1, batch_size=16, verbose=0)
+        assert seen and set(seen) == {3}  # traced with rotation, shift and zoom as one
+        seen.clear()
+        adapt_batch_norm(model, x, batch_size=16, passes=1)
+        assert seen and set(seen) == {3}
+    finally:
+        resample.resample_once = composed
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False, safe_mode=True)
+    assert [type(layer) for layer in loaded.get_layer("augmentation").layers] == [
+        type(layer) for layer in model.get_layer("augmentation").layers]

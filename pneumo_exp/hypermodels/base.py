@@ -18,6 +18,7 @@ import keras_tuner as kt
 
 from pneumo_exp.hypermodels.fused import fused_batch_norm
 from pneumo_exp.hypermodels.space import Space
+from pneumo_exp.serving.resample import one_resampling
 
 OPTIMIZERS = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
               "sgd": keras.optimizers.SGD}
@@ -67,8 +68,9 @@ class StudyHyperModel(kt.HyperModel):
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any, **kwargs: Any) -> Any:
         """Keras' fit, with the class weighting; batch normalization trains through the fused
-        kernel (fused.py), and the optimizer's slots exist before the train step is traced
-        (created inside it, they make TensorFlow trace it twice)."""
+        kernel (fused.py), rotation, shift and zoom resample each image once
+        (serving/resample.py), and the optimizer's slots exist before the train step is
+        traced (created inside it, they make TensorFlow trace it twice)."""
         if hp.values.get("class_weight") == "balanced" and self.balanced_class_weight:
             kwargs["class_weight"] = self.balanced_class_weight
         if hp.values.get("mixup"):
@@ -76,7 +78,7 @@ class StudyHyperModel(kt.HyperModel):
                              kwargs.pop("class_weight", None)), *args[1:])
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        with fused_batch_norm(model):
+        with fused_batch_norm(model), one_resampling(model):
             history = model.fit(*args, **kwargs)
         # An update can break the weights after the last finite training loss of a run (one
         # batch an epoch, one epoch): the validation loss then shows it.

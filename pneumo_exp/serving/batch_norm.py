@@ -13,6 +13,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from pneumo_exp.serving.resample import one_resampling
+
 # Fewer images than this give per-channel statistics of one or two patients, not of a site.
 MIN_ADAPTATION_IMAGES = 32
 TRAINING_BATCH = 32  # train.batch_size: a batch's statistics depend on its size
@@ -55,16 +57,17 @@ def adapt_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int = T
     variances: list[list[np.ndarray]] = [[] for _ in layers]
     keras.utils.set_random_seed(seed)  # the augmentation's draws
     order = np.random.default_rng(seed)
-    for _ in range(passes):
-        shuffled = images[order.permutation(len(images))]
-        for i in range(0, len(shuffled) - batch_size + 1, batch_size):  # whole batches
-            found = probe([shuffled[i:i + batch_size].astype(np.float32)], training=True)
-            found = found if isinstance(found, list | tuple) else [found]  # one layer's
-            for k, (layer, x) in enumerate(zip(layers, found, strict=True)):
-                x = keras.ops.convert_to_numpy(x).astype(np.float64)
-                axes = tuple(a for a in range(x.ndim) if a != layer.axis % x.ndim)
-                means[k].append(x.mean(axis=axes))
-                variances[k].append(x.var(axis=axes))
+    with one_resampling(model):  # augmented as the training step augments
+        for _ in range(passes):
+            shuffled = images[order.permutation(len(images))]
+            for i in range(0, len(shuffled) - batch_size + 1, batch_size):  # whole batches
+                found = probe([shuffled[i:i + batch_size].astype(np.float32)], training=True)
+                found = found if isinstance(found, list | tuple) else [found]  # one layer's
+                for k, (layer, x) in enumerate(zip(layers, found, strict=True)):
+                    x = keras.ops.convert_to_numpy(x).astype(np.float64)
+                    axes = tuple(a for a in range(x.ndim) if a != layer.axis % x.ndim)
+                    means[k].append(x.mean(axis=axes))
+                    variances[k].append(x.var(axis=axes))
     # (training mode also moved the stored statistics; they are all replaced here)
     for layer, m, v in zip(layers, means, variances, strict=True):
         layer.moving_mean.assign(np.mean(m, axis=0).astype(np.float32))
