@@ -2,6 +2,7 @@ import keras
 import keras_tuner as kt
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from pneumo_exp.errors import ConfigError
 from pneumo_exp.hypermodels import HYPERMODELS, StudyHyperModel
@@ -534,7 +535,9 @@ def test_rotation_shift_and_zoom_train_as_one_resampling_of_the_same_draws() -> 
     one resampling (serving/resample.py) with the draws Keras' layers make: on an image whose
     grey values are linear in x and y (which bilinear interpolation reproduces exactly),
     every pixel whose sample stays inside the image is what the three layers give one after
-    the other, image by image. Inference is untouched, and the layers' calls are restored."""
+    the other, image by image; the traced call holds one ImageProjectiveTransformV3 where
+    Keras' holds three, a Sequential model and one nested in another included. Inference is
+    untouched, and the layers' calls are restored."""
     from pneumo_exp.serving.resample import one_resampling, resampled_call
 
     yy, xx = np.meshgrid(np.arange(64.0), np.arange(64.0), indexing="ij")
@@ -557,6 +560,19 @@ def test_rotation_shift_and_zoom_train_as_one_resampling_of_the_same_draws() -> 
     with one_resampling(model):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(images, training=False)),
                                       images)
+
+    def resamplings(net: keras.Model) -> int:
+        graph = tf.function(lambda x: net(x, training=True)).get_concrete_function(
+            tf.TensorSpec((None, 64, 64, 1))).graph
+        return sum(op.type == "ImageProjectiveTransformV3" for op in graph.get_operations())
+
+    assert resamplings(keras_own) == 3
+    with one_resampling(model):
+        assert resamplings(model) == 1
+    # the model may itself be the Sequential, and hold another inside
+    top = keras.Sequential([keras.Input((64, 64, 1)), *_geometric(5).layers, _geometric(9)])
+    with one_resampling(top):
+        assert resamplings(top) == 2
 
 
 def test_a_trial_and_adaptation_resample_once_and_the_saved_model_is_keras_own(tmp_path) -> None:

@@ -92,14 +92,14 @@ def resampled_call(model: keras.Sequential, inputs: Any, training: bool | None =
 
 
 def augmentations(model: Any) -> list[keras.Sequential]:
-    """The model's Sequential parts with two or more geometric layers, nested ones included."""
+    """The Sequential models with two or more geometric layers: `model` itself and its
+    parts, nested ones included."""
     found: list[keras.Sequential] = []
+    if isinstance(model, keras.Sequential) and sum(
+            isinstance(layer, GEOMETRIC) for layer in model.layers) >= 2:
+        found.append(model)
     for layer in getattr(model, "layers", []):
-        if isinstance(layer, keras.Sequential) and sum(
-                isinstance(sub, GEOMETRIC) for sub in layer.layers) >= 2:
-            found.append(layer)
-        else:
-            found += augmentations(layer)
+        found += augmentations(layer)
     return found
 
 
