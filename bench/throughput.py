@@ -30,6 +30,7 @@ It runs the code of whichever environment imports `pneumo_exp`: a checkout's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -202,8 +203,10 @@ def parts(args: argparse.Namespace, size: int) -> dict:
 
 def alternatives(args: argparse.Namespace, size: int, rounds: int = 3) -> dict:
     """Milliseconds per train step of the given point, over `--profile-steps` batches: the
-    search's own fit, and in turn with it what was tried and not taken: Keras'
-    `steps_per_execution` (8 steps per call); the augmentation moved into the tf.data
+    search's own fit, and in turn with it what was tried and not taken, and what the
+    search's replaced: Keras' three resamplings of rotation, shift and zoom (without
+    data/resample.py); `steps_per_execution` (8 steps per call); the augmentation moved
+    into the tf.data
     pipeline, the network after it compiled by XLA or not (Keras refuses XLA for a model
     with the augmentation inside: its random layers do not support it); and mixed bf16
     (Keras' `mixed_bfloat16` policy). Batch normalization trains through the fused kernel
@@ -213,6 +216,7 @@ def alternatives(args: argparse.Namespace, size: int, rounds: int = 3) -> dict:
     import tensorflow as tf
 
     from pneumo_exp.data.pipeline import make_dataset
+    from pneumo_exp.data.resample import one_resampling
     from pneumo_exp.hypermodels.fused import fused_batch_norm
 
     cfg, data, hypermodel, hp, model = setup(args, size)
@@ -229,6 +233,7 @@ def alternatives(args: argparse.Namespace, size: int, rounds: int = 3) -> dict:
     before = keras.Model(model.inputs, augment.output)
     augmented = dataset.map(lambda x, y: (before(x, training=True), y)).prefetch(2)
     nets = {"search": (model, dataset),
+            "three_resamplings": (hypermodel.build(hp), dataset),
             "steps_per_execution_8": (recompiled(hypermodel.build(hp),
                                                  steps_per_execution=8), dataset)}
     for name, jit in (("augmentation_in_tf_data", False), ("xla_after_augmentation", True)):
@@ -245,7 +250,9 @@ def alternatives(args: argparse.Namespace, size: int, rounds: int = 3) -> dict:
     times: dict[str, list[float]] = {name: [] for name in nets}
     for r in range(rounds + 1):  # the first round traces and compiles
         for name, (net, data_) in nets.items():
-            with fused_batch_norm(net):
+            resampled = (contextlib.nullcontext() if name == "three_resamplings"
+                         else one_resampling(net))
+            with fused_batch_norm(net), resampled:
                 start = time.perf_counter()
                 net.fit(data_, epochs=1, verbose=0)
             if r:

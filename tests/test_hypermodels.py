@@ -460,8 +460,8 @@ def test_batch_norm_trains_through_the_fused_kernel_as_keras_does(tmp_path) -> N
     kernel (hypermodels/fused.py): the weights and moving statistics it reaches are Keras'
     own to float rounding; a checkpoint written during the fit (Keras Tuner's best epoch)
     loads into a fresh build, and the model saved after is Keras' own, in safe mode."""
+    from pneumo_exp.data.resample import one_resampling
     from pneumo_exp.hypermodels.fused import fused_call
-    from pneumo_exp.serving.resample import one_resampling
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (16, 32, 32, 1)).astype("uint8")
@@ -532,13 +532,13 @@ def _geometric(seed: int, interpolation: str = "bilinear") -> keras.Sequential:
 
 def test_rotation_shift_and_zoom_train_as_one_resampling_of_the_same_draws() -> None:
     """Within `one_resampling`, a training batch goes through rotation, shift and zoom in
-    one resampling (serving/resample.py) with the draws Keras' layers make: on an image whose
+    one resampling (data/resample.py) with the draws Keras' layers make: on an image whose
     grey values are linear in x and y (which bilinear interpolation reproduces exactly),
     every pixel whose sample stays inside the image is what the three layers give one after
     the other, image by image; the traced call holds one ImageProjectiveTransformV3 where
     Keras' holds three, a Sequential model and one nested in another included. Inference is
     untouched, and the layers' calls are restored."""
-    from pneumo_exp.serving.resample import one_resampling, resampled_call
+    from pneumo_exp.data.resample import one_resampling, resampled_call
 
     yy, xx = np.meshgrid(np.arange(64.0), np.arange(64.0), indexing="ij")
     images = np.repeat(((0.3 * xx + 0.7 * yy) / 64.0)[None, :, :, None], 8, axis=0)
@@ -578,7 +578,7 @@ def test_rotation_shift_and_zoom_train_as_one_resampling_of_the_same_draws() -> 
 def test_a_trial_and_adaptation_resample_once_and_the_saved_model_is_keras_own(tmp_path) -> None:
     """The search's augmentation resamples once in a trial's fit and in adaptation's
     training-mode passes; the model saved after is Keras' own, loaded in safe mode."""
-    from pneumo_exp.serving import resample
+    from pneumo_exp.data import resample
     from pneumo_exp.serving.batch_norm import adapt_batch_norm
 
     hm = AugCNN((48, 48, 1), seed=0, space={"batch_norm": True, "head": "global_avg",

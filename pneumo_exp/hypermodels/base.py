@@ -16,9 +16,9 @@ from typing import Any, NamedTuple
 import keras
 import keras_tuner as kt
 
+from pneumo_exp.data.resample import one_resampling
 from pneumo_exp.hypermodels.fused import fused_batch_norm
 from pneumo_exp.hypermodels.space import Space
-from pneumo_exp.serving.resample import one_resampling
 
 OPTIMIZERS = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
               "sgd": keras.optimizers.SGD}
@@ -69,7 +69,7 @@ class StudyHyperModel(kt.HyperModel):
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any, **kwargs: Any) -> Any:
         """Keras' fit, with the class weighting; batch normalization trains through the fused
         kernel (fused.py), rotation, shift and zoom resample each image once
-        (serving/resample.py), and the optimizer's slots exist before the train step is
+        (data/resample.py), and the optimizer's slots exist before the train step is
         traced (created inside it, they make TensorFlow trace it twice)."""
         if hp.values.get("class_weight") == "balanced" and self.balanced_class_weight:
             kwargs["class_weight"] = self.balanced_class_weight

@@ -13,7 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from pneumo_exp.serving.resample import one_resampling
+from pneumo_exp.data.resample import one_resampling
 
 # Fewer images than this give per-channel statistics of one or two patients, not of a site.
 MIN_ADAPTATION_IMAGES = 32

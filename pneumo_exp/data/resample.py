@@ -2,10 +2,10 @@
 resample the batch (ImageProjectiveTransformV3), three of them a tenth of a CPU train step
 (docs/searching.md, "How a trial trains"). Each layer still draws its own transformation
 from its own seed; their matrices are multiplied and the image is resampled once. Training
-(hypermodels/base.py) and adaptation (batch_norm.py) augment through it; as in
+(hypermodels/base.py) and adaptation (serving/batch_norm.py) augment through it; as in
 hypermodels/fused.py the layers stay Keras' own, so the saved network and its inference
-are as before. Here, not in hypermodels/, because a packaged version's code imports
-serving/ alone."""
+are as before. In data/, the stage both come after, which a packaged version imports
+without Keras Tuner."""
 
 from __future__ import annotations
 
