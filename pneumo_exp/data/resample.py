@@ -10,11 +10,12 @@ without Keras Tuner."""
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import keras
+
+from pneumo_exp.layer_calls import calls_replaced
 
 GEOMETRIC = (keras.layers.RandomRotation, keras.layers.RandomTranslation,
              keras.layers.RandomZoom)
@@ -107,11 +108,5 @@ def augmentations(model: Any) -> list[keras.Sequential]:
 def one_resampling(model: keras.Model) -> Iterator[None]:
     """Within: the model's augmentations resample each training image once (their `call`, on
     each Sequential object: its layers, their weights and configuration stay Keras' own)."""
-    parts = [part for part in augmentations(model) if "call" not in vars(part)]
-    for part in parts:
-        part.call = functools.partial(resampled_call, part)
-    try:
+    with calls_replaced(augmentations(model), resampled_call):
         yield
-    finally:
-        for part in parts:
-            del part.call

@@ -6,11 +6,12 @@ Keras' own, so the saved network, its inference and adaptation are as before."""
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator
 from typing import Any
 
 import keras
+
+from pneumo_exp.layer_calls import calls_replaced
 
 MIN_EPSILON = 1.001e-5  # FusedBatchNormV3 refuses a smaller one
 
@@ -57,11 +58,5 @@ def fused_batch_norm(model: keras.Model) -> Iterator[None]:
     """Within: the model's BatchNormalization layers train through the fused kernel (their
     `call`, on each layer object: its class, the names of its weights in a saved file and
     its configuration stay Keras' own throughout)."""
-    layers = [layer for layer in batch_norm_layers(model) if "call" not in vars(layer)]
-    for layer in layers:
-        layer.call = functools.partial(fused_call, layer)
-    try:
+    with calls_replaced(batch_norm_layers(model), fused_call):
         yield
-    finally:
-        for layer in layers:
-            del layer.call
