@@ -203,10 +203,9 @@ def parts(args: argparse.Namespace, size: int) -> dict:
 
 def alternatives(args: argparse.Namespace, size: int, rounds: int = 3) -> dict:
     """Milliseconds per train step of the given point, over `--profile-steps` batches: the
-    search's own fit, and in turn with it what was tried and not taken, and what the
-    search's replaced: Keras' three resamplings of rotation, shift and zoom (without
-    data/resample.py); `steps_per_execution` (8 steps per call); the augmentation moved
-    into the tf.data
+    search's own fit, and in turn with it what it replaced and what was tried and not
+    taken: Keras' three resamplings of rotation, shift and zoom (without data/resample.py);
+    `steps_per_execution` (8 steps per call); the augmentation moved into the tf.data
     pipeline, the network after it compiled by XLA or not (Keras refuses XLA for a model
     with the augmentation inside: its random layers do not support it); and mixed bf16
     (Keras' `mixed_bfloat16` policy). Batch normalization trains through the fused kernel
